@@ -1,0 +1,208 @@
+"""Typed configuration: the schema behind every file in ``conf/``.
+
+Hydra merges the YAML group files into these dataclasses, so a wrong *type*
+(``trainer.epochs=abc``) or an unknown key fails at composition.  Values that
+are well typed but impossible (``optim.lr=-1``) are caught by :func:`validate`,
+which every entry point calls before doing any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from nfbench.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = "${oc.env:NFBENCH_DATA,data}"
+    download: bool = True
+    batch_size: int = 128
+    test_batch_size: int = 256
+    num_workers: int = 0
+    # Training-set augmentation: random crop with zero padding, flip, RandAugment.
+    crop_padding: int = 4
+    hflip: bool = True
+    randaugment: bool = False
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    # ImageNet-style recipe (random-resized crop, resize + centre crop for test).
+    image_size: Optional[int] = None
+    # Optional subsets (first N of a seeded permutation) for quick experiments and tests.
+    train_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+    # Per-channel normalisation; None means the data set's own statistics.
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    # Stage-1 width; None keeps the published widths (64 or 16).
+    width: Optional[int] = None
+    # "auto" picks the stem from the image size: CIFAR (<= 64 px) or ImageNet.
+    stem: str = "auto"
+
+
+@dataclass
+class InitConfig:
+    name: str = "convshort"
+    # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
+    weights: Optional[str] = None
+    # Civitelli et al.: empirical standardisation to the target mean/variance after sampling.
+    standardize: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    # Parameters of scalar modules (LearnScalar's alpha, Fixup's biases and
+    # multipliers, SkipInit's gate) get no weight decay; biases and norm affines optionally.
+    no_decay_scalars: bool = True
+    no_decay_bias: bool = False
+    # Learning-rate multiplier for scalar parameters (Fixup's reference code: 0.1).
+    scalar_lr_mult: float = 1.0
+    # Gradient clipping: by global norm (0 = off) or AGC's clip factor (0 = off).
+    clip_grad_norm: float = 0.0
+    agc: float = 0.0
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"
+    # Step the schedule every optimiser step instead of every epoch.
+    per_step: bool = False
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    # multistep: epochs at which the learning rate is multiplied by gamma.
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    # PATH to a checkpoint or a run directory; None resumes from this run's own last.pt.
+    resume: Optional[str] = None
+    log_every: int = 20
+    progress: bool = True
+    # Run directory when train() is called outside Hydra (tests, notebooks).
+    run_dir: Optional[str] = None
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    # Free-form tag that experiment presets set; shows up in result.json.
+    experiment: Optional[str] = None
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's config store; conf/config.yaml names it first."""
+    ConfigStore.instance().store(name="nfbench_schema", node=Config)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "multistep", "constant")
+DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig | Config) -> None:
+    """Fail before training on any value that cannot work, naming key and range.
+
+    Names of models and schemes are checked against their registries, so the
+    message lists the names that exist.
+    """
+    from nfbench.data import DATASETS
+    from nfbench.models import MODELS
+    from nfbench.schemes import SCHEMES, WEIGHT_RULES
+
+    c = cfg
+    DATASETS.get(c.data.name)
+    MODELS.get(c.model.name)
+    SCHEMES.get(c.init.name)
+    if c.init.weights is not None:
+        _check(c.init.weights in WEIGHT_RULES, "init.weights", c.init.weights,
+               f"choose one of {', '.join(WEIGHT_RULES)}")
+    _check(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
+    _check(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
+    _check(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
+    _check(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
+    _check(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
+    _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
+           "must be in [0, 30] (torchvision's magnitude bins)")
+    for key in ("train_subset", "test_subset", "image_size"):
+        v = c.data[key] if isinstance(c, DictConfig) else getattr(c.data, key)
+        _check(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
+    if c.data.mean is not None or c.data.std is not None:
+        _check(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
+               "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
+        _check(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
+    _check(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
+    _check(c.model.stem in ("auto", "cifar", "imagenet"), "model.stem", c.model.stem,
+           "choose one of auto, cifar, imagenet")
+    _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
+    _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
+    _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
+    _check(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
+           "Nesterov momentum needs optim.momentum > 0")
+    _check(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, "must be >= 0")
+    _check(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
+    _check(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
+    _check(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")
+    _check(not (c.optim.agc > 0 and c.optim.clip_grad_norm > 0), "optim.agc", c.optim.agc,
+           "use either optim.agc or optim.clip_grad_norm, not both")
+    _check(c.sched.name in SCHEDULES, "sched.name", c.sched.name, f"choose one of {', '.join(SCHEDULES)}")
+    _check(c.sched.warmup_epochs >= 0, "sched.warmup_epochs", c.sched.warmup_epochs, "must be >= 0")
+    _check(c.sched.warmup_epochs < c.trainer.epochs or c.sched.warmup_epochs == 0, "sched.warmup_epochs",
+           c.sched.warmup_epochs, f"must be shorter than trainer.epochs={c.trainer.epochs}")
+    _check(c.sched.min_lr >= 0, "sched.min_lr", c.sched.min_lr, "must be >= 0")
+    _check(0 < c.sched.gamma <= 1, "sched.gamma", c.sched.gamma, "must be in (0, 1]")
+    _check(list(c.sched.milestones) == sorted(set(c.sched.milestones)) and all(m > 0 for m in c.sched.milestones),
+           "sched.milestones", list(c.sched.milestones), "must be increasing positive epochs")
+    _check(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
+    _check(c.trainer.precision in PRECISIONS, "trainer.precision", c.trainer.precision,
+           f"choose one of {', '.join(PRECISIONS)}")
+    dev = c.trainer.device
+    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+           "trainer.device", dev, f"choose {DEVICES_HELP}")
+    _check(0 <= c.trainer.label_smoothing < 1, "trainer.label_smoothing", c.trainer.label_smoothing,
+           "must be in [0, 1)")
+    _check(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
+    _check(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
+    _check(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+

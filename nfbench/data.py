@@ -1,0 +1,268 @@
+"""Data sets (``data=``) and their loaders.
+
+Small data sets (digits, CIFAR) are held in memory as a uint8 tensor; folder
+trees are read with torchvision's ImageFolder.  Augmentation follows the
+papers' recipe: random crop with padding + horizontal flip (+ RandAugment),
+then normalisation; the test set is only normalised.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import datasets as tvd
+from torchvision.transforms import v2
+
+from nfbench.config import DataConfig
+from nfbench.errors import DataNotFoundError
+from nfbench.registry import Registry
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Fixed permutation seed for splits and subsets, independent of the run's seed,
+# so every run of a sweep sees the same images.
+SPLIT_SEED = 0
+
+
+@dataclass
+class DataSource:
+    """What a data set provides before transforms are attached."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    # "small": pad-crop + flip at native size; "imagenet": random-resized crop / centre crop.
+    recipe: str = "small"
+    # Samples arrive as PIL images (folders) rather than uint8 CHW tensors.
+    pil: bool = False
+
+
+class TensorImages(Dataset):
+    """Images held in memory as a uint8 (N, C, H, W) tensor, with integer labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 transform: Optional[Callable] = None) -> None:
+        assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
+
+
+class TransformedFolder(Dataset):
+    """An ImageFolder (or a Subset of one) with a transform chosen after construction."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        img, y = self.base[i]
+        return self.transform(img), y
+
+
+DATASETS: Registry[Callable[[DataConfig], DataSource]] = Registry("data set")
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig) -> DataSource:
+    """scikit-learn's 8x8 handwritten digits (UCI, 1,797 images), shipped inside the package.
+
+    A real data set that needs no download, for the quick start and tests.
+    Split 80/20 with a fixed permutation: 1,437 train / 360 test images.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = len(labels) // 5
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    mean, std = (0.3063,), (0.3785,)  # of the 1,797 images scaled to [0, 1]
+    return DataSource(TensorImages(images[train_idx], labels[train_idx]),
+                      TensorImages(images[test_idx], labels[test_idx]),
+                      num_classes=10, in_chans=1, image_size=8, mean=mean, std=std)
+
+
+def _missing(what: str, where: Path, why: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"{what} not found in {where} ({why}). Fix: put the files there, or point data.root "
+        f"(or the NFBENCH_DATA environment variable) at the folder that holds them, "
+        f"or run once with data.download=true on a machine with internet access."
+    )
+
+
+def _read_cifar_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the python-pickle batches of the official CIFAR release (what torchvision downloads)."""
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry[label_key])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _cifar(cfg: DataConfig, tv_cls: type, train_files: Sequence[str], test_file: str,
+           label_key: str, num_classes: int, mean, std) -> DataSource:
+    root = Path(cfg.root).expanduser()
+    folder = root / tv_cls.base_folder
+    needed = [*train_files, test_file]
+    if not all((folder / f).is_file() for f in needed):
+        if not cfg.download:
+            raise _missing(tv_cls.__name__, folder, "data.download=false")
+        try:
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            download_and_extract_archive(tv_cls.url, str(root), filename=tv_cls.filename, md5=tv_cls.tgz_md5)
+        except Exception as e:  # no network, proxy, disk full: all end the same way for the user
+            raise _missing(tv_cls.__name__, folder, f"download failed: {type(e).__name__}: {e}") from e
+    xtr, ytr = _read_cifar_batches(folder, train_files, label_key)
+    xte, yte = _read_cifar_batches(folder, [test_file], label_key)
+    return DataSource(TensorImages(xtr, ytr), TensorImages(xte, yte), num_classes=num_classes,
+                      in_chans=3, image_size=32, mean=mean, std=std)
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig) -> DataSource:
+    files = [f"data_batch_{i}" for i in range(1, 6)]
+    return _cifar(cfg, tvd.CIFAR10, files, "test_batch", "labels", 10, CIFAR_MEAN, CIFAR_STD)
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg: DataConfig) -> DataSource:
+    return _cifar(cfg, tvd.CIFAR100, ["train"], "test", "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD)
+
+
+def _folder_split(root: Path, names: Sequence[str]) -> Path:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise _missing(f"an image folder ({' or '.join(n + '/' for n in names)})", root,
+                   "expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or val/)")
+
+
+def _channel_stats(folder: tvd.ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:
+    """Mean and std per channel over a fixed sample of up to n images."""
+    idx = torch.randperm(len(folder), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]
+    to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+    xs = torch.stack([to_tensor(folder[int(i)][0]) for i in idx])
+    return xs.mean(dim=(0, 2, 3)).tolist(), xs.std(dim=(0, 2, 3)).tolist()
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> DataSource:
+    """Any tree ROOT/{train,test|val}/<class>/<image> of same-size small images (e.g. CIFAR-10 as JPEGs)."""
+    root = Path(cfg.root).expanduser()
+    train = tvd.ImageFolder(str(_folder_split(root, ["train"])))
+    test = tvd.ImageFolder(str(_folder_split(root, ["test", "val"])))
+    if train.classes != test.classes:
+        raise DataNotFoundError(f"train/ and test/ under {root} hold different classes: "
+                                f"{train.classes} vs {test.classes}")
+    first = train[0][0]
+    w, h = first.size
+    mean, std = _channel_stats(train)
+    return DataSource(train, test, num_classes=len(train.classes), in_chans=len(first.getbands()),
+                      image_size=max(w, h), mean=mean, std=std, pil=True)
+
+
+@DATASETS.register("imagenet")
+def imagenet(cfg: DataConfig) -> DataSource:
+    """ILSVRC-2012 as an ImageFolder tree ROOT/train, ROOT/val; the standard 224 px recipe."""
+    root = Path(cfg.root).expanduser()
+    train = tvd.ImageFolder(str(_folder_split(root, ["train"])))
+    test = tvd.ImageFolder(str(_folder_split(root, ["val", "test"])))
+    return DataSource(train, test, num_classes=len(train.classes), in_chans=3,
+                      image_size=cfg.image_size or 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      recipe="imagenet", pil=True)
+
+
+def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
+    """The papers' augmentation: crop (pad) + flip + optional RandAugment, then normalise."""
+    mean = list(cfg.mean) if cfg.mean is not None else list(src.mean)
+    std = list(cfg.std) if cfg.std is not None else list(src.std)
+    ops: list = [v2.PILToTensor()] if src.pil else []
+    size = cfg.image_size or src.image_size
+    if src.recipe == "imagenet":
+        ops += [v2.RandomResizedCrop(size, antialias=True)] if train else \
+               [v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)]
+    elif train:
+        ops.append(v2.RandomCrop(size, padding=cfg.crop_padding or None))
+    elif size != src.image_size:
+        ops.append(v2.Resize(size, antialias=True))
+    if train:
+        if cfg.hflip:
+            ops.append(v2.RandomHorizontalFlip())
+        if cfg.randaugment:
+            ops.append(v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(ops)
+
+
+def _subset(ds: Dataset, n: Optional[int]) -> Dataset:
+    if n is None or n >= len(ds):  # type: ignore[arg-type]
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]  # type: ignore[arg-type]
+    return Subset(ds, sorted(idx.tolist()))
+
+
+def with_transform(ds: Dataset, transform: Callable) -> Dataset:
+    if isinstance(ds, TensorImages):
+        return TensorImages(ds.images, ds.labels, transform)
+    return TransformedFolder(ds, transform)
+
+
+def build_source(cfg: DataConfig) -> DataSource:
+    """Load the configured data set, its subsets and its transforms."""
+    src = DATASETS.get(cfg.name)(cfg)
+    train = with_transform(_subset(src.train, cfg.train_subset), transforms(cfg, src, train=True))
+    test = with_transform(_subset(src.test, cfg.test_subset), transforms(cfg, src, train=False))
+    size = cfg.image_size or src.image_size
+    return DataSource(train, test, src.num_classes, src.in_chans, size,
+                      cfg.mean or src.mean, cfg.std or src.std, src.recipe, src.pil)
+
+
+def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
+                  pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Train loader (shuffled by a sampler whose order depends only on seed and epoch) and test loader.
+
+    ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
+    """
+    if cfg.batch_size % world_size:
+        from nfbench.errors import ConfigError
+
+        raise ConfigError(f"data.batch_size={cfg.batch_size} must be divisible by the number of "
+                          f"processes ({world_size})")
+    per_rank = cfg.batch_size // world_size
+    sampler = DistributedSampler(src.train, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=True)
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
+                  persistent_workers=cfg.num_workers > 0)
+    # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
+    drop_last = len(sampler) >= per_rank
+    train = DataLoader(src.train, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
+    test = DataLoader(src.test, batch_size=cfg.test_batch_size, shuffle=False, **common)
+    return train, test

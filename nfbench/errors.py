@@ -1,0 +1,13 @@
+"""Errors a user can act on: each message says what is wrong and how to fix it."""
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the allowed values."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set that is neither on disk nor downloadable; the message says where it looked."""
+
+
+class DivergenceError(FloatingPointError):
+    """The training loss became NaN or infinite."""
