@@ -1,0 +1,66 @@
+"""The nfbench command: its help, Hydra's facilities behind every command, and error reporting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nfbench.cli import COMMANDS
+
+
+def nfbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nfbench.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_help_lists_the_commands():
+    out = nfbench("--help")
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert f"  {name}" in out.stdout
+    assert "train" in COMMANDS
+
+
+def test_unknown_command_is_an_error():
+    out = nfbench("trian")
+    assert out.returncode == 2 and "unknown command 'trian'" in out.stderr and "train" in out.stderr
+
+
+def test_hydra_cfg_job_prints_the_composed_config():
+    out = nfbench("train", "--cfg", "job", "model=resnet50", "init=convshort", "data=cifar100")
+    assert out.returncode == 0, out.stderr
+    assert "name: resnet50" in out.stdout and "name: convshort" in out.stdout and "name: cifar100" in out.stdout
+
+
+def test_hydra_help_shows_groups():
+    out = nfbench("train", "--help")
+    assert out.returncode == 0
+    for group in ("data:", "model:", "init:", "optim:", "sched:", "trainer:", "experiment:"):
+        assert group in out.stdout
+
+
+def test_bad_value_fails_before_training(tmp_path):
+    out = nfbench("train", "optim.lr=-1", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2
+    assert "optim.lr=-1" in out.stderr and "must be > 0" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_shell_completion_completes_overrides_after_the_command():
+    out = nfbench("-sc", "query=bash", env={"COMP_LINE": "nfbench train init=conv", "COMP_POINT": "23"})
+    assert out.returncode == 0, out.stderr
+    assert "init=convshort" in out.stdout.split()
+
+
+def test_multirun_sweeps_seeds(tmp_path):
+    """`-m seed=0,1` lays out one complete run directory per job."""
+    out = nfbench("train", "-m", "seed=0,1", "model.width=4", "trainer.epochs=1", "data.train_subset=128",
+                  "data.test_subset=64", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert (run / "result.json").exists() and (run / "checkpoints" / "last.pt").exists()

@@ -1,0 +1,91 @@
+"""Every config file composes, and impossible values fail before training with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
+
+from nfbench.cli import CONF_DIR
+from nfbench.config import validate
+from nfbench.errors import ConfigError
+
+GROUPS = ["data", "model", "init", "optim", "sched", "trainer"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_file_composes_and_validates(make_cfg, group, option):
+    overrides = [f"{group}={option}"]
+    if option == "imagefolder":
+        overrides.append("data.root=/nonexistent")  # the only mandatory value
+    cfg = make_cfg(overrides)
+    if group != "trainer":
+        assert cfg[group].name == option
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_file_composes_and_validates(make_cfg, experiment):
+    cfg = make_cfg([f"experiment={experiment}"])
+    assert cfg.experiment == experiment
+    validate(cfg)
+
+
+def test_experiment_group_exists():
+    assert "quickstart" in group_options("experiment")
+
+
+@pytest.mark.parametrize("override,key,allowed", [
+    ("optim.lr=-1", "optim.lr", "> 0"),
+    ("optim.lr=0", "optim.lr", "> 0"),
+    ("trainer.epochs=0", "trainer.epochs", ">= 1"),
+    ("data.batch_size=0", "data.batch_size", ">= 1"),
+    ("optim.momentum=1.5", "optim.momentum", "[0, 1)"),
+    ("trainer.precision=fp8", "trainer.precision", "fp32, bf16, fp16"),
+    ("trainer.label_smoothing=1.0", "trainer.label_smoothing", "[0, 1)"),
+    ("sched.name=linear", "sched.name", "cosine"),
+    ("init.weights=xavier", "init.weights", "he_fanin, he_fanout, brock"),
+    ("trainer.device=tpu", "trainer.device", "cuda"),
+    ("sched.milestones=[150,100]", "sched.milestones", "increasing"),
+])
+def test_bad_values_name_key_and_range(make_cfg, override, key, allowed):
+    cfg = make_cfg([override])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    assert key in msg and allowed in msg, msg
+
+
+@pytest.mark.parametrize("override,kind,known", [
+    ("model.name=resnet7", "model", "resnet18"),
+    ("init.name=convshrt", "init scheme", "convshort"),
+    ("data.name=mnist", "data set", "cifar10"),
+])
+def test_unknown_names_list_the_known_ones(make_cfg, override, kind, known):
+    with pytest.raises(ConfigError) as e:
+        validate(make_cfg([override]))
+    msg = str(e.value)
+    assert f"unknown {kind}" in msg and known in msg and "choose one of" in msg, msg
+
+
+def test_wrong_type_fails_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="trainer.epochs"):
+        make_cfg(["trainer.epochs=ten"])
+
+
+def test_unknown_key_fails_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="trainer.epoch"):
+        make_cfg(["trainer.epoch=3"])
+
+
+def test_data_root_defaults_to_environment(make_cfg, monkeypatch):
+    monkeypatch.setenv("NFBENCH_DATA", "/datasets/here")
+    assert OmegaConf.to_container(make_cfg([]), resolve=True)["data"]["root"] == "/datasets/here"
+    monkeypatch.delenv("NFBENCH_DATA")
+    assert OmegaConf.to_container(make_cfg([]), resolve=True)["data"]["root"] == "data"

@@ -1,0 +1,233 @@
+"""The training loop end to end: the quick start, the run directory, exact resume, checkpoint safety,
+divergence, schedules, parameter groups and the device switches (on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from nfbench import rundir
+from nfbench.models import build_model
+from nfbench.optim import param_groups
+from nfbench.schemes import build_scheme
+from nfbench.train import train
+from tests.conftest import TINY
+
+
+def load_weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / name, weights_only=False)["model"]
+
+
+def test_quickstart_end_to_end(make_cfg, tmp_path):
+    """The README's first line: `nfbench train experiment=quickstart` reaches >= 90% (issue 2)."""
+    cfg = make_cfg(["experiment=quickstart", "trainer.progress=false"], tmp_path)
+    result = train(cfg)
+    assert result["status"] == "finished" and result["epochs"] == cfg.trainer.epochs == 30
+    assert result["test_top1"] >= 90.0, result
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for key in ("test_top1", "test_loss", "train_loss", "epochs", "params", "wall_s"):
+        assert key in on_disk
+    assert on_disk["params"] == sum(p.numel() for p in load_weights(tmp_path).values())
+    rows = rundir.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == list(range(30))
+    for key in ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "images_per_s", "wall_s"):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["world_size"] == 1 and env["versions"]["torch"] == torch.__version__.split("+")[0] or \
+        env["versions"]["torch"] == torch.__version__
+    assert "git_commit" in env and "git_dirty" in env and env["device"] == "cpu"
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["best_test_top1"] == max(r["test_top1"] for r in rows)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"):
+        assert key in last
+    assert last["epoch"] == 29 and last["config"]["init"]["name"] == "convshort"
+    assert (tmp_path / "config.yaml").exists()
+
+
+class Killed(BaseException):
+    pass
+
+
+def kill_after_epoch(monkeypatch, epoch: int) -> None:
+    """Make the run die right after it has checkpointed ``epoch`` (as a crash or `kill` would)."""
+    save = rundir.save_checkpoint
+
+    def save_then_die(path: Path, state: dict) -> None:
+        save(path, state)
+        if path.name == rundir.LAST and state["epoch"] == epoch:
+            raise Killed
+
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
+
+
+@pytest.mark.parametrize("init", ["convshort", "bn"])
+def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
+    """Stopped after epoch 2 of 4 and resumed == uninterrupted, bit for bit (deterministic, CPU)."""
+    cfg = [*TINY, f"init={init}", "trainer.deterministic=true", "data.randaugment=true", "optim.weight_decay=5e-4",
+           "trainer.epochs=4"]
+    full = train(make_cfg(cfg, tmp_path / "full"))
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            train(make_cfg(cfg, tmp_path / "split"))
+    assert len(rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
+    # The same command again: resumes automatically from the run directory's checkpoints/last.pt.
+    resumed = train(make_cfg(cfg, tmp_path / "split"))
+    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["test_top1"] == full["test_top1"] and resumed["epochs"] == 4
+    assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+def test_resume_from_another_run_directory(make_cfg, tmp_path, monkeypatch):
+    common = [*TINY, "trainer.deterministic=true", "trainer.epochs=2"]
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 0)
+        with pytest.raises(Killed):
+            train(make_cfg(common, tmp_path / "first"))
+    train(make_cfg(common, tmp_path / "full"))
+    result = train(make_cfg([*common, f"trainer.resume={tmp_path / 'first'}"], tmp_path / "second"))
+    assert result["status"] == "finished"
+    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "second")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_last_checkpoint_is_reported_and_best_is_kept(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    best = tmp_path / "checkpoints" / "best.pt"
+    best_bytes = best.read_bytes()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"truncated by a crash")
+    with pytest.raises(rundir.CorruptCheckpointError) as e:
+        train(make_cfg([*TINY, "trainer.epochs=2"], tmp_path))
+    assert "last.pt cannot be read" in str(e.value) and f"trainer.resume={best}" in str(e.value)
+    assert best.read_bytes() == best_bytes
+    # The advice works: resuming from best.pt finishes the run.
+    assert train(make_cfg([*TINY, "trainer.epochs=2", f"trainer.resume={best}"], tmp_path))["epochs"] == 2
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    rundir.save_checkpoint(target, {"model": {}, "epoch": 0})
+    before = target.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_divergence_is_recorded_not_raised(make_cfg, tmp_path):
+    result = train(make_cfg([*TINY, "init=plain", "optim.lr=1e6"], tmp_path))
+    assert result["status"] == "diverged"
+    info = result["divergence"]
+    assert info["epoch"] == 0 and 0 <= info["step"] < 8 and not math.isfinite(info["loss"])
+    assert info["lr"] == 1e6
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=False)
+    state["model"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    rundir.save_checkpoint(last, state)  # a poisoned network: its first loss is NaN
+    poisoned = last.read_bytes()
+    result = train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
+    assert result["status"] == "diverged" and result["divergence"]["epoch"] == 1
+    assert result["divergence"]["step"] == 8  # the first step of epoch 1 (8 steps per epoch)
+    assert last.read_bytes() == poisoned  # nothing written after the divergence
+    assert result["epochs"] == 1
+
+
+def test_cosine_per_epoch_matches_the_formula(make_cfg, tmp_path):
+    """lr_e = lr/2 (1 + cos(pi e / E)), stepped once per epoch (Civitelli et al. section 4)."""
+    train(make_cfg([*TINY, "trainer.epochs=4", "optim.lr=0.2"], tmp_path))
+    lrs = [r["lr"] for r in rundir.read_metrics(tmp_path / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+
+
+def test_warmup_then_cosine_per_step(make_cfg):
+    from nfbench.optim import build_scheduler
+
+    cfg = make_cfg(["sched.per_step=true", "sched.warmup_epochs=1", "trainer.epochs=3"])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, cfg.sched, epochs=3, steps_per_epoch=10)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # Linear warmup from 1/11 to 1 over 10 steps, then cosine over the remaining 20.
+    assert lrs[0] == pytest.approx(1 / 11) and lrs[9] == pytest.approx(10 / 11)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[20] == pytest.approx(0.5 * (1 + math.cos(math.pi * 10 / 20)))
+
+
+def test_param_groups_tag_scalars(make_cfg):
+    cfg = make_cfg(["init=learnscalar", "optim.scalar_lr_mult=0.1", "optim.weight_decay=1e-4",
+                    "optim.no_decay_bias=true"])
+    net = build_model(cfg.model, build_scheme(cfg.init), 10, 3, 32)
+    groups = {g["name"]: g for g in param_groups(net, cfg.optim)}
+    # resnet20 has 9 blocks; 7 keep an identity shortcut (the 2 transitions use a 1x1 conv) -> 7 alphas.
+    assert len(groups["scalars"]["params"]) == 7
+    assert groups["scalars"]["lr"] == pytest.approx(cfg.optim.lr * 0.1) and groups["scalars"]["weight_decay"] == 0
+    assert len(groups["no_decay"]["params"]) == 1  # the classifier's bias
+    assert groups["weights"]["weight_decay"] == 1e-4
+    n = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("switches", [
+    ["trainer.precision=bf16"],
+    ["trainer.precision=fp16"],
+    ["trainer.channels_last=true"],
+    ["trainer.mixup_alpha=1.0", "trainer.cutmix_alpha=1.0", "trainer.label_smoothing=0.1"],
+    ["optim.agc=0.01", "init=convshort"],
+    ["optim.clip_grad_norm=1.0", "init=bn"],
+    ["sched=multistep", "sched.milestones=[1]", "sched.per_step=true", "sched.warmup_epochs=0.5"],
+])
+def test_training_switches_run_on_cpu(make_cfg, tmp_path, switches):
+    result = train(make_cfg([*TINY, "trainer.epochs=1", *switches], tmp_path))
+    assert result["status"] == "finished" and math.isfinite(result["train_loss"])
+    assert result["test_top1"] >= 0
+
+
+def test_fp16_uses_a_grad_scaler(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "trainer.epochs=1", "trainer.precision=fp16"], tmp_path))
+    scaler = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["scaler"]
+    assert scaler and scaler["scale"] > 0  # an enabled GradScaler has state; a disabled one saves {}
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu(make_cfg, tmp_path):
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    result = train(make_cfg([*TINY, "trainer.epochs=1", "trainer.compile=true"], tmp_path))
+    assert result["status"] == "finished" and math.isfinite(result["train_loss"])
+
+
+def test_real_cifar10_subset_learns(make_cfg, tmp_path, cifar10_jpeg_subset):
+    """2,000 real CIFAR-10 training images, a narrow ResNet-20, 3 epochs: well above the 10% chance level."""
+    cfg = make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.num_workers=0",
+                    "model=resnet20", "model.width=8", "init=convshort", "optim.lr=0.05",
+                    "trainer.epochs=3", "trainer.progress=false"], tmp_path)
+    result = train(cfg)
+    assert result["test_top1"] >= 25.0, result
