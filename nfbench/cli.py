@@ -46,8 +46,23 @@ def _train(cfg: DictConfig) -> Optional[dict]:
     return _user_errors(train)(cfg)
 
 
+@hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)
+def _spp(cfg: DictConfig) -> Optional[dict]:
+    from nfbench.spp import run_spp
+
+    return _user_errors(run_spp)(cfg)
+
+
+def _spp_plot() -> None:
+    from nfbench.spp_plot import main as spp_plot
+
+    spp_plot(sys.argv[1:])
+
+
 COMMANDS: dict[str, tuple[Callable[[], None], str]] = {
     "train": (_train, "train and evaluate a model (Hydra overrides: model=, init=, data=, ...)"),
+    "spp": (_spp, "signal propagation plot at initialisation: per-block forward/backward variance (spp.*)"),
+    "spp-plot": (_spp_plot, "overlay the spp.csv files under DIR ...: one figure per model"),
 }
 
 USAGE = """usage: nfbench COMMAND [OVERRIDES ...] [HYDRA FLAGS]

@@ -106,6 +106,26 @@ class TrainerConfig:
     progress: bool = True
     # Run directory when train() is called outside Hydra (tests, notebooks).
     run_dir: Optional[str] = None
+    # Every N epochs, log the per-block signal propagation statistics (nfbench spp) to TensorBoard; 0 = off.
+    log_spp_every: int = 0
+
+
+@dataclass
+class SppConfig:
+    """Signal propagation plots, ``nfbench spp`` (SPEC section 3; Civitelli et al. Fig. 2)."""
+
+    batch_size: int = 32
+    # Independent repeats (network, inputs, labels); the plot shows their mean and min-max band.
+    seeds: int = 1
+    # gaussian: unit Gaussian inputs; data: a batch of the configured data set's test images.
+    input: str = "gaussian"
+    # random: uniform random labels; data: the batch's own labels (input=data only).
+    labels: str = "random"
+    # Gaussian input shape and class count: CIFAR-10's, the paper's setting (Civitelli et al. Table 1).
+    image_size: int = 32
+    in_chans: int = 3
+    num_classes: int = 10
+    formats: list[str] = field(default_factory=lambda: ["png"])
 
 
 @dataclass
@@ -116,6 +136,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    spp: SppConfig = field(default_factory=SppConfig)
     seed: int = 0
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
@@ -128,6 +149,9 @@ def register_configs() -> None:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "multistep", "constant")
+SPP_INPUTS = ("gaussian", "data")
+SPP_LABELS = ("random", "data")
+SPP_FORMATS = ("png", "pdf", "svg")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
@@ -200,6 +224,19 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
+    _check(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
+    _check(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
+    _check(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")
+    _check(c.spp.input in SPP_INPUTS, "spp.input", c.spp.input, f"choose one of {', '.join(SPP_INPUTS)}")
+    _check(c.spp.labels in SPP_LABELS, "spp.labels", c.spp.labels, f"choose one of {', '.join(SPP_LABELS)}")
+    _check(c.spp.labels != "data" or c.spp.input == "data", "spp.labels", c.spp.labels,
+           "labels=data needs spp.input=data (Gaussian inputs have no labels)")
+    _check(c.spp.image_size >= 1, "spp.image_size", c.spp.image_size, "must be >= 1")
+    _check(c.spp.in_chans >= 1, "spp.in_chans", c.spp.in_chans, "must be >= 1")
+    # One class gives a constant loss, so every gradient is zero and the backward plot is empty.
+    _check(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
+    _check(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
+           list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
 
 
 def to_container(cfg: DictConfig) -> dict:
