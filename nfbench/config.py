@@ -25,6 +25,9 @@ class DataConfig:
     batch_size: int = 128
     test_batch_size: int = 256
     num_workers: int = 0
+    # Hold an in-memory data set (digits, CIFAR) on the training device and augment it there in
+    # batches (nfbench/device_data.py): true, false or "auto" (whenever the data set allows it).
+    on_device: Any = "auto"
     # Training-set augmentation: random crop with zero padding, flip, RandAugment.
     crop_padding: int = 4
     hflip: bool = True
@@ -180,6 +183,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
     _check(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
     _check(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
+    _check(isinstance(c.data.on_device, bool) or c.data.on_device == "auto", "data.on_device", c.data.on_device,
+           "choose true, false or auto")
     _check(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
     _check(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
     _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -246,10 +246,12 @@ def build_source(cfg: DataConfig) -> DataSource:
 
 
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
-                  pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+                  pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
     """Train loader (shuffled by a sampler whose order depends only on seed and epoch) and test loader.
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
+    In-memory data sets are served from ``device`` (default: the CPU) by
+    :class:`nfbench.device_data.DeviceLoader` when ``data.on_device`` allows it.
     """
     if cfg.batch_size % world_size:
         from nfbench.errors import ConfigError
@@ -263,6 +265,10 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
                   persistent_workers=cfg.num_workers > 0)
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank
+    from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module
+
+    if use_device_loader(cfg, src):
+        return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
     train = DataLoader(src.train, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
     test = DataLoader(src.test, batch_size=cfg.test_batch_size, shuffle=False, **common)
     return train, test

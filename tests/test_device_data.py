@@ -1,0 +1,212 @@
+"""The on-device loader (nfbench/device_data.py): its batches against hand computations and against
+the DataLoader path, its rank shards, its reproducibility, and training through it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from nfbench.data import DataSource, TensorImages, build_loaders, transforms, with_transform
+from nfbench.device_data import DeviceLoader, use_device_loader
+from nfbench.errors import ConfigError
+from nfbench.train import train
+from tests.conftest import TINY
+from tests.test_train import Killed, kill_after_epoch, load_weights
+
+MEAN, STD = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+
+
+def make_source(cfg, n: int = 64, n_test: int = 20, size: int = 6) -> tuple[DataSource, torch.Tensor]:
+    """Random uint8 images whose label is their index, wrapped as ``build_source`` wraps a data set."""
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (n_test, 3, size, size), dtype=torch.uint8, generator=g)
+    src = DataSource(TensorImages(raw, torch.arange(n)), TensorImages(test, torch.arange(n_test)),
+                     num_classes=n, in_chans=3, image_size=size, mean=MEAN, std=STD)
+    src.train = with_transform(src.train, transforms(cfg.data, src, train=True))
+    src.test = with_transform(src.test, transforms(cfg.data, src, train=False))
+    return src, raw
+
+
+def by_hand(raw: torch.Tensor) -> torch.Tensor:
+    """(v / 255 - mean_c) / std_c in float64."""
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return (raw.double() / 255 - mean) / std
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Undo the normalisation: back to the exact pixel values."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return ((x * std + mean) * 255).round().to(torch.uint8)
+
+
+def epoch_batches(loader, epoch: int, torch_seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.sampler.set_epoch(epoch)
+    torch.manual_seed(torch_seed)
+    return list(loader)
+
+
+def cfg_with(make_cfg, *overrides: str):
+    return make_cfg(["data=digits", "data.batch_size=8", "data.test_batch_size=7", *overrides])
+
+
+def test_auto_picks_the_device_loader_for_in_memory_data(make_cfg):
+    cfg = cfg_with(make_cfg)
+    src, _ = make_source(cfg)
+    train_loader, test_loader = build_loaders(cfg.data, src, seed=0)
+    assert isinstance(train_loader, DeviceLoader) and isinstance(test_loader, DeviceLoader)
+    off = cfg_with(make_cfg, "data.on_device=false")
+    assert not isinstance(build_loaders(off.data, src, seed=0)[0], DeviceLoader)
+
+
+def test_without_augmentation_batches_are_the_normalised_images_in_sampler_order(make_cfg):
+    cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=false")
+    src, raw = make_source(cfg, n=60)
+    device_train, device_test = build_loaders(cfg.data, src, seed=3)
+    host_cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=false", "data.on_device=false")
+    host_train, host_test = build_loaders(host_cfg.data, src, seed=3)
+    assert len(device_train) == len(host_train) == 60 // 8  # the ragged last batch is dropped
+    for (x, y), (hx, hy) in zip(epoch_batches(device_train, 2), epoch_batches(host_train, 2), strict=True):
+        assert torch.equal(y, hy)  # the DataLoader's order: the same sampler
+        assert x.dtype == torch.float32 and torch.allclose(x.double(), by_hand(raw[y]), atol=1e-5)
+        assert torch.allclose(x, hx, atol=1e-5)  # torchvision's ToDtype + Normalize
+    test_batches = list(device_test)
+    assert [len(y) for _, y in test_batches] == [7, 7, 6]  # every test image, in order, ragged batch kept
+    x, y = torch.cat([b[0] for b in test_batches]), torch.cat([b[1] for b in test_batches])
+    assert torch.equal(y, torch.arange(20))
+    assert torch.allclose(x.double(), by_hand(src.test.images), atol=1e-5)
+
+
+def test_crops_are_shifts_of_the_zero_padded_image(make_cfg):
+    pad, size = 3, 6
+    cfg = cfg_with(make_cfg, f"data.crop_padding={pad}", "data.hflip=false")
+    src, raw = make_source(cfg, size=size)
+    loader, _ = build_loaders(cfg.data, src, seed=0)
+    padded = torch.nn.functional.pad(raw, (pad,) * 4)
+    shifts = set()
+    for x, y in epoch_batches(loader, 0, torch_seed=0) + epoch_batches(loader, 1, torch_seed=1):
+        for img, i in zip(to_uint8(x), y.tolist()):
+            found = [(r, c) for r in range(2 * pad + 1) for c in range(2 * pad + 1)
+                     if torch.equal(img, padded[i, :, r:r + size, c:c + size])]
+            assert found, f"sample {i} is no window of its padded image"
+            shifts.update(found)
+    # 128 crops drawn from 49 offsets: about 45 distinct expected, corners included.
+    assert len(shifts) >= 38 and {(0, 0), (2 * pad, 2 * pad)} <= shifts
+
+
+def test_flip_mirrors_about_half_the_images(make_cfg):
+    cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=true")
+    src, raw = make_source(cfg)
+    loader, _ = build_loaders(cfg.data, src, seed=0)
+    flipped = 0
+    for x, y in epoch_batches(loader, 0):
+        for img, i in zip(to_uint8(x), y.tolist()):
+            if torch.equal(img, raw[i].flip(-1)):
+                flipped += 1
+            else:
+                assert torch.equal(img, raw[i])
+    assert 16 <= flipped <= 48  # of 64, each mirrored with probability 1/2
+
+
+def test_randaugment_gives_each_sample_its_own_op(make_cfg):
+    """With one op per image, every output is torchvision's RandAugment op (either sign) applied to that
+    image alone, and one batch holds many different ops."""
+    from torchvision.transforms import v2
+
+    cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=false", "data.randaugment=true",
+                   "data.randaugment_n=1", "data.randaugment_m=15", "data.batch_size=32")
+    src, raw = make_source(cfg, size=12)
+    loader, _ = build_loaders(cfg.data, src, seed=0)
+    ra = v2.RandAugment(num_ops=1, magnitude=15)
+    used = set()
+    for x, y in epoch_batches(loader, 0):
+        for img, i in zip(to_uint8(x), y.tolist()):
+            matches = set()
+            for name, (magnitudes_fn, signed) in ra._AUGMENTATION_SPACE.items():
+                mags = magnitudes_fn(31, 12, 12)
+                mag = float(mags[15]) if mags is not None else 0.0
+                for m in ({mag, -mag} if signed else {mag}):
+                    out = ra._apply_image_or_video_transform(raw[i], name, m, interpolation=ra.interpolation,
+                                                             fill=ra._fill)
+                    if torch.equal(img, out):
+                        matches.add(name)
+            assert matches, f"sample {i} is none of RandAugment's ops on its own image"
+            used |= matches
+    assert len(used) >= 10  # 64 draws from 14 ops
+
+
+def test_two_ranks_share_an_epoch_exactly_as_the_distributed_sampler_does(make_cfg):
+    cfg = cfg_with(make_cfg, "data.batch_size=16")  # 8 per rank
+    host = cfg_with(make_cfg, "data.batch_size=16", "data.on_device=false")
+    src, _ = make_source(cfg, n=70, n_test=21)
+    seen, test_seen = [], []
+    for rank in (0, 1):
+        loader, test_loader = build_loaders(cfg.data, src, seed=4, rank=rank, world_size=2)
+        host_loader, _ = build_loaders(host.data, src, seed=4, rank=rank, world_size=2)
+        assert len(loader) == len(host_loader) == 35 // 8
+        labels = [y for _, y in epoch_batches(loader, 5)]
+        assert all(len(y) == 8 for y in labels)
+        assert torch.equal(torch.cat(labels), torch.cat([y for _, y in epoch_batches(host_loader, 5)]))
+        seen.append(torch.cat(labels))
+        test_seen.append(torch.cat([y for _, y in test_loader]))
+    both = torch.cat(seen)
+    assert len(both) == len(set(both.tolist())) == 64  # no sample twice; 70 - 2 * 3 ragged left out
+    assert sorted(torch.cat(test_seen).tolist()) == list(range(21))  # every test image once
+
+
+def test_order_depends_on_seed_and_epoch_and_augmentation_on_the_rng(make_cfg):
+    cfg = cfg_with(make_cfg, "data.randaugment=true")
+    src, _ = make_source(cfg)
+    loader, _ = build_loaders(cfg.data, src, seed=0)
+
+    def stack(batches):
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    x1, y1 = stack(epoch_batches(loader, 1, torch_seed=7))
+    x2, y2 = stack(epoch_batches(loader, 1, torch_seed=7))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)  # same (seed, epoch) and RNG state: same batches
+    x3, y3 = stack(epoch_batches(loader, 1, torch_seed=8))
+    assert torch.equal(y1, y3) and not torch.equal(x1, x3)  # the RNG draws the augmentation, not the order
+    assert not torch.equal(y1, stack(epoch_batches(loader, 2, torch_seed=7))[1])
+    other, _ = build_loaders(cfg.data, src, seed=1)
+    assert not torch.equal(y1, stack(epoch_batches(other, 1, torch_seed=7))[1])
+
+
+def test_on_device_true_refuses_what_it_cannot_serve(make_cfg):
+    cfg = cfg_with(make_cfg, "data.on_device=true")
+    files = DataSource(TensorDataset(torch.zeros(4, 3, 8, 8)), TensorDataset(torch.zeros(2, 3, 8, 8)),
+                       num_classes=2, in_chans=3, image_size=8, mean=MEAN, std=STD, pil=True)
+    with pytest.raises(ConfigError, match="data.on_device=true .* reads image files"):
+        use_device_loader(cfg.data, files)
+    src, _ = make_source(cfg)
+    resized = cfg_with(make_cfg, "data.on_device=true", "data.image_size=12")
+    with pytest.raises(ConfigError, match="data.image_size=12"):
+        use_device_loader(resized.data, src)
+    assert not use_device_loader(cfg_with(make_cfg, "data.image_size=12").data, src)  # auto falls back
+
+
+@pytest.mark.parametrize("value", ["yes", "1"])
+def test_on_device_values_are_validated(make_cfg, value):
+    from nfbench.config import validate
+
+    with pytest.raises(ConfigError, match="data.on_device"):
+        validate(make_cfg([f"data.on_device={value}"]))
+
+
+def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, monkeypatch):
+    """Stopped after epoch 1 of 2 and resumed == uninterrupted, with RandAugment drawn on the device."""
+    cfg = [*TINY, "data.on_device=true", "data.randaugment=true", "trainer.deterministic=true"]
+    full = train(make_cfg(cfg, tmp_path / "full"))
+    assert full["status"] == "finished" and math.isfinite(full["train_loss"])
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 0)
+        with pytest.raises(Killed):
+            train(make_cfg(cfg, tmp_path / "split"))
+    train(make_cfg(cfg, tmp_path / "split"))
+    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
