@@ -51,6 +51,9 @@ class ModelConfig:
     width: Optional[int] = None
     # "auto" picks the stem from the image size: CIFAR (<= 64 px) or ImageNet.
     stem: str = "auto"
+    # model=wrn only: depth d = 6n + 4 and widen factor k of WRN-d-k (null: WRN-28-10).
+    depth: Optional[int] = None
+    widen: Optional[int] = None
 
 
 @dataclass
@@ -60,6 +63,11 @@ class InitConfig:
     weights: Optional[str] = None
     # Civitelli et al.: empirical standardisation to the target mean/variance after sampling.
     standardize: bool = True
+    # init=fixup only: hongyi-zhang/Fixup's post-activation CIFAR block (option-A shortcut).
+    reference_block: bool = False
+    # init=nf only: the branch weight alpha and the skip gain's initial value (null: 0.2 and 0).
+    alpha: Optional[float] = None
+    skip_gain: Optional[float] = None
 
 
 @dataclass
@@ -170,8 +178,8 @@ def validate(cfg: DictConfig | Config) -> None:
     message lists the names that exist.
     """
     from nfbench.data import DATASETS
-    from nfbench.models import MODELS
-    from nfbench.schemes import SCHEMES, WEIGHT_RULES
+    from nfbench.models import MODELS, check_compatible
+    from nfbench.schemes import SCHEMES, WEIGHT_RULES, build_scheme
 
     c = cfg
     DATASETS.get(c.data.name)
@@ -199,6 +207,19 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
     _check(c.model.stem in ("auto", "cifar", "imagenet"), "model.stem", c.model.stem,
            "choose one of auto, cifar, imagenet")
+    for key in ("depth", "widen"):
+        v = getattr(c.model, key)
+        _check(v is None or c.model.name == "wrn", f"model.{key}", v, "applies to model=wrn only (set it to null)")
+    _check(c.model.depth is None or (c.model.depth >= 10 and (c.model.depth - 4) % 6 == 0), "model.depth",
+           c.model.depth, "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
+    _check(c.model.widen is None or c.model.widen >= 1, "model.widen", c.model.widen, "must be >= 1 or null")
+    _check(not c.init.reference_block or c.init.name == "fixup", "init.reference_block", c.init.reference_block,
+           "applies to init=fixup only")
+    for key in ("alpha", "skip_gain"):
+        v = getattr(c.init, key)
+        _check(v is None or c.init.name == "nf", f"init.{key}", v, "applies to init=nf only (set it to null)")
+    _check(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
+    check_compatible(c.model, build_scheme(c.init))
     _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
     _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
     _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")

@@ -1,9 +1,10 @@
 """Normalization-free schemes (``init=``): residual sum, branch normalisation, initialisation.
 
-SPEC section 2.  A scheme builds the parts of every residual block (norm,
-shortcut, gate, the constant c of x_l = c * (h(x) + f(x))) and then
-initialises the whole network in :meth:`Scheme.initialise`, under no_grad,
-from the structure the model exposes.
+SPEC section 2.  A scheme builds the parts of every residual block (conv,
+norm, shortcut, gate, the constant c of x_l = c * (h(x) + f(x))), the stem and
+the head, and then initialises the whole network in :meth:`Scheme.initialise`,
+under no_grad, from the structure the model exposes (``net.blocks``,
+``block.branch``, ``net.head.fc``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ import torch
 from torch import nn
 
 from nfbench.config import InitConfig
-from nfbench.models.resnet import ConvShortcut, IdentityShortcut, ScaledIdentityShortcut
+from nfbench.errors import ConfigError
+from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
+                                   ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledSkipGain, branch_convs,
+                                   plain_conv, split_stages, stem_layers)
 from nfbench.registry import Registry
 
 # Brock et al. 2021a: gamma_g^2 = 2 / (1 - 1/pi), the ReLU correction (Civitelli et al. eq. 3).
 BROCK_GAMMA = math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
+# The same constant as DeepMind's NF-ResNet code (and timm) estimate it numerically; the `nf` scheme's.
+NF_RELU_GAMMA = 1.7139588594436646
+# Brock et al. 2021a: the residual branch's weight alpha in x_{l+1} = x_l + alpha f(x_l / beta_l).
+NF_ALPHA = 0.2
+# timm's NF-ResNet epsilon inside the weight standardisation.
+NF_STD_EPS = 1e-5
 WEIGHT_RULES = ("he_fanin", "he_fanout", "brock")
 
 
@@ -68,39 +78,69 @@ class Scheme:
     """
 
     default_weights = "he_fanin"
+    # The init.weights values the scheme can apply (NF and WN reparametrise their convs instead).
+    weight_rules: tuple[str, ...] = WEIGHT_RULES
     residual_scale = 1.0
     batchnorm = False
     conv_shortcut_everywhere = False
 
     def __init__(self, cfg: InitConfig | None = None) -> None:
         self.cfg = cfg or InitConfig(name=self.name)
+        if self.cfg.weights is not None and self.cfg.weights not in self.weight_rules:
+            allowed = (f"choose one of {', '.join(self.weight_rules)}" if self.weight_rules else
+                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.weights unset")
+            raise ConfigError(f"init.weights={self.cfg.weights!r} is not allowed with init={self.name}: {allowed}")
         self.weights = self.cfg.weights or self.default_weights
-        if self.weights not in WEIGHT_RULES:
-            from nfbench.errors import ConfigError
-
-            raise ConfigError(f"init.weights={self.weights!r} is not allowed: choose one of {', '.join(WEIGHT_RULES)}")
 
     @property
     def name(self) -> str:
         return SCHEME_NAMES[type(self)]
 
     # --- parts of a block -------------------------------------------------
+    def conv(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+        return plain_conv(in_chans, out_chans, kernel_size, stride, padding)
+
     def norm(self, chans: int) -> nn.Module:
         return nn.BatchNorm2d(chans) if self.batchnorm else nn.Identity()
 
     def act(self) -> nn.Module:
         return nn.ReLU(inplace=False)
 
+    def conv_bias(self) -> nn.Module:
+        """What sits between an activation and the conv after it."""
+        return nn.Identity()
+
     def identity_shortcut(self) -> nn.Module:
         return IdentityShortcut()
 
     def shortcut(self, in_chans: int, out_chans: int, stride: int) -> nn.Module:
         if self.conv_shortcut_everywhere or in_chans != out_chans or stride != 1:
-            return ConvShortcut(in_chans, out_chans, stride)
+            return ConvShortcut(in_chans, out_chans, stride, self.conv)
         return self.identity_shortcut()
 
     def gate(self) -> nn.Module:
         return nn.Identity()
+
+    def input_scale(self, input_var: float) -> float:
+        """The factor on the block input before the branch (NF-ResNets' 1/beta); 1 elsewhere."""
+        return 1.0
+
+    def next_input_var(self, input_var: float, block: Block) -> float:
+        """The expected variance after ``block``; only the NF-ResNets track it, the others keep 1."""
+        return input_var
+
+    # --- the network's pieces, assembled by build_resnet ---------------------
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
+        return nn.Sequential(*stem_layers(kind, in_chans, width, self.conv))
+
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+        convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)
+        return ResidualBlock(convs, [self.norm(c.in_channels) for c in convs], self.shortcut(in_chans, out, stride),
+                             self.act(), self.gate(), self.residual_scale, stride,
+                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var))
+
+    def head(self, chans: int, num_classes: int) -> Head:
+        return Head(self.norm(chans), self.act(), chans, num_classes)
 
     # --- initialisation -----------------------------------------------------
     @torch.no_grad()
@@ -165,6 +205,194 @@ class ConvShort(IdShort):
     """h(x) = W_s x, a 1x1 conv on every block, He fan-out; c = sqrt(0.5) (Civitelli et al. sec. 3.3, item 3)."""
 
     conv_shortcut_everywhere = True
+
+
+@register_scheme("fixup")
+class Fixup(Scheme):
+    """Fixup (Zhang, Dauphin, Ma 2019), its three rules on the pre-activation block.
+
+    Rule 1: the last conv of every branch and the classifier start at 0.  Rule 2: the
+    other branch convs get He fan-out (the reference code's N(0, 2/n_out)) scaled by
+    L^(-1/(2m-2)), L blocks of m convs.  Rule 3: a scalar bias before each activation,
+    each conv and the linear layer, one scalar multiplier (init 1) per branch.
+    ``init.reference_block=true`` builds the reference post-activation CIFAR block instead.
+    """
+
+    default_weights = "he_fanout"
+
+    @property
+    def reference(self) -> bool:
+        return bool(getattr(self.cfg, "reference_block", False))
+
+    def norm(self, chans: int) -> nn.Module:
+        return ScalarBias(0.0)
+
+    def conv_bias(self) -> nn.Module:
+        return ScalarBias(0.0)
+
+    def gate(self) -> nn.Module:
+        return ScalarGain(1.0)
+
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
+        if not self.reference:
+            return super().stem(kind, in_chans, width)
+        # Reference stem: relu(conv(x) + bias1), then the max-pool of an ImageNet stem.
+        conv, *pool = stem_layers(kind, in_chans, width, self.conv)
+        return nn.Sequential(conv, ScalarBias(0.0), nn.ReLU(), *pool)
+
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+        if not self.reference:
+            return super().block(in_chans, width, stride, bottleneck, input_var)
+        if bottleneck:
+            raise ConfigError("init.reference_block=true builds Fixup's basic CIFAR block; "
+                              "choose a basic-block model (resnet20/32/44/56/110, resnet18/34, wrn)")
+        return FixupBasicBlock(in_chans, width, stride, self.conv)
+
+    def head(self, chans: int, num_classes: int) -> Head:
+        if self.reference:  # the blocks end in a ReLU already; fc(pool(x) + bias2)
+            return Head(nn.Identity(), nn.Identity(), chans, num_classes, pre_fc=ScalarBias(0.0))
+        return Head(ScalarBias(0.0), self.act(), chans, num_classes, pre_fc=ScalarBias(0.0))
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        super().initialise(net)  # stem and shortcut convs: the unscaled rule (reference code)
+        depth = len(net.blocks)
+        for block in net.blocks:
+            m = len(block.branch)
+            for conv in block.branch[:-1]:
+                init_weight_(conv.weight, self.weights, self.cfg.standardize, gain=depth ** (-1.0 / (2 * m - 2)))
+            block.branch[-1].weight.zero_()
+        net.head.fc.weight.zero_()
+        net.head.fc.bias.zero_()
+
+
+@register_scheme("skipinit")
+class SkipInit(Scheme):
+    """SkipInit (De & Smith 2020): y = x + g f(x), g a learnable scalar per block initialised to 0, no norm."""
+
+    def gate(self) -> nn.Module:
+        return ScalarGain(0.0)
+
+
+@register_scheme("rezero")
+class ReZero(SkipInit):
+    """ReZero (Bachlechner et al. 2020): y = x + g f(x), g = 0 after the branch's last op.
+
+    In a ResNet this is the same block as SkipInit; the name is kept because users search for it.
+    """
+
+
+@register_scheme("zero_last")
+class ZeroLast(Scheme):
+    """The last conv of every branch starts at 0 (improved diffusion's zero_module; Fixup's rule 1 on the
+    branches), so every block starts as the identity; no scalars, nothing else changes."""
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        super().initialise(net)
+        for block in net.blocks:
+            block.branch[-1].weight.zero_()
+
+
+def _init_option(cfg: InitConfig, key: str, default: float) -> float:
+    """A scheme-specific init.* value; None (unset) means the paper's default."""
+    value = getattr(cfg, key, None)
+    return default if value is None else float(value)
+
+
+@register_scheme("nf")
+class NormFree(Scheme):
+    """NF-ResNets (Brock, De, Smith 2021a): x_{l+1} = x_l + alpha g f(x_l / beta_l).
+
+    beta_l^2 is the expected Var(x_l): 1 at the stem, + alpha^2 per block, reset to 1
+    after every transition block, whose conv shortcut sees the activated, scaled input.
+    Every conv is timm's scaled weight-standardised conv (per output channel
+    gain * (W - mean) / (std sqrt(n_in)), gain init 1), every ReLU is scaled by gamma, so
+    the effective weights follow Brock's rule at every step; g is a scalar skip gain
+    (init.skip_gain, 0 by default: every block starts as the identity).
+    """
+
+    default_weights = "brock"
+    weight_rules = ("brock",)
+
+    def __init__(self, cfg: InitConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.alpha = _init_option(self.cfg, "alpha", NF_ALPHA)
+        self.skip_gain = _init_option(self.cfg, "skip_gain", 0.0)
+
+    def conv(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+        from timm.layers import ScaledStdConv2d
+
+        # gamma lives in the activation (as in DeepMind's code), so the stem's conv on raw pixels is unscaled.
+        return ScaledStdConv2d(in_chans, out_chans, kernel_size, stride=stride, padding=padding, bias=False,
+                               gamma=1.0, eps=NF_STD_EPS)
+
+    def act(self) -> nn.Module:
+        from timm.models.nfnet import GammaAct
+
+        return GammaAct("relu", gamma=NF_RELU_GAMMA)
+
+    def gate(self) -> nn.Module:
+        return ScaledSkipGain(self.alpha, self.skip_gain)
+
+    def input_scale(self, input_var: float) -> float:
+        return 1.0 / math.sqrt(input_var)
+
+    def next_input_var(self, input_var: float, block: Block) -> float:
+        return (1.0 if block.transition else input_var) + self.alpha**2
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """Standardised convs: raw weights N(0, 1) standardised per output channel (so the
+        standardisation's eps stays negligible), gains at their initial value; linear as the base."""
+        from timm.layers import ScaledStdConv2d
+
+        for m in net.modules():
+            if isinstance(m, ScaledStdConv2d):
+                flat = m.weight.view(m.out_channels, -1).normal_()
+                flat.sub_(flat.mean(dim=1, keepdim=True)).div_(flat.std(dim=1, keepdim=True, unbiased=False))
+                m.gain.fill_(m.gain_init)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+
+@register_scheme("wn")
+class ArpitWeightNorm(Scheme):
+    """Weight normalisation with Arpit, Campos, Bengio (2019)'s initialisation.
+
+    Every conv is w = g v / ||v|| per output channel (with a bias, init 0); v orthogonal and
+    g = sqrt(gain n_in / n_out) with gain 1 for the stem and shortcuts, 2 for the branch convs
+    that feed a ReLU, 1/N for a branch's last conv, N the blocks of its stage
+    (victorcampos7/weightnorm-init, ``models/nets.py``: WideResNet, "proposed" init).
+    """
+
+    default_weights = "arpit"
+    weight_rules = ()
+
+    def conv(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
+        from torch.nn.utils.parametrizations import weight_norm
+
+        return weight_norm(nn.Conv2d(in_chans, out_chans, kernel_size, stride=stride, padding=padding), dim=0)
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        gains = {m: 1.0 for m in net.modules() if isinstance(m, nn.Conv2d)}
+        for stage in split_stages(net.blocks):
+            for block in stage:
+                for conv in block.branch[:-1]:
+                    gains[conv] = 2.0
+                gains[block.branch[-1]] = 1.0 / len(stage)
+        for conv, gain in gains.items():
+            g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+            nn.init.orthogonal_(v)
+            n_in, n_out = fans(v)
+            g.fill_(math.sqrt(gain * n_in / n_out))
+            conv.bias.zero_()
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
 
 
 def build_scheme(cfg: InitConfig) -> Scheme:
