@@ -53,6 +53,13 @@ def _spp(cfg: DictConfig) -> Optional[dict]:
     return _user_errors(run_spp)(cfg)
 
 
+@hydra.main(config_path=CONF_DIR, config_name="summary_command", version_base=None)
+def _summary(cfg: DictConfig) -> Optional[dict]:
+    from nfbench.summary import summary
+
+    return _user_errors(summary)(cfg)
+
+
 def _spp_plot() -> None:
     from nfbench.spp_plot import main as spp_plot
 
@@ -63,6 +70,7 @@ COMMANDS: dict[str, tuple[Callable[[], None], str]] = {
     "train": (_train, "train and evaluate a model (Hydra overrides: model=, init=, data=, ...)"),
     "spp": (_spp, "signal propagation plot at initialisation: per-block forward/backward variance (spp.*)"),
     "spp-plot": (_spp_plot, "overlay the spp.csv files under DIR ...: one figure per model"),
+    "summary": (_summary, "parameters and FLOPs per stage (a list of models/schemes: one table; summary.json)"),
 }
 
 USAGE = """usage: nfbench COMMAND [OVERRIDES ...] [HYDRA FLAGS]
@@ -77,6 +85,7 @@ Examples:
   nfbench train experiment=quickstart
   nfbench train model=resnet50 init=convshort data=cifar100
   nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort
+  nfbench summary model=resnet18,resnet50,resnet101 init=idshort,convshort
   nfbench train --help
 """
 
@@ -110,6 +119,11 @@ def main(argv: Optional[list[str]] = None) -> None:
         rest = args
     elif cmd in COMMANDS:
         rest = args[1:]
+        if cmd == "summary":
+            from nfbench.summary import wants_multirun
+
+            # A list of models or schemes is a sweep: run it as one, so one table comes out.
+            rest = ["--multirun", *rest] if wants_multirun(rest) else rest
     else:
         print(f"nfbench: unknown command '{cmd}'; choose one of: {', '.join(COMMANDS)}\n", file=sys.stderr)
         print(usage(), file=sys.stderr)

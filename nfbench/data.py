@@ -200,6 +200,43 @@ def imagenet(cfg: DataConfig) -> DataSource:
                       recipe="imagenet", pil=True)
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What a data set feeds the model: classes, channels, image side."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+
+# The shapes the loaders above produce, known without reading any file (``nfbench summary``).
+SHAPES = {
+    "digits": DataShape(10, 1, 8),
+    "cifar10": DataShape(10, 3, 32),
+    "cifar100": DataShape(100, 3, 32),
+    "imagenet": DataShape(1000, 3, 224),
+}
+
+
+def data_shape(cfg: DataConfig) -> DataShape:
+    """The configured data set's shape without loading it (``data.image_size`` overrides the side).
+
+    An image folder's shape is in its tree: the class folders of train/ and the first image's size.
+    """
+    if cfg.name in SHAPES:
+        shape = SHAPES[cfg.name]
+    else:
+        DATASETS.get(cfg.name)
+        from PIL import Image
+
+        train = _folder_split(Path(cfg.root).expanduser(), ["train"])
+        classes, _ = tvd.folder.find_classes(str(train))
+        first = next(p for p in sorted((train / classes[0]).iterdir()) if p.is_file())
+        with Image.open(first) as img:
+            shape = DataShape(len(classes), len(img.getbands()), max(img.size))
+    return DataShape(shape.num_classes, shape.in_chans, cfg.image_size or shape.image_size)
+
+
 def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
     """The papers' augmentation: crop (pad) + flip + optional RandAugment, then normalise."""
     mean = list(cfg.mean) if cfg.mean is not None else list(src.mean)
