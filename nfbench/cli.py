@@ -66,11 +66,18 @@ def _spp_plot() -> None:
     spp_plot(sys.argv[1:])
 
 
+def _report() -> None:
+    from nfbench.report import main as report
+
+    report(sys.argv[1:])
+
+
 COMMANDS: dict[str, tuple[Callable[[], None], str]] = {
     "train": (_train, "train and evaluate a model (Hydra overrides: model=, init=, data=, ...)"),
     "spp": (_spp, "signal propagation plot at initialisation: per-block forward/backward variance (spp.*)"),
     "spp-plot": (_spp_plot, "overlay the spp.csv files under DIR ...: one figure per model"),
     "summary": (_summary, "parameters and FLOPs per stage (a list of models/schemes: one table; summary.json)"),
+    "report": (_report, "table (Markdown + CSV) and accuracy curves over the runs under DIR ...: mean +- std over seeds"),
 }
 
 USAGE = """usage: nfbench COMMAND [OVERRIDES ...] [HYDRA FLAGS]
@@ -85,6 +92,7 @@ Examples:
   nfbench train experiment=quickstart
   nfbench train model=resnet50 init=convshort data=cifar100
   nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort
+  nfbench report outputs/multirun/train/2026-01-01_00-00-00 --out report
   nfbench summary model=resnet18,resnet50,resnet101 init=idshort,convshort
   nfbench train --help
 """

@@ -1,0 +1,444 @@
+"""``nfbench report DIR...``: turn run directories into the papers' tables and figures.
+
+Plain functions, each usable on its own:
+
+- :func:`collect` finds every training run directory under the given paths (single runs,
+  multirun trees, finished, diverged or still running) and reads it into a :class:`Run`;
+- :func:`aggregate` groups runs by configuration over seeds and computes mean and std;
+- :func:`write_table` writes the table as Markdown and CSV, with reference numbers beside ours;
+- :func:`plot_curves` draws Civitelli et al.'s Fig. 3/4: train and test top-1 per epoch,
+  the seeds' mean as a line and their std as a band, one colour per scheme.
+
+Statistics of final and best accuracy are over *finished* runs: a diverged run has no final
+accuracy (it is counted in ``diverged``), and an unfinished one has not reached it yet (counted
+in ``unfinished``).  Curves use every run that has reached an epoch, diverged ones excepted, as
+the paper leaves a diverging scheme's curve out of its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import yaml
+
+# Short names for the axes a sweep varies; any other dotted config key works as well.
+ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
+           "weights": "init.weights", "epochs": "trainer.epochs"}
+DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
+# Keys that legitimately differ between the seeds of one group and say nothing about the science.
+BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "trainer.run_dir", "trainer.resume",
+               "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile")
+FINISHED, DIVERGED, UNFINISHED = "finished", "diverged", "unfinished"
+RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
+
+
+@dataclass
+class Run:
+    """One training run directory, as read from disk."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    result: Optional[dict]
+
+    @property
+    def status(self) -> str:
+        """finished or diverged as result.json says; anything else (no result yet, a preempted job
+        waiting for its requeue) is unfinished."""
+        status = self.result.get("status") if self.result is not None else None
+        return status if status in (FINISHED, DIVERGED) else UNFINISHED
+
+    def get(self, key: str) -> Any:
+        """A grouping key's value: an alias (``init``), ``experiment`` or a dotted config key."""
+        if key == "weights":
+            return resolved_weights(self)
+        node: Any = self.config
+        for part in ALIASES.get(key, key).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def resolved_weights(run: Run) -> Optional[str]:
+    """The weight rule a run used: result.json records it; for a run still going, the config's
+    ``init.weights`` or, when that is null, the scheme's default (so both land in one group)."""
+    if run.result is not None and run.result.get("weights"):
+        return run.result["weights"]
+    init = run.config.get("init", {})
+    if init.get("weights"):
+        return init["weights"]
+    from nfbench.schemes import SCHEMES
+
+    try:
+        return SCHEMES.get(init.get("name")).default_weights
+    except Exception:  # a scheme this version does not know: keep the run, label it honestly
+        return None
+
+
+def _load_yaml(path: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception:  # .hydra/config.yaml may hold ${hydra:...} interpolations that need Hydra
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or caught mid-write by a run on another node
+        return None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # the last line of a running job may be half-written
+                continue
+    return rows
+
+
+def read_run(path: Path) -> Optional[Run]:
+    """Read one run directory; None when it holds no training config."""
+    for cfg_path in (path / "config.yaml", path / ".hydra" / "config.yaml"):
+        if cfg_path.is_file():
+            config = _load_yaml(cfg_path)
+            break
+    else:
+        return None
+    if "trainer" not in config:
+        return None
+    return Run(path, config, _read_metrics(path / "metrics.jsonl"), _read_json(path / "result.json"))
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every directory under ``paths`` that a training run wrote (it holds result.json,
+    metrics.jsonl or env.json); the search does not descend into run directories."""
+    found: list[Path] = []
+
+    def walk(d: Path) -> None:
+        if any((d / m).is_file() for m in RUN_MARKERS):
+            found.append(d)
+            return
+        for child in sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink()):
+            walk(child)
+
+    for p in paths:
+        if not p.is_dir():
+            raise FileNotFoundError(f"nfbench report: {p} is not a directory")
+        walk(p)
+    return found
+
+
+def collect(paths: Iterable[Path | str]) -> list[Run]:
+    """All training runs under ``paths``, in path order."""
+    runs = (read_run(d) for d in find_run_dirs(Path(p) for p in paths))
+    return [r for r in runs if r is not None]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (n - 1); the std of a single run is undefined."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+@dataclass
+class Row:
+    """One group of runs that differ only in their seed."""
+
+    key: dict[str, Any]
+    runs: list[Run]
+    finished: int = 0
+    diverged: int = 0
+    unfinished: int = 0
+    seeds: list[int] = field(default_factory=list)
+    epochs: Optional[int] = None
+    final_top1: tuple[Optional[float], Optional[float]] = (None, None)
+    best_top1: tuple[Optional[float], Optional[float]] = (None, None)
+    train_top1: tuple[Optional[float], Optional[float]] = (None, None)
+    wall_s: Optional[float] = None
+    # Config keys (besides seed and bookkeeping) whose values differ inside the group.
+    mixed: list[str] = field(default_factory=list)
+    references: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " / ".join(f"{v}" for v in self.key.values() if v is not None)
+
+
+def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> list[Row]:
+    """Group runs by the values of ``group_by`` and summarise each group over its seeds."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(json.dumps(r.get(k)) for k in group_by), []).append(r)
+    rows = []
+    for key, members in groups.items():
+        done = [r for r in members if r.status == FINISHED]
+        flat = [_flatten(r.config) for r in members]
+        skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
+        mixed = sorted(k for k in set().union(*flat) if k not in skip and len({f.get(k) for f in flat}) > 1)
+        planned = {r.get("epochs") for r in members}
+        rows.append(Row(
+            key={k: json.loads(v) for k, v in zip(group_by, key)},
+            runs=members,
+            finished=len(done),
+            diverged=sum(r.status == DIVERGED for r in members),
+            unfinished=sum(r.status == UNFINISHED for r in members),
+            seeds=sorted(r.get("seed") for r in members),
+            epochs=planned.pop() if len(planned) == 1 else None,
+            final_top1=_mean_std([r.result["test_top1"] for r in done]),
+            best_top1=_mean_std([r.result["best_test_top1"] for r in done]),
+            train_top1=_mean_std([r.result["train_top1"] for r in done]),
+            wall_s=statistics.fmean(r.result["wall_s"] for r in done) if done else None,
+            mixed=mixed,
+        ))
+    return rows
+
+
+def load_references(path: Optional[Path] = None) -> list[dict]:
+    """Published numbers to set beside ours (nfbench/references.yaml unless ``path``)."""
+    text = path.read_text() if path else resources.files("nfbench").joinpath("references.yaml").read_text()
+    refs = yaml.safe_load(text)["references"]
+    for ref in refs:
+        # Papers on CIFAR publish error rates; the table compares top-1 accuracy.
+        if "test_top1" not in ref:
+            ref["test_top1"] = round(100.0 - ref["test_error"], 4)
+    return refs
+
+
+def attach_references(rows: Sequence[Row], refs: Sequence[dict]) -> None:
+    """Give each row the references whose every ``match`` key equals the row's run config
+    (``data``, ``model``, ``init``, ``weights`` or any dotted key)."""
+    for row in rows:
+        run = row.runs[0]
+        row.references = [ref for ref in refs if all(run.get(k) == v for k, v in ref["match"].items())]
+
+
+def _pm(ms: tuple[Optional[float], Optional[float]]) -> str:
+    mean, std = ms
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _ref_text(ref: dict) -> str:
+    return f"{ref['test_top1']:.2f} [{ref['id']}]"
+
+
+def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The table as plain records (the CSV's rows): group keys, counts, statistics, references."""
+    out = []
+    for row in rows:
+        rec: dict[str, Any] = dict(row.key)
+        rec.update({
+            "seeds": row.finished, "diverged": row.diverged, "unfinished": row.unfinished,
+            "epochs": row.epochs,
+            "final_test_top1_mean": row.final_top1[0], "final_test_top1_std": row.final_top1[1],
+            "best_test_top1_mean": row.best_top1[0], "best_test_top1_std": row.best_top1[1],
+            "final_train_top1_mean": row.train_top1[0], "final_train_top1_std": row.train_top1[1],
+            "wall_s_mean": row.wall_s,
+            "reference_test_top1": ";".join(f"{r['test_top1']}" for r in row.references) or None,
+            "reference_ids": ";".join(r["id"] for r in row.references) or None,
+            "mixed_keys": ";".join(row.mixed) or None,
+        })
+        out.append(rec)
+    return out
+
+
+def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
+    """The Markdown table and, below it, the sources of the reference numbers it cites."""
+    head = [*group_by, "seeds", "diverged", "unfinished", "epochs", "final test top-1 (%)", "best test top-1 (%)",
+            "final train top-1 (%)", "wall / run", "reference top-1 (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cited: dict[str, dict] = {}
+    for row in rows:
+        for ref in row.references:
+            cited[ref["id"]] = ref
+        cells = ["-" if row.key[k] is None else str(row.key[k]) for k in group_by]
+        cells += [str(row.finished), str(row.diverged), str(row.unfinished),
+                  "-" if row.epochs is None else str(row.epochs), _pm(row.final_top1), _pm(row.best_top1),
+                  _pm(row.train_top1), _duration(row.wall_s),
+                  ", ".join(_ref_text(r) for r in row.references) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged and unfinished runs are "
+             "counted, not averaged."]
+    for row in rows:
+        if row.mixed:
+            notes.append(f"- Warning: the runs of `{row.label}` also differ in {', '.join(row.mixed)}; "
+                         f"add those keys to --group-by to separate them.")
+    for ref in cited.values():
+        notes.append(f"- [{ref['id']}] {ref['source']}: {ref['setting']}.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_table(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path) -> dict[str, Path]:
+    """Write ``report.md`` and ``report.csv`` into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    md.write_text(markdown_table(rows, group_by))
+    records = table_records(rows)
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]) if records else list(group_by))
+        w.writeheader()
+        w.writerows(records)
+    return {"markdown": md, "csv": csv_path}
+
+
+def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Per epoch (1-based): mean and std of ``key`` over the runs that reached it; diverged runs
+    are left out.  A single run gives a zero-width band."""
+    by_epoch: dict[int, list[float]] = {}
+    for r in runs:
+        if r.status == DIVERGED:
+            continue
+        for m in r.metrics:
+            v = m.get(key)
+            if v is not None and math.isfinite(v):
+                by_epoch.setdefault(int(m["epoch"]) + 1, []).append(v)
+    epochs = sorted(by_epoch)
+    means = [statistics.fmean(by_epoch[e]) for e in epochs]
+    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    return epochs, means, stds
+
+
+def _figure_groups(rows: Sequence[Row], group_by: Sequence[str]) -> dict[tuple, list[Row]]:
+    """One figure per combination of the group keys other than the scheme (init, weights):
+    Civitelli et al. draw one panel per architecture with every scheme in it."""
+    scheme_keys = {"init", "weights", "init.name", "init.weights"}
+    fig_keys = [k for k in group_by if k not in scheme_keys]
+    out: dict[tuple, list[Row]] = {}
+    for row in rows:
+        out.setdefault(tuple(row.key[k] for k in fig_keys), []).append(row)
+    return out
+
+
+def _slug(parts: Iterable[Any]) -> str:
+    text = "_".join(str(p) for p in parts if p is not None) or "runs"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
+                formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Civitelli et al. Fig. 3/4: train (left) and test (right) top-1 against epoch; per scheme
+    the seeds' mean as a line and +- one std as a band; references as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    scheme_keys = [k for k in group_by if k in ("init", "weights", "init.name", "init.weights")]
+    for fig_key, fig_rows in _figure_groups(rows, group_by).items():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        colours = plt.get_cmap("tab10")
+        for i, row in enumerate(fig_rows):
+            name = " + ".join(str(row.key[k]) for k in scheme_keys if row.key[k] is not None) or row.label
+            dead = f", {row.diverged} diverged" if row.diverged else ""
+            for ax, metric in zip(axes, ("train_top1", "test_top1")):
+                epochs, mean, std = epoch_curve(row.runs, metric)
+                if not epochs:
+                    continue
+                lo = [m - s for m, s in zip(mean, std)]
+                hi = [m + s for m, s in zip(mean, std)]
+                ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={len(row.runs) - row.diverged}{dead})")
+                ax.fill_between(epochs, lo, hi, color=colours(i % 10), alpha=0.2, linewidth=0)
+            for ref in row.references:
+                axes[1].axhline(ref["test_top1"], color=colours(i % 10), linestyle="--", linewidth=1)
+        for ax, title in zip(axes, ("train", "test")):
+            ax.set_title(f"{title} accuracy")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("top-1 (%)")
+        axes[1].legend(fontsize=8, loc="lower right")
+        fig.suptitle(" / ".join(str(v) for v in fig_key if v is not None))
+        fig.tight_layout()
+        stem = "curves_" + _slug(fig_key)
+        for fmt in formats:
+            path = out_dir / f"{stem}.{fmt}"
+            fig.savefig(path, dpi=100)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def report(paths: Sequence[Path | str], out_dir: Path, group_by: Sequence[str] = DEFAULT_GROUP_BY,
+           references: Optional[Path] = None, formats: Sequence[str] = ("png",)) -> dict[str, Any]:
+    """collect -> aggregate -> attach references -> table and curves; returns rows and file paths."""
+    runs = collect(paths)
+    if not runs:
+        raise FileNotFoundError(f"nfbench report: no training run directories under {', '.join(map(str, paths))} "
+                                f"(a run directory holds config.yaml and metrics.jsonl or result.json)")
+    rows = aggregate(runs, group_by)
+    attach_references(rows, load_references(references))
+    files = write_table(rows, group_by, out_dir)
+    figures = plot_curves(rows, group_by, out_dir, formats)
+    return {"runs": runs, "rows": rows, **files, "figures": figures}
+
+
+def parse_group_by(values: Optional[Sequence[str]]) -> list[str]:
+    """``--group-by`` replaces the default keys; keys written ``+key`` are added to them."""
+    if not values:
+        return list(DEFAULT_GROUP_BY)
+    added = [v[1:] for v in values if v.startswith("+")]
+    given = [v for v in values if not v.startswith("+")]
+    return [*(given or DEFAULT_GROUP_BY), *added]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="nfbench report",
+        description="Summarise training runs: a table (Markdown + CSV) of final and best test top-1, mean ± std "
+                    "over seeds, diverged/unfinished counts, epochs and wall time, with published reference numbers; "
+                    "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).")
+    p.add_argument("dirs", nargs="+", type=Path, help="run directories or trees of them (e.g. outputs/multirun/...)")
+    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: ./report)")
+    p.add_argument("--group-by", nargs="+", metavar="KEY",
+                   help=f"keys that define a group (default: {' '.join(DEFAULT_GROUP_BY)}); aliases "
+                        f"{', '.join(ALIASES)}, or any dotted config key (optim.lr); +KEY adds to the default")
+    p.add_argument("--references", type=Path, help="a references YAML file instead of nfbench's own")
+    p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
+    args = p.parse_args(argv)
+    group_by = parse_group_by(args.group_by)
+    try:
+        out = report(args.dirs, args.out, group_by, args.references, args.format)
+    except FileNotFoundError as e:
+        print(f"{e}", file=sys.stderr)
+        sys.exit(2)
+    sys.stdout.write(out["markdown"].read_text())
+    print(f"\nwrote {out['markdown']}, {out['csv']} and {len(out['figures'])} figure(s) in {args.out}")
