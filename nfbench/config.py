@@ -117,6 +117,11 @@ class TrainerConfig:
     progress: bool = True
     # Run directory when train() is called outside Hydra (tests, notebooks).
     run_dir: Optional[str] = None
+    # Processes to start on this machine (one per GPU, or CPU workers with gloo); a job started by
+    # torchrun or SLURM with several tasks is detected from its environment instead.
+    devices: int = 1
+    # Also checkpoint every N optimiser steps inside an epoch (0 = only at epoch ends).
+    checkpoint_every_steps: int = 0
     # Every N epochs, log the per-block signal propagation statistics (nfbench spp) to TensorBoard; 0 = off.
     log_spp_every: int = 0
 
@@ -250,6 +255,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
+    _check(c.trainer.devices >= 1, "trainer.devices", c.trainer.devices, "must be >= 1")
+    _check(c.trainer.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps", c.trainer.checkpoint_every_steps,
+           "must be >= 0 (0 = only at epoch ends)")
     _check(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
     _check(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
     _check(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")

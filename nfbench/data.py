@@ -307,5 +307,8 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     if use_device_loader(cfg, src):
         return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
     train = DataLoader(src.train, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
-    test = DataLoader(src.test, batch_size=cfg.test_batch_size, shuffle=False, **common)
+    # Every test image exactly once over all ranks (no padding), so summed metrics are exact.
+    shard = range(rank, len(src.test), world_size)  # type: ignore[arg-type]
+    test = DataLoader(Subset(src.test, shard) if world_size > 1 else src.test, batch_size=cfg.test_batch_size,
+                      shuffle=False, **common)
     return train, test

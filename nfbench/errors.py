@@ -11,3 +11,11 @@ class DataNotFoundError(FileNotFoundError):
 
 class DivergenceError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class Preempted(SystemExit):
+    """The run caught SIGTERM/SIGUSR1/SIGUSR2, saved a checkpoint and stops; exit code 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum

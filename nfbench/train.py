@@ -1,7 +1,8 @@
 """The training loop: ``train(cfg) -> dict of final metrics``, used by every entry point.
 
-Read top to bottom: setup, data, model and scheme, optimiser, resume, loop
-(train one epoch, evaluate, log, checkpoint), result.
+Read top to bottom: setup (ranks, run directory), data, model and scheme, optimiser, resume,
+loop (train one epoch, evaluate, log, checkpoint), result.  One process or many (DDP), the
+same code runs; only rank 0 writes files, logs and progress bars.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -21,11 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nfbench import rundir
-from nfbench.config import validate
+from nfbench import distributed, rundir
+from nfbench.config import Config, validate
 from nfbench.data import build_loaders, build_source
+from nfbench.distributed import DistEnv
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
+from nfbench.preemption import StopSignal
 from nfbench.schemes import build_scheme
 
 log = logging.getLogger("nfbench")
@@ -49,6 +51,19 @@ def seed_all(*key: int) -> None:
     torch.manual_seed(s)
 
 
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
     torch.backends.cudnn.deterministic = on
@@ -66,40 +81,11 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     raise ValueError("no run directory: set trainer.run_dir=PATH when calling train() outside Hydra")
 
 
-@dataclass
-class EpochStats:
-    loss: float
-    top1: float
-    images: int
-    seconds: float
-
-
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
     """Number of samples whose target is among the top-k logits, for each k (device tensors)."""
     kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hit = top.eq(target[:, None])
+    hit = logits.topk(kmax, dim=1).indices.eq(target[:, None])
     return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool) -> dict:
-    """Test loss (plain cross-entropy), top-1 and top-5 in percent."""
-    net.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    c1 = torch.zeros((), device=device, dtype=torch.int64)
-    c5 = torch.zeros_like(c1)
-    n = 0
-    for x, y in loader:
-        x, y = _to_device(x, y, device, channels_last)
-        with torch.autocast(**amp):
-            logits = net(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-        a, b = topk_correct(logits, y, (1, 5))
-        c1 += a
-        c5 += b
-        n += len(y)
-    return {"test_loss": loss_sum.item() / n, "test_top1": 100.0 * c1.item() / n, "test_top5": 100.0 * c5.item() / n}
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
@@ -109,62 +95,140 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y.to(device, non_blocking=True)
 
 
+@torch.no_grad()
+def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool) -> dict:
+    """Test loss (plain cross-entropy), top-1 and top-5 in percent, summed exactly over all ranks."""
+    net.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
+    for x, y in loader:
+        x, y = _to_device(x, y, device, channels_last)
+        with torch.autocast(**amp):
+            logits = net(x)
+        c1, c5 = topk_correct(logits, y, (1, 5))
+        sums += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
+                             c1.double(), c5.double(), torch.tensor(len(y), device=device, dtype=torch.float64)])
+    distributed.all_reduce_sum(sums)
+    loss, c1, c5, n = sums.tolist()
+    return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n}
+
+
 class Diverged(Exception):
     def __init__(self, info: dict) -> None:
         super().__init__(info)
         self.info = info
 
 
-def train_one_epoch(net, loader, opt, sched, scaler, mixup, criterion, cfg, device, amp, epoch, global_step,
-                    writer, progress) -> EpochStats:
-    """One pass over the training set.  Loss and accuracy accumulate on the device and are
-    read once per ``trainer.log_every`` steps, where a non-finite loss is also detected."""
-    tcfg = cfg.trainer
-    net.train()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+@dataclass
+class EpochProgress:
+    """Running sums of one epoch: where a mid-epoch checkpoint stopped and what it had seen."""
+
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    rng: list = field(default_factory=list)  # per-rank RNG states at batches_done
+
+
+@dataclass
+class Loop:
+    """What one epoch of training needs, built once by :func:`train`."""
+
+    cfg: DictConfig
+    net: nn.Module  # forward callable (DDP-wrapped and/or compiled)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    mixup: Optional[Callable]
+    criterion: nn.Module
+    device: torch.device
+    amp: dict
+    env: DistEnv
+    stop: StopSignal
+    save: Callable[[int, EpochProgress], None]  # (epoch being trained, progress) -> mid-epoch checkpoint
+    writer: Optional[object]
+    progress: Callable
+
+
+def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
+    """One pass over the training set.  Loss and accuracy accumulate on the device and are read once
+    per ``trainer.log_every`` steps, where a non-finite loss and a stop signal are also checked."""
+    cfg, tcfg, device = loop.cfg, loop.cfg.trainer, loop.device
+    p = resume or EpochProgress()
+    loop.net.train()
+    # loss sum, correct, seen on the device; the first non-finite step and its loss.
+    sums = torch.tensor([p.loss_sum, p.correct, p.seen], device=device, dtype=torch.float64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
     bad_loss = torch.zeros((), device=device)
-    seen = 0
-    t0 = time.perf_counter()
-    bar = progress(loader, epoch)
+    steps = len(loader)
+    global_step0 = epoch * steps
+    t0 = time.perf_counter() - p.seconds
+    bar = loop.progress(loader, epoch)
     for i, (x, y) in enumerate(bar):
+        if i < p.batches_done:
+            if i == p.batches_done - 1:  # the loader has drawn what it drew before; now the rest of the RNG
+                set_rng_state(p.rng[loop.env.rank])
+            continue
         x, y = _to_device(x, y, device, tcfg.channels_last)
-        x, target = mixup(x, y) if mixup is not None else (x, y)
-        with torch.autocast(**amp):
-            logits = net(x)
-            loss = criterion(logits.float(), target)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
+        with torch.autocast(**loop.amp):
+            logits = loop.net(x)
+            loss = loop.criterion(logits.float(), target)
+        loop.opt.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
         if cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0:
-            scaler.unscale_(opt)
-            clip_gradients(net, cfg.optim)
-        scaler.step(opt)
-        scaler.update()
+            loop.scaler.unscale_(loop.opt)
+            clip_gradients(loop.net, cfg.optim)
+        loop.scaler.step(loop.opt)
+        loop.scaler.update()
         if cfg.sched.per_step:
-            sched.step()
-        step = global_step + i
+            loop.sched.step()
+        step = global_step0 + i
         detached = loss.detach()
         new_bad = (first_bad < 0) & ~torch.isfinite(detached)
         first_bad = torch.where(new_bad, step, first_bad)
         bad_loss = torch.where(new_bad, detached, bad_loss)
-        loss_sum += detached * len(y)
-        correct += logits.detach().argmax(1).eq(y).sum()
-        seen += len(y)
-        last = i == len(loader) - 1
-        if (i + 1) % tcfg.log_every == 0 or last:
-            if first_bad.item() >= 0:
+        sums += torch.stack([detached.double() * len(y), logits.detach().argmax(1).eq(y).sum().double(),
+                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        done = i + 1
+        if done % tcfg.log_every == 0 or done == steps:
+            if distributed.any_rank(first_bad.item() >= 0, device):
                 raise Diverged({"epoch": epoch, "step": int(first_bad.item()), "loss": float(bad_loss.item()),
-                                "lr": opt.param_groups[0]["lr"]})
-            ips = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}",
-                            img_s=f"{ips:.0f}", refresh=False)
-            if writer is not None:
-                writer.add_scalar("train/loss_step", detached.item(), step)
+                                "lr": loop.opt.param_groups[0]["lr"]})
+            loss_sum, _, seen = sums.tolist()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{loop.opt.param_groups[0]['lr']:.3g}",
+                            img_s=f"{seen * loop.env.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
+            if loop.writer is not None:
+                loop.writer.add_scalar("train/loss_step", detached.item(), step)
+        if done == steps:
+            break
+        every = tcfg.checkpoint_every_steps
+        # Ranks agree on stopping at a log step (one small all-reduce); a single process checks every step.
+        check = not loop.env.enabled or done % tcfg.log_every == 0
+        stopping = check and distributed.any_rank(loop.stop.received is not None, device)
+        if stopping or (every and done % every == 0):
+            loop.save(epoch, _snapshot(sums, done, time.perf_counter() - t0, device))
+        if stopping:
+            log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
+                        "requeued and resumed", loop.stop.received, epoch + 1, done, steps)
+            loop.stop.exit()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    return EpochStats(loss_sum.item() / max(seen, 1), 100.0 * correct.item() / max(seen, 1), seen, seconds)
+    distributed.all_reduce_sum(sums)
+    loss_sum, correct, seen = sums.tolist()
+    return EpochProgress(steps, loss_sum, int(correct), int(seen), time.perf_counter() - t0)
+
+
+def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.device) -> EpochProgress:
+    """Epoch progress summed over ranks, with every rank's RNG state (gathered to all ranks)."""
+    total = sums.clone()
+    distributed.all_reduce_sum(total)
+    states = [rng_state()]
+    if distributed.dist.is_initialized():
+        states = [None] * distributed.dist.get_world_size()
+        distributed.dist.all_gather_object(states, rng_state())
+    loss_sum, correct, seen = total.tolist()
+    return EpochProgress(done, loss_sum, int(correct), int(seen), seconds, states)
 
 
 def _progress_factory(enabled: bool, epochs: int):
@@ -182,22 +246,56 @@ def count_params(net: nn.Module) -> int:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train and evaluate the configured model; return the final metrics (also written to result.json)."""
+    """Train and evaluate the configured model; return the final metrics (also written to result.json).
+
+    With ``trainer.devices=N > 1`` (and no launcher around), starts N processes on this machine
+    and returns rank 0's result.
+    """
     validate(cfg)
-    tcfg = cfg.trainer
+    env = distributed.detect()
+    if cfg.trainer.devices > 1 and not env.enabled:
+        return _spawn(cfg)
+    device = distributed.setup(env, pick_device(cfg.trainer.device).type)
+    try:
+        return _train(cfg, env, device)
+    finally:
+        distributed.teardown()
+
+
+def _spawn(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container["trainer"]["run_dir"] = str(run_dir)  # the workers live outside Hydra: give them the directory
+    distributed.spawn(cfg.trainer.devices, _spawned_worker, container)
+    return rundir.read_json(run_dir / "result.json")
+
+
+def _spawned_worker(container: dict) -> None:
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    if distributed.detect().is_main:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    train(cfg)  # type: ignore[arg-type]
+
+
+def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
+    tcfg = cfg.trainer
+    main = env.is_main
+    run_dir = resolve_run_dir(cfg)
     ckpt_dir = run_dir / rundir.CHECKPOINTS
-    device = pick_device(tcfg.device)
     set_deterministic(tcfg.deterministic)
-    rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=1))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    else:
+        log.setLevel(logging.WARNING)
 
-    # Data
+    # Data: data.batch_size is the global batch, split over the ranks.
     src = build_source(cfg.data)
-    train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, pin_memory=device.type == "cuda")
+    train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size,
+                                              pin_memory=device.type == "cuda", device=device)
 
-    # Model and scheme: same seed on every rank, before the optimiser sees the parameters.
+    # Model and scheme: the same seed on every rank, before DDP and the optimiser see the parameters.
     seed_all(cfg.seed)
     scheme = build_scheme(cfg.init)
     net = build_model(cfg.model, scheme, src.num_classes, src.in_chans, src.image_size).to(device)
@@ -223,6 +321,7 @@ def train(cfg: DictConfig) -> dict:
 
     # Resume: an explicit trainer.resume, or this run directory's own last.pt.
     start_epoch, best_top1, wall_before = 0, -math.inf, 0.0
+    partial: Optional[EpochProgress] = None
     resume_from: Optional[Path] = None
     if tcfg.resume:
         resume_from = rundir.find_checkpoint(tcfg.resume)
@@ -235,65 +334,86 @@ def train(cfg: DictConfig) -> dict:
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_top1, wall_before = state["epoch"] + 1, state["best_test_top1"], state["wall_s"]
-        rundir.truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
-        log.info("resumed from %s after epoch %d", resume_from, start_epoch)
+        if state.get("partial"):
+            partial = EpochProgress(**state["partial"])
+        if main:
+            rundir.truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
+        log.info("resumed from %s: epoch %d, step %d", resume_from, start_epoch + 1,
+                 partial.batches_done if partial else 0)
 
-    step_fn = net
+    fwd: nn.Module = net
+    if env.enabled:
+        fwd = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
-        step_fn = torch.compile(net)
+        fwd = torch.compile(fwd)
 
-    from torch.utils.tensorboard import SummaryWriter
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir / "tb"))
-    progress = _progress_factory(tcfg.progress, tcfg.epochs)
-    log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d test images, device %s",
+        writer = SummaryWriter(str(run_dir / "tb"))
+    log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d test images, %d process(es) on %s",
              cfg.model.name, cfg.init.name, scheme.weights, cfg.data.name, n_params / 1e6,
-             len(train_loader.sampler), len(test_loader.dataset), device)
-
-    def checkpoint_state(epoch: int, wall: float) -> dict:
-        return {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "best_test_top1": best_top1, "wall_s": wall,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "config": OmegaConf.to_container(cfg, resolve=True)}
+             len(src.train), len(src.test), env.world_size, device)
 
     t_start = time.perf_counter()
+
+    def checkpoint_state(epoch: int, progress: Optional[EpochProgress]) -> dict:
+        """``epoch``: the last completed epoch; ``partial``: how far into the next one."""
+        return {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "best_test_top1": best_top1,
+                "wall_s": wall_before + time.perf_counter() - t_start, "rng": rng_state(),
+                "partial": progress.__dict__ if progress else None,
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+
+    def save_mid_epoch(epoch: int, progress: EpochProgress) -> None:
+        if main:
+            rundir.save_checkpoint(ckpt_dir / rundir.LAST, checkpoint_state(epoch - 1, progress))
+        distributed.barrier()
+
+    stop = StopSignal()
+    loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, writer,
+                _progress_factory(tcfg.progress and main, tcfg.epochs))
     status, divergence = "finished", None
-    row = (rundir.read_metrics(run_dir / "metrics.jsonl") or [None])[-1]
-    for epoch in range(start_epoch, tcfg.epochs):
-        # Everything random in an epoch is a function of (seed, epoch): resuming is exact.
-        seed_all(cfg.seed, epoch, 0)
-        train_loader.sampler.set_epoch(epoch)
-        lr = opt.param_groups[0]["lr"]
-        try:
-            stats = train_one_epoch(step_fn, train_loader, opt, sched, scaler, mixup, criterion, cfg, device, amp,
-                                    epoch, epoch * len(train_loader), writer, progress)
-        except Diverged as d:
-            status, divergence = "diverged", d.info
-            log.error("training diverged: non-finite loss %s at epoch %d, step %d (lr %.4g); keeping the last good "
-                      "checkpoint %s", d.info["loss"], d.info["epoch"] + 1, d.info["step"], d.info["lr"],
-                      ckpt_dir / rundir.LAST)
-            break
-        if not cfg.sched.per_step:
-            sched.step()
-        metrics = evaluate(step_fn, test_loader, device, amp, tcfg.channels_last)
-        wall = wall_before + time.perf_counter() - t_start
-        row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss, "train_top1": stats.top1, **metrics,
-               "images_per_s": stats.images / stats.seconds, "epoch_s": stats.seconds, "wall_s": wall}
-        rundir.append_metrics(run_dir / "metrics.jsonl", row)
-        for k, v in row.items():
-            if k != "epoch":
-                writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "test_")) else k, v, epoch + 1)
-        improved = metrics["test_top1"] > best_top1
-        best_top1 = max(best_top1, metrics["test_top1"])
-        state = checkpoint_state(epoch, wall)
-        rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
-        if improved:
-            rundir.save_checkpoint(ckpt_dir / rundir.BEST, state)
-        log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  test loss %.4f top-1 %.2f top-5 %.2f  %.0f img/s",
-                 epoch + 1, tcfg.epochs, lr, stats.loss, stats.top1, metrics["test_loss"], metrics["test_top1"],
-                 metrics["test_top5"], row["images_per_s"])
-    writer.close()
+    with stop:
+        for epoch in range(start_epoch, tcfg.epochs):
+            # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
+            seed_all(cfg.seed, epoch, env.rank)
+            train_loader.sampler.set_epoch(epoch)
+            lr = opt.param_groups[0]["lr"]
+            try:
+                stats = train_one_epoch(loop, train_loader, epoch, partial)
+            except Diverged as d:
+                status, divergence = "diverged", d.info
+                log.error("training diverged: non-finite loss %s at epoch %d, step %d (lr %.4g); keeping the last "
+                          "good checkpoint %s", d.info["loss"], d.info["epoch"] + 1, d.info["step"], d.info["lr"],
+                          ckpt_dir / rundir.LAST)
+                break
+            partial = None
+            if not cfg.sched.per_step:
+                sched.step()
+            metrics = evaluate(fwd, test_loader, device, amp, tcfg.channels_last)
+            improved = metrics["test_top1"] > best_top1
+            best_top1 = max(best_top1, metrics["test_top1"])
+            state = checkpoint_state(epoch, None)
+            row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
+                   "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
+                   "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
+            if main:
+                rundir.append_metrics(run_dir / "metrics.jsonl", row)
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "test_")) else k,
+                                          v, epoch + 1)
+                rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
+                if improved:
+                    rundir.save_checkpoint(ckpt_dir / rundir.BEST, state)
+                log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  test loss %.4f top-1 %.2f top-5 %.2f  "
+                         "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"],
+                         metrics["test_loss"], metrics["test_top1"], metrics["test_top5"], row["images_per_s"])
+            distributed.barrier()
+    if writer is not None:
+        writer.close()
 
     history = rundir.read_metrics(run_dir / "metrics.jsonl")
     result = {
@@ -303,11 +423,13 @@ def train(cfg: DictConfig) -> dict:
         "epochs_planned": tcfg.epochs,
         "params": n_params,
         "data": cfg.data.name, "model": cfg.model.name, "init": cfg.init.name, "weights": scheme.weights,
-        "seed": cfg.seed, "experiment": cfg.get("experiment"),
+        "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": env.world_size,
         "best_test_top1": max((m["test_top1"] for m in history), default=None),
         "wall_s": wall_before + time.perf_counter() - t_start,
     }
-    if row is not None:
-        result.update({k: row[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1")})
-    rundir.write_json(run_dir / "result.json", result)
+    last = history[-1] if history else None
+    if last is not None:
+        result.update({k: last[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1")})
+    if main:
+        rundir.write_json(run_dir / "result.json", result)
     return result
