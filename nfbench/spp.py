@@ -91,9 +91,10 @@ def block_stats(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> list[B
 
 def _test_batch(src: DataSource, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` test images drawn by the global generator (seeded by the caller), normalised, not augmented."""
-    if n > len(src.test):  # type: ignore[arg-type]
-        raise ConfigError(f"spp.batch_size={n} is larger than the {len(src.test)} test images of {what}")  # type: ignore[arg-type]
-    idx = torch.randperm(len(src.test))[:n]  # type: ignore[arg-type]
+    n_test = len(src.test)  # type: ignore[arg-type]
+    if n > n_test:
+        raise ConfigError(f"spp.batch_size={n} is larger than the {n_test} test images of {what}")
+    idx = torch.randperm(n_test)[:n]
     xs, ys = zip(*(src.test[int(i)] for i in idx))
     return torch.stack(xs), torch.tensor(ys)
 
@@ -113,11 +114,9 @@ def measure(cfg: DictConfig) -> list[dict]:
     else:
         num_classes, in_chans, size = s.num_classes, s.in_chans, s.image_size
     runs: list[list[BlockStats]] = []
-    weights = ""
     for k in range(s.seeds):
         seed_all(cfg.seed + k)
         scheme = build_scheme(cfg.init)
-        weights = scheme.weights
         net = build_model(cfg.model, scheme, num_classes, in_chans, size).to(device).train()
         if src is not None:
             x, y = _test_batch(src, s.batch_size, f"data={cfg.data.name}")
@@ -126,7 +125,7 @@ def measure(cfg: DictConfig) -> list[dict]:
         if s.labels == "random":  # validate(): the only choice for Gaussian inputs
             y = torch.randint(num_classes, (s.batch_size,))
         runs.append(block_stats(net, x.to(device), y.to(device)))
-    return summarise(runs, cfg.model.name, cfg.init.name, weights)
+    return summarise(runs, cfg.model.name, cfg.init.name, scheme.weights)
 
 
 def summarise(runs: list[list[BlockStats]], model: str, init: str, weights: str) -> list[dict]:

@@ -380,6 +380,10 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
             # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
             seed_all(cfg.seed, epoch, env.rank)
             train_loader.sampler.set_epoch(epoch)
+            if main and tcfg.log_spp_every and epoch % tcfg.log_spp_every == 0:
+                from nfbench.spp import log_spp  # leaves weights, buffers and RNG as they were
+
+                log_spp(writer, net, cfg, test_loader, src.num_classes, epoch * len(train_loader))
             lr = opt.param_groups[0]["lr"]
             try:
                 stats = train_one_epoch(loop, train_loader, epoch, partial)
