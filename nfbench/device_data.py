@@ -120,18 +120,20 @@ class _EpochPlan:
 
 def crop_flip(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor,
               flip: torch.Tensor) -> torch.Tensor:
-    """Per-sample crop of the zero-padded batch at (top, left), mirrored where ``flip``: one gather.
+    """Per-sample crop of the zero-padded batch at (top, left), mirrored where ``flip``.
 
-    Matches ``v2.RandomCrop(size, padding)`` then ``v2.RandomHorizontalFlip()`` for each image.
+    Matches ``v2.RandomCrop(size, padding)`` then ``v2.RandomHorizontalFlip()`` for each image,
+    as one gather over the flattened padded pixels (several times faster than 4-d indexing on CPU).
     """
     b, c, h, w = x.shape
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))
+    hp, wp = x.shape[-2:]
     rows = top[:, None] + torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
     cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)
-    return x[torch.arange(b, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return torch.gather(x.reshape(b, c, hp * wp), 2, flat).view(b, c, h, w)
 
 
 class DeviceLoader:
@@ -161,7 +163,7 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self._shift, x.float(), self._scale)
+        return x.float().mul_(self._scale).add_(self._shift)
 
     def _plan(self) -> _EpochPlan:
         order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)
@@ -206,14 +208,14 @@ class DeviceLoader:
         for b, start in enumerate(range(0, n, self.batch_size)):
             sl = slice(start, min(start + self.batch_size, n))
             idx = plan.order[sl]
-            x = self.images[idx]
+            x = self.images.index_select(0, idx)
             if aug is not None:
                 if aug.padding or aug.hflip:
                     x = crop_flip(x, aug.padding, plan.top[sl], plan.left[sl], plan.flip[sl])
                 if aug.randaugment is not None:
                     x = aug.randaugment.apply(x, plan.ra_perm[:, sl], plan.ra_inverse[:, sl],  # type: ignore[index]
                                               plan.ra_counts[b])
-            yield self.normalise(x), self.labels[idx]
+            yield self.normalise(x), self.labels.index_select(0, idx)
 
 
 def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
