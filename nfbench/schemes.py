@@ -17,7 +17,8 @@ from torch import nn
 from nfbench.config import InitConfig
 from nfbench.errors import ConfigError
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
-                                   ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledSkipGain, branch_convs,
+                                   ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
+                                   branch_convs,
                                    plain_conv, split_stages, stem_layers)
 from nfbench.registry import Registry
 
@@ -328,9 +329,7 @@ class NormFree(Scheme):
                                gamma=1.0, eps=NF_STD_EPS)
 
     def act(self) -> nn.Module:
-        from timm.models.nfnet import GammaAct
-
-        return GammaAct("relu", gamma=NF_RELU_GAMMA)
+        return ScaledReLU(NF_RELU_GAMMA)
 
     def gate(self) -> nn.Module:
         return ScaledSkipGain(self.alpha, self.skip_gain)

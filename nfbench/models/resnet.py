@@ -100,6 +100,21 @@ class ScaledSkipGain(nn.Module):
         return f"alpha={self.alpha:.4g}"
 
 
+class ScaledReLU(nn.Module):
+    """gamma * relu(x), the NF-ResNets' activation: gamma restores unit variance for a unit Gaussian input
+    (Brock et al. 2021a).  Out of place: timm's GammaAct scales ReLU's output in place, which autograd rejects."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma:.6g}"
+
+
 class ZeroPadShortcut(nn.Module):
     """He et al. 2016a option A: subsample by the stride, pad the new channels with zeros (no parameters)."""
 

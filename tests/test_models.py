@@ -1,0 +1,255 @@
+"""The model zoo (SPEC section 1): published parameter counts, structure, stems, and every (model, init) pair."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from nfbench.config import InitConfig, ModelConfig, OptimConfig, validate
+from nfbench.errors import ConfigError
+from nfbench.models import (MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, ResidualBlock, TimmNFBlock,
+                            ZeroPadShortcut, build_model, construct_model)
+from nfbench.models.nf_resnet import timm_nf_resnet
+from nfbench.optim import build_optimizer
+from nfbench.schemes import SCHEMES, build_scheme
+
+SMALL_WRN = {"depth": 10, "widen": 2}
+
+
+def model_cfg(name: str, **kw) -> ModelConfig:
+    return ModelConfig(name=name, **({**SMALL_WRN, **kw} if name == "wrn" else kw))
+
+
+def build(name: str, init: str, width: int | None = 4, image_size: int = 16, in_chans: int = 3,
+          num_classes: int = 10, stem: str = "auto", **init_kw) -> nn.Module:
+    scheme = build_scheme(InitConfig(name=init, **init_kw))
+    return build_model(model_cfg(name, width=width, stem=stem), scheme, num_classes, in_chans, image_size)
+
+
+def n_params(name: str, init: str, num_classes: int = 10, image_size: int = 32, **kw) -> int:
+    """Parameters of the full-width model, built on the meta device (nothing allocated)."""
+    init_kw = {k: kw.pop(k) for k in ("reference_block",) if k in kw}
+    with torch.device("meta"):
+        net = construct_model(model_cfg(name, **kw), build_scheme(InitConfig(name=init, **init_kw)),
+                              num_classes, 3, image_size)
+    return sum(p.numel() for p in net.parameters())
+
+
+# --- published parameter counts ------------------------------------------------------------
+
+# Civitelli et al., Table 1 (ResNet-50/101) and Table 2 (ResNet-18): CIFAR stem, 10 classes, 32x32x3.
+CIVITELLI_PARAMS_M = {
+    ("resnet18", "idshort"): 11.16, ("resnet18", "learnscalar"): 11.16, ("resnet18", "convshort"): 11.52,
+    ("resnet50", "idshort"): 23.47, ("resnet50", "learnscalar"): 23.47, ("resnet50", "convshort"): 38.02,
+    ("resnet101", "idshort"): 42.41, ("resnet101", "learnscalar"): 42.41, ("resnet101", "convshort"): 74.78,
+}
+
+
+@pytest.mark.parametrize("model,init", list(CIVITELLI_PARAMS_M))
+def test_civitelli_tables_1_2_parameter_counts(model, init):
+    assert round(n_params(model, init) / 1e6, 2) == CIVITELLI_PARAMS_M[(model, init)]
+
+
+def test_convshort_adds_exactly_a_1x1_conv_to_every_identity_block():
+    # Hand count for ResNet-18: the identity blocks are the first block of stage 1 and the second of
+    # every stage; ConvShort gives each a c x c 1x1 conv (c = 64, 64, 128, 256, 512).
+    extra = 64 * 64 + sum(c * c for c in (64, 128, 256, 512))
+    assert n_params("resnet18", "convshort") - n_params("resnet18", "idshort") == extra
+
+
+# He et al. 2016a, Table 6 (CIFAR-10 ResNets with the option-A shortcut): 0.27, 0.46, 0.66, 0.85, 1.7 M.
+HE_CIFAR_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}
+
+
+@pytest.mark.parametrize("depth", list(HE_CIFAR_PARAMS_M))
+def test_fixup_reference_cifar_resnets_match_he_et_al_table_6(depth):
+    params = n_params(f"resnet{depth}", "fixup", reference_block=True)
+    digits = 1 if depth == 110 else 2
+    assert round(params / 1e6, digits) == HE_CIFAR_PARAMS_M[depth]
+    # And exactly hongyi-zhang/Fixup's fixup_resnet<depth>: its convs (3x3 stem, 2n+2n+2n 3x3 convs,
+    # no shortcut parameters), five scalars per block, bias1 and bias2, and the 64 -> 10 classifier.
+    n = (depth - 2) // 6
+    convs = 3 * 16 * 9 + sum(ci * co * 9 + co * co * 9 + (n - 1) * 2 * co * co * 9
+                             for ci, co in ((16, 16), (16, 32), (32, 64)))
+    assert params == convs + 5 * 3 * n + 2 + 64 * 10 + 10
+
+
+# Zagoruyko & Komodakis 2016 (Wide ResNets), CIFAR results: WRN-40-4 8.9 M, WRN-16-8 11.0 M, WRN-28-10 36.5 M
+# (their networks have BatchNorm, so init=bn).
+@pytest.mark.parametrize("depth,widen,millions", [(40, 4, 8.9), (16, 8, 11.0), (28, 10, 36.5)])
+def test_wide_resnet_parameter_counts(depth, widen, millions):
+    assert round(n_params("wrn", "bn", depth=depth, widen=widen) / 1e6, 1) == millions
+
+
+def test_timm_nf_resnet_is_timm_model_restructured():
+    """Same parameters and the same function as timm's own nf_resnet26 built from the same seed."""
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    ours = timm_nf_resnet("nf_resnet26", 10, 3, width_factor=0.125)
+    torch.manual_seed(0)
+    ref = timm.create_model("nf_resnet26", pretrained=False, num_classes=10, width_factor=0.125)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert len(ours.blocks) == sum(len(s) for s in ref.stages) == 8
+    assert torch.equal(ours(x), ref(x))
+    assert isinstance(ours.head.fc, nn.Linear) and ours.head.fc.out_features == 10
+
+
+# --- structure -------------------------------------------------------------------------------
+
+def stage_widths(net: nn.Module) -> list[int]:
+    widths: list[int] = []
+    for block in net.blocks:
+        if block.transition or not widths:
+            widths.append(block.out_chans)
+    return widths
+
+
+@pytest.mark.parametrize("name,blocks,widths,kernels", [
+    ("resnet18", 8, [64, 128, 256, 512], [3, 3]),
+    ("resnet34", 16, [64, 128, 256, 512], [3, 3]),
+    ("resnet50", 16, [256, 512, 1024, 2048], [1, 3, 1]),
+    ("resnet101", 33, [256, 512, 1024, 2048], [1, 3, 1]),
+    ("resnet152", 50, [256, 512, 1024, 2048], [1, 3, 1]),
+    ("resnet20", 9, [16, 32, 64], [3, 3]),
+    ("resnet110", 54, [16, 32, 64], [3, 3]),
+])
+def test_published_architectures(name, blocks, widths, kernels):
+    with torch.device("meta"):
+        net = construct_model(ModelConfig(name=name), build_scheme(InitConfig(name="idshort")), 10, 3, 32)
+    assert len(net.blocks) == blocks
+    assert stage_widths(net) == widths
+    for block in net.blocks:
+        assert [c.kernel_size[0] for c in block.branch] == kernels
+        # The stride sits in the 3x3 conv; a conv shortcut exactly where the block changes shape.
+        assert [c.stride[0] for c in block.branch if c.kernel_size[0] == 3][0] == block.stride
+        assert isinstance(block.shortcut, ConvShortcut) == block.transition
+    assert [b.stride for b in net.blocks if b.stride == 2] == [2] * (len(widths) - 1)
+    assert net.stem[0].out_channels == (16 if name in ("resnet20", "resnet110") else 64)
+
+
+def test_wide_resnet_structure():
+    """WRN-d-k: three stages of (d - 4) / 6 basic blocks, 16k-32k-64k channels after a 16-channel stem."""
+    with torch.device("meta"):
+        net = construct_model(ModelConfig(name="wrn", depth=16, widen=4), build_scheme(InitConfig(name="plain")),
+                              10, 3, 32)
+    assert net.stem[0].out_channels == 16 and len(net.blocks) == 6
+    assert stage_widths(net) == [64, 128, 256]
+    assert [b.stride for b in net.blocks] == [1, 1, 2, 1, 2, 1]
+
+
+def test_width_multiplier_scales_every_stage():
+    net = build("resnet18", "idshort", width=8)
+    assert net.stem[0].out_channels == 8 and stage_widths(net) == [8, 16, 32, 64]
+    wide = build("wrn", "idshort", width=4)
+    assert wide.stem[0].out_channels == 4 and stage_widths(wide) == [8, 16, 32]
+
+
+@pytest.mark.parametrize("image_size,stem,kind", [(32, "auto", "cifar"), (224, "auto", "imagenet"),
+                                                   (224, "cifar", "cifar"), (32, "imagenet", "imagenet")])
+def test_stem_follows_the_image_size_unless_overridden(image_size, stem, kind):
+    net = build("resnet18", "idshort", image_size=image_size, stem=stem)
+    conv = net.stem[0]
+    if kind == "cifar":
+        assert (conv.kernel_size, conv.stride, len(net.stem)) == ((3, 3), (1, 1), 1)
+    else:
+        assert (conv.kernel_size, conv.stride) == ((7, 7), (2, 2)) and isinstance(net.stem[1], nn.MaxPool2d)
+    out = net.stem(torch.zeros(1, 3, image_size, image_size))
+    assert out.shape[-1] == (image_size if kind == "cifar" else image_size // 4)
+
+
+def test_fixup_reference_block_is_post_activation_with_option_a_shortcut():
+    net = build("resnet20", "fixup", reference_block=True)
+    assert all(isinstance(b, FixupBasicBlock) for b in net.blocks)
+    transitions = [b for b in net.blocks if b.transition]
+    assert len(transitions) == 2 and all(isinstance(b.shortcut, ZeroPadShortcut) for b in transitions)
+    # Option A: subsample by 2, then zero channels appended.
+    x = torch.randn(2, 4, 8, 8)
+    h = transitions[0].skip(x)
+    assert h.shape == (2, 8, 4, 4)
+    assert torch.equal(h[:, :4], x[:, :, ::2, ::2]) and not h[:, 4:].any()
+    # Post-activation: every block output (after the final ReLU) is non-negative.
+    net.blocks[0].branch[1].weight.data.normal_()
+    assert (net.blocks[0](torch.randn(2, 4, 16, 16)) >= 0).all()
+
+
+# --- every (model, init) pair -----------------------------------------------------------------
+
+# Basic blocks in three stages, bottlenecks in four, a widened stage 1: every block and shortcut kind.
+GRID = [(m, s) for m in ("resnet20", "resnet50", "wrn") for s in SCHEMES.names()]
+GRID += [("nf_resnet26", "nf"), ("resnet20", "fixup+reference"), ("wrn", "fixup+reference")]
+
+
+def build_pair(model: str, init: str) -> nn.Module:
+    if init == "fixup+reference":
+        return build(model, "fixup", reference_block=True)
+    return build(model, init, width=8 if model in TIMM_NF_MODELS else 4)
+
+
+@pytest.mark.parametrize("model,init", GRID)
+def test_every_pair_trains_one_step_saves_and_reloads(model, init, tmp_path):
+    torch.manual_seed(0)
+    net = build_pair(model, init)
+    opt = build_optimizer(net, OptimConfig(lr=0.05, weight_decay=1e-4), torch.device("cpu"))
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    before = [p.detach().clone() for p in net.parameters()]
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    torch.manual_seed(1)
+    fresh = build_pair(model, init)
+    fresh.load_state_dict(torch.load(tmp_path / "model.pt"))
+    net.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), fresh(x))
+
+
+def test_blocks_expose_branch_shortcut_and_scalars_for_every_block_type():
+    for net in (build("resnet20", "learnscalar"), build("resnet20", "fixup", reference_block=True),
+                build("nf_resnet26", "nf", width=8)):
+        for block in net.blocks:
+            assert isinstance(block, (ResidualBlock, FixupBasicBlock, TimmNFBlock))
+            assert all(isinstance(c, nn.Conv2d) for c in block.branch) and len(block.branch) >= 2
+            assert block.shortcut is not None and block.stride in (1, 2)
+    assert [len(b.scalars()) for b in build("resnet20", "learnscalar").blocks] == [1, 1, 1, 0, 1, 1, 0, 1, 1]
+
+
+@pytest.mark.parametrize("init", [s for s in SCHEMES.names() if s != "nf"])
+def test_timm_nf_resnets_need_init_nf(make_cfg, init):
+    cfg = make_cfg([f"model={TIMM_NF_MODELS[1]}", f"init={init}"])
+    with pytest.raises(ConfigError, match=f"model=nf_resnet50 is timm's NF-ResNet.*use init=nf"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="use init=nf"):
+        build("nf_resnet50", init)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=resnet50", "init=fixup", "init.reference_block=true"], "model=resnet50 has no basic blocks"),
+    (["init=idshort", "init.reference_block=true"], "init.reference_block=True is not allowed: applies to init=fixup"),
+    (["model=resnet18", "model.depth=28"], "model.depth=28 is not allowed: applies to model=wrn only"),
+    (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed: must be 6n \\+ 4"),
+    (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed: must be >= 1"),
+    (["init=idshort", "init.alpha=0.2"], "init.alpha=0.2 is not allowed: applies to init=nf only"),
+    (["init=nf", "init.alpha=0"], "init.alpha=0.0 is not allowed: must be > 0"),
+    (["init=nf", "init.weights=he_fanout"], "init.weights='he_fanout' is not allowed with init=nf: choose one of brock"),
+    (["init=wn", "init.weights=brock"], "init.weights='brock' is not allowed with init=wn: init=wn sets every weight"),
+    (["model=nf_resnet26", "init=nf", "model.stem=cifar"], "ImageNet stem only"),
+    (["model=nf_resnet26", "init=nf", "init.skip_gain=1"], "init.skip_gain applies to nfbench's own ResNets"),
+])
+def test_invalid_model_init_combinations_name_the_key(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(overrides))
+
+
+def test_every_registered_model_has_a_config_file():
+    from pathlib import Path
+
+    from nfbench.cli import CONF_DIR
+
+    assert sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")) == MODELS.names()
+    assert sorted(p.stem for p in (Path(CONF_DIR) / "init").glob("*.yaml")) == SCHEMES.names()
