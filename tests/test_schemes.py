@@ -1,0 +1,303 @@
+"""The init= schemes (SPEC section 2): the statistics of every initialised tensor, identity at
+initialisation, batch independence and the optimiser's treatment of their scalars."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from timm.layers import ScaledStdConv2d
+from torch import nn
+from torch.nn import functional as F
+
+from nfbench.config import InitConfig, ModelConfig, OptimConfig
+from nfbench.models import ConvShortcut, ScalarBias, ScalarGain, build_model
+from nfbench.models.resnet import Scalar
+from nfbench.optim import param_groups
+from nfbench.schemes import SCHEMES, build_scheme
+
+RULES = ("he_fanin", "he_fanout", "brock")
+# Brock et al. 2021a / Civitelli et al. eq. 3: gamma^2 = 2 / (1 - 1/pi) for ReLU.
+BROCK_GAMMA2 = 2.0 / (1.0 - 1.0 / math.pi)
+# The NF-ResNets' ReLU gamma as DeepMind's code (and timm's _nonlin_gamma['relu']) has it.
+NF_GAMMA = 1.7139588594436646
+
+
+def build(model: str, init: str, width: int = 4, image_size: int = 16, **init_kw) -> nn.Module:
+    wrn = {"depth": 10, "widen": 2} if model == "wrn" else {}
+    return build_model(ModelConfig(name=model, width=width, **wrn), build_scheme(InitConfig(name=init, **init_kw)),
+                       10, 3, image_size)
+
+
+def fan(w: torch.Tensor) -> tuple[int, int]:
+    rf = w[0, 0].numel()
+    return w.shape[1] * rf, w.shape[0] * rf
+
+
+def assert_rule(w: torch.Tensor, rule: str, scale: float = 1.0) -> None:
+    """Exactly the rule's moments (Civitelli et al. sec. 4: standardised after sampling), times ``scale``."""
+    n_in, n_out = fan(w)
+    w = w.detach().double()
+    if rule == "brock":  # per output channel
+        target = scale**2 * BROCK_GAMMA2 / n_in
+        flat = w.reshape(w.shape[0], -1)
+        mean, var = flat.mean(1), flat.var(1, unbiased=False)
+    else:
+        target = scale**2 * 2.0 / (n_in if rule == "he_fanin" else n_out)
+        mean, var = w.mean(), w.var(unbiased=False)
+    assert (mean.abs() <= 1e-5 * math.sqrt(target)).all(), mean
+    torch.testing.assert_close(var, torch.full_like(var, target), rtol=1e-5, atol=0)
+
+
+def convs_by_role(net: nn.Module) -> tuple[list[nn.Conv2d], list[nn.Conv2d], list[nn.Conv2d]]:
+    """(stem and shortcut convs, branch convs but the last, last branch convs)."""
+    last = [b.branch[-1] for b in net.blocks]
+    inner = [c for b in net.blocks for c in b.branch[:-1]]
+    branch = {id(c) for c in last + inner}
+    other = [m for m in net.modules() if isinstance(m, nn.Conv2d) and id(m) not in branch]
+    return other, inner, last
+
+
+# --- statistics of the initialised tensors ------------------------------------------------------
+
+PLAIN_RULE_SCHEMES = ("bn", "plain", "idshort", "learnscalar", "convshort", "skipinit", "rezero")
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("init", PLAIN_RULE_SCHEMES)
+def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
+    net = build(model, init, weights=rule)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + sum(len(b.branch) + isinstance(b.shortcut, ConvShortcut) for b in net.blocks)
+    for conv in convs:
+        assert_rule(conv.weight, rule)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert (m.weight == 1).all() and (m.bias == 0).all()
+    # LearnScalar's alpha starts at 1 (Civitelli et al. 3.3), SkipInit's and ReZero's gate at 0.
+    expected = {"learnscalar": 1.0, "skipinit": 0.0, "rezero": 0.0}.get(init)
+    assert all(s.weight.item() == expected for b in net.blocks for s in b.scalars())
+
+
+def test_scheme_default_weight_rules_follow_spec():
+    defaults = {name: build_scheme(InitConfig(name=name)).weights for name in SCHEMES.names()}
+    # SPEC section 2 table; Fixup's reference code draws N(0, 2/n_out); NF's standardised convs are Brock's.
+    assert defaults == {"bn": "he_fanin", "plain": "he_fanin", "idshort": "he_fanout", "learnscalar": "he_fanout",
+                        "convshort": "he_fanout", "fixup": "he_fanout", "skipinit": "he_fanin",
+                        "rezero": "he_fanin", "zero_last": "he_fanin", "nf": "brock", "wn": "arpit"}
+
+
+def test_without_standardisation_the_moments_are_only_sampled():
+    """init.standardize=false: the variance is the target's in expectation, not exactly."""
+    net = build("resnet20", "idshort", width=16, standardize=False)
+    big = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 2000]
+    assert len(big) >= 8
+    for w in big:
+        target = 2.0 / fan(w)[1]
+        ratio = w.var(unbiased=False).item() / target
+        assert 0.85 < ratio < 1.15 and abs(ratio - 1) > 1e-5
+        assert w.mean().item() != 0.0
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_zero_last_zeroes_the_last_branch_conv_only(rule):
+    net = build("resnet50", "zero_last", weights=rule)
+    other, inner, last = convs_by_role(net)
+    assert all(not c.weight.any() for c in last)
+    for conv in other + inner:
+        assert_rule(conv.weight, rule)
+    assert not any(b.scalars() for b in net.blocks)
+
+
+# Fixup rule 2: L^(-1/(2m-2)) by hand.  ResNet-20: L = 9 blocks of m = 2 convs, 9^(-1/2) = 1/3;
+# ResNet-50: L = 3 + 4 + 6 + 3 = 16 blocks of m = 3 convs, 16^(-1/4) = 1/2.
+FIXUP_SCALE = {"resnet20": 1 / 3, "resnet50": 1 / 2}
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("model,reference", [("resnet20", False), ("resnet50", False), ("resnet20", True)])
+def test_fixup_rules(model, reference, rule):
+    net = build(model, "fixup", weights=rule, reference_block=reference)
+    other, inner, last = convs_by_role(net)
+    for conv in inner:
+        assert_rule(conv.weight, rule, scale=FIXUP_SCALE[model])  # rule 2
+    for conv in other:
+        assert_rule(conv.weight, rule)  # stem and shortcuts: the unscaled standard rule
+    assert all(not c.weight.any() for c in last)  # rule 1
+    assert not net.head.fc.weight.any() and not net.head.fc.bias.any()
+    # Rule 3: scalar biases at 0, one multiplier at 1 per branch.
+    scalars = [m for m in net.modules() if isinstance(m, Scalar)]
+    biases = [m for m in scalars if isinstance(m, ScalarBias)]
+    gains = [m for m in scalars if isinstance(m, ScalarGain)]
+    assert len(gains) == len(net.blocks) and all(g.weight.item() == 1.0 for g in gains)
+    assert all(b.weight.item() == 0.0 for b in biases)
+    m = len(net.blocks[0].branch)
+    # Pre-activation: a bias before each activation and each conv (2m per block), plus the head's two;
+    # reference: bias1a, 1b, 2a, 2b per block, plus the stem's bias1 and the head's bias2.
+    assert len(biases) == len(net.blocks) * (4 if reference else 2 * m) + 2
+
+
+def nf_effective_weight(conv: ScaledStdConv2d) -> torch.Tensor:
+    """SPEC: per output channel, gain * (W - mean) / (std * sqrt(n_in)), std the biased one."""
+    w = conv.weight.detach().double()
+    flat = w.reshape(w.shape[0], -1)
+    std = flat.std(1, unbiased=False, keepdim=True)
+    eff = conv.gain.detach().double().reshape(-1, 1) * (flat - flat.mean(1, keepdim=True)) / (std * math.sqrt(flat.shape[1]))
+    return eff.reshape_as(w)
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
+def test_nf_convs_are_scaled_weight_standardised_with_brocks_moments(model):
+    net = build(model, "nf")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(isinstance(c, ScaledStdConv2d) for c in convs)
+    x = torch.randn(2, 4, 8, 8)
+    for conv in convs:
+        assert (conv.gain == 1).all()
+        raw = conv.weight.detach().double().reshape(conv.out_channels, -1)
+        torch.testing.assert_close(raw.var(1, unbiased=False), torch.ones(conv.out_channels, dtype=torch.double))
+        eff = nf_effective_weight(conv)
+        n_in = fan(eff)[0]
+        # Brock's rule: with the activation's gamma, per-channel Var = gamma^2 / n_in, mean 0.
+        flat = (NF_GAMMA * eff).reshape(eff.shape[0], -1)
+        assert (flat.mean(1).abs() < 1e-9).all()
+        torch.testing.assert_close(flat.var(1, unbiased=False), torch.full((eff.shape[0],), NF_GAMMA**2 / n_in,
+                                   dtype=torch.double), rtol=1e-4, atol=0)  # timm's eps = 1e-5
+        if conv.in_channels == 4:  # the layer computes with exactly that weight
+            ref = F.conv2d(x.double(), eff, None, conv.stride, conv.padding)
+            torch.testing.assert_close(conv(x).double(), ref, rtol=1e-4, atol=1e-5)
+    act = net.blocks[0].act
+    z = torch.randn(1000)
+    torch.testing.assert_close(act(z), NF_GAMMA * z.clamp(min=0))
+    gates = [b.gate for b in net.blocks]
+    assert all(g.alpha == 0.2 and g.gain.weight.item() == 0.0 for g in gates)
+
+
+def test_nf_beta_sequence_resets_after_transitions():
+    """1/beta_l = 1/sqrt(expected Var(x_l)): 1 at the stem, + alpha^2 per block, 1 + alpha^2 after a transition."""
+    a2 = 0.2**2
+    # ResNet-18 (2-2-2-2): stage 1 starts without a transition (64 -> 64, stride 1).
+    var18 = [1, 1 + a2, 1 + 2 * a2, 1 + a2, 1 + 2 * a2, 1 + a2, 1 + 2 * a2, 1 + a2]
+    net18 = build("resnet18", "nf")
+    torch.testing.assert_close([b.input_scale for b in net18.blocks], [v**-0.5 for v in var18])
+    # ResNet-50 (3-4-6-3): every stage starts with a transition (64 -> 256 in stage 1).
+    var50 = [1.00, 1.04, 1.08,  1.12, 1.04, 1.08, 1.12,  1.16, 1.04, 1.08, 1.12, 1.16, 1.20,  1.24, 1.04, 1.08]
+    net50 = build("resnet50", "nf")
+    torch.testing.assert_close([b.input_scale for b in net50.blocks], [v**-0.5 for v in var50])
+    # timm's nf_resnet50, an independent implementation, has the same sequence.
+    timm50 = build("nf_resnet50", "nf", width=8)
+    torch.testing.assert_close([b.input_scale for b in timm50.blocks], [v**-0.5 for v in var50])
+    # Where the scale goes: x_{l+1} = x_l + alpha g f(x_l / beta_l) with the identity shortcut on the raw x_l;
+    # a transition's conv shortcut takes the activated, scaled input.
+    block, transition = net50.blocks[1], net50.blocks[3]
+    with torch.no_grad():
+        block.gate.gain.weight.fill_(1.0)
+        x = torch.randn(2, block.in_chans, 4, 4)
+        f = x * 1.04**-0.5
+        for conv in block.branch:
+            f = conv(block.act(f))
+        torch.testing.assert_close(block(x), x + 0.2 * f)
+        x = torch.randn(2, transition.in_chans, 4, 4)
+        torch.testing.assert_close(transition.skip(x), transition.shortcut.conv(transition.act(x * 1.12**-0.5)))
+
+
+@pytest.mark.parametrize("model,blocks_per_stage", [
+    ("resnet20", [3] * 9), ("resnet50", [3] * 3 + [4] * 4 + [6] * 6 + [3] * 3)])
+def test_wn_g_values_and_orthogonal_directions(model, blocks_per_stage):
+    """Arpit et al.: g = sqrt(gain n_in / n_out), gain 1 (stem, shortcuts), 2 (branch convs before a ReLU),
+    1/N (a branch's last conv, N blocks in its stage); v orthogonal; biases 0."""
+    net = build(model, "wn")
+
+    def check(conv: nn.Conv2d, gain: float) -> None:
+        g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+        n_in, n_out = fan(v)
+        assert torch.equal(g, torch.full_like(g, math.sqrt(gain * n_in / n_out)))
+        flat = v.detach().reshape(v.shape[0], -1).double()
+        gram = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
+        torch.testing.assert_close(gram, torch.eye(len(gram), dtype=torch.double), atol=1e-5, rtol=0)
+        row_norms = conv.weight.detach().reshape(v.shape[0], -1).norm(dim=1)
+        torch.testing.assert_close(row_norms, g.detach().reshape(-1))
+        assert not conv.bias.any()
+
+    check(net.stem[0], 1.0)
+    for block, n in zip(net.blocks, blocks_per_stage, strict=True):
+        for conv in block.branch[:-1]:
+            check(conv, 2.0)
+        check(block.branch[-1], 1.0 / n)
+        if hasattr(block.shortcut, "conv"):
+            check(block.shortcut.conv, 1.0)
+
+
+# --- identity at initialisation -------------------------------------------------------------------
+
+def block_io(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of every block on a real forward pass."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append((i[0], o))) for b in net.blocks]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+IDENTITY_AT_INIT = [
+    ("resnet20", "fixup", {}), ("resnet50", "fixup", {}), ("resnet20", "fixup", {"reference_block": True}),
+    ("resnet20", "skipinit", {}), ("resnet50", "skipinit", {}), ("resnet50", "rezero", {}),
+    ("resnet20", "zero_last", {}), ("resnet50", "zero_last", {}), ("wrn", "zero_last", {}),
+    ("resnet20", "nf", {}), ("resnet50", "nf", {}), ("wrn", "nf", {}), ("nf_resnet26", "nf", {}),
+]
+
+
+@pytest.mark.parametrize("model,init,kw", IDENTITY_AT_INIT)
+def test_identity_at_init_schemes_map_every_block_input_to_its_shortcut(model, init, kw):
+    net = build(model, init, width=8 if model.startswith("nf_") else 4, image_size=32, **kw)
+    io = block_io(net, torch.randn(2, 3, 32, 32))
+    assert len(io) == len(net.blocks)
+    for block, (x, y) in zip(net.blocks, io):
+        assert torch.equal(y, block.skip(x))
+
+
+@pytest.mark.parametrize("init,kw", [("idshort", {}), ("plain", {}), ("convshort", {}), ("nf", {"skip_gain": 1.0})])
+def test_other_schemes_are_not_the_identity_at_init(init, kw):
+    net = build("resnet20", init, **kw)
+    io = block_io(net, torch.randn(2, 3, 16, 16))
+    assert not any(torch.allclose(y, block.skip(x)) for block, (x, y) in zip(net.blocks, io))
+
+
+# --- batch independence -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model,init", [("resnet50", s) for s in SCHEMES.names()] + [("nf_resnet26", "nf")])
+def test_only_batchnorm_couples_the_samples_of_a_batch(model, init):
+    torch.manual_seed(0)
+    net = build(model, init, width=8 if model.startswith("nf_") else 4).train()
+    with torch.no_grad():  # move zero-initialised layers and gates off zero, so every path counts
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        alone, in_batch = net(x[:2]), net(x)[:2]
+    assert alone.abs().max() > 0
+    if init == "bn":
+        assert (alone - in_batch).abs().max() > 1e-3 * alone.abs().max()
+    else:
+        torch.testing.assert_close(alone, in_batch, rtol=1e-4, atol=1e-5)
+
+
+# --- the optimiser and the schemes' scalars ---------------------------------------------------------
+
+@pytest.mark.parametrize("init,kw,count", [
+    # Fixup, pre-activation ResNet-20: 2 biases per conv (before the activation, before the conv) and a
+    # multiplier per block = 5 x 9, plus the head's two; reference: 5 per block, stem and head bias.
+    ("fixup", {}, 5 * 9 + 2), ("fixup", {"reference_block": True}, 5 * 9 + 2),
+    ("skipinit", {}, 9), ("rezero", {}, 9), ("nf", {}, 9)])
+def test_scheme_scalars_get_a_tenth_of_the_lr_and_no_weight_decay(init, kw, count):
+    net = build("resnet20", init, **kw)
+    groups = {g["name"]: g for g in param_groups(net, OptimConfig(lr=0.1, weight_decay=1e-4, scalar_lr_mult=0.1))}
+    scalars = groups["scalars"]
+    assert len(scalars["params"]) == count
+    assert scalars["lr"] == pytest.approx(0.01) and scalars["weight_decay"] == 0.0
+    assert all(p.ndim == 0 for p in scalars["params"])
+    assert not any(p.ndim == 0 for p in groups["weights"]["params"])
