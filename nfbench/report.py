@@ -233,12 +233,16 @@ def load_references(path: Optional[Path] = None) -> list[dict]:
     return refs
 
 
+def _matches(run: Run, match: dict) -> bool:
+    """Every ``match`` key (``data``, ``model``, ``init``, ``weights`` or a dotted config key) equals
+    the run's value, or lists it."""
+    return all(run.get(k) in v if isinstance(v, list) else run.get(k) == v for k, v in match.items())
+
+
 def attach_references(rows: Sequence[Row], refs: Sequence[dict]) -> None:
-    """Give each row the references whose every ``match`` key equals the row's run config
-    (``data``, ``model``, ``init``, ``weights`` or any dotted key)."""
+    """Give each row the references that match its runs."""
     for row in rows:
-        run = row.runs[0]
-        row.references = [ref for ref in refs if all(run.get(k) == v for k, v in ref["match"].items())]
+        row.references = [ref for ref in refs if _matches(row.runs[0], ref["match"])]
 
 
 def _pm(ms: tuple[Optional[float], Optional[float]]) -> str:
