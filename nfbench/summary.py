@@ -124,7 +124,8 @@ def summary(cfg: DictConfig) -> dict:
 
 def collect(sweep_dir: Path) -> list[dict]:
     """The rows of every job's summary.json under a sweep directory, in job order."""
-    jobs = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{JSON_NAME}")]
+    # Job directories may nest: an override like data.root=/x puts a slash into the job's subdir name.
+    jobs = [json.loads(p.read_text()) for p in sweep_dir.rglob(JSON_NAME) if p != sweep_dir / JSON_NAME]
     return [row for job in sorted(jobs, key=lambda j: j["job"]) for row in job["rows"]]
 
 

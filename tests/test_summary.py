@@ -1,0 +1,162 @@
+"""``nfbench summary``: parameters and FLOPs against Civitelli et al. Tables 1-2 and hand counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from nfbench.config import DataConfig
+from nfbench.data import DataShape, data_shape
+from nfbench.models import construct_model
+from nfbench.schemes import build_scheme
+from nfbench.summary import format_parts, format_rows, summarize
+
+# CIFAR-10 needs no files: the summary takes its shape from nfbench.data.SHAPES.
+NO_DATA = ["data=cifar10", "data.root=/nonexistent", "data.download=false"]
+
+# Civitelli et al. Table 1 (ResNet-50/101) and Table 2 (ResNet-18), 32x32x3 input: (params M, GFLOPs).
+CIVITELLI = {
+    ("resnet18", "idshort"): (11.16, 1.12), ("resnet18", "learnscalar"): (11.16, 1.12),
+    ("resnet18", "convshort"): (11.52, 1.16),
+    ("resnet50", "idshort"): (23.47, 2.6), ("resnet50", "learnscalar"): (23.47, 2.6),
+    ("resnet50", "convshort"): (38.02, 4.2),
+    ("resnet101", "idshort"): (42.41, 5.02), ("resnet101", "learnscalar"): (42.41, 5.02),
+    ("resnet101", "convshort"): (74.78, 8.92),
+}
+
+
+@pytest.mark.parametrize("model,init", list(CIVITELLI))
+def test_civitelli_tables_1_2(make_cfg, model, init):
+    row = summarize(make_cfg([*NO_DATA, f"model={model}", f"init={init}"]))
+    params_m, gflops = CIVITELLI[(model, init)]
+    assert row["input"] == [3, 32, 32] and row["num_classes"] == 10
+    assert round(row["params"] / 1e6, 2) == params_m
+    assert abs(row["flops"] / 1e9 - gflops) / gflops < 0.01
+
+
+def test_parts_add_up_to_the_whole_network(make_cfg):
+    cfg = make_cfg([*NO_DATA, "model=resnet50", "init=convshort"])
+    row = summarize(cfg)
+    assert [p["name"] for p in row["parts"]] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert sum(p["params"] for p in row["parts"]) == row["params"]
+    with torch.device("meta"):
+        net = construct_model(cfg.model, build_scheme(cfg.init), 10, 3, 32)
+        x = torch.empty(1, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        net(x)
+    assert counter.get_total_flops() == row["flops"]
+
+
+def conv(h_out: int, k: int, c_in: int, c_out: int) -> tuple[int, int]:
+    """(params, FLOPs) of a bias-free conv: k^2 c_in c_out weights, 2 x (h_out^2 k^2 c_in c_out) FLOPs."""
+    return k * k * c_in * c_out, 2 * h_out * h_out * k * k * c_in * c_out
+
+
+def test_hand_count_of_a_narrow_resnet20_on_digits(make_cfg):
+    """ResNet-20 at width 4 on 1x8x8 digits, IdShort: every conv and the classifier counted by hand."""
+    row = summarize(make_cfg(["data=digits", "model=resnet20", "model.width=4", "init=idshort"]))
+    stem = conv(8, 3, 1, 4)
+    plain_block = lambda h, c: tuple(2 * v for v in conv(h, 3, c, c))  # noqa: E731 (two c -> c 3x3 convs)
+    stage1 = tuple(3 * v for v in plain_block(8, 4))
+    # First block of stages 2 and 3: strided 3x3 c -> 2c, 3x3 2c -> 2c, 1x1 strided shortcut c -> 2c.
+    first = lambda h, c: tuple(a + b + s for a, b, s in zip(conv(h, 3, c, 2 * c), conv(h, 3, 2 * c, 2 * c),  # noqa: E731
+                                                            conv(h, 1, c, 2 * c)))
+    stage2 = tuple(a + 2 * b for a, b in zip(first(4, 4), plain_block(4, 8)))
+    stage3 = tuple(a + 2 * b for a, b in zip(first(2, 8), plain_block(2, 16)))
+    head = (16 * 10 + 10, 2 * 16 * 10)
+    expected = [stem, stage1, stage2, stage3, head]
+    assert [(p["params"], p["flops"]) for p in row["parts"]] == expected
+    assert row["params"] == sum(p for p, _ in expected) and row["flops"] == sum(f for _, f in expected)
+    assert row["input"] == [1, 8, 8]
+
+
+def test_batchnorm_rows_of_the_paper_are_not_a_standard_preactivation_resnet(make_cfg):
+    """docs/schemes.md: the paper's BatchNorm rows repeat ConvShort's counts; a standard pre-activation
+    ResNet-18 with BN has IdShort's convs plus 2 affine parameters per normalised channel."""
+    bn = summarize(make_cfg([*NO_DATA, "model=resnet18", "init=bn"]))
+    idshort = summarize(make_cfg([*NO_DATA, "model=resnet18", "init=idshort"]))
+    # BN before both convs of each block (input width, block width) and before the head.
+    channels = 2 * 64 + 2 * 64 + (64 + 128) + 2 * 128 + (128 + 256) + 2 * 256 + (256 + 512) + 2 * 512 + 512
+    assert bn["params"] == idshort["params"] + 2 * channels
+    assert round(bn["params"] / 1e6, 2) == 11.17 != CIVITELLI[("resnet18", "convshort")][0]
+    assert bn["flops"] == idshort["flops"]
+
+
+def test_imagenet_stem_matches_torchvision_resnet50(make_cfg):
+    """At 224 px with the ImageNet stem, our ResNet-50 has torchvision's convs and classifier (an independent
+    implementation, same stride placement): the same FLOPs, and its parameters less BatchNorm's."""
+    import torchvision
+
+    row = summarize(make_cfg(["data=imagenet", "data.root=/nonexistent", "model=resnet50", "init=idshort"]))
+    assert row["input"] == [3, 224, 224] and row["num_classes"] == 1000
+    with torch.device("meta"):
+        tv = torchvision.models.resnet50()
+        x = torch.empty(1, 3, 224, 224)
+    bn = sum(p.numel() for m in tv.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert row["params"] == sum(p.numel() for p in tv.parameters()) - bn == 25_557_032 - 53_120
+    with FlopCounterMode(display=False) as counter:
+        tv(x)
+    assert row["flops"] == counter.get_total_flops()
+
+
+def test_image_folder_shape_is_read_from_the_tree(tmp_path, make_cfg):
+    for cls in ("cat", "dog", "emu"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (12, 12)).save(tmp_path / "train" / cls / "0.png")
+    assert data_shape(DataConfig(name="imagefolder", root=str(tmp_path))) == DataShape(3, 3, 12)
+    assert data_shape(DataConfig(name="imagefolder", root=str(tmp_path), image_size=24)) == DataShape(3, 3, 24)
+    row = summarize(make_cfg(["data=imagefolder", f"data.root={tmp_path}", "model=resnet20", "init=plain"]))
+    assert row["num_classes"] == 3 and row["input"] == [3, 12, 12]
+
+
+def test_tables_show_every_part_and_row(make_cfg):
+    rows = [summarize(make_cfg([*NO_DATA, "model=resnet18", f"init={init}"])) for init in ("idshort", "convshort")]
+    parts = format_parts(rows[0]).splitlines()
+    assert parts[0].startswith("resnet18 / idshort (he_fanout weights), input 3x32x32, 10 classes")
+    assert [line.split()[0] for line in parts[3:]] == ["stem", "stage1", "stage2", "stage3", "stage4", "head", "total"]
+    assert parts[-1].split()[1:3] == ["11,164,362", "11.16"]
+    table = format_rows(rows).splitlines()
+    assert len(table) == 4 and "11,516,618" in table[3] and "38.02" not in table[3]
+
+
+def nfbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nfbench.cli", "summary", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ})
+
+
+def test_cli_single_run_writes_summary_json(tmp_path):
+    out = nfbench(*NO_DATA, "model=resnet20", "init=idshort", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "resnet20 / idshort" in out.stdout and "total" in out.stdout
+    rows = json.loads((tmp_path / "run" / "summary.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["params"] > 0 and rows[0]["flops"] > 0 and len(rows[0]["parts"]) == 5
+
+
+def test_cli_list_of_models_and_schemes_prints_one_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = nfbench(*NO_DATA, "model=resnet20,resnet32", "init=idshort,convshort", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    body = [line.split()[:2] for line in lines[header + 2:header + 6]]
+    assert body == [["resnet20", "idshort"], ["resnet20", "convshort"], ["resnet32", "idshort"],
+                    ["resnet32", "convshort"]]
+    rows = json.loads((sweep / "summary.json").read_text())["rows"]
+    assert [(r["model"], r["init"]) for r in rows] == [tuple(b) for b in body]
+    assert all(r["params"] > 0 and r["flops"] > 0 for r in rows)
+    # ConvShort adds a 1x1 conv to each of ResNet-20's 7 identity blocks (16^2 x 3 + 32^2 x 2 + 64^2 x 2).
+    assert rows[1]["params"] - rows[0]["params"] == 16 * 16 * 3 + 32 * 32 * 2 + 64 * 64 * 2
+
+
+def test_cli_reports_an_impossible_pair(tmp_path):
+    out = nfbench("model=nf_resnet50", "init=fixup", cwd=tmp_path)
+    assert out.returncode == 2 and "use init=nf" in out.stderr
