@@ -83,7 +83,7 @@ class BatchRandAugment:
         """Apply layer after layer; ``perm[l]`` sorts the batch by layer l's keys, ``counts[l][k]``
         is how many samples drew key k, ``inverse[l]`` puts them back."""
         for layer in range(self.num_ops):
-            grouped = x[perm[layer]]
+            grouped = x.index_select(0, perm[layer])
             start, parts = 0, []
             for key, count in enumerate(counts[layer]):
                 if count:
@@ -92,7 +92,7 @@ class BatchRandAugment:
                         grouped[start:start + count], name, -mag if key % 2 else mag,
                         interpolation=self._ra.interpolation, fill=self._ra._fill))
                     start += count
-            x = torch.cat(parts)[inverse[layer]]
+            x = torch.cat(parts).index_select(0, inverse[layer])
         return x
 
 

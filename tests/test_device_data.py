@@ -210,3 +210,26 @@ def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, 
     train(make_cfg(cfg, tmp_path / "split"))
     a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg):
+    """All draws are made on the CPU, so CUDA gives the CPU's batches; after the epoch's plan is copied
+    over (first batch), yielding batches never waits on the device."""
+    cfg = cfg_with(make_cfg, "data.crop_padding=2", "data.hflip=true", "data.batch_size=16")
+    src, _ = make_source(cfg, n=256)
+    expected = epoch_batches(build_loaders(cfg.data, src, seed=0, device=torch.device("cpu"))[0], 1)
+    loader, _ = build_loaders(cfg.data, src, seed=0, device=torch.device("cuda"))
+    loader.sampler.set_epoch(1)
+    torch.manual_seed(0)
+    batches = iter(loader)
+    got = [next(batches)]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got += list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(got) == len(expected) == 16
+    for (x, y), (cx, cy) in zip(got, expected, strict=True):
+        assert x.is_cuda and torch.equal(y.cpu(), cy) and torch.allclose(x.cpu(), cx, atol=1e-6)
