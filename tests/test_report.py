@@ -1,0 +1,223 @@
+"""nfbench report: on a tree of run directories written here (finished, diverged and unfinished runs,
+a multirun tree and a single run), the groups, means, stds and counts are the ones computed by hand;
+the table files, the curves and the command line work; and it reads what train() really writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfbench import report as rep
+from nfbench.cli import main as cli_main
+from nfbench.train import train
+from tests.conftest import TINY
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_top1: list[float] | None = None,
+              status: str | None = "finished", epochs: int = 3, weights: str | None = None,
+              model: str = "resnet20", data: str = "cifar10", lr: float = 0.01) -> Path:
+    """A run directory as nfbench train writes it: config.yaml, env.json, metrics.jsonl and (unless the run
+    is still going, status=None) result.json with the last epoch's numbers."""
+    path.mkdir(parents=True)
+    config = {"data": {"name": data, "root": f"/data/{seed}"}, "model": {"name": model, "width": 8},
+              "init": {"name": init, "weights": weights}, "optim": {"lr": lr},
+              "trainer": {"epochs": epochs, "run_dir": str(path)}, "seed": seed, "experiment": "synthetic"}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "env.json").write_text("{}")
+    train_top1 = train_top1 or [t - 1.0 for t in test_top1]
+    rows = [{"epoch": e, "lr": lr, "train_loss": 1.0, "train_top1": tr, "test_loss": 1.0, "test_top1": te,
+             "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * (e + 1)}
+            for e, (tr, te) in enumerate(zip(train_top1, test_top1))]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if status is not None:
+        result = {"status": status, "divergence": None, "epochs": len(rows), "epochs_planned": epochs,
+                  "params": 1000, "data": data, "model": model, "init": init,
+                  "weights": weights or rep.resolved_weights(rep.Run(path, config, rows, None)),
+                  "seed": seed, "experiment": "synthetic", "best_test_top1": max(test_top1),
+                  "wall_s": 10.0 * len(rows), "test_top1": test_top1[-1], "test_top5": 99.0, "test_loss": 1.0,
+                  "train_loss": 1.0, "train_top1": train_top1[-1]}
+        (path / "result.json").write_text(json.dumps(result))
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """Three groups under a Hydra multirun tree (one subdir nested, as a data.root=/x/y override makes
+    it), plus a single run elsewhere, plus a folder that is not a run:
+
+    - idshort: 3 finished seeds, final test top-1 50, 52, 57; best 51, 53, 58 (best is not the last epoch);
+    - convshort: 2 finished (60, 64) and 1 diverged (its numbers must not count);
+    - bn: 1 finished (70, a single run elsewhere) and 1 unfinished (2 of 3 epochs, no result.json).
+    """
+    sweep = tmp_path / "multirun" / "2026-01-01_00-00-00"
+    for seed, (last, best) in enumerate([(50.0, 51.0), (52.0, 53.0), (57.0, 58.0)]):
+        write_run(sweep / f"{seed}_init=idshort,seed={seed}", "idshort", seed, [30.0, best, last])
+    write_run(sweep / "3_data.root=" / "x" / "y,init=convshort,seed=0", "convshort", 0, [40.0, 55.0, 60.0])
+    write_run(sweep / "4_init=convshort,seed=1", "convshort", 1, [41.0, 58.0, 64.0])
+    write_run(sweep / "5_init=convshort,seed=2", "convshort", 2, [10.0], status="diverged")
+    write_run(sweep / "6_init=bn,seed=1", "bn", 1, [45.0, 62.0], status=None)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "not_a_run" / "notes.txt").write_text("hello")
+    write_run(tmp_path / "single" / "train" / "cifar10" / "resnet20-bn" / "2026-01-02", "bn", 0, [48.0, 66.0, 70.0])
+    return tmp_path
+
+
+def rows_by_init(rows: list[rep.Row]) -> dict[str, rep.Row]:
+    return {r.key["init"]: r for r in rows}
+
+
+def test_collect_finds_every_run_and_its_status(tree):
+    runs = rep.collect([tree / "multirun", tree / "single"])
+    assert len(runs) == 8
+    assert sorted(r.status for r in runs) == ["diverged", *["finished"] * 6, "unfinished"]
+    # The whole tree, the folder that is no run included, gives the same runs.
+    assert sorted(r.path for r in rep.collect([tree])) == sorted(r.path for r in runs)
+
+
+def test_aggregate_means_stds_and_counts(tree):
+    rows = rows_by_init(rep.aggregate(rep.collect([tree])))
+    assert set(rows) == {"idshort", "convshort", "bn"}
+
+    ids = rows["idshort"]
+    assert (ids.finished, ids.diverged, ids.unfinished, ids.epochs) == (3, 0, 0, 3)
+    # mean (50 + 52 + 57) / 3 = 53; sample std sqrt((9 + 1 + 16) / 2) = sqrt(13)
+    assert ids.final_top1[0] == pytest.approx(53.0)
+    assert ids.final_top1[1] == pytest.approx(math.sqrt(13.0))
+    assert ids.best_top1[0] == pytest.approx(54.0) and ids.best_top1[1] == pytest.approx(math.sqrt(13.0))
+    assert ids.train_top1[0] == pytest.approx(52.0)
+    assert ids.wall_s == pytest.approx(30.0)
+
+    conv = rows["convshort"]
+    assert (conv.finished, conv.diverged, conv.unfinished) == (2, 1, 0)
+    # the diverged seed (10%) is counted, not averaged: mean 62, std sqrt(4 + 4) = sqrt(8)
+    assert conv.final_top1[0] == pytest.approx(62.0) and conv.final_top1[1] == pytest.approx(math.sqrt(8.0))
+    assert conv.seeds == [0, 1, 2]
+
+    bn = rows["bn"]
+    assert (bn.finished, bn.diverged, bn.unfinished) == (1, 0, 1)
+    # one finished run: its value, and no std; the unfinished run (weights null in its config)
+    # lands in the same group through the scheme's default weights
+    assert bn.final_top1 == (pytest.approx(70.0), None)
+    assert bn.key["weights"] == "he_fanin"
+    assert all(not r.mixed for r in rows.values())
+
+
+def test_epoch_curves_leave_diverged_runs_out(tree):
+    rows = rows_by_init(rep.aggregate(rep.collect([tree])))
+    epochs, mean, std = rep.epoch_curve(rows["convshort"].runs, "test_top1")
+    assert epochs == [1, 2, 3]
+    assert mean == pytest.approx([40.5, 56.5, 62.0])
+    assert std == pytest.approx([math.sqrt(0.5), math.sqrt(4.5), math.sqrt(8.0)])
+    # the unfinished bn run contributes the epochs it reached
+    epochs, mean, std = rep.epoch_curve(rows["bn"].runs, "test_top1")
+    assert epochs == [1, 2, 3] and mean == pytest.approx([46.5, 64.0, 70.0]) and std[2] == 0.0
+
+
+def test_group_by_and_mixed_config_warning(tmp_path):
+    write_run(tmp_path / "a", "idshort", 0, [50.0], lr=0.01)
+    write_run(tmp_path / "b", "idshort", 1, [60.0], lr=0.1)
+    (row,) = rep.aggregate(rep.collect([tmp_path]))
+    assert row.finished == 2 and row.mixed == ["optim.lr"]
+    assert "optim.lr" in rep.markdown_table([row], rep.DEFAULT_GROUP_BY)
+    rows = rep.aggregate(rep.collect([tmp_path]), rep.parse_group_by(["+optim.lr"]))
+    assert sorted(r.key["optim.lr"] for r in rows) == [0.01, 0.1] and all(not r.mixed for r in rows)
+    assert rep.parse_group_by(["init", "seed"]) == ["init", "seed"]
+    assert rep.parse_group_by(None) == list(rep.DEFAULT_GROUP_BY)
+
+
+def test_references_match_and_convert_errors(tmp_path, tree):
+    refs_file = tmp_path / "refs.yaml"
+    refs_file.write_text(yaml.safe_dump({"references": [
+        {"id": "X", "source": "paper X, Table 1", "setting": "bn", "match": {"data": "cifar10", "init": "bn"},
+         "test_error": 8.75},
+        {"id": "Y", "source": "paper Y", "setting": "any ResNet-20 or -56", "match": {"model": ["resnet20", "resnet56"]},
+         "test_top1": 91.0},
+        {"id": "Z", "source": "paper Z", "setting": "other data", "match": {"data": "imagenet"}, "test_top1": 76.0},
+    ]}))
+    refs = rep.load_references(refs_file)
+    assert refs[0]["test_top1"] == pytest.approx(91.25)
+    rows = rows_by_init(rep.aggregate(rep.collect([tree])))
+    rep.attach_references(rows.values(), refs)
+    assert [r["id"] for r in rows["bn"].references] == ["X", "Y"]
+    assert [r["id"] for r in rows["idshort"].references] == ["Y"]
+
+
+def test_packaged_references_are_well_formed():
+    refs = rep.load_references()
+    assert len({r["id"] for r in refs}) == len(refs)
+    for r in refs:
+        assert r["source"] and r["setting"] and r["match"] and 0 < r["test_top1"] < 100
+    by_id = {r["id"]: r for r in refs}
+    assert by_id["He16a-R56"]["test_top1"] == pytest.approx(93.03)
+    assert by_id["TV-R50"]["test_top1"] == pytest.approx(76.13)
+
+
+def test_write_table_and_plots(tree, tmp_path):
+    rows = rep.aggregate(rep.collect([tree]))
+    out = tmp_path / "out"
+    files = rep.write_table(rows, rep.DEFAULT_GROUP_BY, out)
+    md = files["markdown"].read_text()
+    assert "53.00 ± 3.61" in md and "62.00 ± 2.83" in md and "| 70.00 |" in md
+    with open(files["csv"]) as f:
+        records = {r["init"]: r for r in csv.DictReader(f)}
+    assert float(records["idshort"]["final_test_top1_mean"]) == pytest.approx(53.0)
+    assert float(records["idshort"]["final_test_top1_std"]) == pytest.approx(math.sqrt(13.0))
+    assert (records["convshort"]["seeds"], records["convshort"]["diverged"]) == ("2", "1")
+    assert (records["bn"]["unfinished"], records["bn"]["final_test_top1_std"]) == ("1", "")
+
+    figures = rep.plot_curves(rows, rep.DEFAULT_GROUP_BY, out, formats=("png", "pdf"))
+    # one figure (per data/model/width), every scheme in it
+    assert sorted(p.name for p in figures) == ["curves_synthetic_cifar10_resnet20_8.pdf",
+                                               "curves_synthetic_cifar10_resnet20_8.png"]
+    png = out / "curves_synthetic_cifar10_resnet20_8.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
+
+
+def test_command_line(tree, tmp_path, capsys):
+    out = tmp_path / "cli"
+    cli_main(["report", str(tree / "multirun"), str(tree / "single"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "53.00 ± 3.61" in printed and (out / "report.md").exists() and (out / "report.csv").exists()
+    assert list(out.glob("curves_*.png"))
+    with pytest.raises(SystemExit) as e:
+        cli_main(["report", str(tree / "not_a_run"), "--out", str(out)])
+    assert e.value.code == 2
+
+
+def test_report_reads_real_runs(make_cfg, tmp_path):
+    """What train() writes is what the report reads: two seeds of a tiny run."""
+    for seed in (0, 1):
+        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64"],
+                       tmp_path / f"run{seed}"))
+    (row,) = rep.aggregate(rep.collect([tmp_path]))
+    results = [json.loads((tmp_path / f"run{s}" / "result.json").read_text()) for s in (0, 1)]
+    tops = [r["test_top1"] for r in results]
+    assert row.key["init"] == "idshort" and row.key["weights"] == "he_fanout" and row.key["data"] == "digits"
+    assert row.finished == 2 and row.epochs == 2 and not row.mixed
+    assert row.final_top1[0] == pytest.approx(sum(tops) / 2)
+    assert row.final_top1[1] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
+    epochs, _, _ = rep.epoch_curve(row.runs, "train_top1")
+    assert epochs == [1, 2]
+
+
+def test_preset_sweep_then_report(tmp_path):
+    """`nfbench train -m experiment=...` runs the preset's grid (the command line narrows it), and the
+    report reads the multirun tree it writes."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "nfbench.cli", "train", "-m", "experiment=civitelli_cifar100_resnet50",
+           "seed=0", "data=digits", "data.train_subset=32", "data.test_subset=32", "data.batch_size=32",
+           "model.width=2", "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu",
+           f"hydra.sweep.dir={sweep}"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
+    assert set(rows) == {"bn", "convshort"} and all(r.finished == 1 for r in rows.values())
