@@ -188,8 +188,8 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         new_bad = (first_bad < 0) & ~torch.isfinite(detached)
         first_bad = torch.where(new_bad, step, first_bad)
         bad_loss = torch.where(new_bad, detached, bad_loss)
-        sums += torch.stack([detached.double() * len(y), logits.detach().argmax(1).eq(y).sum().double(),
-                             torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+        sums[:2] += torch.stack([detached.double() * len(y), logits.detach().argmax(1).eq(y).sum().double()])
+        sums[2] += len(y)  # a Python number: torch.tensor(n, device=cuda) would be a blocking copy every step
         done = i + 1
         if done % tcfg.log_every == 0 or done == steps:
             if distributed.any_rank(first_bad.item() >= 0, device):

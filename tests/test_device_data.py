@@ -233,3 +233,25 @@ def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg):
     assert len(got) == len(expected) == 16
     for (x, y), (cx, cy) in zip(got, expected, strict=True):
         assert x.is_cuda and torch.equal(y.cpu(), cy) and torch.allclose(x.cpu(), cx, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_waits_on_the_device_only_at_log_steps(make_cfg, tmp_path):
+    """With trainer.log_every beyond the epoch, an epoch of 16 steps syncs as often as one of 8."""
+    import warnings
+
+    def syncs(n_images: int, run: str) -> int:
+        cfg = make_cfg([*TINY, f"data.train_subset={n_images}", "trainer.epochs=1", "trainer.device=cuda",
+                        "trainer.log_every=1000"], tmp_path / run)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert train(cfg)["status"] == "finished"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    syncs(256, "warm-up")  # autotuning and lazy initialisation happen once per process
+    assert syncs(256, "8-steps") == syncs(512, "16-steps")
