@@ -105,8 +105,9 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict
         with torch.autocast(**amp):
             logits = net(x)
         c1, c5 = topk_correct(logits, y, (1, 5))
-        sums += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
-                             c1.double(), c5.double(), torch.tensor(len(y), device=device, dtype=torch.float64)])
+        sums[:3] += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
+                                 c1.double(), c5.double()])
+        sums[3] += len(y)  # a Python number: no blocking host-to-device copy per batch
     distributed.all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()
     return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n}
