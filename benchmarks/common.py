@@ -1,0 +1,96 @@
+"""What the benchmark scripts share: CIFAR-shaped data on disk, configs composed as the CLI composes
+them, device-aware timing, and the header every script prints (machine, load, command)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A CIFAR-10 python release of random pixels (the layout torchvision downloads), so the
+    benchmarks run nfbench's own ``data=cifar10`` path anywhere, offline, at any size.
+    Throughput does not depend on what the pixels show."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = np.array_split(np.arange(n_train), len(CIFAR10_TRAIN_FILES))
+    for name, rows in [*zip(CIFAR10_TRAIN_FILES, per_file), ("test_batch", np.arange(n_test))]:
+        entry = {"data": rng.integers(0, 256, size=(len(rows), 3072), dtype=np.uint8),
+                 "labels": rng.integers(0, 10, size=len(rows)).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    return root
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config ``nfbench train OVERRIDES`` would run."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from nfbench.cli import CONF_DIR
+    from nfbench.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for fn(), with the device's queue drained before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=doc)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    return p
+
+
+def header(title: str, device: torch.device) -> None:
+    """What was measured where: the figures mean little without the machine and its load."""
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
+    else:
+        where = f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, " \
+                f"{torch.get_num_threads()} torch threads"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"== {title}")
+    print(f"device: {where}; torch {torch.__version__}; 1-min load average {load:.2f}")
+
+
+def footer() -> None:
+    print("reproduce: python " + " ".join(shlex.quote(a) for a in sys.argv))
+
+
+def amp_context(device: torch.device, precision: str) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

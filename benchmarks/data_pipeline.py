@@ -1,0 +1,134 @@
+"""Data pipeline images/s against the model's own images/s, on the same machine and batch.
+
+Pipelines, all on CIFAR-10-shaped data (random pixels, nfbench's ``data=cifar10`` path), each
+delivering normalised float batches on the training device:
+
+- device: crop + flip, batched on the device (``data.on_device=true``, the default for CIFAR);
+- device + RandAugment, each sample's ops applied a group at a time (what nfbench uses);
+- device + RandAugment, torchvision's RandAugment called on each image in turn (the alternative);
+- workers: the DataLoader path, per-sample torchvision transforms in ``--workers`` processes
+  (pinned memory, persistent workers), with and without RandAugment, copied to the device.
+
+The model's rate is forward + backward + SGD step on one batch already on the device. A pipeline
+keeps up when its ratio to the model is >= 1; the GPU target is >= 2 for ResNet-18. On a CPU the
+pipeline and the model share the same cores, so there the model's share of a step is
+model time / (model time + pipeline time), printed as well.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from common import amp_context, base_parser, compose, footer, header, median, timed, write_fake_cifar10
+
+from nfbench.data import build_loaders, build_source
+from nfbench.device_data import BatchRandAugment, DeviceLoader
+from nfbench.models import build_model
+from nfbench.optim import build_optimizer
+from nfbench.schemes import build_scheme
+
+
+class PerSampleRandAugment(BatchRandAugment):
+    """The obvious alternative on the device: torchvision's RandAugment on each image in turn."""
+
+    def apply(self, x, perm, inverse, counts):  # noqa: ARG002 - this variant draws its own ops
+        return torch.stack([self._ra(img) for img in x])
+
+
+def pipeline_rate(loader, device: torch.device, batches: int, warmup: int = 0) -> float:
+    """Images/s delivered on the device, after ``warmup`` batches (for the workers to start)."""
+    loader.sampler.set_epoch(0)
+    torch.manual_seed(0)
+    it = iter(loader)
+    for x, _ in itertools.islice(it, warmup):
+        x.to(device, non_blocking=True)
+    n = 0
+
+    def run() -> None:
+        nonlocal n
+        for x, y in itertools.islice(it, batches):
+            x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            n += len(y)
+
+    seconds = timed(run, device)
+    return n / seconds
+
+
+def model_rate(cfg, device: torch.device, precision: str, channels_last: bool, steps: int = 10) -> float:
+    """Images/s of forward + backward + step on a batch that is already on the device."""
+    net = build_model(cfg.model, build_scheme(cfg.init), 10, 3, 32).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    opt = build_optimizer(net, cfg.optim, device)
+    x = torch.randn(cfg.data.batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (cfg.data.batch_size,), device=device)
+
+    def step() -> None:
+        with amp_context(device, precision):
+            loss = F.cross_entropy(net(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    return median([steps * len(y) / timed(lambda: [step() for _ in range(steps)], device) for _ in range(3)])
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
+    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batches", type=int, default=None, help="timed per pipeline; default 100 on CUDA, 12 on CPU")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers; default min(8, cores)")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    model = a.model or ("resnet18" if cuda else "resnet20")
+    width = a.width if a.width is not None else (None if cuda else 8)
+    batches = a.batches or (100 if cuda else 12)
+    workers = a.workers if a.workers is not None else min(8, os.cpu_count() or 1)
+    header(f"data pipeline vs model: {model} (width {width or 'published'}), batch {a.batch}, {a.precision}, "
+           f"channels_last={a.channels_last}; {workers} DataLoader workers", device)
+    torch.backends.cudnn.benchmark = True
+    with tempfile.TemporaryDirectory() as tmp:
+        n_train = (batches + 2 * workers + 2) * a.batch
+        root = write_fake_cifar10(Path(tmp), n_train, n_test=a.batch)
+        base = ["data=cifar10", f"data.root={root}", "data.download=false", f"data.batch_size={a.batch}",
+                f"model={model}", f"model.width={width or 'null'}"]
+        m = model_rate(compose(base), device, a.precision, a.channels_last)
+        rows: list[tuple[str, float]] = []
+
+        def loader(*overrides: str):
+            cfg = compose([*base, *overrides])
+            return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device)[0]
+
+        rows.append(("device: crop+flip", pipeline_rate(loader("data.on_device=true"), device, batches)))
+        grouped = loader("data.on_device=true", "data.randaugment=true")
+        rows.append(("device: crop+flip+RandAugment, grouped by op (nfbench)",
+                     pipeline_rate(grouped, device, batches)))
+        per_sample: DeviceLoader = loader("data.on_device=true", "data.randaugment=true")
+        ra = grouped.augment.randaugment
+        per_sample.augment.randaugment = PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
+        rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
+        for ra_on in ("false", "true"):
+            dl = loader("data.on_device=false", f"data.num_workers={workers}", f"data.randaugment={ra_on}")
+            name = f"{workers} workers: crop+flip{'+RandAugment' if ra_on == 'true' else ''}, per sample"
+            rows.append((name, pipeline_rate(dl, device, batches, warmup=2 * max(workers, 1))))
+            del dl
+    print(f"{'model forward+backward+step':58s} {m:10.1f} img/s")
+    for name, rate in rows:
+        share = f"; model's share of a step {rate / (rate + m):.2f}" if not cuda else ""
+        print(f"{name:58s} {rate:10.1f} img/s  pipeline/model {rate / m:6.2f}{share}")
+    footer()
+
+
+if __name__ == "__main__":
+    main()

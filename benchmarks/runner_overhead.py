@@ -1,0 +1,123 @@
+"""Runner overhead: nfbench's training throughput against a minimal hand-written PyTorch loop.
+
+Both train the same model (built by nfbench's registry, same scheme and seed) with the same SGD,
+batch, precision and memory format on the same CIFAR-10-shaped data held in memory. The minimal
+loop is what one would write by hand: data normalised once on the device, a random permutation per
+epoch, forward, loss, zero_grad, backward, step, nothing else. nfbench is ``train(cfg)`` as a user
+runs it, timed by its own per-epoch ``images_per_s`` (the training pass; evaluation and checkpoints
+excluded), once with its CIFAR recipe (crop + flip on the device) and once without augmentation.
+The three alternate, round after round, in one process; each figure is the median over rounds of
+the epochs after each run's first (warm-up, autotuning, compilation).
+
+The minimal loop's images/s is the model's own forward + backward + step rate, so its ratio to
+nfbench's is also the epoch time over the model's time for the same number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from common import amp_context, base_parser, compose, footer, header, median, sync, timed, write_fake_cifar10
+
+from nfbench.data import build_source
+from nfbench.device_data import in_memory
+from nfbench.models import build_model
+from nfbench.optim import build_optimizer
+from nfbench.schemes import build_scheme
+from nfbench.train import seed_all, train
+
+
+def minimal_loop(cfg, device: torch.device, epochs: int, precision: str, channels_last: bool,
+                 compile_: bool) -> list[float]:
+    """Images/s of each epoch of the hand-written loop."""
+    src = build_source(cfg.data)
+    images, labels = in_memory(src.train)  # type: ignore[misc]
+    mean = torch.tensor(src.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(src.std, device=device).view(1, -1, 1, 1)
+    x_all = (images.to(device).float() / 255 - mean) / std
+    y_all = labels.to(device)
+    seed_all(cfg.seed)
+    net = build_model(cfg.model, build_scheme(cfg.init), src.num_classes, src.in_chans, src.image_size).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = build_optimizer(net, cfg.optim, device)  # SGD, fused on CUDA, foreach on CPU: as nfbench
+    step = torch.compile(net) if compile_ else net
+    n, b = len(y_all), cfg.data.batch_size
+
+    def epoch() -> None:
+        perm = torch.randperm(n, device=device)
+        for start in range(0, n - b + 1, b):
+            idx = perm[start:start + b]
+            x = x_all[idx]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_context(device, precision):
+                loss = F.cross_entropy(step(x).float(), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    net.train()
+    return [(n // b) * b / timed(epoch, device) for _ in range(epochs)]
+
+
+def nfbench_run(overrides: list[str], run_dir: Path) -> list[float]:
+    """Images/s of each epoch of ``train(cfg)``, from its metrics.jsonl."""
+    result = train(compose([*overrides, f"trainer.run_dir={run_dir}"]))
+    assert result["status"] == "finished", result
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["images_per_s"] for r in rows]
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
+    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
+    p.add_argument("--init", default="convshort")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--train-images", type=int, default=None, help="default: 50000 on CUDA, 1024 on CPU")
+    p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
+    p.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    model = a.model or ("resnet18" if cuda else "resnet20")
+    width = a.width if a.width is not None else (None if cuda else 8)
+    n_train = a.train_images or (50000 if cuda else 1024)
+    header(f"runner overhead: {model} (width {width or 'published'}) / {a.init}, batch {a.batch}, "
+           f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}", device)
+    torch.backends.cudnn.benchmark = True  # what train() sets when not deterministic
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_fake_cifar10(Path(tmp) / "data", n_train, n_test=max(a.batch, n_train // 5))
+        common = ["data=cifar10", f"data.root={root}", "data.download=false", "data.num_workers=0",
+                  f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}", f"init={a.init}",
+                  f"trainer.epochs={a.epochs}", f"trainer.device={a.device}", f"trainer.precision={a.precision}",
+                  f"trainer.channels_last={a.channels_last}", f"trainer.compile={a.compile}",
+                  "trainer.progress=false"]
+        no_aug = ["data.crop_padding=0", "data.hflip=false"]
+        rates: dict[str, list[float]] = {"nfbench": [], "nfbench_no_aug": [], "minimal": []}
+        for r in range(a.rounds):
+            rates["nfbench"] += nfbench_run(common, Path(tmp) / f"run{r}")[1:]
+            rates["nfbench_no_aug"] += nfbench_run([*common, *no_aug], Path(tmp) / f"run{r}_noaug")[1:]
+            rates["minimal"] += minimal_loop(compose(common), device, a.epochs, a.precision, a.channels_last,
+                                             a.compile)[1:]
+            sync(device)
+    fig = {k: median(v) for k, v in rates.items()}
+    print(f"nfbench, crop+flip on the device  {fig['nfbench']:10.1f} img/s")
+    print(f"nfbench, no augmentation          {fig['nfbench_no_aug']:10.1f} img/s")
+    print(f"minimal hand-written loop         {fig['minimal']:10.1f} img/s")
+    print(f"ratio nfbench / minimal: {fig['nfbench'] / fig['minimal']:.3f} with augmentation, "
+          f"{fig['nfbench_no_aug'] / fig['minimal']:.3f} without (target >= 0.97)")
+    print(f"epoch time / model's own forward+backward+step time: {fig['minimal'] / fig['nfbench']:.3f} "
+          f"(GPU target <= 1.2)")
+    print("per-epoch img/s: " + "; ".join(f"{k}: {', '.join(f'{x:.0f}' for x in v)}" for k, v in rates.items()))
+    footer()
+
+
+if __name__ == "__main__":
+    main()
