@@ -77,21 +77,23 @@ def resolved_weights(run: Run) -> Optional[str]:
     init = run.config.get("init", {})
     if init.get("weights"):
         return init["weights"]
+    from nfbench.errors import ConfigError
     from nfbench.schemes import SCHEMES
 
     try:
         return SCHEMES.get(init.get("name")).default_weights
-    except Exception:  # a scheme this version does not know: keep the run, label it honestly
+    except ConfigError:  # a scheme this version does not know: keep the run, without a weight rule
         return None
 
 
 def _load_yaml(path: Path) -> dict:
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     cfg = OmegaConf.load(path)
     try:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception:  # .hydra/config.yaml may hold ${hydra:...} interpolations that need Hydra
+    except InterpolationResolutionError:  # .hydra/config.yaml may hold ${hydra:...}, which needs Hydra
         return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
 
 
@@ -276,6 +278,7 @@ def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "best_test_top1_mean": row.best_top1[0], "best_test_top1_std": row.best_top1[1],
             "final_train_top1_mean": row.train_top1[0], "final_train_top1_std": row.train_top1[1],
             "wall_s_mean": row.wall_s,
+            "seed_values": ";".join(str(s) for s in row.seeds),
             "reference_test_top1": ";".join(f"{r['test_top1']}" for r in row.references) or None,
             "reference_ids": ";".join(r["id"] for r in row.references) or None,
             "mixed_keys": ";".join(row.mixed) or None,
@@ -340,14 +343,17 @@ def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], 
     return epochs, means, stds
 
 
+SCHEME_KEYS = ("init", "weights", "init.name", "init.weights")
+
+
 def _figure_groups(rows: Sequence[Row], group_by: Sequence[str]) -> dict[tuple, list[Row]]:
     """One figure per combination of the group keys other than the scheme (init, weights):
-    Civitelli et al. draw one panel per architecture with every scheme in it."""
-    scheme_keys = {"init", "weights", "init.name", "init.weights"}
-    fig_keys = [k for k in group_by if k not in scheme_keys]
+    Civitelli et al. draw one panel per architecture with every scheme in it.  Keys are
+    (key, value) pairs."""
+    fig_keys = [k for k in group_by if k not in SCHEME_KEYS]
     out: dict[tuple, list[Row]] = {}
     for row in rows:
-        out.setdefault(tuple(row.key[k] for k in fig_keys), []).append(row)
+        out.setdefault(tuple((k, row.key[k]) for k in fig_keys), []).append(row)
     return out
 
 
@@ -367,7 +373,7 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    scheme_keys = [k for k in group_by if k in ("init", "weights", "init.name", "init.weights")]
+    scheme_keys = [k for k in group_by if k in SCHEME_KEYS]
     for fig_key, fig_rows in _figure_groups(rows, group_by).items():
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         colours = plt.get_cmap("tab10")
@@ -390,9 +396,9 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("top-1 (%)")
         axes[1].legend(fontsize=8, loc="lower right")
-        fig.suptitle(" / ".join(str(v) for v in fig_key if v is not None))
+        fig.suptitle(", ".join(f"{k}={v}" for k, v in fig_key if v is not None))
         fig.tight_layout()
-        stem = "curves_" + _slug(fig_key)
+        stem = "curves_" + _slug(v for _, v in fig_key)
         for fmt in formats:
             path = out_dir / f"{stem}.{fmt}"
             fig.savefig(path, dpi=100)

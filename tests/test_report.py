@@ -84,6 +84,19 @@ def test_collect_finds_every_run_and_its_status(tree):
     assert sorted(r.path for r in rep.collect([tree])) == sorted(r.path for r in runs)
 
 
+def test_run_with_only_hydras_config_is_read(tmp_path):
+    """A job killed before it wrote config.yaml still has Hydra's unresolved .hydra/config.yaml."""
+    run = write_run(tmp_path / "job", "idshort", 0, [20.0], status=None)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["trainer"]["run_dir"] = "${hydra:runtime.output_dir}"
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "config.yaml").unlink()
+    (r,) = rep.collect([tmp_path])
+    assert (r.status, r.get("init"), r.get("weights"), r.config["trainer"]["run_dir"]) == \
+        ("unfinished", "idshort", "he_fanout", "${hydra:runtime.output_dir}")
+
+
 def test_aggregate_means_stds_and_counts(tree):
     rows = rows_by_init(rep.aggregate(rep.collect([tree])))
     assert set(rows) == {"idshort", "convshort", "bn"}
@@ -175,6 +188,7 @@ def test_write_table_and_plots(tree, tmp_path):
     assert (records["convshort"]["seeds"], records["convshort"]["diverged"]) == ("2", "1")
     assert (records["bn"]["unfinished"], records["bn"]["final_test_top1_std"]) == ("1", "")
 
+    assert records["convshort"]["seed_values"] == "0;1;2"
     figures = rep.plot_curves(rows, rep.DEFAULT_GROUP_BY, out, formats=("png", "pdf"))
     # one figure (per data/model/width), every scheme in it
     assert sorted(p.name for p in figures) == ["curves_synthetic_cifar10_resnet20_8.pdf",
