@@ -5,7 +5,8 @@ batch, precision and memory format on the same CIFAR-10-shaped data held in memo
 loop is what one would write by hand: data normalised once on the device, a random permutation per
 epoch, forward, loss, zero_grad, backward, step, nothing else. nfbench is ``train(cfg)`` as a user
 runs it, timed by its own per-epoch ``images_per_s`` (the training pass; evaluation and checkpoints
-excluded), once with its CIFAR recipe (crop + flip on the device) and once without augmentation.
+excluded), once with its CIFAR recipe (crop + flip, with ``--randaugment`` RandAugment too, on the
+device) and once without augmentation.
 The three alternate, round after round, in one process; each figure is the median over rounds of
 the epochs after each run's first (warm-up, autotuning, compilation).
 
@@ -83,6 +84,7 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=None, help="default: 50000 on CUDA, 1024 on CPU")
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--randaugment", action="store_true", help="nfbench also applies RandAugment (on the device)")
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -98,8 +100,8 @@ def main() -> None:
                   f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}", f"init={a.init}",
                   f"trainer.epochs={a.epochs}", f"trainer.device={a.device}", f"trainer.precision={a.precision}",
                   f"trainer.channels_last={a.channels_last}", f"trainer.compile={a.compile}",
-                  "trainer.progress=false"]
-        no_aug = ["data.crop_padding=0", "data.hflip=false"]
+                  "trainer.progress=false", f"data.randaugment={a.randaugment}"]
+        no_aug = ["data.crop_padding=0", "data.hflip=false", "data.randaugment=false"]
         rates: dict[str, list[float]] = {"nfbench": [], "nfbench_no_aug": [], "minimal": []}
         for r in range(a.rounds):
             rates["nfbench"] += nfbench_run(common, Path(tmp) / f"run{r}")[1:]
@@ -108,9 +110,11 @@ def main() -> None:
                                              a.compile)[1:]
             sync(device)
     fig = {k: median(v) for k, v in rates.items()}
-    print(f"nfbench, crop+flip on the device  {fig['nfbench']:10.1f} img/s")
-    print(f"nfbench, no augmentation          {fig['nfbench_no_aug']:10.1f} img/s")
-    print(f"minimal hand-written loop         {fig['minimal']:10.1f} img/s")
+    aug = "crop+flip+RandAugment" if a.randaugment else "crop+flip"
+    labels = {"nfbench": f"nfbench, {aug} on the device", "nfbench_no_aug": "nfbench, no augmentation",
+              "minimal": "minimal hand-written loop"}
+    for key, label in labels.items():
+        print(f"{label:46s} {fig[key]:10.1f} img/s")
     print(f"ratio nfbench / minimal: {fig['nfbench'] / fig['minimal']:.3f} with augmentation, "
           f"{fig['nfbench_no_aug'] / fig['minimal']:.3f} without (target >= 0.97)")
     print(f"epoch time / model's own forward+backward+step time: {fig['minimal'] / fig['nfbench']:.3f} "
