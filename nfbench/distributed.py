@@ -88,6 +88,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's value of ``obj`` on every rank (e.g. the run directory, which each rank's Hydra
+    may have timestamped differently under torchrun)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
