@@ -207,7 +207,8 @@ def test_run_writes_the_csv_contract_and_the_figures(tmp_path):
     assert (tmp_path / "spp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "spp.pdf").read_bytes()[:5] == b"%PDF-"
     assert b"<svg" in (tmp_path / "spp.svg").read_bytes()[:2000]
-    assert out == {"csv": str(tmp_path / "spp.csv"), "figures": [str(tmp_path / f"spp.{e}") for e in ("png", "pdf", "svg")]}
+    assert out == {"csv": str(tmp_path / "spp.csv"),
+                   "figures": [str(tmp_path / f"spp.{e}") for e in ("png", "pdf", "svg")]}
 
 
 def test_multirun_overlays_the_sweep_and_spp_plot_combines_folders(tmp_path):
@@ -234,7 +235,7 @@ def test_multirun_overlays_the_sweep_and_spp_plot_combines_folders(tmp_path):
 
 def test_claim1_plain_he_loses_the_forward_signal_bn_keeps_it():
     """x_l = x + f(x) with He fan-in doubles Var[x] per block: 2^15 ~ 3e4 over ResNet-50's 16 blocks
-    (measured max/min: 1.3e4 at width 16, 1.2e4 at 64), so > 1e3 leaves a 10x margin.  With
+    (measured max/min: 1.3e4 at width 16, 1.2e4-1.5e4 at 64), so > 1e3 leaves a 10x margin.  With
     BatchNorm each branch adds ~1 and a stride-2 block restarts from ~2, so Var[x] stays <= 7 in the
     6-block stage (measured max/min 3.5 at both widths): < 10."""
     plain, bn = spp("resnet50", "plain", "he_fanin"), spp("resnet50", "bn", "he_fanin")
@@ -246,16 +247,16 @@ def test_claim1_backward_plain_explodes_bn_grows_polynomially():
     """Backward, plain doubles per block going back, divided by 4 at each of the 3 stride-2 blocks
     (claim 3): 2^32 / 4^3 ~ 7e7 over ResNet-101 (measured 1.8e8), threshold 1e6.  BatchNorm divides
     the branch's contribution by Var[x_l] ~ l (1 + 1/l per block: polynomial; measured 9.6e3),
-    threshold 1e5.  On ResNet-50 the two are not yet apart (measured 1.7e3 vs 3.7e2-4.1e2: BN's
+    threshold 1e5.  On ResNet-50 the two are not yet apart (measured 1.7e3 vs 3.7e2-4.0e2: BN's
     backward variance also grows 20x across its 6-block stage), which is why this half of the claim
     is checked on ResNet-101: the paper's "trends are more conspicuous in deeper networks"."""
     plain, bn = spp("resnet101", "plain", "he_fanin"), spp("resnet101", "bn", "he_fanin")
     assert spread(col(plain, "bwd_var")) > 1e6
     assert spread(col(bn, "bwd_var")) < 1e5
     # Exponential vs polynomial: plain's step per block stays ~2 to the end of the 23-block stage,
-    # BN's decays towards 1 (1 + c/l); the last five steps: plain ~2 (measured 1.9-2.1), BN < 1.3 (1.1-1.2).
-    deep_end = stages(plain)[2][-6:]
-    assert min(steps_back(deep_end)) > 1.6
+    # BN's decays towards 1 (1 + c/l).  The last five steps: plain > 1.5 (measured 1.74-2.0 at width
+    # 16, 1.86-1.91 at 64), BN < 1.3 (measured 1.13-1.16 at both widths).
+    assert min(steps_back(stages(plain)[2][-6:])) > 1.5
     assert max(steps_back(stages(bn)[2][-6:])) < 1.3
 
 
@@ -267,10 +268,11 @@ def test_claim2_brock_weights_explode_the_backward_variance(init):
     """Brock's gamma^2 = 2/(1 - 1/pi) ~ 2.93 gives each conv a backward factor gamma^2/2 ~ 1.47, so a
     3-conv branch 1.47^3 ~ 3.2 and a block 0.5 (1 + 3.2) ~ 2.1 (idshort; convshort's 1x1 shortcut
     adds 1.47 for ~2.3): the gradient doubles per block going back (SPEC: "doubling per block").
-    Median step in the 6-block stage: within [1.6, 2.8] (measured 2.0-2.2).  Deepest to shallowest
-    block of ResNet-50: >= 1e3, "orders of magnitude" (measured 3.3e3 idshort at widths 16 and 64,
-    1.4e4 convshort; the independent implementation in SPEC: 9.5e-7 / 2.8e-10 = 3.4e3).  Forward, per
-    channel: Var stays within 4x over the network (measured max/min <= 1.4; plain's is > 1e3)."""
+    Median step in the 6-block stage: within [1.6, 2.8] (measured 1.9-2.2 at widths 16 and 64).
+    Deepest to shallowest block of ResNet-50: >= 1e3, "orders of magnitude" (measured 3.3e3 idshort
+    at widths 16 and 64, 1.3e4-1.4e4 convshort; the independent implementation in SPEC: 9.5e-7 /
+    2.8e-10 = 3.4e3).  Forward, per channel: Var stays within 4x over the network (measured max/min
+    1.5-1.6; plain's is > 1e3)."""
     rows = spp("resnet50", init, "brock")
     b = col(rows, "bwd_var")
     assert b[0] / b[-1] >= 1e3
@@ -291,23 +293,26 @@ def test_claim2_worse_with_depth():
 @pytest.mark.parametrize("init", PAPER_NF_SCHEMES)
 def test_claim3_he_fanout_keeps_the_backward_variance(init):
     """With rule (2) every branch and c = sqrt(1/2) give a backward factor of exactly 1 per block
-    (Civitelli et al. section 3.3), so within a stage max/min <= 1.5 (measured <= 1.3; Brock's
-    doubling gives 32 over the same 6 blocks).  A stride-2 block sends each gradient to 4x more
-    input positions, a per-element factor of 1/4: measured steps 4.3-6.3 at the three transitions,
-    required within [2.5, 8].  Removing that resolution effect (times 4 per stride-2 block), the
-    whole network stays within 4x (theory 1, measured <= 2.6), against >= 1e4 for the same block
-    with Brock's weights (measured 2e5)."""
+    (Civitelli et al. section 3.3).  Median step in the 6-block stage within [0.8, 1.25] (measured
+    0.96-0.97 at width 16, 0.94 at 64; Brock's weights: 1.9-2.2), and max/min within every stage
+    <= 2 (measured <= 1.46 and <= 1.40; Brock's: 26-48 over the same stage).  A stride-2 block
+    sends each gradient to 4x more input positions, a per-element factor of 1/4: the step there
+    must lie in [3, 6] (measured 4.0-4.8 and 4.0-4.4).  Removing that resolution effect (x 4 per
+    stride-2 block), the whole network stays within 8x (theory 1; measured 2.6-3.1, the slow drift
+    of ~0.96 per block and steps slightly above 4), against >= 1e4 for the same block with Brock's
+    weights (measured 2e5-9e5)."""
     rows = spp("resnet50", init, "he_fanout")
+    assert 0.8 <= statistics.median(steps_back(stages(rows)[2])) <= 1.25
     for stage in stages(rows):
-        assert spread(col(stage, "bwd_var")) <= 1.5
+        assert spread(col(stage, "bwd_var")) <= 2
     for prev, first in zip(stages(rows), stages(rows)[1:]):
-        assert 2.5 <= first[0]["bwd_var"] / prev[-1]["bwd_var"] <= 8
+        assert 3 <= first[0]["bwd_var"] / prev[-1]["bwd_var"] <= 6
 
     def per_resolution(rs) -> list[float]:
         shrink = np.cumprod([r["stride"] ** 2 for r in rs])
         return [r["bwd_var"] / s for r, s in zip(rs, shrink)]
 
-    assert spread(per_resolution(rows)) <= 4
+    assert spread(per_resolution(rows)) <= 8
     assert spread(per_resolution(spp("resnet50", init, "brock"))) >= 1e4
 
 
