@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ def read_run(path: Path) -> Optional[Run]:
     return Run(path, config, _read_metrics(path / "metrics.jsonl"), _read_json(path / "result.json"))
 
 
+def _natural(p: Path) -> list:
+    """Hydra numbers sweep jobs 0, 1, ..., 10 without padding: order 2 before 10, so the table
+    follows the grid's order."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+
 def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Every directory under ``paths`` that a training run wrote (it holds result.json,
     metrics.jsonl or env.json); the search does not descend into run directories."""
@@ -137,7 +144,7 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
         if any((d / m).is_file() for m in RUN_MARKERS):
             found.append(d)
             return
-        for child in sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink()):
+        for child in sorted((p for p in d.iterdir() if p.is_dir() and not p.is_symlink()), key=_natural):
             walk(child)
 
     for p in paths:

@@ -84,6 +84,13 @@ def test_collect_finds_every_run_and_its_status(tree):
     assert sorted(r.path for r in rep.collect([tree])) == sorted(r.path for r in runs)
 
 
+def test_groups_follow_the_sweeps_job_order(tmp_path):
+    """Hydra's job numbers are not zero-padded; job 2 comes before job 10."""
+    write_run(tmp_path / "10_init=bn", "bn", 0, [50.0])
+    write_run(tmp_path / "2_init=plain", "plain", 0, [50.0])
+    assert [r.key["init"] for r in rep.aggregate(rep.collect([tmp_path]))] == ["plain", "bn"]
+
+
 def test_run_with_only_hydras_config_is_read(tmp_path):
     """A job killed before it wrote config.yaml still has Hydra's unresolved .hydra/config.yaml."""
     run = write_run(tmp_path / "job", "idshort", 0, [20.0], status=None)
