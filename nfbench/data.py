@@ -305,7 +305,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module
 
     if use_device_loader(cfg, src):
-        return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
+        return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"), pin_memory)
     train = DataLoader(src.train, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
     # Every test image exactly once over all ranks (no padding), so summed metrics are exact.
     shard = range(rank, len(src.test), world_size)  # type: ignore[arg-type]

@@ -1,17 +1,21 @@
 """In-memory data sets served from the training device, augmented a batch at a time there.
 
 CIFAR-sized data fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
-training loop needs no worker processes and no host-to-device copies: each
-batch is gathered, cropped, flipped, RandAugmented and normalised on the
-device, with the same recipe as :func:`nfbench.data.transforms`.
+training loop needs no host-to-device copies: each batch is gathered, cropped,
+flipped and normalised on the device in a handful of kernels, with the same
+recipe as :func:`nfbench.data.transforms`.  RandAugment is applied to whole
+groups of samples at a time, on the device, or, with ``data.num_workers`` > 0,
+in worker processes on the CPU so that its many small kernels do not compete
+with the model's for the training process's time.
 
 :class:`DeviceLoader` is a drop-in for the training ``DataLoader``: it reads its
 order from the same ``DistributedSampler`` (so ``sampler.set_epoch`` and the
 rank shards behave exactly as before), and every random draw of an epoch comes
 from a generator seeded once from torch's global RNG when iteration starts,
 which ``train()`` reseeds per (seed, epoch, rank): resuming is exact, and the
-augmentation is the same on CPU and CUDA.  All draws are made on the CPU and
-copied to the device once per epoch, so the hot loop never waits on the device.
+augmentation is the same on CPU and CUDA and with or without workers.  All draws
+are made on the CPU and copied to the device once per epoch, so the hot loop
+never waits on the device.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
@@ -106,54 +110,148 @@ class Augment:
 
 
 @dataclass
-class _EpochPlan:
-    """Every random draw of one epoch, on the device; ``ra_counts`` stays on the host (slice sizes)."""
+class BatchPlan:
+    """Every random draw behind one batch, on the host or the device that builds it."""
 
-    order: torch.Tensor
-    top: torch.Tensor
-    left: torch.Tensor
+    index: torch.Tensor  # (b,) sample indices
+    offset: torch.Tensor  # (b,) crop corner in the flattened padded image: top * padded_width + left
+    flip: torch.Tensor  # (b,) 1 where the image is mirrored, int64 (it indexes the gather table)
+    ra_perm: Optional[torch.Tensor]  # (num_ops, b): sorts the batch by each layer's RandAugment draw
+    ra_inverse: Optional[torch.Tensor]  # (num_ops, b): puts it back
+    ra_counts: list[list[int]]  # per layer, how many samples drew each key (slice sizes, on the host)
+
+
+@dataclass
+class EpochPlan:
+    """The draws of a whole epoch; sliced into one :class:`BatchPlan` per batch."""
+
+    index: torch.Tensor
+    offset: torch.Tensor
     flip: torch.Tensor
     ra_perm: Optional[torch.Tensor]
     ra_inverse: Optional[torch.Tensor]
     ra_counts: list[list[list[int]]]
 
+    def tensors(self) -> list[Optional[torch.Tensor]]:
+        return [self.index, self.offset, self.flip, self.ra_perm, self.ra_inverse]
 
-def crop_flip(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor,
-              flip: torch.Tensor) -> torch.Tensor:
-    """Per-sample crop of the zero-padded batch at (top, left), mirrored where ``flip``.
+    def to(self, device: torch.device) -> "EpochPlan":
+        moved = [None if t is None else t.to(device) for t in self.tensors()]
+        return EpochPlan(*moved, self.ra_counts)  # type: ignore[arg-type]
 
-    Matches ``v2.RandomCrop(size, padding)`` then ``v2.RandomHorizontalFlip()`` for each image,
-    as one gather over the flattened padded pixels (several times faster than 4-d indexing on CPU).
+    def share_memory_(self) -> "EpochPlan":
+        for t in self.tensors():
+            if t is not None:
+                t.share_memory_()
+        return self
+
+    def copy_(self, other: "EpochPlan") -> None:
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            if mine is not None:
+                mine.copy_(theirs)
+        self.ra_counts = other.ra_counts
+
+    def batch(self, start: int, stop: int, counts: list[list[int]]) -> BatchPlan:
+        def cut(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else t[..., start:stop]
+
+        return BatchPlan(*[cut(t) for t in self.tensors()], counts)  # type: ignore[arg-type]
+
+    def spans(self, batch_size: int) -> list[tuple[int, int, list[list[int]]]]:
+        """(start, stop, RandAugment group sizes) of each batch."""
+        n = len(self.index)
+        return [(start, min(start + batch_size, n), self.ra_counts[b] if self.ra_counts else [])
+                for b, start in enumerate(range(0, n, batch_size))]
+
+
+class BatchBuilder:
+    """Builds the uint8 batch of a :class:`BatchPlan` from images held wherever this builder lives.
+
+    Crop and flip are one gather over the flattened zero-padded images (padded once, here), with
+    per-sample offsets into a table of the two pixel orders (straight, mirrored): the same pixels as
+    ``v2.RandomCrop(size, padding)`` then ``v2.RandomHorizontalFlip()``, in three kernels per batch.
     """
-    b, c, h, w = x.shape
-    if padding:
-        x = F.pad(x, (padding, padding, padding, padding))
-    hp, wp = x.shape[-2:]
-    rows = top[:, None] + torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
-    cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)
-    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    return torch.gather(x.reshape(b, c, hp * wp), 2, flat).view(b, c, h, w)
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: Optional[Augment]) -> None:
+        self.size = tuple(images.shape[-2:])
+        self.augment = augment
+        pad = augment.padding if augment is not None else 0
+        self.images = F.pad(images, (pad, pad, pad, pad)) if pad else images
+        self.labels = labels
+        self.crops = augment is not None and (pad > 0 or augment.hflip)
+        h, w = self.size
+        rows = torch.arange(h, device=images.device)[:, None] * (w + 2 * pad)
+        cols = torch.arange(w, device=images.device)
+        self.table = torch.stack([(rows + cols).flatten(), (rows + (w - 1 - cols)).flatten()])
+
+    @property
+    def padded_width(self) -> int:
+        return self.images.shape[-1]
+
+    def __call__(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images.index_select(0, plan.index)
+        if self.crops:
+            b, c = x.shape[:2]
+            flat = self.table.index_select(0, plan.flip).add_(plan.offset[:, None])
+            x = torch.gather(x.view(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).view(b, c, *self.size)
+        if self.augment is not None and self.augment.randaugment is not None:
+            x = self.augment.randaugment.apply(x, plan.ra_perm, plan.ra_inverse, plan.ra_counts)  # type: ignore[arg-type]
+        return x, self.labels.index_select(0, plan.index)
+
+
+class _PlannedBatches(Dataset):
+    """For worker processes: item (start, stop, counts) is that batch of the epoch plan, which the
+    training process writes into shared memory before each epoch (persistent workers keep it)."""
+
+    def __init__(self, builder: BatchBuilder, plan: EpochPlan) -> None:
+        self.builder, self.plan = builder, plan
+
+    def __getitem__(self, span: tuple[int, int, list[list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.builder(self.plan.batch(*span))
+
+
+class _Spans:
+    """The sampler of the worker DataLoader: this epoch's batch spans, set before each epoch."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int, list[list[int]]]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, int, list[list[int]]]]:
+        return iter(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
 
 
 class DeviceLoader:
-    """Batches (x, y) of a uint8 image tensor held on ``device``: normalised float32 x, int64 y.
+    """Batches (x, y) of in-memory uint8 images: normalised float32 x and int64 y on ``device``.
 
     Iterates in the order of ``sampler`` (a ``DistributedSampler`` for training, so
-    ``loader.sampler.set_epoch`` and the rank shards work as with a ``DataLoader``; this
-    rank's indices for testing),
-    ``batch_size`` samples at a time, dropping a ragged last batch when ``drop_last``.
+    ``loader.sampler.set_epoch`` and the rank shards work as with a ``DataLoader``; this rank's
+    indices for testing), ``batch_size`` samples at a time, dropping a ragged last batch when
+    ``drop_last``. Batches are built on ``device`` itself, or, with ``num_workers`` > 0 and
+    RandAugment on, in worker processes on the CPU (RandAugment's many small kernels then leave
+    the training process alone; ``benchmarks/data_pipeline.py`` measures both). Either way the
+    draws come from the same plan, so the batches are the same.
     """
 
     def __init__(self, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 sampler: Sampler | Sequence[int],
-                 drop_last: bool = False, augment: Optional[Augment] = None) -> None:
+                 sampler: Sampler | Sequence[int], drop_last: bool = False, augment: Optional[Augment] = None,
+                 num_workers: int = 0, pin_memory: bool = False) -> None:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
         self.device, self.augment = device, augment
-        self.images = images.to(device)
-        self.labels = labels.to(device)
-        # (v/255 - mean) / std as one multiply-add per pixel.
+        in_workers = num_workers > 0 and augment is not None and augment.randaugment is not None
+        home = torch.device("cpu") if in_workers else device
+        self.builder = BatchBuilder(images.to(home), labels.to(home), augment)
+        self._workers: Optional[DataLoader] = None
+        if in_workers:
+            self._shared = self._blank_plan().share_memory_()
+            self._spans = _Spans()
+            self._workers = DataLoader(_PlannedBatches(self.builder, self._shared), batch_size=None,
+                                       sampler=self._spans, num_workers=num_workers, pin_memory=pin_memory,
+                                       persistent_workers=True)
+        # (v/255 - mean) / std as one multiply-add per pixel, straight from uint8.
         std_t = torch.tensor(std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(device)
@@ -163,15 +261,25 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().mul_(self._scale).add_(self._shift)
+        return torch.addcmul(self._shift, x, self._scale)
 
-    def _plan(self) -> _EpochPlan:
-        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)
-        n = len(self) * self.batch_size if self.drop_last else len(order)
-        order = order[:n]
+    def _samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else len(self.sampler)  # type: ignore[arg-type]
+
+    def _blank_plan(self) -> EpochPlan:
+        """Zeros in the shapes of :meth:`plan`'s tensors (RandAugment on)."""
+        n, layers = self._samples(), self.augment.randaugment.num_ops  # type: ignore[union-attr]
+        zeros = [torch.zeros(n, dtype=torch.int64) for _ in range(3)]
+        return EpochPlan(*zeros, torch.zeros(layers, n, dtype=torch.int64),  # type: ignore[call-arg]
+                         torch.zeros(layers, n, dtype=torch.int64), [])
+
+    def plan(self) -> EpochPlan:
+        """Draw the epoch: order from the sampler, augmentation from a generator seeded by torch's RNG."""
+        n = self._samples()
+        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.int64)[:n]
         aug = self.augment
-        top = left = torch.zeros(n, dtype=torch.int64)
-        flip = torch.zeros(n, dtype=torch.bool)
+        offset = torch.zeros(n, dtype=torch.int64)
+        flip = torch.zeros(n, dtype=torch.int64)
         perm = inverse = None
         counts: list[list[list[int]]] = []
         if aug is not None:
@@ -179,13 +287,12 @@ class DeviceLoader:
             gen = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
             top = torch.randint(2 * aug.padding + 1, (n,), generator=gen)
             left = torch.randint(2 * aug.padding + 1, (n,), generator=gen)
+            offset = top * self.builder.padded_width + left
             if aug.hflip:
-                flip = torch.rand(n, generator=gen) < 0.5
+                flip = (torch.rand(n, generator=gen) < 0.5).long()
             if aug.randaugment is not None:
                 perm, inverse, counts = self._plan_randaugment(aug.randaugment, n, gen)
-        dev = self.device
-        return _EpochPlan(order.to(dev), top.to(dev), left.to(dev), flip.to(dev),
-                          None if perm is None else perm.to(dev), None if inverse is None else inverse.to(dev), counts)
+        return EpochPlan(order, offset, flip, perm, inverse, counts)
 
     def _plan_randaugment(self, ra: BatchRandAugment, n: int, gen: torch.Generator):
         """Keys for every sample, and per batch the sorting permutations and group sizes."""
@@ -202,20 +309,19 @@ class DeviceLoader:
         return perm, inverse, counts
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = self._plan()
-        aug = self.augment
-        n = len(plan.order)
-        for b, start in enumerate(range(0, n, self.batch_size)):
-            sl = slice(start, min(start + self.batch_size, n))
-            idx = plan.order[sl]
-            x = self.images.index_select(0, idx)
-            if aug is not None:
-                if aug.padding or aug.hflip:
-                    x = crop_flip(x, aug.padding, plan.top[sl], plan.left[sl], plan.flip[sl])
-                if aug.randaugment is not None:
-                    x = aug.randaugment.apply(x, plan.ra_perm[:, sl], plan.ra_inverse[:, sl],  # type: ignore[index]
-                                              plan.ra_counts[b])
-            yield self.normalise(x), self.labels.index_select(0, idx)
+        epoch = self.plan()
+        if self._workers is None:
+            epoch = epoch.to(self.device)
+            for span in epoch.spans(self.batch_size):
+                x, y = self.builder(epoch.batch(*span))
+                yield self.normalise(x), y
+            return
+        # The workers are idle between epochs (the last iterator ran dry or was reset), so the
+        # shared plan can be overwritten.
+        self._shared.copy_(epoch)
+        self._spans.spans = epoch.spans(self.batch_size)
+        for x, y in self._workers:
+            yield self.normalise(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
 
 def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
@@ -236,15 +342,16 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
 
 
 def device_loaders(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
-                   drop_last: bool, device: torch.device) -> tuple[DeviceLoader, DeviceLoader]:
-    """Train loader (the papers' augmentation, batched on the device) and test loader (normalised only)."""
+                   drop_last: bool, device: torch.device, pin_memory: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
+    """Train loader (the papers' augmentation, batched) and test loader (normalised only).
+    ``data.num_workers`` processes build RandAugment's batches when it is on (see :class:`DeviceLoader`)."""
     train_x, train_y = in_memory(src.train)  # type: ignore[misc]
     test_x, test_y = in_memory(src.test)  # type: ignore[misc]
     ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
         if cfg.randaugment else None
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
     train = DeviceLoader(src.train, train_x, train_y, per_rank, src.mean, src.std, device, sampler,
-                         drop_last=drop_last, augment=augment)
+                         drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)
     # Every test image exactly once over all ranks, as the DataLoader path shards it.
     shard = range(sampler.rank, len(test_y), sampler.num_replicas)
     test = DeviceLoader(src.test, test_x, test_y, cfg.test_batch_size, src.mean, src.std, device, shard)

@@ -73,13 +73,13 @@ def test_without_augmentation_batches_are_the_normalised_images_in_sampler_order
     assert len(device_train) == len(host_train) == 60 // 8  # the ragged last batch is dropped
     for (x, y), (hx, hy) in zip(epoch_batches(device_train, 2), epoch_batches(host_train, 2), strict=True):
         assert torch.equal(y, hy)  # the DataLoader's order: the same sampler
-        assert x.dtype == torch.float32 and torch.allclose(x.double(), by_hand(raw[y]), atol=1e-5)
-        assert torch.allclose(x, hx, atol=1e-5)  # torchvision's ToDtype + Normalize
+        assert x.dtype == torch.float32 and torch.allclose(x.double(), by_hand(raw[y]), atol=1e-4)
+        assert torch.allclose(x, hx, atol=1e-4)  # torchvision's ToDtype + Normalize
     test_batches = list(device_test)
     assert [len(y) for _, y in test_batches] == [7, 7, 6]  # every test image, in order, ragged batch kept
     x, y = torch.cat([b[0] for b in test_batches]), torch.cat([b[1] for b in test_batches])
     assert torch.equal(y, torch.arange(20))
-    assert torch.allclose(x.double(), by_hand(src.test.images), atol=1e-5)
+    assert torch.allclose(x.double(), by_hand(src.test.images), atol=1e-4)
 
 
 def test_crops_are_shifts_of_the_zero_padded_image(make_cfg):
@@ -138,6 +138,20 @@ def test_randaugment_gives_each_sample_its_own_op(make_cfg):
             assert matches, f"sample {i} is none of RandAugment's ops on its own image"
             used |= matches
     assert len(used) >= 10  # 64 draws from 14 ops
+
+
+def test_randaugment_in_worker_processes_gives_the_same_batches(make_cfg):
+    """The plan is drawn in the training process; workers only build: same batches, epoch after epoch."""
+    common = ["data.randaugment=true", "data.batch_size=16"]
+    cfg = cfg_with(make_cfg, *common)
+    src, _ = make_source(cfg, size=8)
+    here, _ = build_loaders(cfg.data, src, seed=0)
+    workers, _ = build_loaders(cfg_with(make_cfg, *common, "data.num_workers=2").data, src, seed=0)
+    assert workers._workers is not None and here._workers is None
+    for epoch in (0, 1):
+        for (x, y), (wx, wy) in zip(epoch_batches(here, epoch, epoch), epoch_batches(workers, epoch, epoch),
+                                    strict=True):
+            assert torch.equal(y, wy) and torch.equal(x, wx)
 
 
 def test_two_ranks_share_an_epoch_exactly_as_the_distributed_sampler_does(make_cfg):
@@ -214,10 +228,12 @@ def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg):
+@pytest.mark.parametrize("extra", [[], ["data.randaugment=true", "data.num_workers=2"]],
+                         ids=["on-device", "randaugment-in-workers"])
+def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg, extra):
     """All draws are made on the CPU, so CUDA gives the CPU's batches; after the epoch's plan is copied
     over (first batch), yielding batches never waits on the device."""
-    cfg = cfg_with(make_cfg, "data.crop_padding=2", "data.hflip=true", "data.batch_size=16")
+    cfg = cfg_with(make_cfg, "data.crop_padding=2", "data.hflip=true", "data.batch_size=16", *extra)
     src, _ = make_source(cfg, n=256)
     expected = epoch_batches(build_loaders(cfg.data, src, seed=0, device=torch.device("cpu"))[0], 1)
     loader, _ = build_loaders(cfg.data, src, seed=0, device=torch.device("cuda"))
@@ -232,7 +248,7 @@ def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg):
         torch.cuda.set_sync_debug_mode("default")
     assert len(got) == len(expected) == 16
     for (x, y), (cx, cy) in zip(got, expected, strict=True):
-        assert x.is_cuda and torch.equal(y.cpu(), cy) and torch.allclose(x.cpu(), cx, atol=1e-6)
+        assert x.is_cuda and torch.equal(y.cpu(), cy) and torch.allclose(x.cpu(), cx, atol=1e-5)
 
 
 @pytest.mark.gpu
