@@ -25,6 +25,7 @@ from nfbench import distributed, rundir
 from nfbench.config import Config, validate
 from nfbench.data import build_loaders, build_source
 from nfbench.distributed import DistEnv
+from nfbench.epoch_metrics import EpochMetrics
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.preemption import StopSignal
@@ -155,13 +156,14 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
     """One pass over the training set.  Loss and accuracy accumulate on the device and are read once
     per ``trainer.log_every`` steps, where a non-finite loss and a stop signal are also checked."""
     cfg, tcfg, device = loop.cfg, loop.cfg.trainer, loop.device
+    # Read the config once: a DictConfig lookup per step costs as much host time as a kernel launch.
+    channels_last, log_every, every = tcfg.channels_last, tcfg.log_every, tcfg.checkpoint_every_steps
+    clip, per_step = cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0, cfg.sched.per_step
     p = resume or EpochProgress()
     loop.net.train()
-    # loss sum, correct, seen on the device; the first non-finite step and its loss.
-    sums = torch.tensor([p.loss_sum, p.correct, p.seen], device=device, dtype=torch.float64)
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)
-    bad_loss = torch.zeros((), device=device)
     steps = len(loader)
+    # Loss, top-1 hits and images on the device, four kernels per step (nfbench/epoch_metrics.py).
+    metrics = EpochMetrics(steps, device, p.loss_sum, p.correct, p.seen, start=p.batches_done)
     global_step0 = epoch * steps
     t0 = time.perf_counter() - p.seconds
     bar = loop.progress(loader, epoch)
@@ -170,53 +172,50 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
             if i == p.batches_done - 1:  # the loader has drawn what it drew before; now the rest of the RNG
                 set_rng_state(p.rng[loop.env.rank])
             continue
-        x, y = _to_device(x, y, device, tcfg.channels_last)
+        x, y = _to_device(x, y, device, channels_last)
         x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
         with torch.autocast(**loop.amp):
             logits = loop.net(x)
             loss = loop.criterion(logits.float(), target)
         loop.opt.zero_grad(set_to_none=True)
         loop.scaler.scale(loss).backward()
-        if cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0:
+        if clip:
             loop.scaler.unscale_(loop.opt)
             clip_gradients(loop.net, cfg.optim)
         loop.scaler.step(loop.opt)
         loop.scaler.update()
-        if cfg.sched.per_step:
+        if per_step:
             loop.sched.step()
         step = global_step0 + i
-        detached = loss.detach()
-        new_bad = (first_bad < 0) & ~torch.isfinite(detached)
-        first_bad = torch.where(new_bad, step, first_bad)
-        bad_loss = torch.where(new_bad, detached, bad_loss)
-        sums[:2] += torch.stack([detached.double() * len(y), logits.detach().argmax(1).eq(y).sum().double()])
-        sums[2] += len(y)  # a Python number: torch.tensor(n, device=cuda) would be a blocking copy every step
+        metrics.add(i, loss, logits, y)
         done = i + 1
-        if done % tcfg.log_every == 0 or done == steps:
-            if distributed.any_rank(first_bad.item() >= 0, device):
-                raise Diverged({"epoch": epoch, "step": int(first_bad.item()), "loss": float(bad_loss.item()),
-                                "lr": loop.opt.param_groups[0]["lr"]})
-            loss_sum, _, seen = sums.tolist()
+        if done % log_every == 0 or done == steps:
+            bad = metrics.fold(done)
+            if distributed.any_rank(bad is not None, device):
+                raise Diverged({"epoch": epoch, "step": global_step0 + bad[0] if bad else -1,
+                                "loss": bad[1] if bad else 0.0, "lr": loop.opt.param_groups[0]["lr"]})
+            loss_sum, _, seen = metrics.sums.tolist()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{loop.opt.param_groups[0]['lr']:.3g}",
                             img_s=f"{seen * loop.env.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
             if loop.writer is not None:
-                loop.writer.add_scalar("train/loss_step", detached.item(), step)
+                loop.writer.add_scalar("train/loss_step", loss.detach().item(), step)
         if done == steps:
             break
-        every = tcfg.checkpoint_every_steps
         # Ranks agree on stopping at a log step (one small all-reduce); a single process checks every step.
-        check = not loop.env.enabled or done % tcfg.log_every == 0
+        check = not loop.env.enabled or done % log_every == 0
         stopping = check and distributed.any_rank(loop.stop.received is not None, device)
         if stopping or (every and done % every == 0):
-            loop.save(epoch, _snapshot(sums, done, time.perf_counter() - t0, device))
+            metrics.fold(done)
+            loop.save(epoch, _snapshot(metrics.sums, done, time.perf_counter() - t0, device))
         if stopping:
             log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
                         "requeued and resumed", loop.stop.received, epoch + 1, done, steps)
             loop.stop.exit()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    distributed.all_reduce_sum(sums)
-    loss_sum, correct, seen = sums.tolist()
+    metrics.fold(steps)
+    distributed.all_reduce_sum(metrics.sums)
+    loss_sum, correct, seen = metrics.sums.tolist()
     return EpochProgress(steps, loss_sum, int(correct), int(seen), time.perf_counter() - t0)
 
 
@@ -281,7 +280,7 @@ def _spawned_worker(container: dict) -> None:
 def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     tcfg = cfg.trainer
     main = env.is_main
-    run_dir = resolve_run_dir(cfg)
+    run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     set_deterministic(tcfg.deterministic)
     if main:
