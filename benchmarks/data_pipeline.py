@@ -4,10 +4,12 @@ Pipelines, all on CIFAR-10-shaped data (random pixels, nfbench's ``data=cifar10`
 delivering normalised float batches on the training device:
 
 - device: crop + flip, batched on the device (``data.on_device=true``, the default for CIFAR);
-- device + RandAugment, each sample's ops applied a group at a time (what nfbench uses);
+- device + RandAugment, each sample's ops applied a group at a time (``data.num_workers=0``);
 - device + RandAugment, torchvision's RandAugment called on each image in turn (the alternative);
-- workers: the DataLoader path, per-sample torchvision transforms in ``--workers`` processes
-  (pinned memory, persistent workers), with and without RandAugment, copied to the device.
+- workers + RandAugment grouped by op: the same batches built on the CPU in ``--workers``
+  processes from the plan the training process draws (``data.num_workers=N``);
+- workers, per sample: the DataLoader path, torchvision's per-sample transforms in ``--workers``
+  processes (pinned memory, persistent workers), with and without RandAugment.
 
 The model's rate is forward + backward + SGD step on one batch already on the device. A pipeline
 keeps up when its ratio to the model is >= 1; the GPU target is >= 2 for ResNet-18. On a CPU the
@@ -110,18 +112,23 @@ def main() -> None:
             cfg = compose([*base, *overrides])
             return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device)[0]
 
-        rows.append(("device: crop+flip", pipeline_rate(loader("data.on_device=true"), device, batches)))
-        grouped = loader("data.on_device=true", "data.randaugment=true")
-        rows.append(("device: crop+flip+RandAugment, grouped by op (nfbench)",
-                     pipeline_rate(grouped, device, batches)))
-        per_sample: DeviceLoader = loader("data.on_device=true", "data.randaugment=true")
+        on_device = ["data.on_device=true", "data.num_workers=0"]
+        rows.append(("device: crop+flip", pipeline_rate(loader(*on_device), device, batches)))
+        grouped = loader(*on_device, "data.randaugment=true")
+        rows.append(("device: crop+flip+RandAugment, grouped by op", pipeline_rate(grouped, device, batches)))
+        per_sample: DeviceLoader = loader(*on_device, "data.randaugment=true")
         ra = grouped.augment.randaugment
-        per_sample.augment.randaugment = PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
+        per_sample.augment.randaugment = \
+            PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
         rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
+        in_workers = loader("data.on_device=true", "data.randaugment=true", f"data.num_workers={workers}")
+        rows.append((f"{workers} workers: crop+flip+RandAugment, grouped by op",
+                     pipeline_rate(in_workers, device, batches, warmup=2 * workers)))
+        del in_workers
         for ra_on in ("false", "true"):
             dl = loader("data.on_device=false", f"data.num_workers={workers}", f"data.randaugment={ra_on}")
             name = f"{workers} workers: crop+flip{'+RandAugment' if ra_on == 'true' else ''}, per sample"
-            rows.append((name, pipeline_rate(dl, device, batches, warmup=2 * max(workers, 1))))
+            rows.append((name, pipeline_rate(dl, device, batches, warmup=2 * workers)))
             del dl
     print(f"{'model forward+backward+step':58s} {m:10.1f} img/s")
     for name, rate in rows:

@@ -84,7 +84,9 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=None, help="default: 50000 on CUDA, 1024 on CPU")
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--randaugment", action="store_true", help="nfbench also applies RandAugment (on the device)")
+    p.add_argument("--randaugment", action="store_true", help="nfbench also applies RandAugment")
+    p.add_argument("--workers", type=int, default=0,
+                   help="data.num_workers: with --randaugment, the processes that build its batches")
     a = p.parse_args()
     device = torch.device(a.device)
     cuda = device.type == "cuda"
@@ -92,11 +94,12 @@ def main() -> None:
     width = a.width if a.width is not None else (None if cuda else 8)
     n_train = a.train_images or (50000 if cuda else 1024)
     header(f"runner overhead: {model} (width {width or 'published'}) / {a.init}, batch {a.batch}, "
-           f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}", device)
+           f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}, "
+           f"randaugment={a.randaugment} ({a.workers} workers)", device)
     torch.backends.cudnn.benchmark = True  # what train() sets when not deterministic
     with tempfile.TemporaryDirectory() as tmp:
         root = write_fake_cifar10(Path(tmp) / "data", n_train, n_test=max(a.batch, n_train // 5))
-        common = ["data=cifar10", f"data.root={root}", "data.download=false", "data.num_workers=0",
+        common = ["data=cifar10", f"data.root={root}", "data.download=false", f"data.num_workers={a.workers}",
                   f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}", f"init={a.init}",
                   f"trainer.epochs={a.epochs}", f"trainer.device={a.device}", f"trainer.precision={a.precision}",
                   f"trainer.channels_last={a.channels_last}", f"trainer.compile={a.compile}",
