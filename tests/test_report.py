@@ -160,8 +160,8 @@ def test_references_match_and_convert_errors(tmp_path, tree):
     refs_file.write_text(yaml.safe_dump({"references": [
         {"id": "X", "source": "paper X, Table 1", "setting": "bn", "match": {"data": "cifar10", "init": "bn"},
          "test_error": 8.75},
-        {"id": "Y", "source": "paper Y", "setting": "any ResNet-20 or -56", "match": {"model": ["resnet20", "resnet56"]},
-         "test_top1": 91.0},
+        {"id": "Y", "source": "paper Y", "setting": "any ResNet-20 or -56",
+         "match": {"model": ["resnet20", "resnet56"]}, "test_top1": 91.0},
         {"id": "Z", "source": "paper Z", "setting": "other data", "match": {"data": "imagenet"}, "test_top1": 76.0},
     ]}))
     refs = rep.load_references(refs_file)
