@@ -31,7 +31,7 @@ from nfbench.train import pick_device, resolve_run_dir, seed_all
 log = logging.getLogger("nfbench")
 
 STATS = ("fwd_var", "bwd_var", "fwd_chan_mean_sq", "fwd_chan_var")
-# The output contract of spp.csv (tests and `nfbench report` read it), then the columns the plot's bands need.
+# The output contract of spp.csv (tests and `nfbench spp-plot` read it), then the columns the plot's bands need.
 COLUMNS = ("model", "init", "weights", "block", *STATS)
 EXTRA_COLUMNS = ("stride", "seeds", "fwd_var_min", "fwd_var_max", "bwd_var_min", "bwd_var_max")
 CSV_NAME = "spp.csv"
