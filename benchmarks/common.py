@@ -73,7 +73,17 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch's CPU threads (default: torch's own); 1 on a shared machine, where a busy "
+                        "core stalls every parallel region of the other thread")
     return p
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """The device to measure on, with torch's thread count set as asked."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
 
 
 def header(title: str, device: torch.device) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import amp_context, base_parser, compose, footer, header, median, timed, write_fake_cifar10
+from common import (amp_context, base_parser, compose, device_of, footer, header, median, timed,
+                    write_fake_cifar10)
 
 from nfbench.data import build_loaders, build_source
 from nfbench.device_data import BatchRandAugment, DeviceLoader
@@ -91,7 +92,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=None, help="timed per pipeline; default 100 on CUDA, 12 on CPU")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers; default min(8, cores)")
     a = p.parse_args()
-    device = torch.device(a.device)
+    device = device_of(a)
     cuda = device.type == "cuda"
     model = a.model or ("resnet18" if cuda else "resnet20")
     width = a.width if a.width is not None else (None if cuda else 8)

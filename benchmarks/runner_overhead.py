@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import amp_context, base_parser, compose, footer, header, median, sync, timed, write_fake_cifar10
+from common import (amp_context, base_parser, compose, device_of, footer, header, median, sync, timed,
+                    write_fake_cifar10)
 
 from nfbench.data import build_source
 from nfbench.device_data import in_memory
@@ -88,7 +89,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="data.num_workers: with --randaugment, the processes that build its batches")
     a = p.parse_args()
-    device = torch.device(a.device)
+    device = device_of(a)
     cuda = device.type == "cuda"
     model = a.model or ("resnet18" if cuda else "resnet20")
     width = a.width if a.width is not None else (None if cuda else 8)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from common import amp_context, base_parser, footer, header, median, sync, timed
+from common import amp_context, base_parser, device_of, footer, header, median, sync, timed
 
 from nfbench.config import InitConfig, ModelConfig, OptimConfig
 from nfbench.errors import ConfigError
@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
     a = p.parse_args()
-    device = torch.device(a.device)
+    device = device_of(a)
     cuda = device.type == "cuda"
     model = ModelConfig(name=a.model or ("resnet18" if cuda else "resnet20"),
                         width=a.width if a.width is not None else (None if cuda else 8))
