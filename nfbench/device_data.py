@@ -194,8 +194,9 @@ class BatchBuilder:
             b, c = x.shape[:2]
             flat = self.table.index_select(0, plan.flip).add_(plan.offset[:, None])
             x = torch.gather(x.view(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).view(b, c, *self.size)
-        if self.augment is not None and self.augment.randaugment is not None:
-            x = self.augment.randaugment.apply(x, plan.ra_perm, plan.ra_inverse, plan.ra_counts)  # type: ignore[arg-type]
+        ra = self.augment.randaugment if self.augment is not None else None
+        if ra is not None:
+            x = ra.apply(x, plan.ra_perm, plan.ra_inverse, plan.ra_counts)  # type: ignore[arg-type]
         return x, self.labels.index_select(0, plan.index)
 
 
@@ -206,7 +207,8 @@ class _PlannedBatches(Dataset):
     def __init__(self, builder: BatchBuilder, plan: EpochPlan) -> None:
         self.builder, self.plan = builder, plan
 
-    def __getitem__(self, span: tuple[int, int, list[list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def __getitem__(self, span: tuple[int, int, list[list[int]]]  # type: ignore[override]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.builder(self.plan.batch(*span))
 
 
@@ -316,8 +318,8 @@ class DeviceLoader:
                 x, y = self.builder(epoch.batch(*span))
                 yield self.normalise(x), y
             return
-        # The workers are idle between epochs (the last iterator ran dry or was reset), so the
-        # shared plan can be overwritten.
+        # The workers take this epoch's spans only once the new iterator has reset them (what an
+        # abandoned iterator left in flight is dropped), so the shared plan can be overwritten now.
         self._shared.copy_(epoch)
         self._spans.spans = epoch.spans(self.batch_size)
         for x, y in self._workers:
@@ -342,13 +344,14 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
 
 
 def device_loaders(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
-                   drop_last: bool, device: torch.device, pin_memory: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
+                   drop_last: bool, device: torch.device,
+                   pin_memory: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
     """Train loader (the papers' augmentation, batched) and test loader (normalised only).
     ``data.num_workers`` processes build RandAugment's batches when it is on (see :class:`DeviceLoader`)."""
     train_x, train_y = in_memory(src.train)  # type: ignore[misc]
     test_x, test_y = in_memory(src.test)  # type: ignore[misc]
     ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
-        if cfg.randaugment else None
+        if cfg.randaugment and cfg.randaugment_n > 0 else None
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
     train = DeviceLoader(src.train, train_x, train_y, per_rank, src.mean, src.std, device, sampler,
                          drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)

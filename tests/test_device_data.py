@@ -140,6 +140,14 @@ def test_randaugment_gives_each_sample_its_own_op(make_cfg):
     assert len(used) >= 10  # 64 draws from 14 ops
 
 
+def test_randaugment_of_zero_ops_leaves_crop_and_flip(make_cfg):
+    src, _ = make_source(cfg_with(make_cfg))
+    plain, _ = build_loaders(cfg_with(make_cfg).data, src, seed=0)
+    zero, _ = build_loaders(cfg_with(make_cfg, "data.randaugment=true", "data.randaugment_n=0").data, src, seed=0)
+    for (x, y), (zx, zy) in zip(epoch_batches(plain, 0), epoch_batches(zero, 0), strict=True):
+        assert torch.equal(x, zx) and torch.equal(y, zy)
+
+
 def test_randaugment_in_worker_processes_gives_the_same_batches(make_cfg):
     """The plan is drawn in the training process; workers only build: same batches, epoch after epoch."""
     common = ["data.randaugment=true", "data.batch_size=16"]
