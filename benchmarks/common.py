@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -76,7 +76,17 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch's CPU threads (default: torch's own); 1 on a shared machine, where a busy "
                         "core stalls every parallel region of the other thread")
+    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
+    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
+    p.add_argument("--batch", type=int, default=128)
     return p
+
+
+def model_of(args: argparse.Namespace, device: torch.device) -> tuple[str, Optional[int]]:
+    """(model, stage-1 width): the published ResNet-18 on a GPU, the tests' narrow ResNet-20 on a CPU."""
+    cuda = device.type == "cuda"
+    return args.model or ("resnet18" if cuda else "resnet20"), args.width if args.width is not None else (
+        None if cuda else 8)
 
 
 def device_of(args: argparse.Namespace) -> torch.device:

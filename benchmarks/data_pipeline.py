@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import (amp_context, base_parser, compose, device_of, footer, header, median, timed,
+from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, timed,
                     write_fake_cifar10)
 
 from nfbench.data import build_loaders, build_source
@@ -86,16 +86,12 @@ def model_rate(cfg, device: torch.device, precision: str, channels_last: bool, s
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
-    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
-    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--batches", type=int, default=None, help="timed per pipeline; default 100 on CUDA, 12 on CPU")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers; default min(8, cores)")
     a = p.parse_args()
     device = device_of(a)
     cuda = device.type == "cuda"
-    model = a.model or ("resnet18" if cuda else "resnet20")
-    width = a.width if a.width is not None else (None if cuda else 8)
+    model, width = model_of(a, device)
     batches = a.batches or (100 if cuda else 12)
     workers = a.workers if a.workers is not None else min(8, os.cpu_count() or 1)
     header(f"data pipeline vs model: {model} (width {width or 'published'}), batch {a.batch}, {a.precision}, "

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import (amp_context, base_parser, compose, device_of, footer, header, median, sync, timed,
-                    write_fake_cifar10)
+from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, sync,
+                    timed, write_fake_cifar10)
 
 from nfbench.data import build_source
 from nfbench.device_data import in_memory
@@ -78,10 +78,7 @@ def nfbench_run(overrides: list[str], run_dir: Path) -> list[float]:
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
-    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
     p.add_argument("--init", default="convshort")
-    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--train-images", type=int, default=None, help="default: 50000 on CUDA, 1024 on CPU")
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--rounds", type=int, default=2)
@@ -91,8 +88,7 @@ def main() -> None:
     a = p.parse_args()
     device = device_of(a)
     cuda = device.type == "cuda"
-    model = a.model or ("resnet18" if cuda else "resnet20")
-    width = a.width if a.width is not None else (None if cuda else 8)
+    model, width = model_of(a, device)
     n_train = a.train_images or (50000 if cuda else 1024)
     header(f"runner overhead: {model} (width {width or 'published'}) / {a.init}, batch {a.batch}, "
            f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}, "

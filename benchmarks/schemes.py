@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from common import amp_context, base_parser, device_of, footer, header, median, sync, timed
+from common import amp_context, base_parser, device_of, footer, header, median, model_of, sync, timed
 
 from nfbench.config import InitConfig, ModelConfig, OptimConfig
 from nfbench.errors import ConfigError
@@ -76,17 +76,14 @@ class Bench:
 
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
-    p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
-    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=None, help="timed per round; default 20 on CUDA, 2 on CPU")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--schemes", nargs="*", default=None, help="default: every registered scheme")
     a = p.parse_args()
     device = device_of(a)
     cuda = device.type == "cuda"
-    model = ModelConfig(name=a.model or ("resnet18" if cuda else "resnet20"),
-                        width=a.width if a.width is not None else (None if cuda else 8))
+    name, width = model_of(a, device)
+    model = ModelConfig(name=name, width=width)
     steps = a.steps or (20 if cuda else 2)
     names = a.schemes or SCHEMES.names()
     if "bn" not in names:
