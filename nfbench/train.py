@@ -163,7 +163,10 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
     loop.net.train()
     steps = len(loader)
     # Loss, top-1 hits and images on the device, four kernels per step (nfbench/epoch_metrics.py).
-    metrics = EpochMetrics(steps, device, p.loss_sum, p.correct, p.seen, start=p.batches_done)
+    # A mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them on, so the
+    # all-reduce at the epoch's end counts them once.
+    carried = (p.loss_sum, p.correct, p.seen) if loop.env.is_main else (0.0, 0, 0)
+    metrics = EpochMetrics(steps, device, *carried, start=p.batches_done)
     global_step0 = epoch * steps
     t0 = time.perf_counter() - p.seconds
     bar = loop.progress(loader, epoch)

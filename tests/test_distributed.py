@@ -152,3 +152,28 @@ def test_multirun_through_submitit_local(tmp_path):
         assert result["status"] == "finished" and (run / "checkpoints" / "last.pt").exists()
         assert (run / "metrics.jsonl").exists() and (run / "env.json").exists()
     assert {rundir.read_json(r / "result.json")["seed"] for r in runs} == {0, 1}
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_mid_epoch_resumes_to_the_same_run(tmp_path):
+    """SIGTERM to `nfbench train trainer.devices=2` reaches both ranks, which checkpoint at the same
+    step; the resumed run's weights and per-epoch metrics equal an uninterrupted 2-process run's."""
+    cfg = [*PREEMPT, "trainer.devices=2", "trainer.log_every=2", "data.crop_padding=0"]
+    reference = nfbench_train(tmp_path / "ref", *cfg)
+    assert reference.wait(timeout=600) == 0, reference.communicate()[0]
+    proc = nfbench_train(tmp_path / "run", *cfg)
+    wait_for(tmp_path / "run" / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["partial"] is not None and len(state["partial"]["rng"]) == 2
+    again = nfbench_train(tmp_path / "run", *cfg)
+    out = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, out
+    a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = rundir.read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    run_rows = rundir.read_metrics(tmp_path / "run" / "metrics.jsonl")
+    for key in ("train_loss", "train_top1", "test_loss", "test_top1"):
+        assert [r[key] for r in run_rows] == pytest.approx([r[key] for r in ref_rows], rel=1e-9), key
