@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nfbench.errors import ConfigError
 
@@ -203,7 +203,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
            "must be in [0, 30] (torchvision's magnitude bins)")
     for key in ("train_subset", "test_subset", "image_size"):
-        v = c.data[key] if isinstance(c, DictConfig) else getattr(c.data, key)
+        v = getattr(c.data, key)
         _check(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
     if c.data.mean is not None or c.data.std is not None:
         _check(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
@@ -271,9 +271,5 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
     _check(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
            list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
-
-
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 

@@ -9,10 +9,6 @@ class DataNotFoundError(FileNotFoundError):
     """A data set that is neither on disk nor downloadable; the message says where it looked."""
 
 
-class DivergenceError(FloatingPointError):
-    """The training loss became NaN or infinite."""
-
-
 class Preempted(SystemExit):
     """The run caught SIGTERM/SIGUSR1/SIGUSR2, saved a checkpoint and stops; exit code 128 + signal."""
 

@@ -223,7 +223,7 @@ class Fixup(Scheme):
 
     @property
     def reference(self) -> bool:
-        return bool(getattr(self.cfg, "reference_block", False))
+        return self.cfg.reference_block
 
     def norm(self, chans: int) -> nn.Module:
         return ScalarBias(0.0)
