@@ -107,6 +107,9 @@ class TrainerConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    # torch.compile's mode when trainer.compile=true: null (torch's default), reduce-overhead (CUDA graphs:
+    # for launch-bound small networks on a GPU), max-autotune, max-autotune-no-cudagraphs.
+    compile_mode: Optional[str] = None
     deterministic: bool = False
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
@@ -164,6 +167,7 @@ def register_configs() -> None:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULES = ("cosine", "multistep", "constant")
 SPP_INPUTS = ("gaussian", "data")
 SPP_LABELS = ("random", "data")
@@ -247,6 +251,10 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
     _check(c.trainer.precision in PRECISIONS, "trainer.precision", c.trainer.precision,
            f"choose one of {', '.join(PRECISIONS)}")
+    _check(c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES, "trainer.compile_mode",
+           c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
+    _check(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
+           "applies with trainer.compile=true only")
     dev = c.trainer.device
     _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
            "trainer.device", dev, f"choose {DEVICES_HELP}")

@@ -8,8 +8,10 @@ then normalisation; the test set is only normalised.
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -282,6 +284,16 @@ def build_source(cfg: DataConfig) -> DataSource:
                       cfg.mean or src.mean, cfg.std or src.std, src.recipe, src.pil)
 
 
+def worker_context() -> BaseContext:
+    """How DataLoader workers start: the platform's default method, named explicitly.
+
+    Left implicit, workers inherit the current default, and a job that Hydra's joblib launcher
+    (``hydra/launcher=parallel``) runs in a loky process has loky's, whose processes DataLoader
+    cannot start.
+    """
+    return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
+
+
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
                   pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
     """Train loader (shuffled by a sampler whose order depends only on seed and epoch) and test loader.
@@ -298,8 +310,8 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     per_rank = cfg.batch_size // world_size
     sampler = DistributedSampler(src.train, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=seed, drop_last=True)
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
-                  persistent_workers=cfg.num_workers > 0)
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0,
+                  multiprocessing_context=worker_context() if cfg.num_workers > 0 else None)
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank
     from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.data import DataSource, TensorImages, TransformedFolder
+from nfbench.data import DataSource, TensorImages, TransformedFolder, worker_context
 from nfbench.errors import ConfigError
 
 
@@ -252,7 +252,7 @@ class DeviceLoader:
             self._spans = _Spans()
             self._workers = DataLoader(_PlannedBatches(self.builder, self._shared), batch_size=None,
                                        sampler=self._spans, num_workers=num_workers, pin_memory=pin_memory,
-                                       persistent_workers=True)
+                                       persistent_workers=True, multiprocessing_context=worker_context())
         # (v/255 - mean) / std as one multiply-add per pixel, straight from uint8.
         std_t = torch.tensor(std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)

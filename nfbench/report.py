@@ -37,7 +37,8 @@ ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "
 DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
 BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "trainer.run_dir", "trainer.resume",
-               "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile")
+               "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
+               "trainer.compile_mode")
 FINISHED, DIVERGED, UNFINISHED = "finished", "diverged", "unfinished"
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
 

@@ -348,7 +348,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     if env.enabled:
         fwd = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
-        fwd = torch.compile(fwd)
+        fwd = torch.compile(fwd, mode=tcfg.compile_mode)
 
     writer = None
     if main:

@@ -55,6 +55,8 @@ def test_experiment_group_exists():
     ("init.weights=xavier", "init.weights", "he_fanin, he_fanout, brock"),
     ("trainer.device=tpu", "trainer.device", "cuda"),
     ("sched.milestones=[150,100]", "sched.milestones", "increasing"),
+    ("trainer.compile_mode=fast", "trainer.compile_mode", "reduce-overhead"),
+    ("trainer.compile_mode=reduce-overhead", "trainer.compile_mode", "trainer.compile=true only"),
 ])
 def test_bad_values_name_key_and_range(make_cfg, override, key, allowed):
     cfg = make_cfg([override])

@@ -134,3 +134,23 @@ def test_real_cifar10_jpeg_imagefolder(make_cfg, cifar10_jpeg_subset):
     assert np.allclose(src.mean, (0.4919, 0.4832, 0.4474), atol=0.02)
     x, y = src.train[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
+
+
+def test_cifar10_from_jpeg_writes_the_python_release(make_cfg, tmp_path, cifar10_jpeg_subset):
+    """scripts/cifar10_from_jpeg.py: the JPEG tree becomes batches that data=cifar10 reads, pixel for pixel."""
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cifar10_from_jpeg.py"
+    out = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    src = build_source(make_cfg(["data=cifar10", f"data.root={tmp_path}", "data.download=false"]).data)
+    assert (len(src.train), len(src.test)) == (2000, 1000)  # the fixture's 200 + 100 images per class
+    classes = sorted(p.name for p in (cifar10_jpeg_subset / "test").iterdir())
+    # The test batch keeps class order, then file-name order: image 100 * k is class k's first file.
+    for k in (0, 3, 9):
+        first = sorted((cifar10_jpeg_subset / "test" / classes[k]).iterdir())[0]
+        expected = torch.from_numpy(np.asarray(Image.open(first).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(src.test.images[100 * k], expected)
+        assert int(src.test.labels[100 * k]) == k
+    assert torch.bincount(src.train.labels).tolist() == [200] * 10

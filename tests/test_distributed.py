@@ -177,3 +177,24 @@ def test_ddp_sigterm_mid_epoch_resumes_to_the_same_run(tmp_path):
     run_rows = rundir.read_metrics(tmp_path / "run" / "metrics.jsonl")
     for key in ("train_loss", "train_top1", "test_loss", "test_top1"):
         assert [r[key] for r in run_rows] == pytest.approx([r[key] for r in ref_rows], rel=1e-9), key
+
+
+@pytest.mark.slow
+def test_multirun_jobs_run_side_by_side_with_the_parallel_launcher(tmp_path):
+    """hydra/launcher=parallel (Hydra's joblib launcher) runs the jobs of a sweep at the same time, each
+    in its own process and run directory: how several CIFAR jobs share one GPU.  With RandAugment built in
+    DataLoader workers, as the CIFAR presets do: inside a loky process those once failed to start."""
+    out = subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+         "seed=0,1", "model.width=4", "trainer.epochs=2", "data.train_subset=256", "data.test_subset=64",
+         "data.randaugment=true", "data.num_workers=2", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(runs) == 2
+    assert {rundir.read_json(r / "result.json")["seed"] for r in runs} == {0, 1}
+    assert all(rundir.read_json(r / "result.json")["status"] == "finished" for r in runs)
+    # Side by side: each job started (env.json) before the other one ended (result.json).
+    start = [(r / "env.json").stat().st_mtime for r in runs]
+    end = [(r / "result.json").stat().st_mtime for r in runs]
+    assert start[0] < end[1] and start[1] < end[0], (start, end)
