@@ -13,7 +13,7 @@ import pickle
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -274,6 +274,37 @@ def with_transform(ds: Dataset, transform: Callable) -> Dataset:
     return TransformedFolder(ds, transform)
 
 
+class SeededSampler(DistributedSampler):
+    """A ``DistributedSampler`` that yields (index, seed) pairs, the seed drawn per (run seed, epoch, index).
+
+    DataLoader workers draw from RNGs of their own, seeded when they start: a persistent worker
+    carries its stream across epochs, so a resumed run (new workers, started at a later epoch)
+    augmented differently from an uninterrupted one.  Seeding every sample from the pair makes the
+    epoch's stream a pure function of (seed, epoch), whichever worker builds a sample and whenever.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**63, size=len(self.dataset)).tolist()
+        return ((i, seeds[i]) for i in super().__iter__())
+
+
+class SeededSamples(Dataset):
+    """Item (i, seed): sample i, its transform drawing from torch's CPU RNG seeded with ``seed``
+    (torchvision's transforms draw from it alone); the caller's RNG state is left as it was."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        i, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.base[i]
+
+
 def build_source(cfg: DataConfig) -> DataSource:
     """Load the configured data set, its subsets and its transforms."""
     src = DATASETS.get(cfg.name)(cfg)
@@ -296,7 +327,7 @@ def worker_context() -> BaseContext:
 
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
                   pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
-    """Train loader (shuffled by a sampler whose order depends only on seed and epoch) and test loader.
+    """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader.
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
@@ -308,17 +339,20 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
         raise ConfigError(f"data.batch_size={cfg.batch_size} must be divisible by the number of "
                           f"processes ({world_size})")
     per_rank = cfg.batch_size // world_size
-    sampler = DistributedSampler(src.train, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed, drop_last=True)
+    from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module
+
+    on_device = use_device_loader(cfg, src)
+    # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
+    sampler = (DistributedSampler if on_device else SeededSampler)(
+        src.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0,
                   multiprocessing_context=worker_context() if cfg.num_workers > 0 else None)
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank
-    from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module
-
-    if use_device_loader(cfg, src):
+    if on_device:
         return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"), pin_memory)
-    train = DataLoader(src.train, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **common)
+    train = DataLoader(SeededSamples(src.train), batch_size=per_rank, sampler=sampler, drop_last=drop_last,
+                       **common)
     # Every test image exactly once over all ranks (no padding), so summed metrics are exact.
     shard = range(rank, len(src.test), world_size)  # type: ignore[arg-type]
     test = DataLoader(Subset(src.test, shard) if world_size > 1 else src.test, batch_size=cfg.test_batch_size,

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from nfbench import rundir
 from nfbench.data import CIFAR_MEAN, CIFAR_STD, build_loaders, build_source
 from nfbench.errors import DataNotFoundError
+from nfbench.train import train
+from tests.test_train import Killed, load_weights
 
 
 def write_cifar(root: Path, hundred: bool, n_per_file: int = 6) -> dict[str, np.ndarray]:
@@ -154,3 +157,40 @@ def test_cifar10_from_jpeg_writes_the_python_release(make_cfg, tmp_path, cifar10
         assert torch.equal(src.test.images[100 * k], expected)
         assert int(src.test.labels[100 * k]) == k
     assert torch.bincount(src.train.labels).tolist() == [200] * 10
+
+
+def imagefolder_run(root: Path, *extra: str) -> list[str]:
+    """A tiny real-JPEG run whose training images are decoded and augmented in two worker processes."""
+    return ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.train_subset=192",
+            "data.test_subset=64", "data.batch_size=32", "data.randaugment=true", "model=resnet20",
+            "model.width=4", "trainer.epochs=2", "trainer.progress=false", "trainer.deterministic=true", *extra]
+
+
+def die_after_saving(monkeypatch, when) -> None:
+    """Make the run die (as kill -9 would) right after it wrote a last.pt whose state satisfies ``when``."""
+    save = rundir.save_checkpoint
+
+    def save_then_die(path: Path, state: dict) -> None:
+        save(path, state)
+        if path.name == rundir.LAST and when(state):
+            raise Killed
+
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
+
+
+def test_imagefolder_with_workers_resumes_exactly(make_cfg, tmp_path, monkeypatch, cifar10_jpeg_subset):
+    """Two epochs straight == killed after epoch 1 (or 2 steps into epoch 2) and resumed, bit for bit,
+    with the augmentation drawn in persistent DataLoader workers."""
+    cfg = imagefolder_run(cifar10_jpeg_subset, "trainer.checkpoint_every_steps=2")
+    train(make_cfg(cfg, tmp_path / "full"))
+    full = load_weights(tmp_path / "full")
+    stops = {"epoch": lambda s: s["epoch"] == 0 and not s["partial"],
+             "mid-epoch": lambda s: s["epoch"] == 0 and s["partial"] and s["partial"]["batches_done"] == 2}
+    for name, when in stops.items():
+        with monkeypatch.context() as m:
+            die_after_saving(m, when)
+            with pytest.raises(Killed):
+                train(make_cfg(cfg, tmp_path / name))
+        train(make_cfg(cfg, tmp_path / name))
+        resumed = load_weights(tmp_path / name)
+        assert all(torch.equal(full[k], resumed[k]) for k in full), name

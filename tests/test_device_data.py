@@ -14,7 +14,8 @@ from nfbench.device_data import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError
 from nfbench.train import train
 from tests.conftest import TINY
-from tests.test_train import Killed, kill_after_epoch, load_weights
+from tests.test_data import die_after_saving
+from tests.test_train import Killed, load_weights
 
 MEAN, STD = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
 
@@ -220,18 +221,24 @@ def test_on_device_values_are_validated(make_cfg, value):
         validate(make_cfg([f"data.on_device={value}"]))
 
 
-def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, monkeypatch):
-    """Stopped after epoch 1 of 2 and resumed == uninterrupted, with RandAugment drawn on the device."""
-    cfg = [*TINY, "data.on_device=true", "data.randaugment=true", "trainer.deterministic=true"]
+@pytest.mark.parametrize("workers", [0, 2], ids=["on-device", "randaugment-in-workers"])
+def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, monkeypatch, workers):
+    """Stopped after epoch 1 of 2 (or 3 steps into epoch 2) and resumed == uninterrupted, with RandAugment
+    drawn on the device or in worker processes."""
+    cfg = [*TINY, "data.on_device=true", "data.randaugment=true", "trainer.deterministic=true",
+           f"data.num_workers={workers}", "trainer.checkpoint_every_steps=3"]
     full = train(make_cfg(cfg, tmp_path / "full"))
     assert full["status"] == "finished" and math.isfinite(full["train_loss"])
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path / "split"))
-    train(make_cfg(cfg, tmp_path / "split"))
-    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    stops = {"epoch": lambda s: s["epoch"] == 0 and not s["partial"],
+             "mid-epoch": lambda s: s["epoch"] == 0 and s["partial"] and s["partial"]["batches_done"] == 3}
+    for name, when in stops.items():
+        with monkeypatch.context() as m:
+            die_after_saving(m, when)
+            with pytest.raises(Killed):
+                train(make_cfg(cfg, tmp_path / name))
+        train(make_cfg(cfg, tmp_path / name))
+        a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
 @pytest.mark.gpu
