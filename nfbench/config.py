@@ -42,6 +42,10 @@ class DataConfig:
     # Per-channel normalisation; None means the data set's own statistics.
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
+    # Image folders: check every file's header and end before training (nfbench/datacheck.py; about
+    # 25 us a file), refusing a damaged one by name; skip_corrupt drops such files and counts them.
+    verify: bool = True
+    skip_corrupt: bool = False
 
 
 @dataclass
@@ -213,6 +217,8 @@ def validate(cfg: DictConfig | Config) -> None:
         _check(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
                "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
         _check(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
+    _check(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
+           "needs data.verify=true, the check that finds the unreadable files")
     _check(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
     _check(c.model.stem in ("auto", "cifar", "imagenet"), "model.stem", c.model.stem,
            "choose one of auto, cifar, imagenet")

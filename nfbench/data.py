@@ -22,7 +22,8 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.errors import DataNotFoundError
+from nfbench.datacheck import check_images
+from nfbench.errors import DataError, DataNotFoundError
 from nfbench.registry import Registry
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
@@ -117,14 +118,32 @@ def _missing(what: str, where: Path, why: str) -> DataNotFoundError:
     )
 
 
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
+    """One python-pickle batch of the official CIFAR release; a damaged file is named, with the fix."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        missing = [k for k in ("data", label_key) if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise ValueError(f"no {' or '.join(map(repr, missing))} entry")
+        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(y) for y in entry[label_key]]
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    except Exception as e:  # truncated, another pickle, another format: the same fix
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DataError(f"{path} is truncated or not a CIFAR python batch ({why}). Fix: delete {path.parent} "
+                        f"and run once with data.download=true to download it again") from e
+    return images, labels
+
+
 def _read_cifar_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read the python-pickle batches of the official CIFAR release (what torchvision downloads)."""
     images, labels = [], []
     for name in files:
-        with open(folder / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
+        x, y = _read_cifar_batch(folder / name, label_key)
+        images.append(x)
+        labels.extend(y)
     return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
@@ -167,6 +186,15 @@ def _folder_split(root: Path, names: Sequence[str]) -> Path:
                    "expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or val/)")
 
 
+def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig) -> tvd.ImageFolder:
+    """The first split folder of ``names`` under ``root``, every file checked (``data.verify``)
+    before any is decoded, so a damaged one is named before training starts."""
+    folder = tvd.ImageFolder(str(_folder_split(root, names)))
+    if cfg.verify:
+        check_images(folder, cfg.skip_corrupt)
+    return folder
+
+
 def _channel_stats(folder: tvd.ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:
     """Mean and std per channel over a fixed sample of up to n images."""
     idx = torch.randperm(len(folder), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]
@@ -179,8 +207,8 @@ def _channel_stats(folder: tvd.ImageFolder, n: int = 512) -> tuple[list[float], 
 def imagefolder(cfg: DataConfig) -> DataSource:
     """Any tree ROOT/{train,test|val}/<class>/<image> of same-size small images (e.g. CIFAR-10 as JPEGs)."""
     root = Path(cfg.root).expanduser()
-    train = tvd.ImageFolder(str(_folder_split(root, ["train"])))
-    test = tvd.ImageFolder(str(_folder_split(root, ["test", "val"])))
+    train = _image_folder(root, ["train"], cfg)
+    test = _image_folder(root, ["test", "val"], cfg)
     if train.classes != test.classes:
         raise DataNotFoundError(f"train/ and test/ under {root} hold different classes: "
                                 f"{train.classes} vs {test.classes}")
@@ -195,8 +223,8 @@ def imagefolder(cfg: DataConfig) -> DataSource:
 def imagenet(cfg: DataConfig) -> DataSource:
     """ILSVRC-2012 as an ImageFolder tree ROOT/train, ROOT/val; the standard 224 px recipe."""
     root = Path(cfg.root).expanduser()
-    train = tvd.ImageFolder(str(_folder_split(root, ["train"])))
-    test = tvd.ImageFolder(str(_folder_split(root, ["val", "test"])))
+    train = _image_folder(root, ["train"], cfg)
+    test = _image_folder(root, ["val", "test"], cfg)
     return DataSource(train, test, num_classes=len(train.classes), in_chans=3,
                       image_size=cfg.image_size or 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                       recipe="imagenet", pil=True)

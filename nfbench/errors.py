@@ -9,6 +9,10 @@ class DataNotFoundError(FileNotFoundError):
     """A data set that is neither on disk nor downloadable; the message says where it looked."""
 
 
+class DataError(ValueError):
+    """A data file that is there but cannot be read (truncated, empty, another format); the message names it."""
+
+
 class Preempted(SystemExit):
     """The run caught SIGTERM/SIGUSR1/SIGUSR2, saved a checkpoint and stops; exit code 128 + signal."""
 

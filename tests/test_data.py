@@ -3,7 +3,9 @@ error, the packaged digits, ImageFolder trees of real CIFAR-10 JPEGs, and the au
 
 from __future__ import annotations
 
+import logging
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision import datasets as tvd
 
 from nfbench import rundir
-from nfbench.data import CIFAR_MEAN, CIFAR_STD, build_loaders, build_source
-from nfbench.errors import DataNotFoundError
+from nfbench.data import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED, build_loaders, build_source
+from nfbench.errors import DataError, DataNotFoundError
 from nfbench.train import train
 from tests.test_train import Killed, load_weights
 
@@ -194,3 +197,90 @@ def test_imagefolder_with_workers_resumes_exactly(make_cfg, tmp_path, monkeypatc
         train(make_cfg(cfg, tmp_path / name))
         resumed = load_weights(tmp_path / name)
         assert all(torch.equal(full[k], resumed[k]) for k in full), name
+
+
+def damaged_copy(src: Path, dst: Path) -> tuple[Path, Path]:
+    """A copy of the real-JPEG tree with one training image truncated to half its bytes, outside the
+    512-image normalisation sample, and one test image emptied. Returns (truncated, emptied)."""
+    shutil.copytree(src, dst)
+    train_files = sorted(tvd.ImageFolder(str(dst / "train")).samples)
+    order = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    truncated = Path(train_files[order[550]][0])  # inside data.train_subset=600, outside the first 512
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    emptied = Path(sorted(tvd.ImageFolder(str(dst / "test")).samples)[5][0])
+    emptied.write_bytes(b"")
+    return truncated, emptied
+
+
+DAMAGED_RUN = ["data=imagefolder", "data.num_workers=0", "data.train_subset=600", "data.batch_size=100",
+               "model=resnet20", "model.width=4", "trainer.epochs=1", "trainer.progress=false"]
+
+
+def test_damaged_images_are_named_before_any_training_step(make_cfg, tmp_path, cifar10_jpeg_subset):
+    truncated, emptied = damaged_copy(cifar10_jpeg_subset, tmp_path / "data")
+    cfg = make_cfg([*DAMAGED_RUN, f"data.root={tmp_path / 'data'}"], tmp_path / "run")
+    with pytest.raises(DataError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert str(truncated) in msg and "data.skip_corrupt=true" in msg and "\n" not in msg
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    truncated.unlink()  # the next damaged file is the test set's empty one
+    with pytest.raises(DataError, match=f"{emptied}.*empty"):
+        train(cfg)
+
+
+def test_skip_corrupt_trains_without_the_damaged_images_and_counts_them(make_cfg, tmp_path, cifar10_jpeg_subset,
+                                                                        caplog):
+    damaged_copy(cifar10_jpeg_subset, tmp_path / "data")
+    cfg = make_cfg([*DAMAGED_RUN, f"data.root={tmp_path / 'data'}", "data.skip_corrupt=true"], tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="nfbench"):
+        src = build_source(cfg.data)
+        result = train(cfg)
+    assert (len(src.train), len(src.test)) == (600, 999)  # 1,999 readable training images, subset 600
+    assert result["status"] == "finished"
+    skipped = {r.getMessage() for r in caplog.records if "skipped" in r.getMessage()}
+    for split in ("train", "test"):
+        assert any(f"skipped 1 unreadable image file(s) of {tmp_path / 'data' / split} " in m for m in skipped), \
+            skipped
+
+
+def test_a_file_that_is_no_image_is_named_even_inside_the_normalisation_sample(make_cfg, tmp_path,
+                                                                               cifar10_jpeg_subset):
+    shutil.copytree(cifar10_jpeg_subset, tmp_path / "data")
+    first = Path(sorted(tvd.ImageFolder(str(tmp_path / "data" / "train")).samples)[0][0])
+    first.write_bytes(b"<html>404 Not Found</html>")
+    cfg = make_cfg([*DAMAGED_RUN, f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(DataError, match=str(first)):
+        build_source(cfg.data)
+
+
+def damage_cifar(root: Path, how: str) -> Path:
+    write_cifar(root, hundred=False)
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        with open(path, "wb") as f:
+            pickle.dump({"batch_label": "not cifar", "pixels": np.zeros((6, 3072), np.uint8)}, f)
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "wrong-keys"])
+def test_damaged_cifar_batch_is_named(make_cfg, tmp_path, how):
+    path = damage_cifar(tmp_path, how)
+    cfg = make_cfg(["data=cifar10", f"data.root={tmp_path}", "data.download=false"])
+    with pytest.raises(DataError) as e:
+        build_source(cfg.data)
+    msg = str(e.value)
+    assert str(path) in msg and "data.download=true" in msg and "\n" not in msg
+    if how == "wrong-keys":
+        assert "'data'" in msg and "'labels'" in msg
+
+
+def test_cli_reports_a_damaged_cifar_batch_in_one_line(tmp_path):
+    path = damage_cifar(tmp_path, "truncated")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "train", "data=cifar10", f"data.root={tmp_path}", "data.download=false",
+         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"nfbench: error: {path}" in proc.stderr and "Traceback" not in proc.stderr
