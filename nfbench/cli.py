@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Callable, Optional
 
 import hydra
@@ -24,13 +26,59 @@ log = logging.getLogger("nfbench")
 CONF_DIR = str(resources.files("nfbench.conf"))
 
 
-def _user_errors(fn: Callable[[DictConfig], Optional[dict]]) -> Callable[[DictConfig], Optional[dict]]:
-    """Report mistakes a user can fix in one line, without a traceback."""
+@dataclass
+class SweepTally:
+    """The points of this process's multirun: how many ran, and the job directories of invalid ones."""
+
+    points: int = 0
+    invalid: list[str] = field(default_factory=list)
+
+
+SWEEP = SweepTally()
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_invalid(cfg: DictConfig, error: Exception) -> None:
+    """Write the refused point's result.json: status "invalid", the message, and the keys that
+    ``nfbench report`` groups on, so the report lists it beside the points that ran."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nfbench import rundir
+    from nfbench.schemes import SCHEMES
+
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        weights = cfg.init.weights or SCHEMES.get(cfg.init.name).default_weights
+    except ConfigError:  # an unknown scheme: the point is invalid for that reason
+        weights = cfg.init.weights
+    rundir.write_json(job_dir / "result.json", {
+        "status": "invalid", "error": str(error), "data": cfg.data.name, "model": cfg.model.name,
+        "init": cfg.init.name, "weights": weights, "seed": cfg.seed, "experiment": cfg.get("experiment")})
+    SWEEP.invalid.append(str(job_dir))
+    log.error("%s (recorded as an invalid point in %s; the sweep goes on)", error, job_dir / "result.json")
+
+
+def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
+                 sweep_points: bool = False) -> Callable[[DictConfig], Optional[dict]]:
+    """Report mistakes a user can fix in one line, without a traceback, exit code 2.  With
+    ``sweep_points``, a multirun's invalid point is recorded in its job directory instead and the
+    sweep goes on; :func:`main` exits 2 once the sweep is over."""
 
     def run(cfg: DictConfig) -> Optional[dict]:
+        multirun = sweep_points and _in_multirun()
+        SWEEP.points += multirun
         try:
             return fn(cfg)
         except (ConfigError, DataError, DataNotFoundError) as e:
+            if multirun:
+                _record_invalid(cfg, e)
+                return None
             log.error("%s", e)
             print(f"nfbench: error: {e}", file=sys.stderr)
             sys.exit(2)
@@ -43,7 +91,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]]) -> Callable[[DictCo
 def _train(cfg: DictConfig) -> Optional[dict]:
     from nfbench.train import train
 
-    return _user_errors(train)(cfg)
+    return _user_errors(train, sweep_points=True)(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)
@@ -138,6 +186,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(2)
     sys.argv = [f"nfbench {cmd}", *rest]
     COMMANDS[cmd][0]()
+    if SWEEP.invalid:
+        print(f"nfbench: error: {len(SWEEP.invalid)} of {SWEEP.points} sweep points invalid (their result.json "
+              f"says why): {', '.join(SWEEP.invalid)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ Plain functions, each usable on its own:
   the seeds' mean as a line and their std as a band, one colour per scheme.
 
 Statistics of final and best accuracy are over *finished* runs: a diverged run has no final
-accuracy (it is counted in ``diverged``), and an unfinished one has not reached it yet (counted
-in ``unfinished``).  Curves use every run that has reached an epoch, diverged ones excepted, as
+accuracy (it is counted in ``diverged``), an unfinished one has not reached it yet (counted
+in ``unfinished``), and an invalid sweep point was refused before training (counted in ``invalid``
+and listed with its error under the table).  Curves use every run that has reached an epoch, diverged ones excepted, as
 the paper leaves a diverging scheme's curve out of its figures.
 """
 
@@ -39,7 +40,7 @@ DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
 BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "trainer.run_dir", "trainer.resume",
                "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
                "trainer.compile_mode")
-FINISHED, DIVERGED, UNFINISHED = "finished", "diverged", "unfinished"
+FINISHED, DIVERGED, UNFINISHED, INVALID = "finished", "diverged", "unfinished", "invalid"
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
 
 
@@ -54,10 +55,10 @@ class Run:
 
     @property
     def status(self) -> str:
-        """finished or diverged as result.json says; anything else (no result yet, a preempted job
-        waiting for its requeue) is unfinished."""
+        """finished, diverged or invalid (a sweep point refused before training) as result.json says;
+        anything else (no result yet, a preempted job waiting for its requeue) is unfinished."""
         status = self.result.get("status") if self.result is not None else None
-        return status if status in (FINISHED, DIVERGED) else UNFINISHED
+        return status if status in (FINISHED, DIVERGED, INVALID) else UNFINISHED
 
     def get(self, key: str) -> Any:
         """A grouping key's value: an alias (``init``), ``experiment`` or a dotted config key."""
@@ -188,6 +189,7 @@ class Row:
     finished: int = 0
     diverged: int = 0
     unfinished: int = 0
+    invalid: int = 0
     seeds: list[int] = field(default_factory=list)
     epochs: Optional[int] = None
     final_top1: tuple[Optional[float], Optional[float]] = (None, None)
@@ -211,16 +213,19 @@ def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -
     rows = []
     for key, members in groups.items():
         done = [r for r in members if r.status == FINISHED]
-        flat = [_flatten(r.config) for r in members]
+        # An invalid point never ran: its config says nothing about the runs beside it.
+        ran = [r for r in members if r.status != INVALID]
+        flat = [_flatten(r.config) for r in ran]
         skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
         mixed = sorted(k for k in set().union(*flat) if k not in skip and len({f.get(k) for f in flat}) > 1)
-        planned = {r.get("epochs") for r in members}
+        planned = {r.get("epochs") for r in ran}
         rows.append(Row(
             key={k: json.loads(v) for k, v in zip(group_by, key)},
             runs=members,
             finished=len(done),
             diverged=sum(r.status == DIVERGED for r in members),
             unfinished=sum(r.status == UNFINISHED for r in members),
+            invalid=sum(r.status == INVALID for r in members),
             seeds=sorted(r.get("seed") for r in members),
             epochs=planned.pop() if len(planned) == 1 else None,
             final_top1=_mean_std([r.result["test_top1"] for r in done]),
@@ -280,7 +285,7 @@ def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
     for row in rows:
         rec: dict[str, Any] = dict(row.key)
         rec.update({
-            "seeds": row.finished, "diverged": row.diverged, "unfinished": row.unfinished,
+            "seeds": row.finished, "diverged": row.diverged, "unfinished": row.unfinished, "invalid": row.invalid,
             "epochs": row.epochs,
             "final_test_top1_mean": row.final_top1[0], "final_test_top1_std": row.final_top1[1],
             "best_test_top1_mean": row.best_top1[0], "best_test_top1_std": row.best_top1[1],
@@ -297,7 +302,7 @@ def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
     """The Markdown table and, below it, the sources of the reference numbers it cites."""
-    head = [*group_by, "seeds", "diverged", "unfinished", "epochs", "final test top-1 (%)", "best test top-1 (%)",
+    head = [*group_by, "seeds", "diverged", "unfinished", "invalid", "epochs", "final test top-1 (%)", "best test top-1 (%)",
             "final train top-1 (%)", "wall / run", "reference top-1 (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cited: dict[str, dict] = {}
@@ -305,13 +310,15 @@ def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
         for ref in row.references:
             cited[ref["id"]] = ref
         cells = ["-" if row.key[k] is None else str(row.key[k]) for k in group_by]
-        cells += [str(row.finished), str(row.diverged), str(row.unfinished),
+        cells += [str(row.finished), str(row.diverged), str(row.unfinished), str(row.invalid),
                   "-" if row.epochs is None else str(row.epochs), _pm(row.final_top1), _pm(row.best_top1),
                   _pm(row.train_top1), _duration(row.wall_s),
                   ", ".join(_ref_text(r) for r in row.references) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged and unfinished runs are "
-             "counted, not averaged."]
+    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished and invalid runs "
+             "are counted, not averaged."]
+    for row in rows:
+        notes += [f"- Invalid: {r.path}: {r.result['error']}" for r in row.runs if r.status == INVALID]
     for row in rows:
         if row.mixed:
             notes.append(f"- Warning: the runs of `{row.label}` also differ in {', '.join(row.mixed)}; "
@@ -394,7 +401,7 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
                     continue
                 lo = [m - s for m, s in zip(mean, std)]
                 hi = [m + s for m, s in zip(mean, std)]
-                ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={len(row.runs) - row.diverged}{dead})")
+                ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={len(row.runs) - row.diverged - row.invalid}{dead})")
                 ax.fill_between(epochs, lo, hi, color=colours(i % 10), alpha=0.2, linewidth=0)
             for ref in row.references:
                 axes[1].axhline(ref["test_top1"], color=colours(i % 10), linestyle="--", linewidth=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,33 @@ def test_multirun_sweeps_seeds(tmp_path):
     assert len(runs) == 2
     for run in runs:
         assert (run / "result.json").exists() and (run / "checkpoints" / "last.pt").exists()
+
+
+def test_an_invalid_sweep_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """Job 0 (warmup as long as the run) is invalid; job 1 still trains; the report lists job 0."""
+    sweep = tmp_path / "sweep"
+    out = nfbench("train", "-m", "trainer.epochs=2,3", "sched.warmup_epochs=2", "model.width=4",
+                  "data.train_subset=128", "data.test_subset=64", "trainer.progress=false", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "nfbench: error: 1 of 2 sweep points invalid" in out.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name[0] for p in jobs] == ["0", "1"]
+    invalid = json.loads((jobs[0] / "result.json").read_text())
+    assert invalid["status"] == "invalid"
+    assert "sched.warmup_epochs=2.0" in invalid["error"] and "trainer.epochs=2" in invalid["error"]
+    assert not (jobs[0] / "checkpoints").exists()
+    finished = json.loads((jobs[1] / "result.json").read_text())
+    assert finished["status"] == "finished" and finished["epochs"] == 3
+    # The keys the report groups on, as the point that ran records them.
+    keys = ("data", "model", "init", "weights", "seed", "experiment")
+    assert {k: invalid[k] for k in keys} == {k: finished[k] for k in keys}
+    assert (invalid["data"], invalid["model"], invalid["init"], invalid["seed"]) == ("digits", "resnet20", "convshort", 0)
+
+    report = nfbench("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    table = report.stdout.splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    cells = dict(zip(head, (c.strip() for c in table[2].strip("|").split("|"))))
+    assert (cells["seeds"], cells["invalid"], cells["epochs"]) == ("1", "1", "3")
+    assert f"Invalid: {jobs[0]}: {invalid['error']}" in report.stdout
