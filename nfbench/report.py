@@ -37,8 +37,8 @@ ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "
            "weights": "init.weights", "epochs": "trainer.epochs"}
 DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
-BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "trainer.run_dir", "trainer.resume",
-               "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
+BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.verify", "trainer.run_dir",
+               "trainer.resume", "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
                "trainer.compile_mode")
 FINISHED, DIVERGED, UNFINISHED, INVALID = "finished", "diverged", "unfinished", "invalid"
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
