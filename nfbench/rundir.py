@@ -304,7 +304,11 @@ class RunDirLock:
 # Keys that cannot change the weights a run ends with: progress bars, logging, checkpoint frequency,
 # TensorBoard's signal-propagation logging (it leaves weights, buffers and RNG as they were), where
 # the data and the run directory are, and the number of processes (data.batch_size is the global
-# batch; see check_resume).
+# batch; see check_resume).  Everything else is refused, deliberately including data.num_workers (on
+# the DataLoader path each worker draws its own augmentation stream, seeded base + worker id, so the
+# worker count changes the batches; on the device path workers move RandAugment from the GPU to the
+# CPU, whose float results need not match bit for bit), trainer.device/precision/compile/
+# deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
 RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
                "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.")
 
