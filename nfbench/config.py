@@ -118,7 +118,8 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
-    # PATH to a checkpoint or a run directory; None resumes from this run's own last.pt.
+    # PATH to a checkpoint or a run directory, used while this run directory has no last.pt of its own
+    # (which always comes first, so a requeue never rolls back); see nfbench.rundir.load_resume_state.
     resume: Optional[str] = None
     log_every: int = 20
     progress: bool = True

@@ -1,4 +1,5 @@
-"""What a run directory holds and how it is written: env.json, metrics.jsonl, result.json, checkpoints.
+"""What a run directory holds and how it is written: env.json, metrics.jsonl, result.json, checkpoints;
+who owns it (one run at a time) and what a resume may change.
 
 Every file is written atomically (temporary file in the same folder, then
 rename), so a run killed at any moment leaves either the old or the new file.
@@ -8,17 +9,22 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from nfbench.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
@@ -131,3 +137,268 @@ def environment(device: torch.device, world_size: int) -> dict:
         "host": socket.gethostname(),
         "argv": sys.argv,
     }
+
+
+# --- Who owns a run directory --------------------------------------------------------------------
+
+LOCK = ".nfbench.lock"
+HEARTBEAT_S = 30.0
+# A lock from another machine is stale once its heartbeat is this old: ten missed beats, more than
+# NFS attribute caching (<= 60 s) and clock skew, and no longer than SLURM takes to declare a node dead.
+STALE_AFTER_S = 300.0
+
+
+def _boot_id() -> Optional[str]:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """The kernel's start time of ``pid`` (clock ticks since boot), telling a reused pid from the holder."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDirInUseError(ConfigError):
+    """Another live run holds the run directory."""
+
+
+class RunDirLock:
+    """An exclusive claim on a run directory for a run's lifetime, by a lock file holding its holder.
+
+    Why a hand-made lock file and not ``filelock``'s fcntl/flock: run directories live on the shared
+    file systems of SLURM clusters, where flock is not dependable (Lustre mounted ``localflock`` or
+    ``noflock`` gives node-local locks or none, silently), and a lock must name its holder for the
+    refusal message.  The file is written complete under a unique name and then hard-linked to
+    ``.nfbench.lock``: link(2) is atomic and fails if the name exists, on NFS too (the open(2) man
+    page's recipe, checking the link count after an ambiguous reply).  It holds host, boot id, pid,
+    the pid's start time and the run's start time; a thread refreshes its mtime every
+    :data:`HEARTBEAT_S`.  A lock is stale, and taken over, when its holder is on this machine (same
+    host and boot) and that process is gone (``kill -9``), or on another machine (or before a reboot)
+    and its heartbeat is older than :data:`STALE_AFTER_S` (a failed node).  A lock held by this
+    process's parent is the parent's claim for its workers (``trainer.devices=N``): the child
+    neither takes nor releases it.
+    """
+
+    def __init__(self, run_dir: Path, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
+        self.me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
+                   "pid_start": _process_start(os.getpid()),
+                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.owned = False
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "RunDirLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock, taking over a stale one; raise :class:`RunDirInUseError` naming a live holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            if self._create():
+                self.owned = True
+                self._beat = threading.Thread(target=self._heartbeat, name="nfbench-lock-heartbeat", daemon=True)
+                self._beat.start()
+                return
+            holder, age = self._read()
+            if holder is None:  # removed meanwhile, or being written by another process right now
+                time.sleep(0.2)
+                continue
+            if holder.get("host") == self.me["host"] and holder.get("pid") == os.getppid():
+                return  # our parent's claim: the launcher of trainer.devices=N holds it for its workers
+            if not self._stale(holder, age):
+                raise RunDirInUseError(self._refusal(holder, age))
+            self._take_over(holder)
+        raise RunDirInUseError(f"could not lock run directory {self.path.parent}: {self.path} keeps changing; "
+                               "is another run starting there? Use another hydra.run.dir")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self.owned and self._read()[0] == self.me:
+            self.path.unlink(missing_ok=True)
+        self.owned = False
+
+    def _create(self) -> bool:
+        tmp = self.path.with_name(f"{LOCK}.{self.me['host']}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.me))
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            return tmp.stat().st_nlink == 2  # NFS: the link may exist although the reply was lost
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read(self) -> tuple[Optional[dict], float]:
+        """The holder and its heartbeat's age in seconds; (None, 0) if there is no readable lock."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+            return json.loads(self.path.read_text()), age
+        except (OSError, ValueError):
+            return None, 0.0
+
+    def _stale(self, holder: dict, age: float) -> bool:
+        same_machine = holder.get("host") == self.me["host"] and holder.get("boot_id") == self.me["boot_id"]
+        if not same_machine:
+            return age > self.stale_after_s
+        pid = int(holder.get("pid", -1))
+        return not _alive(pid) or (holder.get("pid_start") is not None and _process_start(pid) != holder["pid_start"])
+
+    def _take_over(self, stale: dict) -> None:
+        """Move the stale lock aside; if another process replaced it meanwhile, put that one back."""
+        aside = self.path.with_name(f"{LOCK}.{self.me['host']}.{os.getpid()}.stale")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if json.loads(aside.read_text()) != stale:
+                os.link(aside, self.path)
+        except (OSError, ValueError):
+            pass
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def _refusal(self, holder: dict, age: float) -> str:
+        where = "this machine" if holder.get("host") == self.me["host"] else f"host {holder.get('host')}"
+        return (f"run directory {self.path.parent} is in use by another run: pid {holder.get('pid')} on {where}, "
+                f"started {holder.get('started')}, heartbeat {age:.0f} s ago (lock file {self.path}); "
+                f"give this run another hydra.run.dir (or trainer.run_dir), or wait for that run to end or kill it "
+                f"(a lock whose process is dead, or whose heartbeat is older than {self.stale_after_s:.0f} s, is "
+                f"taken over)")
+
+
+# --- What a resume may change ---------------------------------------------------------------------
+
+# Keys that cannot change the weights a run ends with: progress bars, logging, checkpoint frequency,
+# TensorBoard's signal-propagation logging (it leaves weights, buffers and RNG as they were), where
+# the data and the run directory are, and the number of processes (data.batch_size is the global
+# batch; see check_resume).  Everything else is refused, deliberately including data.num_workers (on
+# the DataLoader path each worker draws its own augmentation stream, seeded base + worker id, so the
+# worker count changes the batches; on the device path workers move RandAugment from the GPU to the
+# CPU, whose float results need not match bit for bit), trainer.device/precision/compile/
+# deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
+RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
+               "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.")
+
+
+def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
+    """The checkpoint a run continues from, and its state: the run directory's own last.pt, else
+    ``trainer.resume``.
+
+    The run's own last.pt wins over an explicit ``trainer.resume``: a requeue reruns the same
+    command, and going back to the checkpoint named there (say best.pt, as the damaged-checkpoint
+    hint suggests) would throw away everything trained since.  ``trainer.resume`` applies when the
+    run directory has no last.pt yet (a branch into a new directory) or its last.pt is unreadable.
+    """
+    own = Path(run_dir) / CHECKPOINTS / LAST
+    if own.exists():
+        try:
+            return own, load_checkpoint(own)
+        except CorruptCheckpointError as e:
+            if not resume:
+                raise
+            logging.getLogger("nfbench").warning("%s; resuming from trainer.resume=%s instead", e, resume)
+    if resume:
+        source = find_checkpoint(resume)
+        return source, load_checkpoint(source)
+    return None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose resolved values differ, ``{key: (old, new)}``, outside :data:`RESUME_SAFE`.
+
+    A key the checkpoint's config lacks (added to nfbench since) counts as changed only if the new
+    value differs from the schema's default, the behaviour the old run had.
+    """
+    from omegaconf import OmegaConf
+
+    from nfbench.config import Config
+
+    before, after = _flatten(old), _flatten(new)
+    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    missing = object()
+    changes = {}
+    for key, value in after.items():
+        was = before.get(key, defaults.get(key, missing))
+        if was != value and not key.startswith(RESUME_SAFE):
+            changes[key] = ("(absent)" if was is missing else was, value)
+    return changes
+
+
+def check_resume(state: dict, config: dict, source: Path, world_size: int) -> None:
+    """Refuse to continue ``source`` under a configuration that would change its trajectory.
+
+    The checkpoint holds the resolved config it was trained with (``state["config"]``); any
+    difference outside :data:`RESUME_SAFE` is refused in one line listing ``key old -> new``.
+    That includes ``trainer.epochs``: a longer cosine schedule is another schedule for every epoch,
+    those already run included.  Branching (``trainer.resume=OTHER_RUN`` into a new directory)
+    follows the same rule, because the optimiser and scheduler state it restores carry the old
+    learning rate, momentum and schedule length: a branch with changed keys would run the old values
+    under the new labels.  A branch continues the same trajectory elsewhere, and records where it came
+    from (``resumed_from``).  A different number of processes is allowed at an epoch's end (the same
+    data order and global batch; the per-rank augmentation draws differ), not mid-epoch, where the
+    checkpoint holds one RNG state per process of the old run.
+    """
+    changes = config_changes(state.get("config") or {}, config)
+    if changes:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+        epochs = (" (a longer or shorter run is another cosine schedule for every epoch, those already run "
+                  "included)" if "trainer.epochs" in changes else "")
+        raise ConfigError(
+            f"cannot resume {source} (epoch {state['epoch'] + 1}): it was trained with other values of {listed}"
+            f"{epochs}; to train with the new values start a fresh run in another hydra.run.dir (or "
+            f"trainer.run_dir), or rerun with the old values to continue; changes allowed on resume: "
+            f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")
+    partial = state.get("partial")
+    if partial and partial.get("rng") and len(partial["rng"]) != world_size:
+        raise ConfigError(f"cannot resume {source}: it stopped mid-epoch with {len(partial['rng'])} process(es) and "
+                          f"this run has {world_size}; resume with {len(partial['rng'])}, or from a checkpoint "
+                          f"taken at an epoch's end")
+
+
+def branched_from(source: Path, state: dict, run_dir: Path) -> Optional[dict]:
+    """Where this run's trajectory came from when it continued another run's checkpoint (kept
+    across its own later resumes); None for a run that started here."""
+    if state.get("resumed_from"):
+        return state["resumed_from"]
+    if Path(run_dir).resolve() in Path(source).resolve().parents:
+        return None
+    return {"checkpoint": str(Path(source).resolve()), "epoch": state["epoch"]}

@@ -7,6 +7,7 @@ same code runs; only rank 0 writes files, logs and progress bars.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -256,19 +257,30 @@ def train(cfg: DictConfig) -> dict:
     """
     validate(cfg)
     env = distributed.detect()
-    if cfg.trainer.devices > 1 and not env.enabled:
-        return _spawn(cfg)
-    device = distributed.setup(env, pick_device(cfg.trainer.device).type)
-    try:
-        return _train(cfg, env, device)
-    finally:
-        distributed.teardown()
+    # One run per run directory: rank 0 (or the launcher of trainer.devices=N) holds it until it ends.
+    with rundir.RunDirLock(resolve_run_dir(cfg)) if env.is_main else contextlib.nullcontext():
+        if cfg.trainer.devices > 1 and not env.enabled:
+            return _spawn(cfg)
+        device = distributed.setup(env, pick_device(cfg.trainer.device).type)
+        try:
+            return _train(cfg, env, device)
+        finally:
+            distributed.teardown()
+
+
+def _resume_state(cfg: DictConfig, run_dir: Path, world_size: int) -> Optional[tuple[Path, dict]]:
+    """The checkpoint to continue and its state, refused (ConfigError) if ``cfg`` would change its trajectory."""
+    found = rundir.load_resume_state(run_dir, cfg.trainer.resume)
+    if found is not None:
+        rundir.check_resume(found[1], OmegaConf.to_container(cfg, resolve=True), found[0], world_size)
+    return found
 
 
 def _spawn(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg)
     container = OmegaConf.to_container(cfg, resolve=True)
     container["trainer"]["run_dir"] = str(run_dir)  # the workers live outside Hydra: give them the directory
+    _resume_state(cfg, run_dir, cfg.trainer.devices)  # a refusal in one line here, not in a worker's traceback
     distributed.spawn(cfg.trainer.devices, _spawned_worker, container)
     return rundir.read_json(run_dir / "result.json")
 
@@ -285,6 +297,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     main = env.is_main
     run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
     ckpt_dir = run_dir / rundir.CHECKPOINTS
+    resumed = _resume_state(cfg, run_dir, env.world_size)  # before any file is written: a refusal changes none
     set_deterministic(tcfg.deterministic)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,16 +335,13 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
-    # Resume: an explicit trainer.resume, or this run directory's own last.pt.
+    # Resume: this run directory's own last.pt, else an explicit trainer.resume.
     start_epoch, best_top1, wall_before = 0, -math.inf, 0.0
     partial: Optional[EpochProgress] = None
-    resume_from: Optional[Path] = None
-    if tcfg.resume:
-        resume_from = rundir.find_checkpoint(tcfg.resume)
-    elif (ckpt_dir / rundir.LAST).exists():
-        resume_from = ckpt_dir / rundir.LAST
-    if resume_from is not None:
-        state = rundir.load_checkpoint(resume_from)
+    branched_from: Optional[dict] = None
+    if resumed is not None:
+        resume_from, state = resumed
+        branched_from = rundir.branched_from(resume_from, state, run_dir)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -367,7 +377,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                 "scaler": scaler.state_dict(), "epoch": epoch, "best_test_top1": best_top1,
                 "wall_s": wall_before + time.perf_counter() - t_start, "rng": rng_state(),
                 "partial": progress.__dict__ if progress else None,
-                "config": OmegaConf.to_container(cfg, resolve=True)}
+                "config": OmegaConf.to_container(cfg, resolve=True), "resumed_from": branched_from}
 
     def save_mid_epoch(epoch: int, progress: EpochProgress) -> None:
         if main:
@@ -433,6 +443,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": env.world_size,
         "best_test_top1": max((m["test_top1"] for m in history), default=None),
         "wall_s": wall_before + time.perf_counter() - t_start,
+        "resumed_from": branched_from,
     }
     last = history[-1] if history else None
     if last is not None:

@@ -109,11 +109,11 @@ def test_corrupt_last_checkpoint_is_reported_and_best_is_kept(make_cfg, tmp_path
     best_bytes = best.read_bytes()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"truncated by a crash")
     with pytest.raises(rundir.CorruptCheckpointError) as e:
-        train(make_cfg([*TINY, "trainer.epochs=2"], tmp_path))
+        train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     assert "last.pt cannot be read" in str(e.value) and f"trainer.resume={best}" in str(e.value)
     assert best.read_bytes() == best_bytes
     # The advice works: resuming from best.pt finishes the run.
-    assert train(make_cfg([*TINY, "trainer.epochs=2", f"trainer.resume={best}"], tmp_path))["epochs"] == 2
+    assert train(make_cfg([*TINY, "trainer.epochs=1", f"trainer.resume={best}"], tmp_path))["epochs"] == 1
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -141,8 +141,11 @@ def test_divergence_is_recorded_not_raised(make_cfg, tmp_path):
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
-def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path):
-    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 0)
+        with pytest.raises(Killed):
+            train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)
     state["model"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
