@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nfbench.config import register_configs
-from nfbench.errors import ConfigError, DataNotFoundError
+from nfbench.errors import ConfigError, DataNotFoundError, RunDirectoryError
 
 log = logging.getLogger("nfbench")
 
@@ -30,7 +30,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]]) -> Callable[[DictCo
     def run(cfg: DictConfig) -> Optional[dict]:
         try:
             return fn(cfg)
-        except (ConfigError, DataNotFoundError) as e:
+        except (ConfigError, DataNotFoundError, RunDirectoryError) as e:
             log.error("%s", e)
             print(f"nfbench: error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -1,0 +1,140 @@
+"""A run directory holds what its files say (issue 10): no NaN checkpoint over a good one, checksummed
+checkpoints, a torn metrics line repaired, strict JSON, one epoch numbering, one file mode, and
+one-line errors for a full or read-only disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nfbench import rundir
+from nfbench.errors import ConfigError, RunDirectoryError
+from nfbench.train import train
+from tests.conftest import TINY
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_divergence_between_log_steps_never_checkpoints_nan(make_cfg, tmp_path, caplog):
+    """A save at step 3 with log_every=5 used to write the diverged weights over the last good checkpoint."""
+    cfg = [*TINY, "init=plain", "optim.lr=1e6", "trainer.checkpoint_every_steps=3", "trainer.log_every=5"]
+    with caplog.at_level(logging.ERROR, logger="nfbench"):
+        result = train(make_cfg(cfg, tmp_path))
+    assert result["status"] == "diverged"
+    last = tmp_path / "checkpoints" / "last.pt"
+    message = next(r.getMessage() for r in caplog.records if "diverged" in r.getMessage())
+    if last.exists():
+        assert all_finite(rundir.load_checkpoint(last)) and str(last) in message
+    else:
+        assert "no checkpoint" in message
+    assert rundir.read_json(tmp_path / "result.json")["status"] == "diverged"
+
+
+def test_divergence_after_a_good_epoch_keeps_it(make_cfg, tmp_path, caplog):
+    """Epoch 1 trains well; epoch 2 diverges between log steps: last.pt stays epoch 1's finite state."""
+    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    good = rundir.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    cfg = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every_steps=3", "trainer.log_every=5"]
+    state = dict(good, optimizer=good["optimizer"])
+    for group in state["optimizer"]["param_groups"]:
+        group["lr"] = 1e6  # the resumed optimiser diverges at once
+    state["config"] = good["config"]
+    rundir.save_checkpoint(tmp_path / "checkpoints" / "last.pt", state)
+    with caplog.at_level(logging.ERROR, logger="nfbench"):
+        result = train(make_cfg(cfg, tmp_path))
+    assert result["status"] == "diverged"
+    kept = rundir.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert all_finite(kept) and kept["epoch"] == 1 and kept["partial"] is None
+    assert any(str(tmp_path / "checkpoints" / "last.pt") in r.getMessage() for r in caplog.records)
+
+
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_bit_rot_in_a_checkpoint_is_detected(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    assert rundir.load_checkpoint(last)["epoch"] == 1
+    flip_middle_byte(last)
+    with pytest.raises(rundir.CorruptCheckpointError, match="last.pt cannot be read.*checksum"):
+        rundir.load_checkpoint(last)
+
+
+def test_bit_rot_rerun_is_one_line_and_trains_nothing(tmp_path):
+    run = tmp_path / "run"
+    overrides = [*TINY, "trainer.epochs=1", f"hydra.run.dir={run}"]
+    cmd = [sys.executable, "-m", "nfbench.cli", "train", *overrides]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    flip_middle_byte(run / "checkpoints" / "last.pt")
+    before = (run / "metrics.jsonl").read_bytes()
+    out = subprocess.run([*cmd[:-2], "trainer.epochs=2", cmd[-1]], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "nfbench: error: checkpoint" in out.stderr
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_old_checkpoint_without_checksum_loads_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "old.pt"
+    # As nfbench wrote them before checksums: no version, "epoch" the 0-based index of the last epoch done.
+    torch.save({"model": {"w": torch.ones(2)}, "epoch": 0}, path)
+    with caplog.at_level(logging.WARNING, logger="nfbench"):
+        assert rundir.load_checkpoint(path)["epoch"] == 1  # one epoch completed
+        rundir.load_checkpoint(path)
+    assert sum("no checksum" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_interrupted_checkpoint_save_keeps_the_old_one_loadable(tmp_path, monkeypatch):
+    """Killed between writing the checksum and renaming the checkpoint: the old file still verifies."""
+    target = tmp_path / "last.pt"
+    rundir.save_checkpoint(target, {"model": {"w": torch.zeros(3)}, "epoch": 1})
+    replace = os.replace
+
+    def die_on_checkpoint(src, dst):
+        if Path(dst).name == "last.pt":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(rundir.os, "replace", die_on_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 2})
+    monkeypatch.undo()
+    assert rundir.load_checkpoint(target)["epoch"] == 1
+    rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 3})
+    assert rundir.load_checkpoint(target)["epoch"] == 3
+
+
+def test_torn_final_metrics_line_is_repaired_on_resume(make_cfg, tmp_path):
+    cfg = [*TINY, "trainer.epochs=2"]
+    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    metrics = tmp_path / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"epoch": 2, "lr": 0.0')  # a crash mid-append of the next epoch's line
+    assert [r["epoch"] for r in rundir.read_metrics(metrics)] == [1]
+    result = train(make_cfg(cfg, tmp_path))
+    assert result["status"] == "finished" and result["epochs"] == 2
+    assert [r["epoch"] for r in rundir.read_metrics(metrics)] == [1, 2]
+    assert all(json.loads(line) for line in metrics.read_text().splitlines())
+
+
+def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):
+        rundir.read_metrics(metrics)
+    with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):
+        rundir.truncate_metrics(metrics, 1)
