@@ -9,9 +9,11 @@ import json
 import logging
 import math
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,88 @@ def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path):
         rundir.read_metrics(metrics)
     with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):
         rundir.truncate_metrics(metrics, 1)
+
+
+def nfbench_train(run_dir: Path, *overrides: str, script: str = "") -> subprocess.Popen:
+    """`nfbench train OVERRIDES` in a new process; ``script`` runs first (e.g. to slow something down)."""
+    code = f"{script}\nimport sys\nfrom nfbench.cli import main\nmain(sys.argv[1:])"
+    return subprocess.Popen([sys.executable, "-c", code, "train", *overrides, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def same_run(a: Path, b: Path) -> None:
+    """Identical final weights and per-epoch metrics (timings aside)."""
+    wa, wb = rundir.load_checkpoint(a / "checkpoints" / "last.pt")["model"], \
+        rundir.load_checkpoint(b / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    timing = ("images_per_s", "epoch_s", "wall_s")
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in rundir.read_metrics(d / "metrics.jsonl")]
+            for d in (a, b)]
+    assert rows[0] == rows[1]
+
+
+# Every evaluation batch (of 4 images) takes 0.2 s, and the first one touches a marker file.
+SLOW_EVAL = """
+import sys, time
+from pathlib import Path
+import nfbench.train as t
+_topk = t.topk_correct
+def slow(*args):
+    Path(sys.argv[-1].split("=", 1)[1], "evaluating").touch()
+    time.sleep(0.2)
+    return _topk(*args)
+t.topk_correct = slow
+"""
+EVAL_STOP = [*TINY, "data.test_batch_size=4", "trainer.deterministic=true"]
+
+
+def test_sigint_during_evaluation_stops_within_seconds_and_resumes_exactly(make_cfg, tmp_path):
+    """Ctrl-C while epoch 1 is evaluated (32 batches, 6 s): the process leaves within a second or two,
+    without a traceback, with epoch 1's training saved; the resumed run evaluates it and ends as an
+    uninterrupted run does."""
+    train(make_cfg(EVAL_STOP, tmp_path / "ref"))
+    run = tmp_path / "run"
+    proc = nfbench_train(run, *EVAL_STOP, script=SLOW_EVAL)
+    wait_for(run / "evaluating", proc)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 3.0
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    state = rundir.load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 0 and state["partial"]["batches_done"] == 8  # epoch 1 trained, not evaluated
+    assert rundir.read_metrics(run / "metrics.jsonl") == []
+    again = nfbench_train(run, *EVAL_STOP)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    same_run(tmp_path / "ref", run)
+
+
+# The full digits training set in batches of 32: 44 steps per epoch, long enough to stop mid-epoch.
+PREEMPT = ["data=digits", "data.batch_size=32", "model=resnet20", "model.width=4", "trainer.epochs=2",
+           "trainer.progress=false", "trainer.deterministic=true", "trainer.log_every=1"]
+
+
+@pytest.mark.slow
+def test_sigint_mid_training_checkpoints_and_resume_is_exact(tmp_path):
+    reference = nfbench_train(tmp_path / "ref", *PREEMPT)
+    assert reference.wait(timeout=600) == 0, reference.communicate()
+    run = tmp_path / "run"
+    proc = nfbench_train(run, *PREEMPT)
+    wait_for(run / "checkpoints" / "last.pt", proc)  # the end of epoch 1
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT and "Traceback" not in err, err
+    state = rundir.load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1 and 0 < state["partial"]["batches_done"] < 44, "stopped mid-epoch"
+    again = nfbench_train(run, *PREEMPT)
+    assert again.wait(timeout=600) == 0, again.communicate()
+    same_run(tmp_path / "ref", run)
