@@ -34,6 +34,7 @@ log = logging.getLogger("nfbench")
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+LOG = "train.log"  # Hydra's job log of `nfbench train`
 # 2: "epoch" counts the completed epochs (metrics.jsonl numbers epochs from 1); 1 held the last one's 0-based index.
 CHECKPOINT_VERSION = 2
 
@@ -166,6 +167,16 @@ def load_checkpoint(path: Path) -> dict:
         raise CorruptCheckpointError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {e}).{hint}"
             f"or move {path.name} away to start the run again.") from e
+
+
+def log_to_file(run_dir: Path) -> None:
+    """Append the log to the run directory's train.log as Hydra's job log does (a spawned worker
+    lives outside Hydra's logging)."""
+    with writing(run_dir / LOG):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run_dir / LOG)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
 
 
 def kept_checkpoint(ckpt_dir: Path) -> str:

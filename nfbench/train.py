@@ -315,6 +315,7 @@ def _spawned_worker(container: dict) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
     if distributed.detect().is_main:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+        rundir.log_to_file(Path(cfg.trainer.run_dir))
     train(cfg)  # type: ignore[arg-type]
 
 

@@ -225,3 +225,100 @@ def test_sigint_mid_training_checkpoints_and_resume_is_exact(tmp_path):
     again = nfbench_train(run, *PREEMPT)
     assert again.wait(timeout=600) == 0, again.communicate()
     same_run(tmp_path / "ref", run)
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_result_json_is_strict_json_after_a_divergence(make_cfg, tmp_path):
+    result = train(make_cfg([*TINY, "init=plain", "optim.lr=1e6"], tmp_path))
+    on_disk = json.loads((tmp_path / "result.json").read_text(), parse_constant=refuse_constant)
+    assert on_disk["divergence"]["loss"] is None and on_disk["divergence"]["loss_str"] in ("nan", "inf", "-inf")
+    assert on_disk == result
+    rundir.append_metrics(tmp_path / "m.jsonl", {"epoch": 1, "test_loss": math.inf})
+    line = (tmp_path / "m.jsonl").read_text()
+    assert json.loads(line, parse_constant=refuse_constant) == {"epoch": 1, "test_loss": None, "test_loss_str": "inf"}
+
+
+def test_run_directory_files_follow_the_umask(make_cfg, tmp_path):
+    old = os.umask(0o027)
+    try:
+        train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    finally:
+        os.umask(old)
+    files = [tmp_path / n for n in ("result.json", "env.json", "config.yaml", "metrics.jsonl",
+                                    "checkpoints/last.pt", "checkpoints/last.pt.sha256", "checkpoints/best.pt")]
+    assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {oct(0o640)}
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeypatch, code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(rundir.os, "fsync", fail)
+    with pytest.raises(RunDirectoryError) as e:
+        train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path) in message and os.strerror(code) in message
+    monkeypatch.undo()
+    monkeypatch.setattr(rundir, "open", fail, raising=False)  # appending to metrics.jsonl
+    with pytest.raises(RunDirectoryError, match="metrics.jsonl"):
+        rundir.append_metrics(tmp_path / "metrics.jsonl", {"epoch": 1})
+
+
+def test_cli_reports_run_directory_errors_in_one_line(capsys):
+    from nfbench.cli import _user_errors
+
+    def full(cfg):
+        raise RunDirectoryError("cannot write /x/result.json: No space left on device; free space")
+
+    with pytest.raises(SystemExit) as e:
+        _user_errors(full)(None)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "nfbench: error: cannot write /x/result.json: No space left on device; free space\n"
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.weight_decay=inf"])
+def test_non_finite_hyperparameters_are_refused(make_cfg, override):
+    from nfbench.config import validate
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        validate(make_cfg([override]))
+
+
+@pytest.mark.parametrize("override", ["data.mean=[0.5,0.5,0.5]", "data.std=[0.2,0.2]"])
+def test_normalisation_of_another_channel_count_is_refused(make_cfg, tmp_path, override):
+    other = "data.std=[0.2,0.2,0.2]" if "mean" in override else "data.mean=[0.5,0.5]"
+    with pytest.raises(ConfigError, match=r"data\.(mean|std).*1 channel"):
+        train(make_cfg([*TINY, override, other], tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_slurm_preset_refuses_zero_gpus_per_node():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from nfbench.cli import CONF_DIR
+    from nfbench.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        ok = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+                     return_hydra_config=True)
+        zero = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0"],
+                       return_hydra_config=True)
+    assert ok.hydra.launcher.tasks_per_node == 4
+    with pytest.raises(InterpolationResolutionError, match="hydra.launcher.gpus_per_node=0 is not allowed"):
+        OmegaConf.to_container(zero.hydra.launcher, resolve=True)
+
+
+def test_train_log_is_written_under_several_devices(tmp_path):
+    run = tmp_path / "run"
+    proc = nfbench_train(run, *TINY, "trainer.epochs=1", "trainer.devices=2", "data.crop_padding=0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    log_text = (run / "train.log").read_text()
+    assert "epoch 1/1" in log_text and "2 process(es)" in log_text
