@@ -236,12 +236,12 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
     check_compatible(c.model, build_scheme(c.init))
     _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
-    _check(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be a finite number > 0")
+    _check(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
     _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
     _check(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
            "Nesterov momentum needs optim.momentum > 0")
     _check(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0, "optim.weight_decay",
-           c.optim.weight_decay, "must be a finite number >= 0")
+           c.optim.weight_decay, "must be >= 0 and finite")
     _check(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
     _check(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
     _check(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")
