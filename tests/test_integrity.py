@@ -271,13 +271,14 @@ def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeyp
 def test_cli_reports_run_directory_errors_in_one_line(capsys):
     from nfbench.cli import _user_errors
 
+    message = "cannot write /x/result.json: No space left on device; free space"
+
     def full(cfg):
-        raise RunDirectoryError("cannot write /x/result.json: No space left on device; free space")
+        raise RunDirectoryError(message)
 
     with pytest.raises(SystemExit) as e:
         _user_errors(full)(None)
-    assert e.value.code == 2
-    assert capsys.readouterr().err == "nfbench: error: cannot write /x/result.json: No space left on device; free space\n"
+    assert e.value.code == 2 and capsys.readouterr().err == f"nfbench: error: {message}\n"
 
 
 @pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.weight_decay=inf"])
