@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nfbench.config import register_configs
-from nfbench.errors import ConfigError, DataError, DataNotFoundError
+from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
 
 log = logging.getLogger("nfbench")
 
@@ -53,6 +53,11 @@ def _record_invalid(cfg: DictConfig, error: Exception) -> None:
     from nfbench.schemes import SCHEMES
 
     job_dir = Path(HydraConfig.get().runtime.output_dir)
+    SWEEP.invalid.append(str(job_dir))
+    if any((job_dir / name).exists() for name in ("result.json", "metrics.jsonl", rundir.CHECKPOINTS)):
+        # A refused resume or a busy directory: its files belong to a run, which the refusal leaves alone.
+        log.error("%s (the sweep goes on; %s holds a run of its own, left as it was)", error, job_dir)
+        return
     try:
         weights = cfg.init.weights or SCHEMES.get(cfg.init.name).default_weights
     except ConfigError:  # an unknown scheme: the point is invalid for that reason
@@ -60,7 +65,6 @@ def _record_invalid(cfg: DictConfig, error: Exception) -> None:
     rundir.write_json(job_dir / "result.json", {
         "status": "invalid", "error": str(error), "data": cfg.data.name, "model": cfg.model.name,
         "init": cfg.init.name, "weights": weights, "seed": cfg.seed, "experiment": cfg.get("experiment")})
-    SWEEP.invalid.append(str(job_dir))
     log.error("%s (recorded as an invalid point in %s; the sweep goes on)", error, job_dir / "result.json")
 
 
@@ -75,7 +79,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
         SWEEP.points += multirun
         try:
             return fn(cfg)
-        except (ConfigError, DataError, DataNotFoundError) as e:
+        except (ConfigError, DataError, DataNotFoundError, RunDirectoryError) as e:
             if multirun:
                 _record_invalid(cfg, e)
                 return None

@@ -8,11 +8,12 @@ which every entry point calls before doing any work.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nfbench.errors import ConfigError
 
@@ -166,9 +167,18 @@ class Config:
     experiment: Optional[str] = None
 
 
+def tasks_per_node(gpus_per_node: int) -> int:
+    """conf/hydra/launcher/slurm.yaml: one task (DDP rank) per GPU, so a job needs at least one GPU."""
+    _check(gpus_per_node >= 1, "hydra.launcher.gpus_per_node", gpus_per_node,
+           "must be >= 1 (one task per GPU); for a CPU-only job also set hydra.launcher.tasks_per_node=N")
+    return gpus_per_node
+
+
 def register_configs() -> None:
-    """Put the schema in Hydra's config store; conf/config.yaml names it first."""
+    """Put the schema in Hydra's config store (conf/config.yaml names it first), and the resolver
+    the SLURM launcher preset derives its tasks from."""
     ConfigStore.instance().store(name="nfbench_schema", node=Config)
+    OmegaConf.register_new_resolver("nfbench.tasks_per_node", tasks_per_node, replace=True)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -237,11 +247,12 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
     check_compatible(c.model, build_scheme(c.init))
     _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
-    _check(c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0")
+    _check(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
     _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
     _check(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
            "Nesterov momentum needs optim.momentum > 0")
-    _check(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, "must be >= 0")
+    _check(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0, "optim.weight_decay",
+           c.optim.weight_decay, "must be >= 0 and finite")
     _check(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
     _check(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
     _check(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")

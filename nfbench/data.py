@@ -333,9 +333,21 @@ class SeededSamples(Dataset):
             return self.base[i]
 
 
+def check_normalisation(cfg: DataConfig, in_chans: int) -> None:
+    """data.mean/data.std give one value per channel of the data set (known once it is found)."""
+    for key in ("mean", "std"):
+        values = getattr(cfg, key)
+        if values is not None and len(values) != in_chans:
+            from nfbench.errors import ConfigError
+
+            raise ConfigError(f"data.{key}={list(values)} has {len(values)} value(s) but data={cfg.name} has "
+                              f"{in_chans} channel(s): give one per channel, or null for the data set's own")
+
+
 def build_source(cfg: DataConfig) -> DataSource:
     """Load the configured data set, its subsets and its transforms."""
     src = DATASETS.get(cfg.name)(cfg)
+    check_normalisation(cfg, src.in_chans)
     train = with_transform(_subset(src.train, cfg.train_subset), transforms(cfg, src, train=True))
     test = with_transform(_subset(src.test, cfg.test_subset), transforms(cfg, src, train=False))
     size = cfg.image_size or src.image_size

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
+from nfbench.preemption import SIGNALS
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -88,6 +90,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def min_over_ranks(n: int, device: torch.device) -> int:
+    """The smallest ``n`` over ranks (e.g. the test batches every rank has)."""
+    if not dist.is_initialized():
+        return n
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's value of ``obj`` on every rank (e.g. the run directory, which each rank's Hydra
     may have timestamped differently under torchrun)."""
@@ -122,7 +133,7 @@ def spawn(world_size: int, fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` in ``world_size`` fresh processes that form one group on this machine.
 
     torch.multiprocessing watches the workers: if one raises, the others are terminated and the
-    error (with the worker's traceback) is raised here, so no rank is left hanging.  A SIGTERM or
+    error (with the worker's traceback) is raised here, so no rank is left hanging.  A SIGTERM, SIGINT or
     SIGUSR1/2 sent to this process is passed on to the workers, which checkpoint and stop.
     """
     import torch.multiprocessing as mp
@@ -135,7 +146,7 @@ def spawn(world_size: int, fn: Callable[..., Any], *args: Any) -> None:
             if p.is_alive():
                 os.kill(p.pid, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    previous = {s: signal.signal(s, forward) for s in SIGNALS}
     try:
         while not ctx.join():
             pass

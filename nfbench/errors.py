@@ -14,8 +14,13 @@ class DataError(ValueError):
 
 
 class Preempted(SystemExit):
-    """The run caught SIGTERM/SIGUSR1/SIGUSR2, saved a checkpoint and stops; exit code 128 + signal."""
+    """The run caught SIGTERM/SIGINT/SIGUSR1/SIGUSR2, saved a checkpoint and stops; exit code 128 + signal."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(128 + signum)
         self.signum = signum
+
+
+class RunDirectoryError(RuntimeError):
+    """A run-directory file that cannot be written (full or read-only disk) or read back (damaged);
+    the message names the path and what to do."""

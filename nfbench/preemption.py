@@ -1,10 +1,12 @@
-"""Stop cleanly on SIGTERM / SIGUSR1 / SIGUSR2: checkpoint at the next step, then exit for a requeue.
+"""Stop cleanly on SIGTERM / SIGINT / SIGUSR1 / SIGUSR2: checkpoint at the next step, then exit for a requeue.
 
 SLURM sends SIGTERM (and, with ``--signal``, SIGUSR1 or submitit's SIGUSR2) before it kills a job.
 The handler only records the signal; the training loop checks it between steps, writes a
 checkpoint, and then calls :meth:`StopSignal.exit`, which hands over to the handler that was
 installed before ours - submitit's, which requeues the job - or exits with 128 + signal number.
 The requeued job runs the same command in the same run directory and resumes from that checkpoint.
+Ctrl-C (SIGINT) stops the same way, without a traceback: Python's own handler, which raises
+KeyboardInterrupt, is not handed over to.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Optional
 
 from nfbench.errors import Preempted
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopSignal:
@@ -42,6 +44,6 @@ class StopSignal:
         assert signum is not None
         previous = self._previous.get(signum)
         self.__exit__()
-        if callable(previous):
+        if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, None)
         raise Preempted(signum)

@@ -108,14 +108,13 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # the last line of a running job may be half-written
-                continue
-    return rows
+    from nfbench.rundir import parse_metrics
+
+    try:
+        text = path.read_text()
+    except OSError:  # absent
+        return []
+    return parse_metrics(path, text, strict=False)  # a running job's last line may be half-written
 
 
 def read_run(path: Path) -> Optional[Run]:
@@ -351,7 +350,7 @@ def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], 
         for m in r.metrics:
             v = m.get(key)
             if v is not None and math.isfinite(v):
-                by_epoch.setdefault(int(m["epoch"]) + 1, []).append(v)
+                by_epoch.setdefault(int(m["epoch"]), []).append(v)
     epochs = sorted(by_epoch)
     means = [statistics.fmean(by_epoch[e]) for e in epochs]
     stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]

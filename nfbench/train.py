@@ -98,11 +98,15 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool) -> dict:
-    """Test loss (plain cross-entropy), top-1 and top-5 in percent, summed exactly over all ranks."""
+def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool,
+             stop: Optional[Callable[[int], bool]] = None) -> Optional[dict]:
+    """Test loss (plain cross-entropy), top-1 and top-5 in percent, summed exactly over all ranks;
+    None when ``stop(batch index)`` asks to leave (a stop signal: an evaluation can outlast SLURM's grace)."""
     net.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
+        if stop is not None and stop(i):
+            return None
         x, y = _to_device(x, y, device, channels_last)
         with torch.autocast(**amp):
             logits = net(x)
@@ -116,9 +120,17 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict
 
 
 class Diverged(Exception):
+    """A non-finite loss, or non-finite weights before a checkpoint; ``info`` goes to result.json."""
+
     def __init__(self, info: dict) -> None:
         super().__init__(info)
         self.info = info
+
+
+def weights_finite(net: nn.Module) -> bool:
+    """Whether every floating parameter and buffer is finite: one device read, run before each save."""
+    flags = [torch.isfinite(t).all() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @dataclass
@@ -163,6 +175,9 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
     p = resume or EpochProgress()
     loop.net.train()
     steps = len(loader)
+    if p.batches_done == steps:  # stopped during the evaluation: the training of this epoch is done
+        set_rng_state(p.rng[loop.env.rank])
+        return EpochProgress(steps, p.loss_sum, p.correct, p.seen, p.seconds)
     # Loss, top-1 hits and images on the device, four kernels per step (nfbench/epoch_metrics.py).
     # A mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them on, so the
     # all-reduce at the epoch's end counts them once.
@@ -194,10 +209,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         metrics.add(i, loss, logits, y)
         done = i + 1
         if done % log_every == 0 or done == steps:
-            bad = metrics.fold(done)
-            if distributed.any_rank(bad is not None, device):
-                raise Diverged({"epoch": epoch, "step": global_step0 + bad[0] if bad else -1,
-                                "loss": bad[1] if bad else 0.0, "lr": loop.opt.param_groups[0]["lr"]})
+            _check_finite(loop, metrics, epoch, global_step0, done, weights=False)
             loss_sum, _, seen = metrics.sums.tolist()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{loop.opt.param_groups[0]['lr']:.3g}",
                             img_s=f"{seen * loop.env.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
@@ -209,7 +221,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         check = not loop.env.enabled or done % log_every == 0
         stopping = check and distributed.any_rank(loop.stop.received is not None, device)
         if stopping or (every and done % every == 0):
-            metrics.fold(done)
+            _check_finite(loop, metrics, epoch, global_step0, done, weights=True)  # never save a diverged state
             loop.save(epoch, _snapshot(metrics.sums, done, time.perf_counter() - t0, device))
         if stopping:
             log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
@@ -217,22 +229,48 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
             loop.stop.exit()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    metrics.fold(steps)
+    _check_finite(loop, metrics, epoch, global_step0, steps, weights=True)  # the epoch's end is saved
     distributed.all_reduce_sum(metrics.sums)
     loss_sum, correct, seen = metrics.sums.tolist()
     return EpochProgress(steps, loss_sum, int(correct), int(seen), time.perf_counter() - t0)
+
+
+def _check_finite(loop: Loop, metrics: EpochMetrics, epoch: int, global_step0: int, done: int, weights: bool) -> None:
+    """Raise :class:`Diverged` on every rank if any rank saw a non-finite loss in steps [0, ``done``)
+    or, with ``weights``, holds a non-finite weight (a step's update can overflow after a finite loss)."""
+    bad = metrics.fold(done)
+    broken = bad is None and weights and not weights_finite(loop.net)
+    if distributed.any_rank(bad is not None or broken, loop.device):
+        raise Diverged({"epoch": epoch + 1, "step": global_step0 + (bad[0] if bad else done - 1),
+                        "loss": bad[1] if bad else None, "weights_finite": not broken,
+                        "lr": loop.opt.param_groups[0]["lr"]})
+
+
+def _gather_rng(state: dict) -> list:
+    """Every rank's RNG ``state``, gathered to all ranks."""
+    if not distributed.dist.is_initialized():
+        return [state]
+    states: list = [None] * distributed.dist.get_world_size()
+    distributed.dist.all_gather_object(states, state)
+    return states
 
 
 def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.device) -> EpochProgress:
     """Epoch progress summed over ranks, with every rank's RNG state (gathered to all ranks)."""
     total = sums.clone()
     distributed.all_reduce_sum(total)
-    states = [rng_state()]
-    if distributed.dist.is_initialized():
-        states = [None] * distributed.dist.get_world_size()
-        distributed.dist.all_gather_object(states, rng_state())
     loss_sum, correct, seen = total.tolist()
-    return EpochProgress(done, loss_sum, int(correct), int(seen), seconds, states)
+    return EpochProgress(done, loss_sum, int(correct), int(seen), seconds, _gather_rng(rng_state()))
+
+
+def _stop_check(loop: Loop, batches: int) -> Callable[[int], bool]:
+    """Whether a stop signal asks to leave before batch ``i`` of an evaluation: every batch in one
+    process; with several, at log steps of the first ``batches`` (which every rank has), all ranks agreeing."""
+    if not loop.env.enabled:
+        return lambda i: loop.stop.received is not None
+    every = loop.cfg.trainer.log_every
+    return lambda i: i < batches and i % every == 0 and distributed.any_rank(loop.stop.received is not None,
+                                                                             loop.device)
 
 
 def _progress_factory(enabled: bool, epochs: int):
@@ -289,6 +327,7 @@ def _spawned_worker(container: dict) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
     if distributed.detect().is_main:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+        rundir.log_to_file(Path(cfg.trainer.run_dir))
     train(cfg)  # type: ignore[arg-type]
 
 
@@ -302,7 +341,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
     else:
         log.setLevel(logging.WARNING)
 
@@ -346,13 +385,14 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best_top1, wall_before = state["epoch"] + 1, state["best_test_top1"], state["wall_s"]
+        start_epoch, best_top1, wall_before = state["epoch"], state["best_test_top1"], state["wall_s"]
         if state.get("partial"):
             partial = EpochProgress(**state["partial"])
-        if main:
-            rundir.truncate_metrics(run_dir / "metrics.jsonl", state["epoch"])
         log.info("resumed from %s: epoch %d, step %d", resume_from, start_epoch + 1,
                  partial.batches_done if partial else 0)
+
+    if main:  # drop the lines of epochs no checkpoint holds, and a line torn by a crash
+        rundir.truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
 
     fwd: nn.Module = net
     if env.enabled:
@@ -372,7 +412,8 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     t_start = time.perf_counter()
 
     def checkpoint_state(epoch: int, progress: Optional[EpochProgress]) -> dict:
-        """``epoch``: the last completed epoch; ``partial``: how far into the next one."""
+        """``epoch``: the epochs completed (the number of the last one, counting from 1);
+        ``partial``: how far into the next one."""
         return {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epoch, "best_test_top1": best_top1,
                 "wall_s": wall_before + time.perf_counter() - t_start, "rng": rng_state(),
@@ -381,13 +422,14 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
 
     def save_mid_epoch(epoch: int, progress: EpochProgress) -> None:
         if main:
-            rundir.save_checkpoint(ckpt_dir / rundir.LAST, checkpoint_state(epoch - 1, progress))
+            rundir.save_checkpoint(ckpt_dir / rundir.LAST, checkpoint_state(epoch, progress))
         distributed.barrier()
 
     stop = StopSignal()
     loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, writer,
                 _progress_factory(tcfg.progress and main, tcfg.epochs))
     status, divergence = "finished", None
+    eval_batches = distributed.min_over_ranks(len(test_loader), device)
     with stop:
         for epoch in range(start_epoch, tcfg.epochs):
             # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
@@ -402,18 +444,24 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                 stats = train_one_epoch(loop, train_loader, epoch, partial)
             except Diverged as d:
                 status, divergence = "diverged", d.info
-                log.error("training diverged: non-finite loss %s at epoch %d, step %d (lr %.4g); keeping the last "
-                          "good checkpoint %s", d.info["loss"], d.info["epoch"] + 1, d.info["step"], d.info["lr"],
-                          ckpt_dir / rundir.LAST)
+                log.error("training diverged: %s at epoch %d, step %d (lr %.4g); nothing was saved after it: %s",
+                          f"non-finite loss {d.info['loss']}" if d.info["loss"] is not None else "non-finite weights",
+                          d.info["epoch"], d.info["step"], d.info["lr"], rundir.kept_checkpoint(ckpt_dir))
                 break
+            after_training = rng_state()
+            metrics = evaluate(fwd, test_loader, device, amp, tcfg.channels_last, _stop_check(loop, eval_batches))
+            if metrics is None:  # a stop signal: save the trained epoch; the resumed run evaluates it
+                save_mid_epoch(epoch, EpochProgress(**{**stats.__dict__, "rng": _gather_rng(after_training)}))
+                log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
+                            "so the job can be requeued and resumed", stop.received, epoch + 1)
+                stop.exit()
             partial = None
             if not cfg.sched.per_step:
                 sched.step()
-            metrics = evaluate(fwd, test_loader, device, amp, tcfg.channels_last)
             improved = metrics["test_top1"] > best_top1
             best_top1 = max(best_top1, metrics["test_top1"])
-            state = checkpoint_state(epoch, None)
-            row = {"epoch": epoch, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
+            state = checkpoint_state(epoch + 1, None)
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
                    "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
                    "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
             if main:
@@ -448,6 +496,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     last = history[-1] if history else None
     if last is not None:
         result.update({k: last[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1")})
+    result = rundir.strict_json(result)  # what result.json holds: a NaN loss is null plus "loss_str": "nan"
     if main:
         rundir.write_json(run_dir / "result.json", result)
     return result

@@ -118,7 +118,7 @@ def test_sigterm_checkpoints_and_resume_is_exact(tmp_path):
     assert again.returncode == 0 and "resumed from" in out, out
     a, b = weights(tmp_path / "ref"), weights(tmp_path / "run")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [0, 1]
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_sigkill_loses_at_most_checkpoint_every_steps(tmp_path):
     proc.wait(timeout=60)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     done = state["partial"]["batches_done"] if state["partial"] else 44
-    assert state["epoch"] == -1 and done % 4 == 0 or state["partial"] is None
+    assert state["epoch"] == 0 and done % 4 == 0 or state["partial"] is None
     again = nfbench_train(tmp_path, *PREEMPT, "trainer.checkpoint_every_steps=4")
     out = again.communicate(timeout=600)[0]
     assert again.returncode == 0 and "resumed from" in out, out

@@ -35,8 +35,8 @@ def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_to
     (path / "env.json").write_text("{}")
     train_top1 = train_top1 or [t - 1.0 for t in test_top1]
     rows = [{"epoch": e, "lr": lr, "train_loss": 1.0, "train_top1": tr, "test_loss": 1.0, "test_top1": te,
-             "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * (e + 1)}
-            for e, (tr, te) in enumerate(zip(train_top1, test_top1))]
+             "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * e}
+            for e, (tr, te) in enumerate(zip(train_top1, test_top1), 1)]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if status is not None:
         result = {"status": status, "divergence": None, "epochs": len(rows), "epochs_planned": epochs,
@@ -242,3 +242,12 @@ def test_preset_sweep_then_report(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
     assert set(rows) == {"bn", "convshort"} and all(r.finished == 1 for r in rows.values())
+
+
+def test_metrics_of_older_versions_count_epochs_from_one(tmp_path):
+    """nfbench before checkpoint version 2 numbered metrics.jsonl's epochs from 0; read, they count from 1."""
+    run = write_run(tmp_path / "old", "bn", 0, [40.0, 50.0])
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in lines))
+    epochs, mean, _ = rep.epoch_curve(rep.collect([tmp_path]), "test_top1")
+    assert epochs == [1, 2] and mean == [40.0, 50.0]

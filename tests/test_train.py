@@ -35,7 +35,7 @@ def test_quickstart_end_to_end(make_cfg, tmp_path):
         assert key in on_disk
     assert on_disk["params"] == sum(p.numel() for p in load_weights(tmp_path).values())
     rows = rundir.read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["epoch"] for r in rows] == list(range(30))
+    assert [r["epoch"] for r in rows] == list(range(1, 31))  # epoch 1 is the first
     for key in ("lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "images_per_s", "wall_s"):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
@@ -49,7 +49,7 @@ def test_quickstart_end_to_end(make_cfg, tmp_path):
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"):
         assert key in last
-    assert last["epoch"] == 29 and last["config"]["init"]["name"] == "convshort"
+    assert last["epoch"] == 30 and last["config"]["init"]["name"] == "convshort"
     assert (tmp_path / "config.yaml").exists()
 
 
@@ -58,12 +58,13 @@ class Killed(BaseException):
 
 
 def kill_after_epoch(monkeypatch, epoch: int) -> None:
-    """Make the run die right after it has checkpointed ``epoch`` (as a crash or `kill` would)."""
+    """Make the run die right after it has checkpointed the end of ``epoch`` (counting from 1), as a crash or
+    `kill` would."""
     save = rundir.save_checkpoint
 
     def save_then_die(path: Path, state: dict) -> None:
         save(path, state)
-        if path.name == rundir.LAST and state["epoch"] == epoch:
+        if path.name == rundir.LAST and state["epoch"] == epoch and not state["partial"]:
             raise Killed
 
     monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
@@ -76,7 +77,7 @@ def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
            "trainer.epochs=4"]
     full = train(make_cfg(cfg, tmp_path / "full"))
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
+        kill_after_epoch(m, 2)
         with pytest.raises(Killed):
             train(make_cfg(cfg, tmp_path / "split"))
     assert len(rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
@@ -87,13 +88,13 @@ def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["test_top1"] == full["test_top1"] and resumed["epochs"] == 4
-    assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_resume_from_another_run_directory(make_cfg, tmp_path, monkeypatch):
     common = [*TINY, "trainer.deterministic=true", "trainer.epochs=2"]
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
+        kill_after_epoch(m, 1)
         with pytest.raises(Killed):
             train(make_cfg(common, tmp_path / "first"))
     train(make_cfg(common, tmp_path / "full"))
@@ -128,16 +129,18 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
     assert target.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
+    monkeypatch.undo()
+    assert rundir.load_checkpoint(target)["epoch"] == 0  # and the old checkpoint still verifies
 
 
 def test_divergence_is_recorded_not_raised(make_cfg, tmp_path):
     result = train(make_cfg([*TINY, "init=plain", "optim.lr=1e6"], tmp_path))
     assert result["status"] == "diverged"
     info = result["divergence"]
-    assert info["epoch"] == 0 and 0 <= info["step"] < 8 and not math.isfinite(info["loss"])
+    assert info["epoch"] == 1 and 0 <= info["step"] < 8 and info["loss"] is None and info["loss_str"] == "nan"
     assert info["lr"] == 1e6
-    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged"
+    assert json.loads((tmp_path / "result.json").read_text()) == result
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
@@ -153,7 +156,7 @@ def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
     rundir.save_checkpoint(last, state)  # a poisoned network: its first loss is NaN
     poisoned = last.read_bytes()
     result = train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
-    assert result["status"] == "diverged" and result["divergence"]["epoch"] == 1
+    assert result["status"] == "diverged" and result["divergence"]["epoch"] == 2
     assert result["divergence"]["step"] == 8  # the first step of epoch 1 (8 steps per epoch)
     assert last.read_bytes() == poisoned  # nothing written after the divergence
     assert result["epochs"] == 1
