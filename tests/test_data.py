@@ -187,8 +187,8 @@ def test_imagefolder_with_workers_resumes_exactly(make_cfg, tmp_path, monkeypatc
     cfg = imagefolder_run(cifar10_jpeg_subset, "trainer.checkpoint_every_steps=2")
     train(make_cfg(cfg, tmp_path / "full"))
     full = load_weights(tmp_path / "full")
-    stops = {"epoch": lambda s: s["epoch"] == 0 and not s["partial"],
-             "mid-epoch": lambda s: s["epoch"] == 0 and s["partial"] and s["partial"]["batches_done"] == 2}
+    stops = {"epoch": lambda s: s["epoch"] == 1 and not s["partial"],
+             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == 2}
     for name, when in stops.items():
         with monkeypatch.context() as m:
             die_after_saving(m, when)

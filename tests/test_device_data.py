@@ -229,8 +229,8 @@ def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, 
            f"data.num_workers={workers}", "trainer.checkpoint_every_steps=3"]
     full = train(make_cfg(cfg, tmp_path / "full"))
     assert full["status"] == "finished" and math.isfinite(full["train_loss"])
-    stops = {"epoch": lambda s: s["epoch"] == 0 and not s["partial"],
-             "mid-epoch": lambda s: s["epoch"] == 0 and s["partial"] and s["partial"]["batches_done"] == 3}
+    stops = {"epoch": lambda s: s["epoch"] == 1 and not s["partial"],
+             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == 3}
     for name, when in stops.items():
         with monkeypatch.context() as m:
             die_after_saving(m, when)

@@ -69,7 +69,7 @@ def test_second_run_into_a_busy_run_directory_is_refused(tmp_path):
         first.send_signal(signal.SIGCONT)
     out = first.communicate(timeout=300)[0]
     assert first.returncode == 0, out
-    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "metrics.jsonl")] == [0, 1, 2]
+    assert [m["epoch"] for m in rundir.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     result = rundir.read_json(tmp_path / "result.json")
     assert result["seed"] == 0 and result["epochs"] == 3
     assert not (tmp_path / rundir.LOCK).exists()  # released at the end
@@ -186,7 +186,7 @@ def test_changed_init_is_refused_in_one_line_by_the_cli(tmp_path, one_epoch_run)
 def test_resume_with_a_logging_change_is_allowed(make_cfg, tmp_path, monkeypatch):
     cfg = [*TINY, "trainer.deterministic=true"]
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
+        kill_after_epoch(m, 1)
         with pytest.raises(Killed):
             train(make_cfg(cfg, tmp_path / "split"))
     first_row = rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")
@@ -214,7 +214,7 @@ def test_branch_records_where_it_came_from(make_cfg, tmp_path, monkeypatch):
     rules hold (the optimiser and schedule state it restores belong to the old values)."""
     source = tmp_path / "source"
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
+        kill_after_epoch(m, 1)
         with pytest.raises(Killed):
             train(make_cfg(TINY, source))
     with pytest.raises(ConfigError, match="optim.lr 0.01 -> 0.05"):
@@ -222,10 +222,10 @@ def test_branch_records_where_it_came_from(make_cfg, tmp_path, monkeypatch):
     assert not (tmp_path / "refused" / "config.yaml").exists()
     run, branch = tmp_path / "branch", [*TINY, f"trainer.resume={source}"]
     result = train(make_cfg(branch, run))
-    origin = {"checkpoint": str((source / "checkpoints" / "last.pt").resolve()), "epoch": 0}
+    origin = {"checkpoint": str((source / "checkpoints" / "last.pt").resolve()), "epoch": 1}
     assert result["resumed_from"] == origin == rundir.read_json(run / "result.json")["resumed_from"]
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    assert state["epoch"] == 1 and state["resumed_from"] == origin
+    assert state["epoch"] == 2 and state["resumed_from"] == origin
     # A requeue of the branch (the same command) continues its own last.pt and keeps the record.
     assert train(make_cfg(branch, run))["resumed_from"] == origin
 
@@ -244,17 +244,17 @@ def test_requeue_with_explicit_resume_continues_the_newer_last_checkpoint(make_c
     cfg = [*TINY, "trainer.deterministic=true", "trainer.epochs=3"]
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
+        kill_after_epoch(m, 1)
         with pytest.raises(Killed):
             train(make_cfg(cfg, run))
     epoch0 = (ckpts / "last.pt").read_bytes()
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
+        kill_after_epoch(m, 2)
         with pytest.raises(Killed):
             train(make_cfg(cfg, run))
     (ckpts / "best.pt").write_bytes(epoch0)  # an older checkpoint of this run than last.pt (epoch 1)
     rows = rundir.read_metrics(run / "metrics.jsonl")
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]
     with caplog.at_level("INFO", logger="nfbench"):
         result = train(make_cfg([*cfg, f"trainer.resume={ckpts / 'best.pt'}"], run))
     assert f"resumed from {ckpts / 'last.pt'}: epoch 3" in caplog.text

@@ -146,7 +146,7 @@ def test_divergence_is_recorded_not_raised(make_cfg, tmp_path):
 
 def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
-        kill_after_epoch(m, 0)
+        kill_after_epoch(m, 1)
         with pytest.raises(Killed):
             train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
@@ -157,7 +157,7 @@ def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
     poisoned = last.read_bytes()
     result = train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
     assert result["status"] == "diverged" and result["divergence"]["epoch"] == 2
-    assert result["divergence"]["step"] == 8  # the first step of epoch 1 (8 steps per epoch)
+    assert result["divergence"]["step"] == 8  # the first step of epoch 2 (8 steps per epoch)
     assert last.read_bytes() == poisoned  # nothing written after the divergence
     assert result["epochs"] == 1
 
