@@ -14,7 +14,8 @@
 #
 # Environment: OUT (what comes back: log, concurrency.json, runs.tgz; default outputs/gpu_evidence),
 # EVIDENCE_WORK (run directories and data; default /tmp/nfbench-evidence), BUDGET_S (wall seconds
-# for the whole script; default 525), CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
+# for the whole script; default 525), HE_COMPILE (1: the He run with CUDA graphs, the default; 0: eager),
+# CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
 # .evidence/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz).
 # On a machine without network access or nfbench installed, hydra-core, omegaconf, antlr4 and
 # hydra-joblib-launcher travel as pure-Python copies in .evidence/pydeps (benchmarks/README.md).
@@ -63,6 +64,7 @@ else
     BENCH=(--device cuda --model resnet18 --precision bf16 --channels-last --jobs 1 2 4 8 --seconds 6)
     HE=()
     R20_COMPILE=(trainer.compile=true trainer.compile_mode=reduce-overhead)
+    [ "${HE_COMPILE:-1}" = 0 ] && R20_COMPILE=()
     TRAIN_IMAGES=50000 TEST_IMAGES=10000 MAX_EPOCHS=200
 fi
 JOBS=6  # running side by side: He's ResNet-20 and the five ResNet-18 runs
