@@ -251,3 +251,24 @@ def test_metrics_of_older_versions_count_epochs_from_one(tmp_path):
     (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in lines))
     epochs, mean, _ = rep.epoch_curve(rep.collect([tmp_path]), "test_top1")
     assert epochs == [1, 2] and mean == [40.0, 50.0]
+
+
+def test_committed_gpu_evidence_reproduces_its_table():
+    """docs/results-cifar10-gpu.md's table comes from its committed run files (an H200 run, 2026-11-26):
+    the report rebuilds every row's final test top-1 and epoch count, and sets He et al. 2016a's
+    published ResNet-20 number beside ours."""
+    runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "runs"
+    rows = {(r.key["model"], r.key["init"], r.key["weights"]): r for r in rep.aggregate(rep.collect([runs_dir]))}
+    expected = {("resnet20", "bn", "he_fanin"): (164, 87.67), ("resnet18", "bn", "he_fanin"): (38, 87.28),
+                ("resnet18", "idshort", "he_fanout"): (38, 83.83),
+                ("resnet18", "learnscalar", "he_fanout"): (38, 84.65),
+                ("resnet18", "convshort", "he_fanout"): (38, 83.40), ("resnet18", "convshort", "brock"): (38, 83.41)}
+    assert set(rows) == set(expected)
+    for key, (epochs, top1) in expected.items():
+        row = rows[key]
+        assert (row.finished, row.epochs, row.final_top1[0]) == (1, epochs, top1), key
+    rep.attach_references(list(rows.values()), rep.load_references())
+    assert [ref["id"] for ref in rows["resnet20", "bn", "he_fanin"].references] == ["He16a-R20"]
+    # Written before epochs counted from 1: the curve still starts at epoch 1 and ends at 164.
+    epochs, _, _ = rep.epoch_curve(rows["resnet20", "bn", "he_fanin"].runs, "test_top1")
+    assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
