@@ -522,7 +522,7 @@ def check_resume(state: dict, config: dict, source: Path, world_size: int) -> No
         epochs = (" (a longer or shorter run is another cosine schedule for every epoch, those already run "
                   "included)" if "trainer.epochs" in changes else "")
         raise ConfigError(
-            f"cannot resume {source} (epoch {state['epoch'] + 1}): it was trained with other values of {listed}"
+            f"cannot resume {source} (after {state['epoch']} epoch(s)): it was trained with other values of {listed}"
             f"{epochs}; to train with the new values start a fresh run in another hydra.run.dir (or "
             f"trainer.run_dir), or rerun with the old values to continue; changes allowed on resume: "
             f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")

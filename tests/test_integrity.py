@@ -23,6 +23,7 @@ from nfbench import rundir
 from nfbench.errors import ConfigError, RunDirectoryError
 from nfbench.train import train
 from tests.conftest import TINY
+from tests.test_train import Killed, kill_after_epoch
 
 
 def all_finite(state: dict) -> bool:
@@ -44,11 +45,14 @@ def test_divergence_between_log_steps_never_checkpoints_nan(make_cfg, tmp_path, 
     assert rundir.read_json(tmp_path / "result.json")["status"] == "diverged"
 
 
-def test_divergence_after_a_good_epoch_keeps_it(make_cfg, tmp_path, caplog):
+def test_divergence_after_a_good_epoch_keeps_it(make_cfg, tmp_path, caplog, monkeypatch):
     """Epoch 1 trains well; epoch 2 diverges between log steps: last.pt stays epoch 1's finite state."""
-    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            train(make_cfg(TINY, tmp_path))  # 2 epochs planned, stopped after the first
     good = rundir.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    cfg = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every_steps=3", "trainer.log_every=5"]
+    cfg = [*TINY, "trainer.checkpoint_every_steps=3", "trainer.log_every=5"]  # changes a resume allows
     state = dict(good, optimizer=good["optimizer"])
     for group in state["optimizer"]["param_groups"]:
         group["lr"] = 1e6  # the resumed optimiser diverges at once
@@ -120,9 +124,12 @@ def test_interrupted_checkpoint_save_keeps_the_old_one_loadable(tmp_path, monkey
     assert rundir.load_checkpoint(target)["epoch"] == 3
 
 
-def test_torn_final_metrics_line_is_repaired_on_resume(make_cfg, tmp_path):
+def test_torn_final_metrics_line_is_repaired_on_resume(make_cfg, tmp_path, monkeypatch):
     cfg = [*TINY, "trainer.epochs=2"]
-    train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            train(make_cfg(cfg, tmp_path))
     metrics = tmp_path / "metrics.jsonl"
     with open(metrics, "a") as f:
         f.write('{"epoch": 2, "lr": 0.0')  # a crash mid-append of the next epoch's line
