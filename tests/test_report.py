@@ -226,10 +226,10 @@ def test_command_line(tree, tmp_path, capsys):
 
 
 def test_report_reads_real_runs(make_cfg, tmp_path):
-    """What train() writes is what the report reads: two seeds of a tiny run."""
+    """What train() writes is what the report reads: two seeds of a tiny run with a validation split."""
     for seed in (0, 1):
-        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64"],
-                       tmp_path / f"run{seed}"))
+        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64",
+                        "data.val_size=32"], tmp_path / f"run{seed}"))
     (row,) = rep.aggregate(rep.collect([tmp_path]))
     results = [json.loads((tmp_path / f"run{s}" / "result.json").read_text()) for s in (0, 1)]
     tops = [r["test_top1"] for r in results]
@@ -237,6 +237,8 @@ def test_report_reads_real_runs(make_cfg, tmp_path):
     assert row.finished == 2 and row.epochs == 2 and not row.mixed
     assert row.final_top1[0] == pytest.approx(sum(tops) / 2)
     assert row.final_top1[1] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
+    for figure in ("best_val_top1", "test_top1_at_best_val"):
+        assert getattr(row, figure)[0] == pytest.approx(sum(r[figure] for r in results) / 2)
     epochs, _, _ = rep.epoch_curve(row.runs, "train_top1")
     assert epochs == [1, 2]
 
