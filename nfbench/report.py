@@ -464,7 +464,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(
         prog="nfbench report",
         description="Summarise training runs: a table (Markdown + CSV) of final test top-1 and, with a validation "
-                    "split, the best validation top-1 and the test top-1 at its epoch, mean ± std over seeds, diverged/unfinished counts, epochs and wall time, with published reference numbers; "
+                    "split, the best validation top-1 and the test top-1 at its epoch, mean ± std over seeds, "
+                    "diverged/unfinished counts, epochs and wall time, with published reference numbers; "
                     "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).")
     p.add_argument("dirs", nargs="+", type=Path, help="run directories or trees of them (e.g. outputs/multirun/...)")
     p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: ./report)")

@@ -261,7 +261,8 @@ def test_best_checkpoint_is_selected_on_validation_not_test(make_cfg, tmp_path, 
     scripted_evaluate(monkeypatch, {"val": [10.0, 30.0, 20.0], "test": [40.0, 20.0, 50.0]})
     result = train(make_cfg([*TINY, "trainer.epochs=3", "data.val_size=0.1"], tmp_path))
     rows = rundir.read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["val_top1"] for r in rows] == [10.0, 30.0, 20.0] and all("val_loss" in r and "val_top5" in r for r in rows)
+    assert [r["val_top1"] for r in rows] == [10.0, 30.0, 20.0]
+    assert all("val_loss" in r and "val_top5" in r for r in rows)
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert best["epoch"] == max(rows, key=lambda r: r["val_top1"])["epoch"] == 2
     assert max(rows, key=lambda r: r["test_top1"])["epoch"] == 3
