@@ -37,6 +37,14 @@ class DataConfig:
     randaugment_m: int = 9
     # ImageNet-style recipe (random-resized crop, resize + centre crop for test).
     image_size: Optional[int] = None
+    # A validation split held out of the training set, evaluated every epoch beside the test set with
+    # the test transform; checkpoints/best.pt and result.json's best figures are selected on it.
+    # null: none (best.pt is then selected on the test set, an optimistic figure); an int: that many
+    # images; a float in (0, 1): that fraction of the training set, rounded to the nearest image.
+    # Per class where labels are known (in-memory sets, image folders), from a permutation seeded by
+    # nfbench.data.SPLIT_SEED, not the run's seed: every run of a sweep holds out the same images.
+    # It is taken first, from the whole training set; data.train_subset then subsets the rest.
+    val_size: Any = None
     # Optional subsets (first N of a seeded permutation) for quick experiments and tests.
     train_subset: Optional[int] = None
     test_subset: Optional[int] = None
@@ -221,6 +229,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
     _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
            "must be in [0, 30] (torchvision's magnitude bins)")
+    v = c.data.val_size
+    _check(v is None or (type(v) is int and v >= 1) or (type(v) is float and 0 < v < 1), "data.val_size", v,
+           "must be null, a number of images >= 1, or a fraction of the training set in (0, 1)")
     for key in ("train_subset", "test_subset", "image_size"):
         v = getattr(c.data, key)
         _check(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")

@@ -3,7 +3,8 @@
 Small data sets (digits, CIFAR) are held in memory as a uint8 tensor; folder
 trees are read with torchvision's ImageFolder.  Augmentation follows the
 papers' recipe: random crop with padding + horizontal flip (+ RandAugment),
-then normalisation; the test set is only normalised.
+then normalisation; the test set and the validation split held out of the
+training set (``data.val_size``) are only normalised.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
 from nfbench.datacheck import check_images
-from nfbench.errors import DataError, DataNotFoundError
+from nfbench.errors import ConfigError, DataError, DataNotFoundError
 from nfbench.registry import Registry
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
@@ -52,6 +53,8 @@ class DataSource:
     recipe: str = "small"
     # Samples arrive as PIL images (folders) rather than uint8 CHW tensors.
     pil: bool = False
+    # Held out of the training set for model selection (data.val_size); None without one.
+    val: Optional[Dataset] = None
 
 
 class TensorImages(Dataset):
@@ -296,6 +299,43 @@ def _subset(ds: Dataset, n: Optional[int]) -> Dataset:
     return Subset(ds, sorted(idx.tolist()))
 
 
+def _labels(ds: Dataset) -> Optional[np.ndarray]:
+    """Every sample's class where the data set knows them without decoding an image, else None."""
+    if isinstance(ds, TensorImages):
+        return ds.labels.numpy()
+    if isinstance(ds, tvd.DatasetFolder):
+        return np.asarray(ds.targets)
+    if isinstance(ds, Subset):
+        labels = _labels(ds.dataset)
+        return None if labels is None else labels[np.asarray(ds.indices)]
+    return None
+
+
+def split_validation(ds: Dataset, val_size: int | float, name: str) -> tuple[Subset, Subset]:
+    """(training, validation) parts of ``ds`` for ``data.val_size`` (a count, or a fraction rounded to
+    the nearest image).  Per class when the labels are known (scikit-learn's stratified split: each
+    class gives its share, remainders to the largest fractions), drawn with ``SPLIT_SEED`` alone so
+    that every run of a sweep holds out the same images.  A size the data cannot give is a ConfigError."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(ds)  # type: ignore[arg-type]
+    n_val = val_size if isinstance(val_size, int) else int(val_size * n + 0.5)
+    key = f"data.val_size={val_size}"
+    if n_val < 1:
+        raise ConfigError(f"{key} holds out no image of data={name}'s {n} training images: give a larger "
+                          f"fraction, or a number of images")
+    if n_val >= n:
+        raise ConfigError(f"{key} holds out {n_val} images of data={name}'s {n} training images, leaving none "
+                          f"to train on: hold out fewer")
+    try:
+        train_idx, val_idx = train_test_split(np.arange(n), test_size=n_val, random_state=SPLIT_SEED,
+                                              stratify=_labels(ds))
+    except ValueError as e:  # a per-class split needs at least one image of each class on either side
+        raise ConfigError(f"{key}: no per-class split of {n_val} of data={name}'s {n} training images "
+                          f"({' '.join(str(e).split())}); hold out more, or fewer") from e
+    return Subset(ds, sorted(train_idx.tolist())), Subset(ds, sorted(val_idx.tolist()))
+
+
 def with_transform(ds: Dataset, transform: Callable) -> Dataset:
     if isinstance(ds, TensorImages):
         return TensorImages(ds.images, ds.labels, transform)
@@ -345,14 +385,19 @@ def check_normalisation(cfg: DataConfig, in_chans: int) -> None:
 
 
 def build_source(cfg: DataConfig) -> DataSource:
-    """Load the configured data set, its subsets and its transforms."""
+    """Load the configured data set, its validation split, its subsets and its transforms.
+
+    The validation split is held out of the whole training set first; ``data.train_subset`` then
+    subsets what remains, so a smaller subset trains on fewer images against the same hold-out."""
     src = DATASETS.get(cfg.name)(cfg)
     check_normalisation(cfg, src.in_chans)
-    train = with_transform(_subset(src.train, cfg.train_subset), transforms(cfg, src, train=True))
-    test = with_transform(_subset(src.test, cfg.test_subset), transforms(cfg, src, train=False))
+    train, val = (src.train, None) if cfg.val_size is None else split_validation(src.train, cfg.val_size, cfg.name)
+    evaluation = transforms(cfg, src, train=False)
+    train = with_transform(_subset(train, cfg.train_subset), transforms(cfg, src, train=True))
+    test = with_transform(_subset(src.test, cfg.test_subset), evaluation)
     size = cfg.image_size or src.image_size
-    return DataSource(train, test, src.num_classes, src.in_chans, size,
-                      cfg.mean or src.mean, cfg.std or src.std, src.recipe, src.pil)
+    return DataSource(train, test, src.num_classes, src.in_chans, size, cfg.mean or src.mean, cfg.std or src.std,
+                      src.recipe, src.pil, val=None if val is None else with_transform(val, evaluation))
 
 
 def worker_context() -> BaseContext:
@@ -365,9 +410,29 @@ def worker_context() -> BaseContext:
     return multiprocessing.get_context(multiprocessing.get_all_start_methods()[0])
 
 
+def _loader_options(cfg: DataConfig, pin_memory: bool) -> dict:
+    return dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0,
+                multiprocessing_context=worker_context() if cfg.num_workers > 0 else None)
+
+
+def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False, device: Optional[torch.device] = None) -> Iterable:
+    """Batches of ``ds`` (the test set or the validation split) in order, every image exactly once over
+    all ranks (rank r takes images r, r + world_size, ...; no padding), so summed metrics are exact.
+    Served from ``device`` when the training loader is (``data.on_device``)."""
+    shard = range(rank, len(ds), world_size)  # type: ignore[arg-type]
+    from nfbench.device_data import device_eval_loader, use_device_loader  # it builds on this module
+
+    if use_device_loader(cfg, src):
+        return device_eval_loader(cfg, src, ds, shard, torch.device(device or "cpu"))
+    return DataLoader(Subset(ds, shard) if world_size > 1 else ds, batch_size=cfg.test_batch_size, shuffle=False,
+                      **_loader_options(cfg, pin_memory))
+
+
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
                   pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
-    """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader.
+    """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader
+    (:func:`eval_loader`, which also serves the validation split).
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
@@ -379,22 +444,18 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
         raise ConfigError(f"data.batch_size={cfg.batch_size} must be divisible by the number of "
                           f"processes ({world_size})")
     per_rank = cfg.batch_size // world_size
-    from nfbench.device_data import device_loaders, use_device_loader  # it builds on this module
+    from nfbench.device_data import device_train_loader, use_device_loader  # it builds on this module
 
     on_device = use_device_loader(cfg, src)
     # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
     sampler = (DistributedSampler if on_device else SeededSampler)(
         src.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0,
-                  multiprocessing_context=worker_context() if cfg.num_workers > 0 else None)
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank
     if on_device:
-        return device_loaders(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"), pin_memory)
-    train = DataLoader(SeededSamples(src.train), batch_size=per_rank, sampler=sampler, drop_last=drop_last,
-                       **common)
-    # Every test image exactly once over all ranks (no padding), so summed metrics are exact.
-    shard = range(rank, len(src.test), world_size)  # type: ignore[arg-type]
-    test = DataLoader(Subset(src.test, shard) if world_size > 1 else src.test, batch_size=cfg.test_batch_size,
-                      shuffle=False, **common)
-    return train, test
+        train: Iterable = device_train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"),
+                                              pin_memory)
+    else:
+        train = DataLoader(SeededSamples(src.train), batch_size=per_rank, sampler=sampler, drop_last=drop_last,
+                           **_loader_options(cfg, pin_memory))
+    return train, eval_loader(cfg, src, src.test, rank, world_size, pin_memory, device)

@@ -38,8 +38,9 @@ def in_memory(ds: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     if isinstance(ds, TransformedFolder):
         ds = ds.base
     indices = None
-    if isinstance(ds, Subset):
-        indices, ds = torch.as_tensor(ds.indices), ds.dataset
+    while isinstance(ds, Subset):  # a training subset of what the validation split left, say
+        outer = torch.as_tensor(ds.indices)
+        indices, ds = (outer if indices is None else outer[indices]), ds.dataset
     if not isinstance(ds, TensorImages):
         return None
     if indices is None:
@@ -327,13 +328,14 @@ class DeviceLoader:
 
 
 def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
-    """``data.on_device``: true, false, or auto (whenever both splits are held in memory and
+    """``data.on_device``: true, false, or auto (whenever every split is held in memory and
     trained at their native size; the DataLoader path serves image folders and resizing)."""
     if cfg.on_device is False:
         return False
     train = in_memory(src.train)
     why = None
-    if train is None or in_memory(src.test) is None or src.recipe != "small":
+    held = [train, in_memory(src.test), *([] if src.val is None else [in_memory(src.val)])]
+    if any(split is None for split in held) or src.recipe != "small":
         why = "it reads image files"
     elif cfg.image_size not in (None, train[0].shape[-1]):
         why = f"data.image_size={cfg.image_size} resizes its {train[0].shape[-1]} px images"
@@ -343,19 +345,20 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     return why is None
 
 
-def device_loaders(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
-                   drop_last: bool, device: torch.device,
-                   pin_memory: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
-    """Train loader (the papers' augmentation, batched) and test loader (normalised only).
-    ``data.num_workers`` processes build RandAugment's batches when it is on (see :class:`DeviceLoader`)."""
+def device_train_loader(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
+                        drop_last: bool, device: torch.device, pin_memory: bool = False) -> DeviceLoader:
+    """The training loader: the papers' augmentation, batched. ``data.num_workers`` processes build
+    RandAugment's batches when it is on (see :class:`DeviceLoader`)."""
     train_x, train_y = in_memory(src.train)  # type: ignore[misc]
-    test_x, test_y = in_memory(src.test)  # type: ignore[misc]
     ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
         if cfg.randaugment and cfg.randaugment_n > 0 else None
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
-    train = DeviceLoader(src.train, train_x, train_y, per_rank, src.mean, src.std, device, sampler,
-                         drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)
-    # Every test image exactly once over all ranks, as the DataLoader path shards it.
-    shard = range(sampler.rank, len(test_y), sampler.num_replicas)
-    test = DeviceLoader(src.test, test_x, test_y, cfg.test_batch_size, src.mean, src.std, device, shard)
-    return train, test
+    return DeviceLoader(src.train, train_x, train_y, per_rank, src.mean, src.std, device, sampler,
+                        drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)
+
+
+def device_eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, shard: Sequence[int],
+                       device: torch.device) -> DeviceLoader:
+    """A test or validation loader (normalised only) over this rank's ``shard`` of ``ds``'s images."""
+    x, y = in_memory(ds)  # type: ignore[misc]
+    return DeviceLoader(ds, x, y, cfg.test_batch_size, src.mean, src.std, device, shard)

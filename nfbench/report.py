@@ -9,7 +9,10 @@ Plain functions, each usable on its own:
 - :func:`plot_curves` draws Civitelli et al.'s Fig. 3/4: train and test top-1 per epoch,
   the seeds' mean as a line and their std as a band, one colour per scheme.
 
-Statistics of final and best accuracy are over *finished* runs: a diverged run has no final
+The headline is the final test top-1 (the last epoch's).  Runs with a validation split
+(``data.val_size``) add the best validation top-1 and the test top-1 at that epoch (the epoch of
+``best.pt``); a best selected on the test set (``best_test_top1``, runs without validation) is
+optimistic and is not shown.  Statistics of accuracy are over *finished* runs: a diverged run has no final
 accuracy (it is counted in ``diverged``), an unfinished one has not reached it yet (counted
 in ``unfinished``), and an invalid sweep point was refused before training (counted in ``invalid``
 and listed with its error under the table).  Curves use every run that has reached an epoch, diverged ones excepted, as
@@ -179,6 +182,11 @@ def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _present(runs: Sequence[Run], key: str) -> list[float]:
+    """``key`` of each run's result.json that has it (older runs and runs without validation have none)."""
+    return [r.result[key] for r in runs if r.result is not None and r.result.get(key) is not None]
+
+
 @dataclass
 class Row:
     """One group of runs that differ only in their seed."""
@@ -191,8 +199,10 @@ class Row:
     invalid: int = 0
     seeds: list[int] = field(default_factory=list)
     epochs: Optional[int] = None
-    final_top1: tuple[Optional[float], Optional[float]] = (None, None)
-    best_top1: tuple[Optional[float], Optional[float]] = (None, None)
+    final_top1: tuple[Optional[float], Optional[float]] = (None, None)  # the last epoch's test top-1
+    # Selected on the validation split: its best top-1, and the test top-1 at that epoch (runs without one: None).
+    best_val_top1: tuple[Optional[float], Optional[float]] = (None, None)
+    test_top1_at_best_val: tuple[Optional[float], Optional[float]] = (None, None)
     train_top1: tuple[Optional[float], Optional[float]] = (None, None)
     wall_s: Optional[float] = None
     # Config keys (besides seed and bookkeeping) whose values differ inside the group.
@@ -228,7 +238,8 @@ def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -
             seeds=sorted(r.get("seed") for r in members),
             epochs=planned.pop() if len(planned) == 1 else None,
             final_top1=_mean_std([r.result["test_top1"] for r in done]),
-            best_top1=_mean_std([r.result["best_test_top1"] for r in done]),
+            best_val_top1=_mean_std(_present(done, "best_val_top1")),
+            test_top1_at_best_val=_mean_std(_present(done, "test_top1_at_best_val")),
             train_top1=_mean_std([r.result["train_top1"] for r in done]),
             wall_s=statistics.fmean(r.result["wall_s"] for r in done) if done else None,
             mixed=mixed,
@@ -287,7 +298,9 @@ def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
             "seeds": row.finished, "diverged": row.diverged, "unfinished": row.unfinished, "invalid": row.invalid,
             "epochs": row.epochs,
             "final_test_top1_mean": row.final_top1[0], "final_test_top1_std": row.final_top1[1],
-            "best_test_top1_mean": row.best_top1[0], "best_test_top1_std": row.best_top1[1],
+            "best_val_top1_mean": row.best_val_top1[0], "best_val_top1_std": row.best_val_top1[1],
+            "test_top1_at_best_val_mean": row.test_top1_at_best_val[0],
+            "test_top1_at_best_val_std": row.test_top1_at_best_val[1],
             "final_train_top1_mean": row.train_top1[0], "final_train_top1_std": row.train_top1[1],
             "wall_s_mean": row.wall_s,
             "seed_values": ";".join(str(s) for s in row.seeds),
@@ -301,8 +314,9 @@ def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
     """The Markdown table and, below it, the sources of the reference numbers it cites."""
-    head = [*group_by, "seeds", "diverged", "unfinished", "invalid", "epochs", "final test top-1 (%)", "best test top-1 (%)",
-            "final train top-1 (%)", "wall / run", "reference top-1 (%)"]
+    head = [*group_by, "seeds", "diverged", "unfinished", "invalid", "epochs", "final test top-1 (%)",
+            "best val top-1 (%)", "test top-1 at best val (%)", "final train top-1 (%)", "wall / run",
+            "reference top-1 (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cited: dict[str, dict] = {}
     for row in rows:
@@ -310,12 +324,14 @@ def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
             cited[ref["id"]] = ref
         cells = ["-" if row.key[k] is None else str(row.key[k]) for k in group_by]
         cells += [str(row.finished), str(row.diverged), str(row.unfinished), str(row.invalid),
-                  "-" if row.epochs is None else str(row.epochs), _pm(row.final_top1), _pm(row.best_top1),
-                  _pm(row.train_top1), _duration(row.wall_s),
+                  "-" if row.epochs is None else str(row.epochs), _pm(row.final_top1), _pm(row.best_val_top1),
+                  _pm(row.test_top1_at_best_val), _pm(row.train_top1), _duration(row.wall_s),
                   ", ".join(_ref_text(r) for r in row.references) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished and invalid runs "
-             "are counted, not averaged."]
+             "are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
+             "over epochs on the validation split held out of the training set (data.val_size), and test "
+             "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split."]
     for row in rows:
         notes += [f"- Invalid: {r.path}: {r.result['error']}" for r in row.runs if r.status == INVALID]
     for row in rows:
@@ -447,8 +463,9 @@ def parse_group_by(values: Optional[Sequence[str]]) -> list[str]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(
         prog="nfbench report",
-        description="Summarise training runs: a table (Markdown + CSV) of final and best test top-1, mean ± std "
-                    "over seeds, diverged/unfinished counts, epochs and wall time, with published reference numbers; "
+        description="Summarise training runs: a table (Markdown + CSV) of final test top-1 and, with a validation "
+                    "split, the best validation top-1 and the test top-1 at its epoch, mean ± std over seeds, "
+                    "diverged/unfinished counts, epochs and wall time, with published reference numbers; "
                     "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).")
     p.add_argument("dirs", nargs="+", type=Path, help="run directories or trees of them (e.g. outputs/multirun/...)")
     p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: ./report)")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from nfbench import distributed, rundir
 from nfbench.config import Config, validate
-from nfbench.data import build_loaders, build_source
+from nfbench.data import build_loaders, build_source, eval_loader
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
 from nfbench.models import build_model
@@ -99,9 +99,10 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 @torch.no_grad()
 def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool,
-             stop: Optional[Callable[[int], bool]] = None) -> Optional[dict]:
-    """Test loss (plain cross-entropy), top-1 and top-5 in percent, summed exactly over all ranks;
-    None when ``stop(batch index)`` asks to leave (a stop signal: an evaluation can outlast SLURM's grace)."""
+             stop: Optional[Callable[[int], bool]] = None, split: str = "test") -> Optional[dict]:
+    """Loss (plain cross-entropy), top-1 and top-5 in percent on ``split`` (test or val), summed exactly
+    over all ranks; None when ``stop(batch index)`` asks to leave (a stop signal: an evaluation can
+    outlast SLURM's grace)."""
     net.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
     for i, (x, y) in enumerate(loader):
@@ -116,7 +117,7 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict
         sums[3] += len(y)  # a Python number: no blocking host-to-device copy per batch
     distributed.all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()
-    return {"test_loss": loss / n, "test_top1": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n}
+    return {f"{split}_loss": loss / n, f"{split}_top1": 100.0 * c1 / n, f"{split}_top5": 100.0 * c5 / n}
 
 
 class Diverged(Exception):
@@ -283,6 +284,17 @@ def _progress_factory(enabled: bool, epochs: int):
     return wrap
 
 
+def best_figures(history: list[dict], select: str) -> dict:
+    """result.json's best figures, selected on ``select`` (val_top1 or test_top1) as best.pt is: the
+    first epoch of the highest value.  On validation: its best top-1, that epoch and the test top-1 there
+    (the number to report); on the test set: ``best_test_top1``, an optimistic figure, not a result."""
+    best = max(history, key=lambda row: row[select]) if history else {}  # max keeps the first of equal values
+    figures = {"best_selected_on": select, "best_epoch": best.get("epoch")}
+    if select == "val_top1":
+        return {**figures, "best_val_top1": best.get("val_top1"), "test_top1_at_best_val": best.get("test_top1")}
+    return {**figures, "best_test_top1": best.get("test_top1")}
+
+
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -349,6 +361,11 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     src = build_source(cfg.data)
     train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size,
                                               pin_memory=device.type == "cuda", device=device)
+    val_loader = None if src.val is None else eval_loader(cfg.data, src, src.val, env.rank, env.world_size,
+                                                          pin_memory=device.type == "cuda", device=device)
+    # best.pt and the best figures: chosen on the validation split when there is one; else on the
+    # test set, an optimistic figure, named for what it is (best_test_top1).
+    select = "val_top1" if val_loader is not None else "test_top1"
 
     # Model and scheme: the same seed on every rank, before DDP and the optimiser see the parameters.
     seed_all(cfg.seed)
@@ -385,7 +402,9 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best_top1, wall_before = state["epoch"], state["best_test_top1"], state["wall_s"]
+        start_epoch, wall_before = state["epoch"], state["wall_s"]
+        # Checkpoints written before data.val_size hold the (test-selected) best under another name.
+        best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
         if state.get("partial"):
             partial = EpochProgress(**state["partial"])
         log.info("resumed from %s: epoch %d, step %d", resume_from, start_epoch + 1,
@@ -405,9 +424,9 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"))
-    log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d test images, %d process(es) on %s",
-             cfg.model.name, cfg.init.name, scheme.weights, cfg.data.name, n_params / 1e6,
-             len(src.train), len(src.test), env.world_size, device)
+    log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, "
+             "%d process(es) on %s", cfg.model.name, cfg.init.name, scheme.weights, cfg.data.name, n_params / 1e6,
+             len(src.train), len(src.val) if src.val is not None else 0, len(src.test), env.world_size, device)
 
     t_start = time.perf_counter()
 
@@ -415,7 +434,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         """``epoch``: the epochs completed (the number of the last one, counting from 1);
         ``partial``: how far into the next one."""
         return {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "best_test_top1": best_top1,
+                "scaler": scaler.state_dict(), "epoch": epoch, "best_on": select, "best_top1": best_top1,
                 "wall_s": wall_before + time.perf_counter() - t_start, "rng": rng_state(),
                 "partial": progress.__dict__ if progress else None,
                 "config": OmegaConf.to_container(cfg, resolve=True), "resumed_from": branched_from}
@@ -429,7 +448,9 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, writer,
                 _progress_factory(tcfg.progress and main, tcfg.epochs))
     status, divergence = "finished", None
-    eval_batches = distributed.min_over_ranks(len(test_loader), device)
+    # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
+    evaluations = [(split, loader, distributed.min_over_ranks(len(loader), device))
+                   for split, loader in (("val", val_loader), ("test", test_loader)) if loader is not None]
     with stop:
         for epoch in range(start_epoch, tcfg.epochs):
             # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
@@ -449,7 +470,13 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                           d.info["epoch"], d.info["step"], d.info["lr"], rundir.kept_checkpoint(ckpt_dir))
                 break
             after_training = rng_state()
-            metrics = evaluate(fwd, test_loader, device, amp, tcfg.channels_last, _stop_check(loop, eval_batches))
+            metrics: Optional[dict] = {}
+            for split, loader, batches in evaluations:
+                found = evaluate(fwd, loader, device, amp, tcfg.channels_last, _stop_check(loop, batches), split=split)
+                if found is None:
+                    metrics = None
+                    break
+                metrics.update(found)  # type: ignore[union-attr]
             if metrics is None:  # a stop signal: save the trained epoch; the resumed run evaluates it
                 save_mid_epoch(epoch, EpochProgress(**{**stats.__dict__, "rng": _gather_rng(after_training)}))
                 log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
@@ -458,8 +485,8 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
             partial = None
             if not cfg.sched.per_step:
                 sched.step()
-            improved = metrics["test_top1"] > best_top1
-            best_top1 = max(best_top1, metrics["test_top1"])
+            improved = metrics[select] > best_top1
+            best_top1 = max(best_top1, metrics[select])
             state = checkpoint_state(epoch + 1, None)
             row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
                    "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
@@ -468,13 +495,14 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                 rundir.append_metrics(run_dir / "metrics.jsonl", row)
                 for k, v in row.items():
                     if k != "epoch":
-                        writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "test_")) else k,
+                        writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "val_", "test_")) else k,
                                           v, epoch + 1)
                 rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
                 if improved:
                     rundir.save_checkpoint(ckpt_dir / rundir.BEST, state)
-                log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  test loss %.4f top-1 %.2f top-5 %.2f  "
-                         "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"],
+                val = f"val top-1 {metrics['val_top1']:.2f}  " if val_loader is not None else ""
+                log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  "
+                         "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"], val,
                          metrics["test_loss"], metrics["test_top1"], metrics["test_top5"], row["images_per_s"])
             distributed.barrier()
     if writer is not None:
@@ -489,13 +517,14 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         "params": n_params,
         "data": cfg.data.name, "model": cfg.model.name, "init": cfg.init.name, "weights": scheme.weights,
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": env.world_size,
-        "best_test_top1": max((m["test_top1"] for m in history), default=None),
         "wall_s": wall_before + time.perf_counter() - t_start,
         "resumed_from": branched_from,
+        **best_figures(history, select),
     }
     last = history[-1] if history else None
     if last is not None:
-        result.update({k: last[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1")})
+        final = ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1", "val_top1", "val_top5", "val_loss")
+        result.update({k: last[k] for k in final if k in last})
     result = rundir.strict_json(result)  # what result.json holds: a NaN loss is null plus "loss_str": "nan"
     if main:
         rundir.write_json(run_dir / "result.json", result)

@@ -284,3 +284,87 @@ def test_cli_reports_a_damaged_cifar_batch_in_one_line(tmp_path):
          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"nfbench: error: {path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- validation split (data.val_size) --------------------------------------------------------------------------
+
+def root_indices(ds) -> list[int]:
+    """The indices into the data set's own training images behind ``ds`` (Subsets unwrapped)."""
+    from torch.utils.data import Subset
+
+    from nfbench.data import TransformedFolder
+
+    ds = ds.base if isinstance(ds, TransformedFolder) else ds
+    idx = None
+    while isinstance(ds, Subset):
+        idx = list(ds.indices) if idx is None else [ds.indices[i] for i in idx]
+        ds = ds.dataset
+    return idx
+
+
+def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_cfg):
+    """data.val_size=0.1 of digits' 1,438 training images: 144 held out (0.1 * 1438 = 143.8, rounded), the other
+    1,294 trained on; the same images whatever the run's seed and the global RNGs; taken before data.train_subset."""
+    from nfbench.data import DATASETS, transforms
+
+    splits = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        cfg = make_cfg(["data=digits", "data.val_size=0.1", f"seed={seed}"])
+        src = build_source(cfg.data)
+        assert (len(src.train), len(src.val), len(src.test)) == (1294, 144, 359)
+        train_idx, val_idx = root_indices(src.train), root_indices(src.val)
+        assert not set(train_idx) & set(val_idx) and sorted(train_idx + val_idx) == list(range(1438))
+        splits.append(val_idx)
+    assert splits[0] == splits[1]
+    # The validation images get the test transform: normalised only, no crop or flip.
+    raw = DATASETS.get("digits")(cfg.data).train
+    normalise = transforms(cfg.data, src, train=False)
+    for i in (0, 77, 143):
+        assert torch.equal(src.val[i][0], normalise(raw.images[splits[0][i]]))
+        assert src.val[i][1] == int(raw.labels[splits[0][i]])
+    # data.train_subset then subsets the images that remain: the hold-out is the same.
+    sub = build_source(make_cfg(["data=digits", "data.val_size=0.1", "data.train_subset=256"]).data)
+    assert len(sub.train) == 256 and root_indices(sub.val) == splits[0]
+    assert not set(root_indices(sub.train)) & set(splits[0])
+    assert build_source(make_cfg(["data=digits"]).data).val is None
+
+
+@pytest.mark.parametrize("val_size, per_class", [(0.1, [5, 3, 2]), (20, [9, 7, 4])])
+def test_validation_split_is_stratified(val_size, per_class):
+    """Classes of 47, 33 and 20 images: 10% is 4.7, 3.3, 2.0 images; the largest remainder gets the tenth
+    image: 5, 3, 2.  20 images: 9.4, 6.6, 4.0 -> 9, 7, 4."""
+    from nfbench.data import TensorImages, split_validation
+
+    labels = torch.tensor([0] * 47 + [1] * 33 + [2] * 20)
+    images = torch.zeros(100, 1, 2, 2, dtype=torch.uint8)
+    train_ds, val_ds = split_validation(TensorImages(images, labels), val_size, "toy")
+    assert torch.bincount(labels[val_ds.indices]).tolist() == per_class
+    assert sorted([*train_ds.indices, *val_ds.indices]) == list(range(100))
+
+
+def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subset):
+    """An ImageFolder's labels come from its file list (.targets): 200 images a class, 10% -> 20 a class."""
+    src = build_source(make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.val_size=0.1"]).data)
+    assert (len(src.train), len(src.val)) == (1800, 200)
+    assert torch.bincount(torch.tensor([src.val[i][1] for i in range(200)])).tolist() == [20] * 10
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1.0", "1.5", "true", "abc"])
+def test_impossible_val_size_is_refused_before_loading(make_cfg, value):
+    from nfbench.config import validate
+    from nfbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.val_size"):
+        validate(make_cfg([f"data.val_size={value}"]))
+
+
+@pytest.mark.parametrize("value, why", [("1438", "leaving none"), ("5000", "leaving none"), ("0.9999", "leaving none"),
+                                        ("0.0001", "holds out no image"), ("5", "classes")])
+def test_val_size_the_data_cannot_give_is_one_line(make_cfg, value, why):
+    from nfbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why) as e:
+        build_source(make_cfg(["data=digits", f"data.val_size={value}"]).data)
+    assert "data.val_size" in str(e.value) and "\n" not in str(e.value)

@@ -53,6 +53,39 @@ def test_shards_cover_every_sample_once(make_cfg):
         build_loaders(cfg.data, src, seed=0, rank=0, world_size=3)  # a global batch of 64 over 3 ranks
 
 
+@pytest.mark.parametrize("on_device", ["false", "true"])
+def test_validation_shards_cover_every_image_once(make_cfg, on_device):
+    """The validation set is sharded as the test set is: rank r takes images r, r + 2, ... of the one-process
+    order, so the ranks' images are disjoint and together exactly the set; the device path serves the same."""
+    from nfbench.data import eval_loader
+
+    cfg = make_cfg(["data=digits", "data.val_size=101", "data.test_batch_size=16", f"data.on_device={on_device}"])
+    src = build_source(cfg.data)
+
+    def images(rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batches = list(eval_loader(cfg.data, src, src.val, rank, world_size))
+        return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+    x1, y1 = images(0, 1)
+    assert len(y1) == 101
+    for rank in range(2):
+        x, y = images(rank, 2)
+        assert torch.equal(x, x1[rank::2]) and torch.equal(y, y1[rank::2])
+
+
+@pytest.mark.slow
+def test_two_process_validation_equals_one_process(make_cfg, tmp_path):
+    """Validation metrics are summed over disjoint shards (51 + 50 images): the same counts as one process."""
+    cfg = [*DDP, "data.val_size=101"]
+    train(make_cfg(cfg, tmp_path / "one"))
+    train(make_cfg([*cfg, "trainer.devices=2"], tmp_path / "two"))
+    one, two = (rundir.read_metrics(tmp_path / run / "metrics.jsonl") for run in ("one", "two"))
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert (a["val_top1"], a["val_top5"]) == (b["val_top1"], b["val_top5"])
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
 def test_global_batch_union_matches_single_process(make_cfg):
     cfg = make_cfg(["data=digits", "data.batch_size=64", "data.on_device=false"])
     src = build_source(cfg.data)

@@ -132,3 +132,4 @@ def test_other_papers_build_their_models():
     assert (nf.data.name, nf.model.name, nf.init.name) == ("imagenet", "nf_resnet50", "nf")
     wn = preset("arpit_wn_cifar10_wrn")
     assert (wn.model.name, wn.model.depth, wn.model.widen, wn.init.name) == ("wrn", 40, 2, "wn")
+    assert wn.data.val_size == 0.1  # the reference's hold-out for model selection (src/data/loaders.py)

@@ -24,9 +24,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_top1: list[float] | None = None,
               status: str | None = "finished", epochs: int = 3, weights: str | None = None,
-              model: str = "resnet20", data: str = "cifar10", lr: float = 0.01) -> Path:
+              model: str = "resnet20", data: str = "cifar10", lr: float = 0.01,
+              val_top1: list[float] | None = None) -> Path:
     """A run directory as nfbench train writes it: config.yaml, env.json, metrics.jsonl and (unless the run
-    is still going, status=None) result.json with the last epoch's numbers."""
+    is still going, status=None) result.json with the last epoch's numbers; with ``val_top1``, a run with a
+    validation split (data.val_size), its best epoch selected on it."""
     path.mkdir(parents=True)
     config = {"data": {"name": data, "root": f"/data/{seed}"}, "model": {"name": model, "width": 8},
               "init": {"name": init, "weights": weights}, "optim": {"lr": lr},
@@ -37,6 +39,8 @@ def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_to
     rows = [{"epoch": e, "lr": lr, "train_loss": 1.0, "train_top1": tr, "test_loss": 1.0, "test_top1": te,
              "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * e}
             for e, (tr, te) in enumerate(zip(train_top1, test_top1), 1)]
+    for r, v in zip(rows, val_top1 or []):
+        r.update({"val_loss": 1.0, "val_top1": v, "val_top5": 99.0})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if status is not None:
         result = {"status": status, "divergence": None, "epochs": len(rows), "epochs_planned": epochs,
@@ -45,6 +49,11 @@ def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_to
                   "seed": seed, "experiment": "synthetic", "best_test_top1": max(test_top1),
                   "wall_s": 10.0 * len(rows), "test_top1": test_top1[-1], "test_top5": 99.0, "test_loss": 1.0,
                   "train_loss": 1.0, "train_top1": train_top1[-1]}
+        if val_top1:
+            best = max(rows, key=lambda r: r["val_top1"])
+            result.update({"best_selected_on": "val_top1", "best_val_top1": best["val_top1"],
+                           "best_epoch": best["epoch"], "test_top1_at_best_val": best["test_top1"]})
+            del result["best_test_top1"]
         (path / "result.json").write_text(json.dumps(result))
     return path
 
@@ -113,7 +122,8 @@ def test_aggregate_means_stds_and_counts(tree):
     # mean (50 + 52 + 57) / 3 = 53; sample std sqrt((9 + 1 + 16) / 2) = sqrt(13)
     assert ids.final_top1[0] == pytest.approx(53.0)
     assert ids.final_top1[1] == pytest.approx(math.sqrt(13.0))
-    assert ids.best_top1[0] == pytest.approx(54.0) and ids.best_top1[1] == pytest.approx(math.sqrt(13.0))
+    # no validation split: no best figure (the test-selected best is not a result)
+    assert ids.best_val_top1 == (None, None) and ids.test_top1_at_best_val == (None, None)
     assert ids.train_top1[0] == pytest.approx(52.0)
     assert ids.wall_s == pytest.approx(30.0)
 
@@ -216,10 +226,10 @@ def test_command_line(tree, tmp_path, capsys):
 
 
 def test_report_reads_real_runs(make_cfg, tmp_path):
-    """What train() writes is what the report reads: two seeds of a tiny run."""
+    """What train() writes is what the report reads: two seeds of a tiny run with a validation split."""
     for seed in (0, 1):
-        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64"],
-                       tmp_path / f"run{seed}"))
+        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64",
+                        "data.val_size=32"], tmp_path / f"run{seed}"))
     (row,) = rep.aggregate(rep.collect([tmp_path]))
     results = [json.loads((tmp_path / f"run{s}" / "result.json").read_text()) for s in (0, 1)]
     tops = [r["test_top1"] for r in results]
@@ -227,6 +237,8 @@ def test_report_reads_real_runs(make_cfg, tmp_path):
     assert row.finished == 2 and row.epochs == 2 and not row.mixed
     assert row.final_top1[0] == pytest.approx(sum(tops) / 2)
     assert row.final_top1[1] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
+    for figure in ("best_val_top1", "test_top1_at_best_val"):
+        assert getattr(row, figure)[0] == pytest.approx(sum(r[figure] for r in results) / 2)
     epochs, _, _ = rep.epoch_curve(row.runs, "train_top1")
     assert epochs == [1, 2]
 
@@ -272,3 +284,30 @@ def test_committed_gpu_evidence_reproduces_its_table():
     # Written before epochs counted from 1: the curve still starts at epoch 1 and ends at 164.
     epochs, _, _ = rep.epoch_curve(rows["resnet20", "bn", "he_fanin"].runs, "test_top1")
     assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
+
+
+def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path):
+    """Two seeds with a validation split: validation peaks at epoch 2 in both, where the test top-1 is 60 and 50;
+    the final test top-1 (55, 65) is the headline.  Beside them an older run whose result.json has no
+    validation keys: it is read, with '-' for the validation columns.  No test-selected best is shown."""
+    write_run(tmp_path / "a", "idshort", 0, [30.0, 60.0, 55.0], val_top1=[35.0, 62.0, 58.0])
+    write_run(tmp_path / "b", "idshort", 1, [40.0, 50.0, 65.0], val_top1=[45.0, 61.0, 59.0])
+    write_run(tmp_path / "old", "bn", 0, [48.0, 66.0, 70.0])
+    rows = rows_by_init(rep.aggregate(rep.collect([tmp_path])))
+    ids = rows["idshort"]
+    assert ids.final_top1 == (pytest.approx(60.0), pytest.approx(math.sqrt(50.0)))
+    assert ids.best_val_top1 == (pytest.approx(61.5), pytest.approx(math.sqrt(0.5)))
+    assert ids.test_top1_at_best_val == (pytest.approx(55.0), pytest.approx(math.sqrt(50.0)))
+    assert rows["bn"].final_top1 == (pytest.approx(70.0), None) and rows["bn"].best_val_top1 == (None, None)
+    files = rep.write_table(list(rows.values()), rep.DEFAULT_GROUP_BY, tmp_path / "out")
+    md = files["markdown"].read_text()
+    head = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
+    assert head[head.index("epochs") + 1:head.index("epochs") + 4] == \
+        ["final test top-1 (%)", "best val top-1 (%)", "test top-1 at best val (%)"]
+    assert "| 60.00 ± 7.07 | 61.50 ± 0.71 | 55.00 ± 7.07 |" in md and "| 70.00 | - | - |" in md
+    assert "best test" not in md
+    with open(files["csv"]) as f:
+        records = {r["init"]: r for r in csv.DictReader(f)}
+    assert float(records["idshort"]["test_top1_at_best_val_mean"]) == pytest.approx(55.0)
+    assert float(records["idshort"]["best_val_top1_mean"]) == pytest.approx(61.5)
+    assert records["bn"]["best_val_top1_mean"] == "" and not any("best_test" in k for k in records["bn"])

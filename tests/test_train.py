@@ -45,7 +45,7 @@ def test_quickstart_end_to_end(make_cfg, tmp_path):
         env["versions"]["torch"] == torch.__version__
     assert "git_commit" in env and "git_dirty" in env and env["device"] == "cpu"
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
-    assert best["best_test_top1"] == max(r["test_top1"] for r in rows)
+    assert best["best_top1"] == max(r["test_top1"] for r in rows) and best["best_on"] == "test_top1"
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "config"):
         assert key in last
@@ -251,3 +251,74 @@ def test_real_cifar10_subset_learns(make_cfg, tmp_path, cifar10_jpeg_subset):
                     "trainer.epochs=4", "trainer.progress=false"], tmp_path)
     result = train(cfg)
     assert result["test_top1"] >= 25.0, result
+
+
+def scripted_evaluate(monkeypatch, top1: dict[str, list[float]]) -> None:
+    """Make each evaluation of a split return the next of its scripted top-1 values."""
+    import nfbench.train as train_module
+
+    calls = {split: 0 for split in top1}
+
+    def evaluate(net, loader, device, amp, channels_last, stop=None, split="test"):
+        value = top1[split][calls[split]]
+        calls[split] += 1
+        return {f"{split}_loss": 1.0, f"{split}_top1": value, f"{split}_top5": 100.0}
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+
+
+def test_best_checkpoint_is_selected_on_validation_not_test(make_cfg, tmp_path, monkeypatch):
+    """Validation peaks at epoch 2, the test set at epoch 3: best.pt and every best figure follow validation."""
+    scripted_evaluate(monkeypatch, {"val": [10.0, 30.0, 20.0], "test": [40.0, 20.0, 50.0]})
+    result = train(make_cfg([*TINY, "trainer.epochs=3", "data.val_size=0.1"], tmp_path))
+    rows = rundir.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["val_top1"] for r in rows] == [10.0, 30.0, 20.0]
+    assert all("val_loss" in r and "val_top5" in r for r in rows)
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] == max(rows, key=lambda r: r["val_top1"])["epoch"] == 2
+    assert max(rows, key=lambda r: r["test_top1"])["epoch"] == 3
+    assert (result["best_val_top1"], result["best_epoch"], result["test_top1_at_best_val"]) == (30.0, 2, 20.0)
+    assert result["test_top1"] == 50.0 and result["val_top1"] == 20.0 and "best_test_top1" not in result
+    assert result["best_selected_on"] == "val_top1"
+
+
+def test_without_validation_best_is_test_selected_and_says_so(make_cfg, tmp_path, monkeypatch):
+    scripted_evaluate(monkeypatch, {"test": [40.0, 20.0, 30.0]})
+    result = train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
+    assert torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)["epoch"] == 1
+    assert (result["best_selected_on"], result["best_test_top1"], result["best_epoch"]) == ("test_top1", 40.0, 1)
+    assert "best_val_top1" not in result and "val_top1" not in rundir.read_metrics(tmp_path / "metrics.jsonl")[0]
+
+
+def test_resume_with_validation_is_exact_and_keeps_the_best(make_cfg, tmp_path, monkeypatch):
+    """Killed after epoch 2 of 3 and resumed == uninterrupted: weights, validation metrics and best.pt."""
+    cfg = [*TINY, "trainer.epochs=3", "trainer.deterministic=true", "data.val_size=50"]
+    full = train(make_cfg(cfg, tmp_path / "full"))
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 2)
+        with pytest.raises(Killed):
+            train(make_cfg(cfg, tmp_path / "split"))
+    resumed = train(make_cfg(cfg, tmp_path / "split"))
+    a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    untimed = [[{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_s", "wall_s")}
+                for r in rundir.read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("full", "split")]
+    assert untimed[0] == untimed[1] and all("val_top1" in r for r in untimed[0])
+    for key in ("best_val_top1", "best_epoch", "test_top1_at_best_val", "val_top1", "test_top1"):
+        assert resumed[key] == full[key], key
+    best = [torch.load(tmp_path / run / "checkpoints" / "best.pt", weights_only=False) for run in ("full", "split")]
+    assert best[0]["epoch"] == best[1]["epoch"] == full["best_epoch"]
+
+
+def test_resume_refuses_another_validation_split(make_cfg, tmp_path, monkeypatch):
+    """data.val_size changes the training set: a resume under another value is refused, naming the key."""
+    from nfbench.errors import ConfigError
+
+    cfg = [*TINY, "trainer.epochs=2", "data.val_size=0.1"]
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, 1)
+        with pytest.raises(Killed):
+            train(make_cfg(cfg, tmp_path))
+    for other in ("data.val_size=0.2", "data.val_size=null"):
+        with pytest.raises(ConfigError, match=r"data\.val_size"):
+            train(make_cfg([*cfg, other], tmp_path))
