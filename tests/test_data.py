@@ -186,9 +186,16 @@ def test_imagefolder_with_workers_resumes_exactly(make_cfg, tmp_path, monkeypatc
     with the augmentation drawn in persistent DataLoader workers."""
     cfg = imagefolder_run(cifar10_jpeg_subset, "trainer.checkpoint_every_steps=2")
     train(make_cfg(cfg, tmp_path / "full"))
+    assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg, tmp_path, mid_epoch_step=2)
+
+
+def assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg: list[str], tmp_path: Path,
+                                       mid_epoch_step: int) -> None:
+    """Runs of ``cfg`` killed after epoch 1, or ``mid_epoch_step`` steps into epoch 2, then resumed, end
+    with exactly the weights of the uninterrupted run already in ``tmp_path / "full"``."""
     full = load_weights(tmp_path / "full")
     stops = {"epoch": lambda s: s["epoch"] == 1 and not s["partial"],
-             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == 2}
+             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == mid_epoch_step}
     for name, when in stops.items():
         with monkeypatch.context() as m:
             die_after_saving(m, when)

@@ -14,8 +14,7 @@ from nfbench.device_data import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError
 from nfbench.train import train
 from tests.conftest import TINY
-from tests.test_data import die_after_saving
-from tests.test_train import Killed, load_weights
+from tests.test_data import assert_stopped_runs_resume_exactly
 
 MEAN, STD = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
 
@@ -229,16 +228,7 @@ def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, 
            f"data.num_workers={workers}", "trainer.checkpoint_every_steps=3"]
     full = train(make_cfg(cfg, tmp_path / "full"))
     assert full["status"] == "finished" and math.isfinite(full["train_loss"])
-    stops = {"epoch": lambda s: s["epoch"] == 1 and not s["partial"],
-             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == 3}
-    for name, when in stops.items():
-        with monkeypatch.context() as m:
-            die_after_saving(m, when)
-            with pytest.raises(Killed):
-                train(make_cfg(cfg, tmp_path / name))
-        train(make_cfg(cfg, tmp_path / name))
-        a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg, tmp_path, mid_epoch_step=3)
 
 
 @pytest.mark.gpu
