@@ -8,6 +8,7 @@ which every entry point calls before doing any work.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -131,7 +132,10 @@ class TrainerConfig:
     # (which always comes first, so a requeue never rolls back); see nfbench.rundir.load_resume_state.
     resume: Optional[str] = None
     log_every: int = 20
+    # A tqdm bar on a terminal; without one (SLURM, nohup, CI) a plain line every progress_every_s
+    # seconds, at the first log step after the interval (0: at every log step).  false: neither.
     progress: bool = True
+    progress_every_s: float = 30.0
     # Run directory when train() is called outside Hydra (tests, notebooks).
     run_dir: Optional[str] = None
     # Processes to start on this machine (one per GPU, or CPU workers with gloo); a job started by
@@ -162,6 +166,40 @@ class SppConfig:
 
 
 @dataclass
+class TensorBoardLoggerConfig:
+    # Folder of the event files, inside the run directory.
+    dir: str = "tb"
+
+
+@dataclass
+class CsvLoggerConfig:
+    # The per-epoch table (metrics.jsonl's columns), inside the run directory.
+    file: str = "metrics.csv"
+
+
+@dataclass
+class WandbLoggerConfig:
+    project: str = "nfbench"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    # Null: the run directory's name.
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    # online, offline or disabled; null: wandb's own choice (the WANDB_MODE variable, else online).
+    mode: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides metrics.jsonl (conf/logger/): each selected option fills its key,
+    ``logger=[tensorboard,csv]`` selects several, ``logger=none`` none."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    csv: Optional[CsvLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,6 +208,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     spp: SppConfig = field(default_factory=SppConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
@@ -195,6 +234,7 @@ SCHEDULES = ("cosine", "multistep", "constant")
 SPP_INPUTS = ("gaussian", "data")
 SPP_LABELS = ("random", "data")
 SPP_FORMATS = ("png", "pdf", "svg")
+WANDB_MODES = ("online", "offline", "disabled")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
@@ -292,6 +332,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
     _check(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
+    _check(c.trainer.progress_every_s >= 0, "trainer.progress_every_s", c.trainer.progress_every_s,
+           "must be >= 0 (seconds between plain progress lines; 0 = at every log step)")
     _check(c.trainer.devices >= 1, "trainer.devices", c.trainer.devices, "must be >= 1")
     _check(c.trainer.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps", c.trainer.checkpoint_every_steps,
            "must be >= 0 (0 = only at epoch ends)")
@@ -308,5 +350,11 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
     _check(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
            list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
+    if c.logger.wandb is not None:
+        _check(c.logger.wandb.mode is None or c.logger.wandb.mode in WANDB_MODES, "logger.wandb.mode",
+               c.logger.wandb.mode, f"choose null or one of {', '.join(WANDB_MODES)}")
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
+                              "logger=tensorboard, csv or none)")
 
 

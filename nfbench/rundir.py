@@ -449,7 +449,8 @@ class RunDirLock:
 # CPU, whose float results need not match bit for bit), trainer.device/precision/compile/
 # deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
 RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
-               "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.")
+               "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.",
+               "logger.")
 
 
 def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
@@ -475,10 +476,11 @@ def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Pa
     return None
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
     if not isinstance(tree, dict):
         return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
@@ -491,8 +493,8 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
 
     from nfbench.config import Config
 
-    before, after = _flatten(old), _flatten(new)
-    defaults = _flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    before, after = flatten(old), flatten(new)
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
     missing = object()
     changes = {}
     for key, value in after.items():

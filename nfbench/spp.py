@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from nfbench.config import validate
 from nfbench.data import DataSource, build_source
 from nfbench.errors import ConfigError
+from nfbench.loggers import Loggers
 from nfbench.models import build_model
 from nfbench.schemes import build_scheme
 from nfbench.train import pick_device, resolve_run_dir, seed_all
@@ -175,8 +176,10 @@ def run_spp(cfg: DictConfig) -> dict:
     return {"csv": str(run_dir / CSV_NAME), "figures": [str(p) for p in figures]}
 
 
-def log_spp(writer, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int, step: int) -> None:
-    """TensorBoard scalars ``spp_<stat>/block_NN`` of ``net`` on the first ``spp.batch_size`` images of ``loader``.
+def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int,
+            step: int) -> None:
+    """Scalars ``spp_<stat>/block_NN`` of ``net`` on the first ``spp.batch_size`` images of ``loader``, for the
+    run's step-wise curves (TensorBoard, wandb).
 
     For ``trainer.log_spp_every``: the same batch (and, with ``spp.labels=random``, the same labels,
     drawn from ``seed``) every time, so the curves show the network changing.  The model is left as
@@ -194,6 +197,4 @@ def log_spp(writer, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_cla
     with torch.no_grad():
         for k, v in net.named_buffers():
             v.copy_(saved[k])
-    for b in stats:
-        for name in STATS:
-            writer.add_scalar(f"spp_{name}/block_{b.block:02d}", getattr(b, name), step)
+    loggers.log_scalars({f"spp_{name}/block_{b.block:02d}": getattr(b, name) for b in stats for name in STATS}, step)

@@ -27,14 +27,19 @@ from nfbench.config import Config, validate
 from nfbench.data import build_loaders, build_source, eval_loader
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
+from nfbench.loggers import Loggers
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.preemption import StopSignal
+from nfbench.progress import Progress, summary_line
 from nfbench.schemes import build_scheme
 
 log = logging.getLogger("nfbench")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The result.json numbers a logger's hyperparameter table shows beside each run's config.
+FINAL_METRICS = ("test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "train_top1", "train_loss",
+                 "best_val_top1", "test_top1_at_best_val", "best_test_top1", "best_epoch", "epochs", "wall_s")
 
 
 def pick_device(name: str) -> torch.device:
@@ -162,8 +167,8 @@ class Loop:
     env: DistEnv
     stop: StopSignal
     save: Callable[[int, EpochProgress], None]  # (epoch being trained, progress) -> mid-epoch checkpoint
-    writer: Optional[object]
-    progress: Callable
+    loggers: Loggers
+    progress: Progress
 
 
 def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
@@ -186,8 +191,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
     metrics = EpochMetrics(steps, device, *carried, start=p.batches_done)
     global_step0 = epoch * steps
     t0 = time.perf_counter() - p.seconds
-    bar = loop.progress(loader, epoch)
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y) in enumerate(loop.progress.wrap(loader, epoch)):
         if i < p.batches_done:
             if i == p.batches_done - 1:  # the loader has drawn what it drew before; now the rest of the RNG
                 set_rng_state(p.rng[loop.env.rank])
@@ -211,11 +215,13 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         done = i + 1
         if done % log_every == 0 or done == steps:
             _check_finite(loop, metrics, epoch, global_step0, done, weights=False)
-            loss_sum, _, seen = metrics.sums.tolist()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{loop.opt.param_groups[0]['lr']:.3g}",
-                            img_s=f"{seen * loop.env.world_size / (time.perf_counter() - t0):.0f}", refresh=False)
-            if loop.writer is not None:
-                loop.writer.add_scalar("train/loss_step", loss.detach().item(), step)
+            if loop.progress.due():
+                loss_sum, _, seen = metrics.sums.tolist()
+                elapsed = time.perf_counter() - t0
+                loop.progress.show(epoch, done, steps, loss_sum / seen, loop.opt.param_groups[0]["lr"],
+                                   seen * loop.env.world_size / elapsed, (steps - done) * elapsed / done)
+            if loop.loggers:
+                loop.loggers.log_scalars({"train/loss_step": loss.detach().item()}, step)
         if done == steps:
             break
         # Ranks agree on stopping at a log step (one small all-reduce); a single process checks every step.
@@ -228,6 +234,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
             log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
                         "requeued and resumed", loop.stop.received, epoch + 1, done, steps)
             loop.stop.exit()
+    loop.progress.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     _check_finite(loop, metrics, epoch, global_step0, steps, weights=True)  # the epoch's end is saved
@@ -272,16 +279,6 @@ def _stop_check(loop: Loop, batches: int) -> Callable[[int], bool]:
     every = loop.cfg.trainer.log_every
     return lambda i: i < batches and i % every == 0 and distributed.any_rank(loop.stop.received is not None,
                                                                              loop.device)
-
-
-def _progress_factory(enabled: bool, epochs: int):
-    from tqdm.auto import tqdm
-
-    def wrap(loader, epoch):
-        return tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not enabled,
-                    dynamic_ncols=True, unit="batch")
-
-    return wrap
 
 
 def best_figures(history: list[dict], select: str) -> dict:
@@ -419,11 +416,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     if tcfg.compile:
         fwd = torch.compile(fwd, mode=tcfg.compile_mode)
 
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"))
+    loggers = Loggers.from_config(cfg, run_dir, start_epoch) if main else Loggers()
     log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, "
              "%d process(es) on %s", cfg.model.name, cfg.init.name, scheme.weights, cfg.data.name, n_params / 1e6,
              len(src.train), len(src.val) if src.val is not None else 0, len(src.test), env.world_size, device)
@@ -445,8 +438,8 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
         distributed.barrier()
 
     stop = StopSignal()
-    loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, writer,
-                _progress_factory(tcfg.progress and main, tcfg.epochs))
+    loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, loggers,
+                Progress(tcfg.progress and main, tcfg.epochs, tcfg.progress_every_s))
     status, divergence = "finished", None
     # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
     evaluations = [(split, loader, distributed.min_over_ranks(len(loader), device))
@@ -459,7 +452,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
             if main and tcfg.log_spp_every and epoch % tcfg.log_spp_every == 0:
                 from nfbench.spp import log_spp  # leaves weights, buffers and RNG as they were
 
-                log_spp(writer, net, cfg, test_loader, src.num_classes, epoch * len(train_loader))
+                log_spp(loggers, net, cfg, test_loader, src.num_classes, epoch * len(train_loader))
             lr = opt.param_groups[0]["lr"]
             try:
                 stats = train_one_epoch(loop, train_loader, epoch, partial)
@@ -493,10 +486,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                    "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
             if main:
                 rundir.append_metrics(run_dir / "metrics.jsonl", row)
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k.replace("_", "/", 1) if k.startswith(("train_", "val_", "test_")) else k,
-                                          v, epoch + 1)
+                loggers.log_metrics(row, epoch + 1)
                 rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
                 if improved:
                     rundir.save_checkpoint(ckpt_dir / rundir.BEST, state)
@@ -505,9 +495,6 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                          "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"], val,
                          metrics["test_loss"], metrics["test_top1"], metrics["test_top5"], row["images_per_s"])
             distributed.barrier()
-    if writer is not None:
-        writer.close()
-
     history = rundir.read_metrics(run_dir / "metrics.jsonl")
     result = {
         "status": status,
@@ -528,4 +515,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     result = rundir.strict_json(result)  # what result.json holds: a NaN loss is null plus "loss_str": "nan"
     if main:
         rundir.write_json(run_dir / "result.json", result)
+        log.info("%s", summary_line(run_dir, result))
+    loggers.log_hparams(cfg, {k: v for k, v in result.items() if k in FINAL_METRICS})
+    loggers.close()
     return result

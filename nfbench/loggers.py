@@ -1,0 +1,210 @@
+"""Where a run's metrics go besides metrics.jsonl: the ``logger`` config group (conf/logger/).
+
+The training loop talks to one :class:`Loggers` object and never to a backend: TensorBoard
+(``tb/``), a per-epoch CSV table for spreadsheets, Weights & Biases (``nfbench[wandb]``), any
+number of them at once (``logger=[tensorboard,csv]``) or none (``logger=none``).  Only rank 0
+builds backends; the other ranks hold an empty :class:`Loggers`, so the loop calls it everywhere.
+
+Three kinds of record: one row per epoch (:meth:`Loggers.log_metrics`, what metrics.jsonl holds),
+curves against the optimiser step (:meth:`Loggers.log_scalars`: the training loss at log steps,
+signal propagation), and at the end the hyperparameters with the final metrics
+(:meth:`Loggers.log_hparams`), which TensorBoard's HParams view and wandb's run table show a
+sweep by.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from nfbench import rundir
+
+
+class Logger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None: ...
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def tag(key: str) -> str:
+    """A metrics.jsonl key as a chart name: ``train_loss`` -> ``train/loss``, so each split gets a section."""
+    return key.replace("_", "/", 1) if key.startswith(("train_", "val_", "test_")) else key
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat ``group.key`` scalars (lists as text), without the logger group."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("logger", None)  # type: ignore[union-attr]
+    return {k: str(v) if isinstance(v, list) else v for k, v in rundir.flatten(tree).items()}
+
+
+class TensorBoardLogger:
+    """Event files in ``run_dir/<dir>``; the hyperparameters go to the HParams view at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(tag(k), v, epoch)
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+
+    def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        # hparam/<metric>: names of their own, so the final values do not add a point to the epoch curves.
+        # run_name=".": in this run's directory, not a new subdirectory per call (torch's default).
+        self.writer.add_hparams({k: "null" if v is None else v for k, v in hparams.items()},
+                                {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CsvLogger:
+    """One row per epoch, the columns of metrics.jsonl, in ``run_dir/<file>``.
+
+    The table is rewritten whole (atomically) each epoch, a few kilobytes: on resume it starts from
+    the rows of the epochs the checkpoint holds, like metrics.jsonl, so a crash after a row and
+    before its checkpoint leaves no duplicate epoch.
+    """
+
+    def __init__(self, path: Path, start_epoch: int) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+        if path.exists():
+            with open(path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit()
+                             and int(r["epoch"]) <= start_epoch]
+
+    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
+        self.rows.append({"epoch": epoch, **metrics})
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.rows)
+        rundir.atomic_write_bytes(self.path, text.getvalue().encode())
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """Per-step curves are not the per-epoch table's."""
+
+    def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        """The config is in config.yaml beside the table, the final metrics in result.json."""
+
+    def close(self) -> None:
+        pass
+
+
+class WandbLogger:
+    """A Weights & Biases run, files under ``run_dir/wandb``; WANDB_MODE=offline works without a network.
+
+    The run's id is derived from the run directory, so a requeued or resumed job continues the same
+    wandb run.  Epoch rows are plotted against ``epoch``, per-step curves against ``global_step``.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> None:
+        import wandb
+
+        resolved = str(run_dir.resolve())
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
+                              name=cfg.name or run_dir.name, mode=cfg.mode, dir=str(run_dir),
+                              id=hashlib.sha256(resolved.encode()).hexdigest()[:16], resume="allow",
+                              config=_nest(hparams))
+        self.run.define_metric("epoch")
+        self.run.define_metric("global_step")
+        self.axes: dict[str, str] = {}
+
+    def _define(self, keys: list[str], axis: str) -> None:
+        for k in keys:
+            if k not in self.axes:
+                self.axes[k] = axis
+                self.run.define_metric(k, step_metric=axis)
+
+    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
+        row = {tag(k): v for k, v in metrics.items()}
+        self._define(list(row), "epoch")
+        self.run.log({**row, "epoch": epoch})
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        self._define(list(scalars), "global_step")
+        self.run.log({**scalars, "global_step": step})
+
+    def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
+        self.run.summary.update(final)  # the config went in at wandb.init
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    """``{"optim.lr": 0.1}`` -> ``{"optim": {"lr": 0.1}}``, the shape wandb's config table groups by."""
+    tree: dict = {}
+    for key, v in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return tree
+
+
+class Loggers:
+    """Every selected backend behind one interface; empty on ranks other than 0 and with ``logger=none``."""
+
+    def __init__(self, backends: Optional[list[Logger]] = None) -> None:
+        self.backends = backends or []
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_dir: Path, start_epoch: int) -> "Loggers":
+        """The backends ``cfg.logger`` selects, writing into ``run_dir``; ``start_epoch``: epochs the run
+        resumes after (0 for a fresh run)."""
+        chosen = cfg.logger
+        backends: list[Logger] = []
+        if chosen.tensorboard is not None:
+            backends.append(TensorBoardLogger(run_dir / chosen.tensorboard.dir))
+        if chosen.csv is not None:
+            backends.append(CsvLogger(run_dir / chosen.csv.file, start_epoch))
+        if chosen.wandb is not None:
+            backends.append(WandbLogger(chosen.wandb, run_dir, hparams_of(cfg)))
+        return cls(backends)
+
+    def __bool__(self) -> bool:
+        """Whether anything is logged: the loop reads the device for a logger only when there is one."""
+        return bool(self.backends)
+
+    def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
+        """One epoch's row (metrics.jsonl's keys; an ``epoch`` key is taken from ``epoch``)."""
+        row = {k: v for k, v in metrics.items() if k != "epoch"}
+        for b in self.backends:
+            b.log_metrics(row, epoch)
+
+    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """Curves against the global optimiser step (0-based), e.g. ``train/loss_step``, ``spp_*``."""
+        for b in self.backends:
+            b.log_scalars(scalars, step)
+
+    def log_hparams(self, cfg: DictConfig, final: dict[str, Any]) -> None:
+        """The flattened config with the final metrics (the finite numbers among ``final``)."""
+        numbers = {k: v for k, v in final.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        hparams = hparams_of(cfg)
+        for b in self.backends:
+            b.log_hparams(hparams, numbers)
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
