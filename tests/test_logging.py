@@ -69,16 +69,16 @@ def run_in_terminal(args: list[str]) -> str:
 
 
 def check_summary(output: str, run: Path) -> None:
-    """One summary line whose numbers are result.json's, to the printed precision."""
+    """One summary line whose numbers are result.json's, as printed (2 decimals, wall time 1)."""
     result = json.loads((run / "result.json").read_text())
     found = SUMMARY.findall(output)
     assert len(found) == 1, output[-2000:]
     path, status, top1, which, best, _, wall_s = found[0]
     assert Path(path) == run and status == result["status"] == "finished"
-    assert float(top1) == pytest.approx(result["test_top1"], abs=0.005)
+    assert top1 == f"{result['test_top1']:.2f}"
     assert which == "test" and "(test-selected)" in output  # no validation split in this run
-    assert float(best) == pytest.approx(result["best_test_top1"], abs=0.005)
-    assert float(wall_s) == pytest.approx(result["wall_s"], abs=0.05)
+    assert best == f"{result['best_test_top1']:.2f}"
+    assert wall_s == f"{result['wall_s']:.1f}"
 
 
 def test_without_a_terminal_progress_is_plain_lines(tmp_path):
@@ -130,6 +130,20 @@ def test_summary_line_labels_the_validation_top1():
     diverged = summary_line(Path("/runs/b"), {"status": "diverged", "test_top1": None, "best_test_top1": None,
                                               "wall_s": 1.0})
     assert "diverged" in diverged and "test top-1 n/a" in diverged
+
+
+def test_summary_line_with_a_validation_split(make_cfg, tmp_path, caplog):
+    """With data.val_size the summary's best is the validation top-1, and so is TensorBoard's hparam metric."""
+    with caplog.at_level("INFO", logger="nfbench"):
+        result = train(make_cfg([*TINY, "data.val_size=64"], tmp_path))
+    found = [SUMMARY.fullmatch(r.getMessage()) for r in caplog.records if SUMMARY.fullmatch(r.getMessage())]
+    assert len(found) == 1
+    path, status, top1, which, best, _, _ = found[0].groups()
+    assert (Path(path), status, which) == (tmp_path, "finished", "val")
+    assert (top1, best) == (f"{result['test_top1']:.2f}", f"{result['best_val_top1']:.2f}")
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["hparam/best_val_top1"][0][1] == pytest.approx(result["best_val_top1"])
+    assert scalars["hparam/test_top1_at_best_val"][0][1] == pytest.approx(result["test_top1_at_best_val"])
 
 
 def test_negative_progress_interval_is_refused(make_cfg, tmp_path):
