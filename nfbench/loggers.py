@@ -41,11 +41,16 @@ def tag(key: str) -> str:
     return key.replace("_", "/", 1) if key.startswith(("train_", "val_", "test_")) else key
 
 
-def hparams_of(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat ``group.key`` scalars (lists as text), without the logger group."""
+def run_config(cfg: DictConfig) -> dict:
+    """The resolved config without the logger group: what a logger records as the run's hyperparameters."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree.pop("logger", None)  # type: ignore[union-attr]
-    return {k: str(v) if isinstance(v, list) else v for k, v in rundir.flatten(tree).items()}
+    return tree  # type: ignore[return-value]
+
+
+def hparams_of(cfg: DictConfig) -> dict[str, Any]:
+    """:func:`run_config` as flat ``group.key`` scalars, lists as text (TensorBoard's HParams columns)."""
+    return {k: str(v) if isinstance(v, list) else v for k, v in rundir.flatten(run_config(cfg)).items()}
 
 
 class TensorBoardLogger:
@@ -67,8 +72,8 @@ class TensorBoardLogger:
     def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
         # hparam/<metric>: names of their own, so the final values do not add a point to the epoch curves.
         # run_name=".": in this run's directory, not a new subdirectory per call (torch's default).
-        self.writer.add_hparams({k: "null" if v is None else v for k, v in hparams.items()},
-                                {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
+        # Keys whose value is null get no column (torch skips them).
+        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in final.items()}, run_name=".")
 
     def close(self) -> None:
         self.writer.close()
@@ -116,14 +121,14 @@ class WandbLogger:
     wandb run.  Epoch rows are plotted against ``epoch``, per-step curves against ``global_step``.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, hparams: dict[str, Any]) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, config: dict) -> None:
         import wandb
 
         resolved = str(run_dir.resolve())
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
                               name=cfg.name or run_dir.name, mode=cfg.mode, dir=str(run_dir),
                               id=hashlib.sha256(resolved.encode()).hexdigest()[:16], resume="allow",
-                              config=_nest(hparams))
+                              config=config)
         self.run.define_metric("epoch")
         self.run.define_metric("global_step")
         self.axes: dict[str, str] = {}
@@ -150,18 +155,6 @@ class WandbLogger:
         self.run.finish()
 
 
-def _nest(flat: dict[str, Any]) -> dict:
-    """``{"optim.lr": 0.1}`` -> ``{"optim": {"lr": 0.1}}``, the shape wandb's config table groups by."""
-    tree: dict = {}
-    for key, v in flat.items():
-        *parents, leaf = key.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 class Loggers:
     """Every selected backend behind one interface; empty on ranks other than 0 and with ``logger=none``."""
 
@@ -179,7 +172,7 @@ class Loggers:
         if chosen.csv is not None:
             backends.append(CsvLogger(run_dir / chosen.csv.file, start_epoch))
         if chosen.wandb is not None:
-            backends.append(WandbLogger(chosen.wandb, run_dir, hparams_of(cfg)))
+            backends.append(WandbLogger(chosen.wandb, run_dir, run_config(cfg)))
         return cls(backends)
 
     def __bool__(self) -> bool:
