@@ -146,9 +146,14 @@ def test_summary_line_with_a_validation_split(make_cfg, tmp_path, caplog):
     assert scalars["hparam/test_top1_at_best_val"][0][1] == pytest.approx(result["test_top1_at_best_val"])
 
 
-def test_negative_progress_interval_is_refused(make_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="trainer.progress_every_s=-1"):
-        train(make_cfg([*TINY, "trainer.progress_every_s=-1"], tmp_path))
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.progress_every_s=-1"], r"trainer.progress_every_s=-1.0 is not allowed: must be >= 0"),
+    (["logger=wandb", "logger.wandb.mode=cloud"], r"logger.wandb.mode='cloud' is not allowed: choose null or one of"),
+])
+def test_bad_logging_values_are_refused_before_training(make_cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg([*TINY, *overrides], tmp_path))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 # --- loggers ---------------------------------------------------------------------------------------
