@@ -42,7 +42,8 @@ DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
 BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.verify", "trainer.run_dir",
                "trainer.resume", "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
-               "trainer.compile_mode")
+               "trainer.compile_mode", "trainer.progress_every_s", "trainer.checkpoint_every_steps",
+               "trainer.log_spp_every", "logger.")  # a key ending in "." stands for its whole group
 FINISHED, DIVERGED, UNFINISHED, INVALID = "finished", "diverged", "unfinished", "invalid"
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
 
@@ -164,15 +165,11 @@ def collect(paths: Iterable[Path | str]) -> list[Run]:
     return [r for r in runs if r is not None]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = json.dumps(v, sort_keys=True)
-    return out
+def _flatten(d: dict) -> dict[str, str]:
+    """Dotted keys with comparable (JSON-text) values."""
+    from nfbench.rundir import flatten
+
+    return {k: json.dumps(v, sort_keys=True) for k, v in flatten(d).items()}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
@@ -226,7 +223,8 @@ def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -
         ran = [r for r in members if r.status != INVALID]
         flat = [_flatten(r.config) for r in ran]
         skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
-        mixed = sorted(k for k in set().union(*flat) if k not in skip and len({f.get(k) for f in flat}) > 1)
+        mixed = sorted(k for k in set().union(*flat) if k not in skip and not k.startswith(tuple(
+            b for b in BOOKKEEPING if b.endswith("."))) and len({f.get(k) for f in flat}) > 1)
         planned = {r.get("epochs") for r in ran}
         rows.append(Row(
             key={k: json.loads(v) for k, v in zip(group_by, key)},

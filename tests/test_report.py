@@ -165,6 +165,19 @@ def test_group_by_and_mixed_config_warning(tmp_path):
     assert rep.parse_group_by(None) == list(rep.DEFAULT_GROUP_BY)
 
 
+def test_logging_and_progress_settings_are_not_a_difference_between_seeds(tmp_path):
+    """Seeds logged to other loggers, with other progress intervals or checkpoint frequencies, ran the
+    same experiment: the report groups them without the mixed-settings warning."""
+    for seed, logger, every in ((0, {"tensorboard": {}}, 30.0), (1, {"csv": {}, "wandb": {"mode": "offline"}}, 5.0)):
+        run = write_run(tmp_path / str(seed), "idshort", seed, [50.0 + seed])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["logger"] = logger
+        config["trainer"].update(progress_every_s=every, checkpoint_every_steps=100 * seed)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (row,) = rep.aggregate(rep.collect([tmp_path]))
+    assert row.finished == 2 and row.mixed == []
+
+
 def test_references_match_and_convert_errors(tmp_path, tree):
     refs_file = tmp_path / "refs.yaml"
     refs_file.write_text(yaml.safe_dump({"references": [
