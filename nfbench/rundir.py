@@ -40,9 +40,11 @@ from nfbench.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+WEIGHTS = "model.safetensors"  # the selected model's weights alone, beside best.pt
 LOG = "train.log"  # Hydra's job log of `nfbench train`
+# 3: tensors and plain values only (RNG states included), so torch.load(weights_only=True) opens it.
 # 2: "epoch" counts the completed epochs (metrics.jsonl numbers epochs from 1); 1 held the last one's 0-based index.
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 class CorruptCheckpointError(RunDirectoryError):
@@ -81,6 +83,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with each tensor that another name already holds (tied weights) left out, the rest
+    contiguous: safetensors refuses shared storage.  ``safetensors.torch.load_model`` fills the left-out
+    names back from their twins."""
+    seen: set[tuple] = set()
+    out = {}
+    for name, t in tensors.items():
+        alias = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and alias in seen:
+            continue
+        seen.add(alias)
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, config: dict) -> None:
+    """Write the model's weights alone as safetensors (no pickle: any framework opens it), with the
+    epoch and metrics of ``metrics`` and the resolved ``config`` (JSON) as the file's metadata."""
+    from safetensors.torch import save
+
+    meta = {k: json.dumps(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    data = save(_unaliased(tensors), metadata={**meta, "config": json.dumps(strict_json(config), sort_keys=True)})
+    atomic_write_bytes(path, data)
+
+
+def save_best(ckpt_dir: Path, state: dict, metrics: dict) -> None:
+    """The selected model: ``best.pt`` (to resume from) and ``model.safetensors`` (its weights, to load)."""
+    save_checkpoint(ckpt_dir / BEST, state)
+    save_weights(ckpt_dir / WEIGHTS, state["model"], {**metrics, "epoch": state["epoch"]}, state.get("config") or {})
 
 
 def strict_json(obj: Any) -> Any:
@@ -142,13 +175,39 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 _unverified: set[Path] = set()
+_legacy: set[Path] = set()
+
+
+def _torch_load(path: Path, data: bytes) -> dict:
+    """``data`` unpickled with ``weights_only=True``; a checkpoint of an nfbench before version 3 (its
+    RNG state holds NumPy arrays) with ``weights_only=False`` and a warning, its RNG state converted."""
+    import pickle
+
+    import torch
+
+    from nfbench.rng import from_legacy
+
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    version = state.get("version", 1) if isinstance(state, dict) else None
+    if version is None or version >= 3 or "rng" not in state:
+        raise ValueError("it holds Python objects other than tensors and plain values, which no nfbench "
+                         "checkpoint of this version holds")
+    if path not in _legacy:
+        _legacy.add(path)
+        log.warning("checkpoint %s was written by an older nfbench (checkpoint version %d): loading it with "
+                    "torch.load(weights_only=False); it is rewritten weights-only at the next save", path, version)
+    state["rng"] = from_legacy(state["rng"])
+    if state.get("partial") and state["partial"].get("rng"):
+        state["partial"]["rng"] = [from_legacy(r) for r in state["partial"]["rng"]]
+    return state
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`, verifying its checksum; a damaged file
     raises with advice.  A checkpoint of an nfbench that wrote no checksum loads with a warning."""
-    import torch
-
     try:
         data = Path(path).read_bytes()
         digests = _recorded_digests(path)
@@ -160,7 +219,7 @@ def load_checkpoint(path: Path) -> dict:
         elif hashlib.sha256(data).hexdigest() not in digests:
             raise ValueError(f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
                              f"changed after it was written")
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        state = _torch_load(path, data)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an nfbench checkpoint (no 'model'/'epoch' entries)")
         if state.get("version", 1) < 2:

@@ -32,6 +32,7 @@ from nfbench.models import build_model
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.preemption import StopSignal
 from nfbench.progress import Progress, summary_line
+from nfbench.rng import rng_state, set_rng_state
 from nfbench.schemes import build_scheme
 
 log = logging.getLogger("nfbench")
@@ -56,19 +57,6 @@ def seed_all(*key: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def set_deterministic(on: bool) -> None:
@@ -489,13 +477,16 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
                 loggers.log_metrics(row, epoch + 1)
                 rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
                 if improved:
-                    rundir.save_checkpoint(ckpt_dir / rundir.BEST, state)
+                    rundir.save_best(ckpt_dir, state, row)
                 val = f"val top-1 {metrics['val_top1']:.2f}  " if val_loader is not None else ""
                 log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  "
                          "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"], val,
                          metrics["test_loss"], metrics["test_top1"], metrics["test_top5"], row["images_per_s"])
             distributed.barrier()
     history = rundir.read_metrics(run_dir / "metrics.jsonl")
+    if main and status == "finished" and history and not (ckpt_dir / rundir.BEST).exists():  # a branch never improving
+        rundir.save_weights(ckpt_dir / rundir.WEIGHTS, net.state_dict(), history[-1],
+                            OmegaConf.to_container(cfg, resolve=True))
     result = {
         "status": status,
         "divergence": divergence,
