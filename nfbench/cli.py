@@ -144,7 +144,7 @@ Examples:
   nfbench train experiment=quickstart
   nfbench train model=resnet50 init=convshort data=cifar100
   nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort
-  nfbench report outputs/multirun/train/2026-01-01_00-00-00 --out report
+  nfbench report outputs/multirun/train/2026-01-01_00-00-00    # table and curves into its report/
   nfbench summary model=resnet18,resnet50,resnet101 init=idshort,convshort
   nfbench train --help
 """

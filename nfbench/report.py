@@ -466,7 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "diverged/unfinished counts, epochs and wall time, with published reference numbers; "
                     "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).")
     p.add_argument("dirs", nargs="+", type=Path, help="run directories or trees of them (e.g. outputs/multirun/...)")
-    p.add_argument("--out", type=Path, default=Path("report"), help="output folder (default: ./report)")
+    p.add_argument("--out", type=Path, help="output folder (default: the first DIR's report/, e.g. DIR/report)")
     p.add_argument("--group-by", nargs="+", metavar="KEY",
                    help=f"keys that define a group (default: {' '.join(DEFAULT_GROUP_BY)}); aliases "
                         f"{', '.join(ALIASES)}, or any dotted config key (optim.lr); +KEY adds to the default")
@@ -474,10 +474,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     args = p.parse_args(argv)
     group_by = parse_group_by(args.group_by)
+    out_dir = args.out or args.dirs[0] / "report"  # beside the runs it describes, wherever the command ran
     try:
-        out = report(args.dirs, args.out, group_by, args.references, args.format)
+        out = report(args.dirs, out_dir, group_by, args.references, args.format)
     except FileNotFoundError as e:
         print(f"{e}", file=sys.stderr)
         sys.exit(2)
     sys.stdout.write(out["markdown"].read_text())
-    print(f"\nwrote {out['markdown']}, {out['csv']} and {len(out['figures'])} figure(s) in {args.out}")
+    print(f"\nwrote {out['markdown']}, {out['csv']} and {len(out['figures'])} figure(s) in {out_dir}")

@@ -324,3 +324,22 @@ def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path
     assert float(records["idshort"]["test_top1_at_best_val_mean"]) == pytest.approx(55.0)
     assert float(records["idshort"]["best_val_top1_mean"]) == pytest.approx(61.5)
     assert records["bn"]["best_val_top1_mean"] == "" and not any("best_test" in k for k in records["bn"])
+
+
+def test_report_writes_into_the_first_directory_by_default(tree, tmp_path, monkeypatch, capsys):
+    """`nfbench report DIR ...` writes DIR/report (the first DIR's), not ./report; --out still wins."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cli_main(["report", str(tree / "multirun"), str(tree / "single")])
+    assert (tree / "multirun" / "report" / "report.md").exists() and (tree / "multirun" / "report" / "report.csv").exists()
+    assert not (cwd / "report").exists() and not (tree / "single" / "report").exists()
+    assert str(tree / "multirun" / "report") in capsys.readouterr().out
+    cli_main(["report", str(tree / "single"), "--out", str(tmp_path / "chosen")])
+    assert (tmp_path / "chosen" / "report.md").exists() and not (tree / "single" / "report").exists()
+    # A second report over the same tree reads its runs, not the report folder the first one left there.
+    cli_main(["report", str(tree / "multirun")])
+    assert "53.00 ± 3.61" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["report", "--help"])
+    assert "first DIR" in capsys.readouterr().out
