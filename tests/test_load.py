@@ -114,6 +114,7 @@ def legacy_checkpoint(path: Path, version: int = 2) -> dict:
              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                      "cuda": None},
              "partial": None}
+    state["partial"] = {"batches_done": 3, "rng": [state["rng"], state["rng"]]}  # two ranks stopped mid-epoch
     torch.save(state, path)
     path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
     return state
@@ -128,6 +129,7 @@ def test_checkpoint_of_an_older_nfbench_loads_with_one_warning(tmp_path, caplog)
         state = rundir.load_checkpoint(path)
         rundir.load_checkpoint(path)
     assert sum("older nfbench" in r.getMessage() for r in caplog.records) == 1
+    assert all(isinstance(r["numpy"], dict) and isinstance(r["python"], dict) for r in state["partial"]["rng"])
     rng.set_rng_state(state["rng"])  # upgraded to the plain form, and the same state
     after = (random.random(), np.random.random())
     np.random.set_state(old["rng"]["numpy"]), random.setstate(old["rng"]["python"])
@@ -157,3 +159,18 @@ def test_load_run_without_the_checkpoint_names_it(tmp_path):
         nfbench.load_run(tmp_path, which="last")
     with pytest.raises(ValueError, match="which"):
         nfbench.load_run(tmp_path, which="final")
+
+
+def test_run_without_best_pt_gets_model_safetensors_at_its_end(make_cfg, tmp_path):
+    """A run directory with no best.pt (e.g. a branch that never beat its source) ends with the final
+    weights in model.safetensors."""
+    train(make_cfg(ONE_EPOCH, tmp_path))
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "best.pt").unlink()
+    (ckpt / "model.safetensors").unlink()
+    assert train(make_cfg(ONE_EPOCH, tmp_path))["status"] == "finished"  # resumes at its end: nothing to train
+    final = torch.load(ckpt / "last.pt")["model"]
+    weights = timm.models.load_state_dict(str(ckpt / "model.safetensors"))
+    assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert f.metadata()["epoch"] == "1"
