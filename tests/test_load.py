@@ -174,3 +174,21 @@ def test_run_without_best_pt_gets_model_safetensors_at_its_end(make_cfg, tmp_pat
     assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
         assert f.metadata()["epoch"] == "1"
+
+
+def test_tied_weights_are_saved_once_and_load_back(tmp_path):
+    """safetensors refuses shared storage: a tied tensor is written under one name and filled back on load."""
+    from safetensors.torch import load_model
+
+    def tied() -> torch.nn.Sequential:
+        net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+        net[1].weight = net[0].weight
+        return net
+
+    net, path = tied(), tmp_path / "model.safetensors"
+    rundir.save_weights(path, net.state_dict(), {"epoch": 1}, {})
+    with safe_open(str(path), "pt") as f:
+        assert len(list(f.keys())) == 3  # one weight, two biases
+    fresh = tied()
+    load_model(fresh, path, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values()))
