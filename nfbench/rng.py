@@ -16,9 +16,10 @@ import torch
 
 
 def _plain_numpy(state: tuple) -> dict:
-    """NumPy's ``get_state()`` tuple (legacy MT19937) as a dict with its key as a uint32 tensor."""
+    """NumPy's ``get_state()`` tuple (legacy MT19937) as a dict with its uint32 key in an int64 tensor:
+    torch's pickling of tensors (``all_gather_object``) cannot rebuild a uint32 one."""
     name, key, pos, has_gauss, cached = state
-    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.uint32).copy()),
+    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
             "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
 
 
@@ -39,7 +40,7 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     numpy, python = state["numpy"], state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state((numpy["bit_generator"], numpy["key"].numpy(), numpy["pos"], numpy["has_gauss"],
+    np.random.set_state((numpy["bit_generator"], numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
                          numpy["cached_gaussian"]))
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     if state.get("cuda") is not None and torch.cuda.is_available():

@@ -45,6 +45,7 @@ LOG = "train.log"  # Hydra's job log of `nfbench train`
 # 3: tensors and plain values only (RNG states included), so torch.load(weights_only=True) opens it.
 # 2: "epoch" counts the completed epochs (metrics.jsonl numbers epochs from 1); 1 held the last one's 0-based index.
 CHECKPOINT_VERSION = 3
+WEIGHTS_ONLY_VERSION = 3  # the first version torch.load(weights_only=True) opens
 
 
 class CorruptCheckpointError(RunDirectoryError):
@@ -192,7 +193,7 @@ def _torch_load(path: Path, data: bytes) -> dict:
     except pickle.UnpicklingError:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     version = state.get("version", 1) if isinstance(state, dict) else None
-    if version is None or version >= 3 or "rng" not in state:
+    if version is None or version >= WEIGHTS_ONLY_VERSION or "rng" not in state:
         raise ValueError("it holds Python objects other than tensors and plain values, which no nfbench "
                          "checkpoint of this version holds")
     if path not in _legacy:
@@ -206,8 +207,9 @@ def _torch_load(path: Path, data: bytes) -> dict:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint`, verifying its checksum; a damaged file
-    raises with advice.  A checkpoint of an nfbench that wrote no checksum loads with a warning."""
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), verifying its checksum;
+    a damaged or foreign file raises with advice.  A checkpoint of an nfbench that wrote no checksum, or
+    pickled NumPy arrays, loads with a warning."""
     try:
         data = Path(path).read_bytes()
         digests = _recorded_digests(path)

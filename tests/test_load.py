@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import random
 import subprocess
 import sys
@@ -99,9 +100,10 @@ def test_model_safetensors_metadata_and_checkpoint_weights_only(make_cfg, tmp_pa
 
 
 def test_rng_state_round_trips_exactly():
+    """Through plain pickle too: ranks exchange their states with all_gather_object, which pickles."""
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.standard_normal()  # leaves a cached gaussian in NumPy's state
-    state = rng.rng_state()
+    state = pickle.loads(pickle.dumps(rng.rng_state()))
     draws = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     rng.set_rng_state(state)
     assert (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()) == draws
