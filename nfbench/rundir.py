@@ -103,10 +103,12 @@ def _unaliased(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, config: dict) -> None:
     """Write the model's weights alone as safetensors (no pickle: any framework opens it), with the
-    epoch and metrics of ``metrics`` and the resolved ``config`` (JSON) as the file's metadata."""
+    epoch and metrics of ``metrics`` (numbers as JSON, strings as they are) and the resolved ``config``
+    (JSON) as the file's metadata."""
     from safetensors.torch import save
 
-    meta = {k: json.dumps(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     data = save(_unaliased(tensors), metadata={**meta, "config": json.dumps(strict_json(config), sort_keys=True)})
     atomic_write_bytes(path, data)
 
@@ -114,7 +116,8 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, co
 def save_best(ckpt_dir: Path, state: dict, metrics: dict) -> None:
     """The selected model: ``best.pt`` (to resume from) and ``model.safetensors`` (its weights, to load)."""
     save_checkpoint(ckpt_dir / BEST, state)
-    save_weights(ckpt_dir / WEIGHTS, state["model"], {**metrics, "epoch": state["epoch"]}, state.get("config") or {})
+    selected = {"epoch": state["epoch"], "selected_on": state.get("best_on")}
+    save_weights(ckpt_dir / WEIGHTS, state["model"], {**metrics, **selected}, state.get("config") or {})
 
 
 def strict_json(obj: Any) -> Any:

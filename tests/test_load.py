@@ -96,7 +96,17 @@ def test_model_safetensors_metadata_and_checkpoint_weights_only(make_cfg, tmp_pa
         meta = f.metadata()
     assert int(meta["epoch"]) == best["epoch"]
     assert float(meta["test_top1"]) == rows[best["epoch"] - 1]["test_top1"]
-    assert json.loads(meta["config"]) == best["config"]
+    assert json.loads(meta["config"]) == best["config"] and meta["selected_on"] == "test_top1"
+
+
+def test_model_safetensors_records_the_validation_top1_it_was_selected_on(make_cfg, tmp_path):
+    train(make_cfg([*TINY, "data.val_size=64"], tmp_path))
+    best = torch.load(tmp_path / "checkpoints" / "best.pt")
+    row = rundir.read_metrics(tmp_path / "metrics.jsonl")[best["epoch"] - 1]
+    with safe_open(str(tmp_path / "checkpoints" / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["selected_on"] == "val_top1" and int(meta["epoch"]) == best["epoch"]
+    assert (float(meta["val_top1"]), float(meta["test_top1"])) == (row["val_top1"], row["test_top1"])
 
 
 def test_rng_state_round_trips_exactly():
