@@ -8,7 +8,7 @@ weights: ``checkpoints/model.safetensors`` for the best model (else best.pt's), 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +33,7 @@ def _weights(ckpt_dir: Path, which: str) -> Union[Path, dict]:
                             f"{rundir.WEIGHTS + ', ' + rundir.BEST + ', ' if which == 'best' else ''}{rundir.LAST}")
 
 
-def load_run(run_dir: Union[str, Path], which: str = "best",
+def load_run(run_dir: Union[str, Path], which: Literal["best", "last"] = "best",
              device: Union[str, "torch.device"] = "cpu") -> tuple["nn.Module", DictConfig]:
     """The network a run trained, in eval mode on ``device``, and the run's config.
 

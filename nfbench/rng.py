@@ -40,8 +40,8 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     numpy, python = state["numpy"], state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state((numpy["bit_generator"], numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
+    np.random.set_state((numpy["bit_generator"], numpy["key"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -332,7 +332,8 @@ def test_report_writes_into_the_first_directory_by_default(tree, tmp_path, monke
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     cli_main(["report", str(tree / "multirun"), str(tree / "single")])
-    assert (tree / "multirun" / "report" / "report.md").exists() and (tree / "multirun" / "report" / "report.csv").exists()
+    written = tree / "multirun" / "report"
+    assert (written / "report.md").exists() and (written / "report.csv").exists()
     assert not (cwd / "report").exists() and not (tree / "single" / "report").exists()
     assert str(tree / "multirun" / "report") in capsys.readouterr().out
     cli_main(["report", str(tree / "single"), "--out", str(tmp_path / "chosen")])
