@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from nfbench import rundir
+import nfbench.rundir as rundir
 from nfbench.config import Config
 
 if TYPE_CHECKING:

@@ -222,7 +222,7 @@ def test_blocks_expose_branch_shortcut_and_scalars_for_every_block_type():
 @pytest.mark.parametrize("init", [s for s in SCHEMES.names() if s != "nf"])
 def test_timm_nf_resnets_need_init_nf(make_cfg, init):
     cfg = make_cfg([f"model={TIMM_NF_MODELS[1]}", f"init={init}"])
-    with pytest.raises(ConfigError, match=f"model=nf_resnet50 is timm's NF-ResNet.*use init=nf"):
+    with pytest.raises(ConfigError, match="model=nf_resnet50 is timm's NF-ResNet.*use init=nf"):
         validate(cfg)
     with pytest.raises(ConfigError, match="use init=nf"):
         build("nf_resnet50", init)
