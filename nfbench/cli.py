@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from nfbench.config import register_configs
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
+from nfbench.schema_help import register_help
 
 log = logging.getLogger("nfbench")
 
@@ -169,6 +170,7 @@ def _completion_command() -> Optional[str]:
 def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     register_configs()
+    register_help()
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return

@@ -21,25 +21,31 @@ from nfbench.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    root: str = "${oc.env:NFBENCH_DATA,data}"
-    download: bool = True
-    batch_size: int = 128
-    test_batch_size: int = 256
-    num_workers: int = 0
-    # Hold an in-memory data set (digits, CIFAR) on the training device and augment it there in
-    # batches (nfbench/device_data.py): true, false or "auto" (whenever the data set allows it).
+    """The data set and its loading, augmentation and splits (conf/data/)."""
+
+    name: str = "digits"  # the data set: digits, cifar10, cifar100, imagefolder, imagenet
+    root: str = "${oc.env:NFBENCH_DATA,data}"  # folder that holds it ($NFBENCH_DATA, else ./data)
+    download: bool = True  # download CIFAR into data.root when it is not there
+    batch_size: int = 128  # training images per optimiser step, over all processes
+    test_batch_size: int = 256  # images per evaluation batch (test set and validation split)
+    num_workers: int = 0  # DataLoader worker processes (on the device: RandAugment's, when it is on)
+    # Hold an in-memory data set (digits, CIFAR, a small image folder) on the training device and augment it
+    # there in batches (nfbench/device_data.py): true, false or "auto" (whenever the data set allows it).
     on_device: Any = "auto"
+    # An image folder is decoded into memory for on_device when all its images are one square size and take
+    # at most this many GB as uint8 pixels (CIFAR-10's 60,000: 0.18 GB); a larger one reads its files.
+    in_memory_max_gb: float = 4.0
     # Training-set augmentation: random crop with zero padding, flip, RandAugment.
-    crop_padding: int = 4
-    hflip: bool = True
-    randaugment: bool = False
-    randaugment_n: int = 2
-    randaugment_m: int = 9
-    # ImageNet-style recipe (random-resized crop, resize + centre crop for test).
+    crop_padding: int = 4  # zero padding of the random crop, in pixels (0: no crop)
+    hflip: bool = True  # mirror half the training images
+    randaugment: bool = False  # RandAugment (Cubuk et al. 2020) after crop and flip
+    randaugment_n: int = 2  # RandAugment's ops per image
+    randaugment_m: int = 9  # RandAugment's magnitude, 0-30
+    # Image side the model sees, null: the data set's own; ImageNet-style recipe (random-resized crop,
+    # resize + centre crop for test) for data=imagenet, a resize otherwise.
     image_size: Optional[int] = None
-    # A validation split held out of the training set, evaluated every epoch beside the test set with
-    # the test transform; checkpoints/best.pt and result.json's best figures are selected on it.
+    # A validation split held out of the training set for model selection, evaluated every epoch beside the
+    # test set with the test transform; checkpoints/best.pt and result.json's best figures are selected on it.
     # null: none (best.pt is then selected on the test set, an optimistic figure); an int: that many
     # images; a float in (0, 1): that fraction of the training set, rounded to the nearest image.
     # Per class where labels are known (in-memory sets, image folders), from a permutation seeded by
@@ -47,32 +53,35 @@ class DataConfig:
     # It is taken first, from the whole training set; data.train_subset then subsets the rest.
     val_size: Any = None
     # Optional subsets (first N of a seeded permutation) for quick experiments and tests.
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    # Per-channel normalisation; None means the data set's own statistics.
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    train_subset: Optional[int] = None  # train on the first N of a fixed permutation (null: all)
+    test_subset: Optional[int] = None  # evaluate on the first N of a fixed permutation (null: all)
+    mean: Optional[list[float]] = None  # per-channel normalisation mean (null: the data set's own)
+    std: Optional[list[float]] = None  # per-channel normalisation std (null: the data set's own)
     # Image folders: check every file's header and end before training (nfbench/datacheck.py; about
     # 25 us a file), refusing a damaged one by name; skip_corrupt drops such files and counts them.
     verify: bool = True
-    skip_corrupt: bool = False
+    skip_corrupt: bool = False  # with verify, train without the unreadable files (counted in the log)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"
+    """The network (conf/model/)."""
+
+    name: str = "resnet20"  # the architecture: resnet18-152, resnet20-110 (CIFAR), wrn, nf_resnet26-101
     # Stage-1 width; None keeps the published widths (64 or 16).
     width: Optional[int] = None
     # "auto" picks the stem from the image size: CIFAR (<= 64 px) or ImageNet.
     stem: str = "auto"
     # model=wrn only: depth d = 6n + 4 and widen factor k of WRN-d-k (null: WRN-28-10).
     depth: Optional[int] = None
-    widen: Optional[int] = None
+    widen: Optional[int] = None  # model=wrn only: widen factor k of WRN-d-k (null: 10)
 
 
 @dataclass
 class InitConfig:
-    name: str = "convshort"
+    """The initialisation scheme, the axis under study (conf/init/)."""
+
+    name: str = "convshort"  # the scheme: bn, convshort, fixup, idshort, learnscalar, nf, plain, rezero, ...
     # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
     weights: Optional[str] = None
     # Civitelli et al.: empirical standardisation to the target mean/variance after sampling.
@@ -81,61 +90,67 @@ class InitConfig:
     reference_block: bool = False
     # init=nf only: the branch weight alpha and the skip gain's initial value (null: 0.2 and 0).
     alpha: Optional[float] = None
-    skip_gain: Optional[float] = None
+    skip_gain: Optional[float] = None  # init=nf only: the skip gain's initial value (null: 0)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
+    """The optimiser (conf/optim/)."""
+
+    name: str = "sgd"  # the optimiser: sgd
+    lr: float = 0.01  # learning rate at the batch size data.batch_size
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
+    weight_decay: float = 0.0  # L2 weight decay
     # Parameters of scalar modules (LearnScalar's alpha, Fixup's biases and
     # multipliers, SkipInit's gate) get no weight decay; biases and norm affines optionally.
     no_decay_scalars: bool = True
-    no_decay_bias: bool = False
+    no_decay_bias: bool = False  # no weight decay on biases and normalisation affines either
     # Learning-rate multiplier for scalar parameters (Fixup's reference code: 0.1).
     scalar_lr_mult: float = 1.0
     # Gradient clipping: by global norm (0 = off) or AGC's clip factor (0 = off).
     clip_grad_norm: float = 0.0
-    agc: float = 0.0
+    agc: float = 0.0  # adaptive gradient clipping's clip factor (Brock et al. 2021; 0 = off)
 
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"
+    """The learning-rate schedule (conf/sched/)."""
+
+    name: str = "cosine"  # the schedule: cosine, multistep, constant
     # Step the schedule every optimiser step instead of every epoch.
     per_step: bool = False
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up to optim.lr, in epochs (fractions allowed)
+    min_lr: float = 0.0  # the learning rate cosine decays to
     # multistep: epochs at which the learning rate is multiplied by gamma.
     milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
+    gamma: float = 0.1  # multistep: the factor at each milestone
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    """The training loop: length, device, precision, checkpoints and logs (conf/trainer/)."""
+
+    epochs: int = 10  # training epochs
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
+    channels_last: bool = False  # channels-last memory format for the network and its inputs
+    compile: bool = False  # torch.compile the network
     # torch.compile's mode when trainer.compile=true: null (torch's default), reduce-overhead (CUDA graphs:
     # for launch-bound small networks on a GPU), max-autotune, max-autotune-no-cudagraphs.
     compile_mode: Optional[str] = None
-    deterministic: bool = False
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
+    deterministic: bool = False  # deterministic algorithms only (torch.use_deterministic_algorithms)
+    label_smoothing: float = 0.0  # label smoothing of the cross-entropy loss
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) (0 = off)
+    cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha) (0 = off)
     # PATH to a checkpoint or a run directory, used while this run directory has no last.pt of its own
     # (which always comes first, so a requeue never rolls back); see nfbench.rundir.load_resume_state.
     resume: Optional[str] = None
-    log_every: int = 20
+    log_every: int = 20  # optimiser steps between training-metric logs
     # A tqdm bar on a terminal; without one (SLURM, nohup, CI) a plain line every progress_every_s
     # seconds, at the first log step after the interval (0: at every log step).  false: neither.
     progress: bool = True
-    progress_every_s: float = 30.0
+    progress_every_s: float = 30.0  # seconds between plain progress lines without a terminal
     # Run directory when train() is called outside Hydra (tests, notebooks).
     run_dir: Optional[str] = None
     # Processes to start on this machine (one per GPU, or CPU workers with gloo); a job started by
@@ -151,7 +166,7 @@ class TrainerConfig:
 class SppConfig:
     """Signal propagation plots, ``nfbench spp`` (SPEC section 3; Civitelli et al. Fig. 2)."""
 
-    batch_size: int = 32
+    batch_size: int = 32  # images per measured batch
     # Independent repeats (network, inputs, labels); the plot shows their mean and min-max band.
     seeds: int = 1
     # gaussian: unit Gaussian inputs; data: a batch of the configured data set's test images.
@@ -160,31 +175,37 @@ class SppConfig:
     labels: str = "random"
     # Gaussian input shape and class count: CIFAR-10's, the paper's setting (Civitelli et al. Table 1).
     image_size: int = 32
-    in_chans: int = 3
-    num_classes: int = 10
-    formats: list[str] = field(default_factory=lambda: ["png"])
+    in_chans: int = 3  # Gaussian inputs' channels
+    num_classes: int = 10  # classes of the network's head (input=gaussian)
+    formats: list[str] = field(default_factory=lambda: ["png"])  # figure files: png, pdf, svg
 
 
 @dataclass
 class TensorBoardLoggerConfig:
+    """logger=tensorboard: TensorBoard event files, hyperparameters included."""
+
     # Folder of the event files, inside the run directory.
     dir: str = "tb"
 
 
 @dataclass
 class CsvLoggerConfig:
+    """logger=csv: a CSV table of the per-epoch metrics."""
+
     # The per-epoch table (metrics.jsonl's columns), inside the run directory.
     file: str = "metrics.csv"
 
 
 @dataclass
 class WandbLoggerConfig:
-    project: str = "nfbench"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    """logger=wandb: Weights & Biases (pip install 'nfbench[wandb]')."""
+
+    project: str = "nfbench"  # wandb project
+    entity: Optional[str] = None  # wandb entity (user or team; null: your default)
+    group: Optional[str] = None  # wandb group, e.g. one sweep
     # Null: the run directory's name.
     name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)  # wandb tags
     # online, offline or disabled; null: wandb's own choice (the WANDB_MODE variable, else online).
     mode: Optional[str] = None
 
@@ -201,6 +222,8 @@ class LoggerConfig:
 
 @dataclass
 class Config:
+    """The run as a whole: its seed and its experiment tag; a section per config group follows."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     init: InitConfig = field(default_factory=InitConfig)
@@ -209,7 +232,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     spp: SppConfig = field(default_factory=SppConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 0
+    seed: int = 0  # seeds the network's initialisation, the data order and the augmentation
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
 
@@ -265,6 +288,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
     _check(isinstance(c.data.on_device, bool) or c.data.on_device == "auto", "data.on_device", c.data.on_device,
            "choose true, false or auto")
+    _check(c.data.in_memory_max_gb >= 0, "data.in_memory_max_gb", c.data.in_memory_max_gb,
+           "must be >= 0 (0: image folders always read their files)")
     _check(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
     _check(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
     _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-
+import typing
 
 from nfbench.cli import COMMANDS
+from nfbench.config import Config
 
 
 def nfbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -40,6 +42,35 @@ def test_hydra_help_shows_groups():
     assert out.returncode == 0
     for group in ("data:", "model:", "init:", "optim:", "sched:", "trainer:", "experiment:"):
         assert group in out.stdout
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of the schema, dotted (the logger options' keys included)."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
+        keys += schema_keys(nested[0], f"{prefix}{f.name}.") if nested else [prefix + f.name]
+    return keys
+
+
+def test_train_help_explains_every_key_with_this_configs_value():
+    out = nfbench("train", "data=cifar10", "optim.lr=0.05", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "residual network" in out.stdout and "init: bn, convshort, fixup" in out.stdout  # Hydra's group list
+    lines = {line.split("=", 1)[0].strip(): line for line in out.stdout.splitlines() if line.startswith("  ")}
+    keys = schema_keys()
+    assert len(keys) > 80 and "logger.wandb.mode" in keys
+    for key in keys:
+        assert key in lines, f"{key} is not in nfbench train --help"
+        assert len(lines[key].split(maxsplit=1)) == 2, f"{key} has no meaning in nfbench train --help"
+    # Values are the composed config's (data=cifar10's workers, the override), meanings the schema's comments.
+    assert lines["data.num_workers"].split()[0] == "data.num_workers=4"
+    assert lines["optim.lr"].split()[0] == "optim.lr=0.05"
+    assert "training images per optimiser step" in lines["data.batch_size"]
+    assert "checkpoint or a run directory" in lines["trainer.resume"]
+    assert "$NFBENCH_DATA" in lines["data.root"]
+    assert lines["logger.wandb.mode"].split()[0] == "logger.wandb.mode=null"
 
 
 def test_bad_value_fails_before_training(tmp_path):
