@@ -1,7 +1,7 @@
 """Data sets (``data=``) and their loaders.
 
-Small data sets (digits, CIFAR) are held in memory as a uint8 tensor; folder
-trees are read with torchvision's ImageFolder.  Augmentation follows the
+Small data sets (digits, CIFAR, small image folders) are held in memory as a
+uint8 tensor; other folder trees are read with torchvision's ImageFolder.  Augmentation follows the
 papers' recipe: random crop with padding + horizontal flip (+ RandAugment),
 then normalisation; the test set and the validation split held out of the
 training set (``data.val_size``) are only normalised.
@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 from nfbench.config import DataConfig
 from nfbench.datacheck import check_images
 from nfbench.errors import ConfigError, DataError, DataNotFoundError
+from nfbench.folder_memory import hold_in_memory
 from nfbench.registry import Registry
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
@@ -198,17 +199,22 @@ def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig) -> tvd.Imag
     return folder
 
 
-def _channel_stats(folder: tvd.ImageFolder, n: int = 512) -> tuple[list[float], list[float]]:
-    """Mean and std per channel over a fixed sample of up to n images."""
-    idx = torch.randperm(len(folder), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n]
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
-    xs = torch.stack([to_tensor(folder[int(i)][0]) for i in idx])
-    return xs.mean(dim=(0, 2, 3)).tolist(), xs.std(dim=(0, 2, 3)).tolist()
+def _channel_stats(image: Callable[[int], torch.Tensor], n: int,
+                   sample: int = 512) -> tuple[list[float], list[float]]:
+    """Mean and std per channel over every pixel of a fixed sample of up to ``sample`` of the n uint8 images
+    ``image(i)`` (of any sizes)."""
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:sample]
+    pixels = torch.cat([image(int(i)).flatten(1) for i in idx], dim=1)
+    xs = v2.functional.to_dtype(pixels, torch.float32, scale=True)
+    return xs.mean(dim=1).tolist(), xs.std(dim=1).tolist()
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(cfg: DataConfig) -> DataSource:
-    """Any tree ROOT/{train,test|val}/<class>/<image> of same-size small images (e.g. CIFAR-10 as JPEGs)."""
+    """Any tree ROOT/{train,test|val}/<class>/<image> of same-size small images (e.g. CIFAR-10 as JPEGs).
+
+    Held in memory as uint8 tensors, as CIFAR is, when ``data.on_device`` may serve it and it is small
+    (nfbench/folder_memory.py); read from its files otherwise."""
     root = Path(cfg.root).expanduser()
     train = _image_folder(root, ["train"], cfg)
     test = _image_folder(root, ["test", "val"], cfg)
@@ -217,9 +223,14 @@ def imagefolder(cfg: DataConfig) -> DataSource:
                                 f"{train.classes} vs {test.classes}")
     first = train[0][0]
     w, h = first.size
-    mean, std = _channel_stats(train)
-    return DataSource(train, test, num_classes=len(train.classes), in_chans=len(first.getbands()),
-                      image_size=max(w, h), mean=mean, std=std, pil=True)
+    shape = dict(num_classes=len(train.classes), in_chans=len(first.getbands()), image_size=max(w, h))
+    held = hold_in_memory(cfg, [train, test], (h, w))
+    if held is None:
+        mean, std = _channel_stats(lambda i: v2.functional.pil_to_tensor(train[i][0]), len(train))
+        return DataSource(train, test, **shape, mean=mean, std=std, pil=True)
+    (train_x, train_y), (test_x, test_y) = held
+    mean, std = _channel_stats(lambda i: train_x[i], len(train_x))
+    return DataSource(TensorImages(train_x, train_y), TensorImages(test_x, test_y), **shape, mean=mean, std=std)
 
 
 @DATASETS.register("imagenet")

@@ -1,6 +1,7 @@
 """In-memory data sets served from the training device, augmented a batch at a time there.
 
-CIFAR-sized data fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
+CIFAR-sized data (CIFAR, or a small image folder decoded once by
+nfbench/folder_memory.py) fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
 training loop needs no host-to-device copies: each batch is gathered, cropped,
 flipped and normalised on the device in a handful of kernels, with the same
 recipe as :func:`nfbench.data.transforms`.  RandAugment is applied to whole
@@ -329,7 +330,8 @@ class DeviceLoader:
 
 def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     """``data.on_device``: true, false, or auto (whenever every split is held in memory and
-    trained at their native size; the DataLoader path serves image folders and resizing)."""
+    trained at their native size; the DataLoader path serves image folders read from their files,
+    such as ImageNet's, and resizing). Small image folders are held in memory by nfbench/folder_memory.py."""
     if cfg.on_device is False:
         return False
     train = in_memory(src.train)

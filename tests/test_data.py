@@ -163,10 +163,11 @@ def test_cifar10_from_jpeg_writes_the_python_release(make_cfg, tmp_path, cifar10
 
 
 def imagefolder_run(root: Path, *extra: str) -> list[str]:
-    """A tiny real-JPEG run whose training images are decoded and augmented in two worker processes."""
-    return ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.train_subset=192",
-            "data.test_subset=64", "data.batch_size=32", "data.randaugment=true", "model=resnet20",
-            "model.width=4", "trainer.epochs=2", "trainer.progress=false", "trainer.deterministic=true", *extra]
+    """A tiny real-JPEG run whose training images are decoded and augmented in two worker processes (the
+    DataLoader path: data.on_device=false; held in memory, the folder would take the device loader's)."""
+    return ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.on_device=false",
+            "data.train_subset=192", "data.test_subset=64", "data.batch_size=32", "data.randaugment=true",
+            "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false", "trainer.deterministic=true", *extra]
 
 
 def die_after_saving(monkeypatch, when) -> None:
@@ -351,10 +352,13 @@ def test_validation_split_is_stratified(val_size, per_class):
     assert sorted([*train_ds.indices, *val_ds.indices]) == list(range(100))
 
 
-def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subset):
-    """An ImageFolder's labels come from its file list (.targets): 200 images a class, 10% -> 20 a class."""
-    src = build_source(make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.val_size=0.1"]).data)
-    assert (len(src.train), len(src.val)) == (1800, 200)
+@pytest.mark.parametrize("on_device", ["false", "auto"], ids=["files", "in-memory"])
+def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subset, on_device):
+    """An ImageFolder's labels come from its file list (.targets), or from the tensor it was decoded into:
+    200 images a class, 10% -> 20 a class."""
+    src = build_source(make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.val_size=0.1",
+                                 f"data.on_device={on_device}"]).data)
+    assert src.pil == (on_device == "false") and (len(src.train), len(src.val)) == (1800, 200)
     assert torch.bincount(torch.tensor([src.val[i][1] for i in range(200)])).tolist() == [20] * 10
 
 

@@ -4,12 +4,20 @@ the DataLoader path, its rank shards, its reproducibility, and training through 
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import datasets as tvd
+from torchvision.transforms import v2
 
-from nfbench.data import DataSource, TensorImages, build_loaders, transforms, with_transform
+from nfbench.data import DataSource, TensorImages, build_loaders, build_source, transforms, with_transform
 from nfbench.device_data import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError
 from nfbench.train import train
@@ -229,6 +237,95 @@ def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, 
     full = train(make_cfg(cfg, tmp_path / "full"))
     assert full["status"] == "finished" and math.isfinite(full["train_loss"])
     assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg, tmp_path, mid_epoch_step=3)
+
+
+# -- small image folders, decoded into memory ----------------------------------------------------------------
+
+def decoded(path: str) -> torch.Tensor:
+    """The file's pixels as PIL decodes them for ImageFolder (RGB), uint8 (3, H, W)."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+
+def pixels(x: torch.Tensor, src: DataSource) -> torch.Tensor:
+    """Undo a batch's normalisation with the source's statistics: back to exact uint8 pixels."""
+    mean, std = torch.tensor(src.mean).view(1, -1, 1, 1), torch.tensor(src.std).view(1, -1, 1, 1)
+    return ((x * std + mean) * 255).round().to(torch.uint8)
+
+
+def test_a_small_image_folder_is_served_from_memory_with_the_files_pixels(make_cfg, cifar10_jpeg_subset):
+    """The real CIFAR-10 JPEGs under data.on_device=auto: DeviceLoader batches whose test images are the
+    decoded files and whose training crops and flips are the DataLoader path's for the same draws."""
+    root = cifar10_jpeg_subset
+    common = ["data=imagefolder", f"data.root={root}", "data.batch_size=100", "data.crop_padding=4"]
+    src = build_source(make_cfg(common).data)
+    cfg = make_cfg(common)
+    train_loader, test_loader = build_loaders(cfg.data, src, seed=0)
+    assert isinstance(train_loader, DeviceLoader) and isinstance(test_loader, DeviceLoader)
+    files = {split: tvd.ImageFolder(str(root / split)).samples for split in ("train", "test")}
+
+    host_cfg = make_cfg([*common, "data.on_device=false"])
+    host_src = build_source(host_cfg.data)
+    host_test = build_loaders(host_cfg.data, host_src, seed=0)[1]
+    assert isinstance(host_test, DataLoader) and (src.mean, src.std) == (host_src.mean, host_src.std)
+    x, y = (torch.cat(parts) for parts in zip(*test_loader))
+    assert torch.equal(y, torch.tensor([label for _, label in files["test"]]))
+    assert torch.equal(pixels(x, src), torch.stack([decoded(path) for path, _ in files["test"]]))
+    assert torch.allclose(x, torch.cat([hx for hx, _ in host_test]), atol=1e-5)  # the DataLoader path's floats
+
+    train_loader.sampler.set_epoch(1)
+    torch.manual_seed(5)
+    plan = train_loader.plan()
+    x, y = (torch.cat(parts) for parts in zip(*epoch_batches(train_loader, 1, torch_seed=5)))
+    assert len(y) == 2000 and 500 < int(plan.flip.sum()) < 1500
+    for k in range(len(y)):
+        path, label = files["train"][int(plan.index[k])]
+        top, left = divmod(int(plan.offset[k]), 32 + 2 * 4)
+        # v2.RandomCrop(32, padding=4) then v2.RandomHorizontalFlip(), at this plan's draws.
+        expected = v2.functional.crop(v2.functional.pad(decoded(path), [4]), top, left, 32, 32)
+        if plan.flip[k]:
+            expected = v2.functional.horizontal_flip(expected)
+        assert int(y[k]) == label and torch.equal(pixels(x[k:k + 1], src)[0], expected), path
+
+
+def small_tree(src: Path, dst: Path, per_class: int = 10) -> Path:
+    """Two classes of the real JPEGs, ``per_class`` images each in train/ and test/."""
+    for split in ("train", "test"):
+        for cls in sorted(p.name for p in (src / split).iterdir())[:2]:
+            (dst / split / cls).mkdir(parents=True)
+            for path in sorted((src / split / cls).iterdir())[:per_class]:
+                shutil.copy(path, dst / split / cls / path.name)
+    return dst
+
+
+def test_a_folder_of_mixed_sizes_reads_its_files(make_cfg, tmp_path, cifar10_jpeg_subset):
+    root = small_tree(cifar10_jpeg_subset, tmp_path / "data")
+    other = sorted((root / "train").rglob("*.jpg"))[7]
+    with Image.open(other) as img:
+        img.resize((40, 40)).save(other)
+    cfg = make_cfg(["data=imagefolder", f"data.root={root}", "data.batch_size=4"])
+    src = build_source(cfg.data)
+    assert src.pil and not isinstance(build_loaders(cfg.data, src, seed=0)[0], DeviceLoader)
+    with pytest.raises(ConfigError, match="data.on_device=true .* not all one size") as e:
+        build_source(make_cfg(["data=imagefolder", f"data.root={root}", "data.on_device=true"]).data)
+    assert f"{other} is 40x40 px" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_folder_over_the_memory_cap_reads_its_files(make_cfg, tmp_path, cifar10_jpeg_subset):
+    """40 images of 3 x 32 x 32 bytes are 0.12 MB: over a cap of 0.1 MB, under one of 0.2 MB."""
+    root = small_tree(cifar10_jpeg_subset, tmp_path / "data")
+    common = ["data=imagefolder", f"data.root={root}", "data.batch_size=4"]
+    over = make_cfg([*common, "data.in_memory_max_gb=0.0001"]).data
+    src = build_source(over)
+    assert src.pil and not isinstance(build_loaders(over, src, seed=0)[0], DeviceLoader)
+    assert not build_source(make_cfg([*common, "data.in_memory_max_gb=0.0002"]).data).pil
+    run = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", *common, "data.in_memory_max_gb=0.0001",
+                          "data.on_device=true", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    error = [line for line in run.stderr.splitlines() if line.startswith("nfbench: error:")]
+    assert len(error) == 1 and "data.on_device=true is not allowed" in error[0], run.stderr
+    assert "40 images of 32x32 px take 0.00 GB" in error[0] and "raise data.in_memory_max_gb" in error[0]
 
 
 @pytest.mark.gpu
