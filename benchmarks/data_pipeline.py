@@ -11,6 +11,10 @@ delivering normalised float batches on the training device:
 - workers, per sample: the DataLoader path, torchvision's per-sample transforms in ``--workers``
   processes (pinned memory, persistent workers), with and without RandAugment.
 
+With ``--data imagefolder --root DIR`` (e.g. the CIFAR-10 JPEGs), an image folder instead, crop + flip:
+read from its files in DataLoader workers (``data.on_device=false``) against decoded once into memory
+and served by the device loader (``data.on_device=auto``).
+
 The model's rate is forward + backward + SGD step on one batch already on the device. A pipeline
 keeps up when its ratio to the model is >= 1; the GPU target is >= 2 for ResNet-18. On a CPU the
 pipeline and the model share the same cores, so there the model's share of a step is
@@ -22,7 +26,9 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -84,53 +90,94 @@ def model_rate(cfg, device: torch.device, precision: str, channels_last: bool, s
     return median([steps * len(y) / timed(lambda: [step() for _ in range(steps)], device) for _ in range(3)])
 
 
+def cifar_rows(device: torch.device, batches: int, workers: int, base: list[str], root: Path
+               ) -> list[tuple[str, float]]:
+    """Every pipeline on random CIFAR-10-shaped pixels in the python release (``data=cifar10``)."""
+    cuda = device.type == "cuda"
+    base = ["data=cifar10", f"data.root={root}", "data.download=false", *base]
+    rows: list[tuple[str, float]] = []
+
+    def loader(*overrides: str):
+        cfg = compose([*base, *overrides])
+        return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device)[0]
+
+    on_device = ["data.on_device=true", "data.num_workers=0"]
+    rows.append(("device: crop+flip", pipeline_rate(loader(*on_device), device, batches)))
+    grouped = loader(*on_device, "data.randaugment=true")
+    rows.append(("device: crop+flip+RandAugment, grouped by op", pipeline_rate(grouped, device, batches)))
+    per_sample: DeviceLoader = loader(*on_device, "data.randaugment=true")
+    ra = grouped.augment.randaugment
+    per_sample.augment.randaugment = \
+        PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
+    rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
+    in_workers = loader("data.on_device=true", "data.randaugment=true", f"data.num_workers={workers}")
+    rows.append((f"{workers} workers: crop+flip+RandAugment, grouped by op",
+                 pipeline_rate(in_workers, device, batches, warmup=2 * workers)))
+    del in_workers
+    for ra_on in ("false", "true"):
+        dl = loader("data.on_device=false", f"data.num_workers={workers}", f"data.randaugment={ra_on}")
+        name = f"{workers} workers: crop+flip{'+RandAugment' if ra_on == 'true' else ''}, per sample"
+        rows.append((name, pipeline_rate(dl, device, batches, warmup=2 * workers)))
+        del dl
+    return rows
+
+
+def folder_rows(a, device: torch.device, batches: int, workers: Optional[int], base: list[str]
+                ) -> list[tuple[str, float]]:
+    """An image folder (``data=imagefolder data.root=--root``), crop + flip: read from its files in the
+    folder's DataLoader workers (``data.on_device=false``; data.num_workers=2 unless --workers), against
+    decoded once into memory and served by the device loader (``data.on_device=auto``). The one-off
+    cost of each (file check, normalisation sample, decoding) is printed beside."""
+    cuda = device.type == "cuda"
+    base = ["data=imagefolder", f"data.root={a.root}", *base,
+            *([f"data.num_workers={workers}"] if workers is not None else [])]
+    rows: list[tuple[str, float]] = []
+    for on_device in ("false", "auto"):
+        cfg = compose([*base, f"data.on_device={on_device}"])
+        start = time.perf_counter()
+        src = build_source(cfg.data)
+        dl = build_loaders(cfg.data, src, seed=0, pin_memory=cuda, device=device)[0]
+        setup = time.perf_counter() - start
+        kind = "held in memory, device loader" if isinstance(dl, DeviceLoader) else \
+            f"files, {cfg.data.num_workers} DataLoader workers"
+        warmup = 0 if isinstance(dl, DeviceLoader) else 2 * cfg.data.num_workers
+        rate = pipeline_rate(dl, device, batches, warmup=warmup)
+        rows.append((f"on_device={on_device}: {kind}, crop+flip (setup {setup:.1f} s)", rate))
+        del dl
+    return rows
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=None, help="timed per pipeline; default 100 on CUDA, 12 on CPU")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers; default min(8, cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers; default min(8, cores), for --data imagefolder the folder's own (2)")
+    p.add_argument("--data", choices=["cifar10", "imagefolder"], default="cifar10",
+                   help="cifar10: every pipeline on random pixels; imagefolder: files against memory, on --root")
+    p.add_argument("--root", default=None, help="--data imagefolder: ROOT/train/<class>/*, ROOT/test/<class>/*")
     a = p.parse_args()
+    if a.data == "imagefolder" and a.root is None:
+        p.error("--data imagefolder needs --root DIR")
     device = device_of(a)
     cuda = device.type == "cuda"
     model, width = model_of(a, device)
     batches = a.batches or (100 if cuda else 12)
-    workers = a.workers if a.workers is not None else min(8, os.cpu_count() or 1)
+    workers = a.workers if a.workers is not None or a.data == "imagefolder" else min(8, os.cpu_count() or 1)
     header(f"data pipeline vs model: {model} (width {width or 'published'}), batch {a.batch}, {a.precision}, "
-           f"channels_last={a.channels_last}; {workers} DataLoader workers", device)
+           f"channels_last={a.channels_last}; data {a.data}, {workers or 'default'} DataLoader workers", device)
     torch.backends.cudnn.benchmark = True
-    with tempfile.TemporaryDirectory() as tmp:
-        n_train = (batches + 2 * workers + 2) * a.batch
-        root = write_fake_cifar10(Path(tmp), n_train, n_test=a.batch)
-        base = ["data=cifar10", f"data.root={root}", "data.download=false", f"data.batch_size={a.batch}",
-                f"model={model}", f"model.width={width or 'null'}"]
-        m = model_rate(compose(base), device, a.precision, a.channels_last)
-        rows: list[tuple[str, float]] = []
-
-        def loader(*overrides: str):
-            cfg = compose([*base, *overrides])
-            return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device)[0]
-
-        on_device = ["data.on_device=true", "data.num_workers=0"]
-        rows.append(("device: crop+flip", pipeline_rate(loader(*on_device), device, batches)))
-        grouped = loader(*on_device, "data.randaugment=true")
-        rows.append(("device: crop+flip+RandAugment, grouped by op", pipeline_rate(grouped, device, batches)))
-        per_sample: DeviceLoader = loader(*on_device, "data.randaugment=true")
-        ra = grouped.augment.randaugment
-        per_sample.augment.randaugment = \
-            PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
-        rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
-        in_workers = loader("data.on_device=true", "data.randaugment=true", f"data.num_workers={workers}")
-        rows.append((f"{workers} workers: crop+flip+RandAugment, grouped by op",
-                     pipeline_rate(in_workers, device, batches, warmup=2 * workers)))
-        del in_workers
-        for ra_on in ("false", "true"):
-            dl = loader("data.on_device=false", f"data.num_workers={workers}", f"data.randaugment={ra_on}")
-            name = f"{workers} workers: crop+flip{'+RandAugment' if ra_on == 'true' else ''}, per sample"
-            rows.append((name, pipeline_rate(dl, device, batches, warmup=2 * workers)))
-            del dl
-    print(f"{'model forward+backward+step':58s} {m:10.1f} img/s")
+    base = [f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}"]
+    m = model_rate(compose(base), device, a.precision, a.channels_last)
+    if a.data == "imagefolder":
+        rows = folder_rows(a, device, batches, a.workers, base)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = write_fake_cifar10(Path(tmp), (batches + 2 * workers + 2) * a.batch, n_test=a.batch)
+            rows = cifar_rows(device, batches, workers, base, root)
+    print(f"{'model forward+backward+step':70s} {m:10.1f} img/s")
     for name, rate in rows:
         share = f"; model's share of a step {rate / (rate + m):.2f}" if not cuda else ""
-        print(f"{name:58s} {rate:10.1f} img/s  pipeline/model {rate / m:6.2f}{share}")
+        print(f"{name:70s} {rate:10.1f} img/s  pipeline/model {rate / m:6.2f}{share}")
     footer()
 
 

@@ -167,7 +167,8 @@ def imagefolder_run(root: Path, *extra: str) -> list[str]:
     DataLoader path: data.on_device=false; held in memory, the folder would take the device loader's)."""
     return ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.on_device=false",
             "data.train_subset=192", "data.test_subset=64", "data.batch_size=32", "data.randaugment=true",
-            "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false", "trainer.deterministic=true", *extra]
+            "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false",
+            "trainer.deterministic=true", *extra]
 
 
 def die_after_saving(monkeypatch, when) -> None:
