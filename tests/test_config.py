@@ -57,6 +57,7 @@ def test_experiment_group_exists():
     ("sched.milestones=[150,100]", "sched.milestones", "increasing"),
     ("trainer.compile_mode=fast", "trainer.compile_mode", "reduce-overhead"),
     ("trainer.compile_mode=reduce-overhead", "trainer.compile_mode", "trainer.compile=true only"),
+    ("data.in_memory_max_gb=-1", "data.in_memory_max_gb", ">= 0"),
 ])
 def test_bad_values_name_key_and_range(make_cfg, override, key, allowed):
     cfg = make_cfg([override])
