@@ -93,10 +93,12 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
-def _train(cfg: DictConfig) -> Optional[dict]:
+def _train(cfg: DictConfig) -> float:
+    """Returns the run's optimized_metric, the value a sweeper such as Optuna optimises."""
+    from nfbench.objective import objective
     from nfbench.train import train
 
-    return _user_errors(train, sweep_points=True)(cfg)
+    return objective(cfg, _user_errors(train, sweep_points=True)(cfg))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)

@@ -235,6 +235,20 @@ class Config:
     seed: int = 0  # seeds the network's initialisation, the data order and the augmentation
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
+    # The final figure `nfbench train` returns to a sweeper (Hydra's Optuna sweeper, direction
+    # maximize; lightning-hydra-template's optimized_metric): one of OPTIMIZED_METRICS, a top-1 or top-5
+    # in percent from result.json.  null: val_top1 when data.val_size holds out a validation split, else
+    # test_top1, which tunes on the test set: for quick looks only, never a result to report.  A run
+    # that diverged, an invalid point or a missing figure returns 0.0, below any run that learned.
+    optimized_metric: Optional[str] = None
+
+
+def optimized_metric(cfg: DictConfig | Config) -> str:
+    """The result.json key a sweeper optimises: ``optimized_metric``, else the validation top-1 once
+    ``data.val_size`` holds out a validation split, else the test top-1."""
+    if cfg.optimized_metric is not None:
+        return cfg.optimized_metric
+    return "test_top1" if cfg.data.val_size is None else "val_top1"
 
 
 def tasks_per_node(gpus_per_node: int) -> int:
@@ -258,6 +272,8 @@ SPP_INPUTS = ("gaussian", "data")
 SPP_LABELS = ("random", "data")
 SPP_FORMATS = ("png", "pdf", "svg")
 WANDB_MODES = ("online", "offline", "disabled")
+# Accuracies in percent, higher is better: train()'s result.json keys a sweeper may maximise.
+OPTIMIZED_METRICS = ("val_top1", "val_top5", "best_val_top1", "test_top1", "test_top5")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
@@ -375,6 +391,10 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
     _check(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
            list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
+    _check(c.optimized_metric is None or c.optimized_metric in OPTIMIZED_METRICS, "optimized_metric",
+           c.optimized_metric, f"choose null or one of {', '.join(OPTIMIZED_METRICS)}")
+    _check(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
+           "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
     if c.logger.wandb is not None:
         _check(c.logger.wandb.mode is None or c.logger.wandb.mode in WANDB_MODES, "logger.wandb.mode",
                c.logger.wandb.mode, f"choose null or one of {', '.join(WANDB_MODES)}")

@@ -513,7 +513,7 @@ class RunDirLock:
 # deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
 RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
                "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.",
-               "logger.")
+               "logger.", "optimized_metric")
 
 
 def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:

@@ -3,25 +3,41 @@ it trains one step on tiny data, and its recipe is the one SPEC section 4 and th
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench.cli import CONF_DIR
 from nfbench.config import validate
 from nfbench.train import train
 
+# Presets that select hydra/sweeper=optuna compose only where the nfbench[tune] extra is installed.
+NEEDS_OPTUNA = {"lr_search"}
+HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
 PRESETS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+PRESET_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(name in NEEDS_OPTUNA and not HAS_OPTUNA,
+                                                             reason="needs hydra-optuna-sweeper: pip install "
+                                                                    "'nfbench[tune]'")) for name in PRESETS]
 # Presets whose data set has no default location need one to compose.
 NEEDS_ROOT = {"civitelli_cifar10_cpu": ["data.root=/nonexistent"]}
 # Tiny data and model, one optimiser step per epoch: mechanics, not accuracy.
 ONE_STEP = ["data=digits", "data.train_subset=32", "data.test_subset=32", "data.batch_size=32",
             "data.test_batch_size=32", "data.num_workers=0", "model.width=4", "trainer.progress=false",
             "trainer.device=cpu"]
+
+
+def sweep_values(key: str, value: str) -> list[str]:
+    """A choice list's values; an Optuna search interval's two ends, the extremes it can try."""
+    override = OverridesParser.create().parse_override(f"{key}={value}")
+    if override.is_interval_sweep():
+        return [str(float(override.value().start)), str(float(override.value().end))]
+    return [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else [str(value)]
 
 
 def grid(name: str) -> tuple[list[str], list[tuple[str, ...]]]:
@@ -32,7 +48,7 @@ def grid(name: str) -> tuple[list[str], list[tuple[str, ...]]]:
     params = cfg.hydra.sweeper.params
     params = OmegaConf.to_container(params) if params else {}
     keys = list(params)
-    return keys, list(itertools.product(*(str(params[k]).split(",") for k in keys)))
+    return keys, list(itertools.product(*(sweep_values(k, str(params[k])) for k in keys)))
 
 
 def test_presets_found():
@@ -43,7 +59,7 @@ def test_presets_found():
         assert name in PRESETS
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESET_PARAMS)
 def test_every_grid_point_composes_and_validates(make_cfg, name):
     """Every combination of the grid's values composes and passes validate(); seeds cannot clash
     with anything, so one seed stands for all."""
@@ -57,7 +73,7 @@ def test_every_grid_point_composes_and_validates(make_cfg, name):
             assert str(got).lower() == v.lower() or (v == "null" and got is None), (k, v, got)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESET_PARAMS)
 def test_preset_trains_one_step(make_cfg, tmp_path, name):
     """Every preset, at its first grid point, trains one step on the digits and evaluates."""
     keys, points = grid(name)
