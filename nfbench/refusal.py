@@ -1,8 +1,8 @@
 """A refused command (a mistake the user can fix): one line on the terminal, and no run directory
 made for nothing.
 
-Hydra creates the run directory, writes its ``.hydra/`` files and opens ``train.log`` before
-nfbench sees the config, so a run refused at once would leave an empty-looking run directory
+Hydra creates the run directory, writes its ``.hydra/`` files and opens its job log (``train.log``)
+before nfbench sees the config, so a run refused at once would leave an empty-looking run directory
 behind, and a refused rerun of an existing run would leave ``.hydra/`` describing the refused
 command.  :class:`RunDirWatch` (a Hydra callback, conf/config.yaml) notes at the start of a single
 run whether its directory exists; :func:`refuse` then removes a directory this command created
@@ -11,7 +11,7 @@ also created), or puts back the ``.hydra/`` files of a directory that was there 
 else that was there before the command is touched.  A multirun records a refused point in its job
 directory instead (nfbench.cli).
 
-The message goes to stderr as ``nfbench: error: ...``, once: train.log records it too, but Hydra's
+The message goes to stderr as ``nfbench: error: ...``, once: the job log records it too, but Hydra's
 console handler leaves it out (:class:`NotOnConsole`).
 """
 
@@ -31,7 +31,6 @@ log = logging.getLogger("nfbench")
 
 HYDRA_DIR = ".hydra"
 HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
-LOG = "train.log"  # Hydra's job log (hydra.job.name is train, spp or summary)
 PRINTED = "nfbench_printed"  # a log record's attribute: refuse() prints this message itself
 
 
@@ -65,18 +64,19 @@ class NotOnConsole(logging.Filter):
         return not getattr(record, PRINTED, False)
 
 
-def _holds_only_hydra_files(run_dir: Path) -> bool:
+def _holds_only_hydra_files(run_dir: Path, job_log: str) -> bool:
     for p in run_dir.iterdir():
         if p.name == HYDRA_DIR and p.is_dir():
             if any(q.name not in HYDRA_FILES for q in p.iterdir()):
                 return False
-        elif p.name != LOG or not p.is_file():
+        elif p.name != job_log or not p.is_file():
             return False
     return True
 
 
-def _clean_up(run_dir: Path) -> None:
-    """Undo what Hydra did to ``run_dir`` for a run that was refused (see the module's docstring)."""
+def _clean_up(run_dir: Path, job_log: str) -> None:
+    """Undo what Hydra did to ``run_dir`` for a run that was refused (see the module's docstring);
+    ``job_log``: Hydra's log file, named after the job (train.log, spp.log, summary.log)."""
     if BEFORE.path is None or BEFORE.path != run_dir.absolute() or not run_dir.is_dir():
         return
     if BEFORE.created is None:
@@ -89,7 +89,7 @@ def _clean_up(run_dir: Path) -> None:
         if not BEFORE.hydra_files and hydra_dir.is_dir() and not any(hydra_dir.iterdir()):
             hydra_dir.rmdir()
         return
-    if not _holds_only_hydra_files(run_dir):
+    if not _holds_only_hydra_files(run_dir, job_log):
         return
     shutil.rmtree(run_dir)
     for parent in run_dir.parents:
@@ -99,12 +99,13 @@ def _clean_up(run_dir: Path) -> None:
 
 
 def refuse(error: Exception) -> NoReturn:
-    """End the command on ``error``: ``nfbench: error: MESSAGE`` on stderr (recorded in train.log,
+    """End the command on ``error``: ``nfbench: error: MESSAGE`` on stderr (recorded in the job log,
     not repeated on the console), the run directory as :func:`_clean_up` leaves it, exit code 2."""
     from hydra.core.hydra_config import HydraConfig
 
     log.error("%s", error, extra={PRINTED: True})
     if HydraConfig.initialized():
-        _clean_up(Path(HydraConfig.get().runtime.output_dir))
+        hydra = HydraConfig.get()
+        _clean_up(Path(hydra.runtime.output_dir), f"{hydra.job.name}.log")
     print(f"nfbench: error: {error}", file=sys.stderr)
     sys.exit(2)
