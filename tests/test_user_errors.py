@@ -162,3 +162,12 @@ def test_refused_resume_leaves_the_existing_run_intact(tmp_path):
     assert f"cannot resume {run / 'checkpoints' / 'last.pt'}" in message and "optim.lr" in message
     assert files() == before
     assert (run / "train.log").read_text().startswith(log_before)
+
+
+@pytest.mark.parametrize("command, bad", [("spp", "spp.seeds=0"), ("summary", "model.width=0")])
+def test_other_commands_refuse_the_same_way(tmp_path, command, bad):
+    """Their job logs are spp.log and summary.log: a refused run leaves no directory either."""
+    out = subprocess.run([sys.executable, "-m", "nfbench.cli", command, bad, f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert refusal(out).startswith(f"{bad} is not allowed")
+    assert not (tmp_path / "run").exists()
