@@ -18,8 +18,9 @@ from typing import Callable, Optional
 import hydra
 from omegaconf import DictConfig
 
-from nfbench.config import register_configs
+from nfbench.config import register_configs, validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
+from nfbench.refusal import refuse
 from nfbench.schema_help import register_help
 
 log = logging.getLogger("nfbench")
@@ -84,9 +85,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
             if multirun:
                 _record_invalid(cfg, e)
                 return None
-            log.error("%s", e)
-            print(f"nfbench: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            refuse(e)
 
     run.__name__ = fn.__name__
     return run
@@ -96,9 +95,16 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
 def _train(cfg: DictConfig) -> float:
     """Returns the run's optimized_metric, the value a sweeper such as Optuna optimises."""
     from nfbench.objective import objective
+
+    return objective(cfg, _user_errors(_validated_train, sweep_points=True)(cfg))
+
+
+def _validated_train(cfg: DictConfig) -> dict:
+    """A bad value is refused before torch loads (seconds): validate, then import the training code."""
+    validate(cfg)
     from nfbench.train import train
 
-    return objective(cfg, _user_errors(train, sweep_points=True)(cfg))
+    return train(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)

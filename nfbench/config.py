@@ -286,19 +286,10 @@ def validate(cfg: DictConfig | Config) -> None:
     """Fail before training on any value that cannot work, naming key and range.
 
     Names of models and schemes are checked against their registries, so the
-    message lists the names that exist.
+    message lists the names that exist.  Those checks come last: the registries
+    import torch (seconds), which a value refused by the cheap checks never waits for.
     """
-    from nfbench.data import DATASETS
-    from nfbench.models import MODELS, check_compatible
-    from nfbench.schemes import SCHEMES, WEIGHT_RULES, build_scheme
-
     c = cfg
-    DATASETS.get(c.data.name)
-    MODELS.get(c.model.name)
-    SCHEMES.get(c.init.name)
-    if c.init.weights is not None:
-        _check(c.init.weights in WEIGHT_RULES, "init.weights", c.init.weights,
-               f"choose one of {', '.join(WEIGHT_RULES)}")
     _check(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
     _check(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
     _check(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
@@ -337,7 +328,6 @@ def validate(cfg: DictConfig | Config) -> None:
         v = getattr(c.init, key)
         _check(v is None or c.init.name == "nf", f"init.{key}", v, "applies to init=nf only (set it to null)")
     _check(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
-    check_compatible(c.model, build_scheme(c.init))
     _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
     _check(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
     _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
@@ -401,5 +391,19 @@ def validate(cfg: DictConfig | Config) -> None:
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
                               "logger=tensorboard, csv or none)")
+    _check_names(c)
 
 
+def _check_names(c: DictConfig | Config) -> None:
+    """Data set, model and scheme names against their registries, and the model-scheme pairing."""
+    from nfbench.data import DATASETS
+    from nfbench.models import MODELS, check_compatible
+    from nfbench.schemes import SCHEMES, WEIGHT_RULES, build_scheme
+
+    DATASETS.get(c.data.name)
+    MODELS.get(c.model.name)
+    SCHEMES.get(c.init.name)
+    if c.init.weights is not None:
+        _check(c.init.weights in WEIGHT_RULES, "init.weights", c.init.weights,
+               f"choose one of {', '.join(WEIGHT_RULES)}")
+    check_compatible(c.model, build_scheme(c.init))

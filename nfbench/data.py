@@ -10,6 +10,7 @@ training set (``data.val_size``) are only normalised.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -114,11 +115,12 @@ def digits(cfg: DataConfig) -> DataSource:
                       num_classes=10, in_chans=1, image_size=8, mean=mean, std=std)
 
 
-def _missing(what: str, where: Path, why: str) -> DataNotFoundError:
+def _missing(what: str, where: Path, why: str, downloadable: bool = True) -> DataNotFoundError:
+    """Where a data set was looked for and the fixes; ``data.download`` only where it can fetch the files."""
+    download = ", or run once with data.download=true on a machine with internet access" if downloadable else ""
     return DataNotFoundError(
         f"{what} not found in {where} ({why}). Fix: put the files there, or point data.root "
-        f"(or the NFBENCH_DATA environment variable) at the folder that holds them, "
-        f"or run once with data.download=true on a machine with internet access."
+        f"(or the NFBENCH_DATA environment variable) at the folder that holds them{download}."
     )
 
 
@@ -182,18 +184,42 @@ def cifar100(cfg: DataConfig) -> DataSource:
     return _cifar(cfg, tvd.CIFAR100, ["train"], "test", "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD)
 
 
+FOLDER_LAYOUT = "expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or val/)"
+
+
 def _folder_split(root: Path, names: Sequence[str]) -> Path:
     for n in names:
         if (root / n).is_dir():
             return root / n
-    raise _missing(f"an image folder ({' or '.join(n + '/' for n in names)})", root,
-                   "expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or val/)")
+    raise _missing(f"an image folder ({' or '.join(n + '/' for n in names)})", root, FOLDER_LAYOUT,
+                   downloadable=False)
+
+
+def _unreadable(root: Path, path: str) -> DataError:
+    return DataError(f"image folder {root}: cannot read {path} (permission denied). Fix: make it readable "
+                     f"(chmod -R u+rX {root}), or point data.root at a copy you can read")
 
 
 def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig) -> tvd.ImageFolder:
     """The first split folder of ``names`` under ``root``, every file checked (``data.verify``)
-    before any is decoded, so a damaged one is named before training starts."""
-    folder = tvd.ImageFolder(str(_folder_split(root, names)))
+    before any is decoded, so a damaged one is named before training starts.  A folder that cannot
+    be listed, or holds no class folders or no images, is one line naming it."""
+    try:
+        split = _folder_split(root, names)
+        folder = tvd.ImageFolder(str(split))
+    except DataNotFoundError:
+        raise
+    except PermissionError as e:
+        raise _unreadable(root, e.filename) from None
+    except FileNotFoundError as e:  # torchvision: no class folder, or a class without image files
+        locked: list[OSError] = []
+        for _ in os.walk(split, onerror=locked.append):  # torchvision skips the folders it cannot list
+            pass
+        if locked:
+            raise _unreadable(root, locked[0].filename) from None
+        raise DataNotFoundError(f"image folder {split} holds no images to use ({' '.join(str(e).split())}); "
+                                f"{FOLDER_LAYOUT}. Fix: put the images there, or point data.root at the folder "
+                                f"that holds them") from None
     if cfg.verify:
         check_images(folder, cfg.skip_corrupt)
     return folder

@@ -208,34 +208,33 @@ def _torch_load(path: Path, data: bytes) -> dict:
     return state
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, fix: Optional[str] = None) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), verifying its checksum;
-    a damaged or foreign file raises with advice.  A checkpoint of an nfbench that wrote no checksum, or
-    pickled NumPy arrays, loads with a warning."""
+    a damaged or foreign file raises with advice (``fix``, else how to go on in its run directory).
+    A checkpoint of an nfbench that wrote no checksum, or pickled NumPy arrays, loads with a warning."""
     try:
         data = Path(path).read_bytes()
         digests = _recorded_digests(path)
-        if digests is None:
-            if path not in _unverified:
-                _unverified.add(path)
-                log.warning("checkpoint %s has no checksum file %s (written by an older nfbench): loading it "
-                            "unverified", path, checksum_path(path).name)
-        elif hashlib.sha256(data).hexdigest() not in digests:
+        if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
             raise ValueError(f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
                              f"changed after it was written")
         state = _torch_load(path, data)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an nfbench checkpoint (no 'model'/'epoch' entries)")
-        if state.get("version", 1) < 2:
-            state["epoch"] += 1
-        return state
     except Exception as e:
         best = path.with_name(BEST)
-        hint = (f" {best} is untouched: resume from it with trainer.resume={best}, " if best.exists() and best != path
-                else " ")
-        raise CorruptCheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}).{hint}"
-            f"or move {path.name} away to start the run again.") from e
+        if fix is None:
+            fix = (f"resume from {best} (untouched) with trainer.resume={best}, or move {path.name} away to start "
+                   f"the run again" if best.exists() and best != path else
+                   f"move {path.name} away to start the run again")
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). Fix: {fix}.") from e
+    if digests is None and path not in _unverified:  # warned once it is known to be nfbench's
+        _unverified.add(path)
+        log.warning("checkpoint %s has no checksum file %s (written by an older nfbench): loaded it unverified",
+                    path, checksum_path(path).name)
+    if state.get("version", 1) < 2:
+        state["epoch"] += 1
+    return state
 
 
 def log_to_file(run_dir: Path) -> None:
@@ -260,8 +259,8 @@ def find_checkpoint(resume: str) -> Path:
     for cand in (p, p / CHECKPOINTS / LAST, p / LAST):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"trainer.resume={resume}: no checkpoint there (looked for {p}, "
-                            f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory")
+    raise ConfigError(f"trainer.resume={resume}: no checkpoint there (looked for {p}, "
+                      f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory")
 
 
 def parse_metrics(path: Path, text: str, strict: bool = True) -> list[dict]:
@@ -535,7 +534,8 @@ def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Pa
             logging.getLogger("nfbench").warning("%s; resuming from trainer.resume=%s instead", e, resume)
     if resume:
         source = find_checkpoint(resume)
-        return source, load_checkpoint(source)
+        return source, load_checkpoint(source, fix="give trainer.resume another checkpoint or run directory, or "
+                                                   "leave it out to start afresh")
     return None
 
 

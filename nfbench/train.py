@@ -335,11 +335,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     ckpt_dir = run_dir / rundir.CHECKPOINTS
     resumed = _resume_state(cfg, run_dir, env.world_size)  # before any file is written: a refusal changes none
     set_deterministic(tcfg.deterministic)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
-        rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
-    else:
+    if not main:
         log.setLevel(logging.WARNING)
 
     # Data: data.batch_size is the global batch, split over the ranks.
@@ -351,6 +347,10 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     # best.pt and the best figures: chosen on the validation split when there is one; else on the
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if val_loader is not None else "test_top1"
+    if main:  # the data is there: the run's first files (a refusal before leaves nothing of nfbench's)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
+        rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     # Model and scheme: the same seed on every rank, before DDP and the optimiser see the parameters.
     seed_all(cfg.seed)

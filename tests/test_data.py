@@ -380,3 +380,13 @@ def test_val_size_the_data_cannot_give_is_one_line(make_cfg, value, why):
     with pytest.raises(ConfigError, match=why) as e:
         build_source(make_cfg(["data=digits", f"data.val_size={value}"]).data)
     assert "data.val_size" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "imagenet"])
+def test_missing_image_folder_does_not_suggest_a_download(make_cfg, tmp_path, name):
+    """data.download fetches CIFAR only: the fix for a missing image folder is data.root."""
+    cfg = make_cfg([f"data={name}", f"data.root={tmp_path}", "data.download=true"])
+    with pytest.raises(DataNotFoundError) as e:
+        build_source(cfg.data)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "data.root" in msg and "download" not in msg
