@@ -7,13 +7,14 @@ Each Hydra command is a thin ``@hydra.main`` wrapper around a plain function
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import hydra
 from omegaconf import DictConfig
@@ -175,6 +176,58 @@ def _completion_command() -> Optional[str]:
     return None
 
 
+def one_line(message: str) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line: the items of an indented list joined by
+    commas after the line that introduces them; Hydra's config search path and OmegaConf's type notes
+    (``reference_type=``, ``object_type=``) left out."""
+    text: list[str] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if items and text:
+            text[-1] += " " + ", ".join(items)
+        items.clear()
+
+    skip = False
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if raw[0].isspace():
+            if not skip and not line.startswith(("reference_type=", "object_type=")):
+                items.append(line)
+            continue
+        flush()
+        skip = line == "Config search path:"
+        if not skip:
+            text.append(line)
+    flush()
+    return "; ".join(text)
+
+
+@contextlib.contextmanager
+def _config_errors_in_one_line() -> Iterator[None]:
+    """An override Hydra cannot compose (a wrong type, an unknown key or option) ends like every other
+    user error: one line, exit code 2.  Hydra would print several lines and exit 1, so its errors are
+    let through to here, unless the user asked for them in full (HYDRA_FULL_ERROR=1)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        yield
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+        text = one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else "")
+        print(f"nfbench: error: {text}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     register_configs()
@@ -199,7 +252,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(usage(), file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"nfbench {cmd}", *rest]
-    COMMANDS[cmd][0]()
+    with _config_errors_in_one_line():
+        COMMANDS[cmd][0]()
     if SWEEP.invalid:
         print(f"nfbench: error: {len(SWEEP.invalid)} of {SWEEP.points} sweep points invalid (their result.json "
               f"says why): {', '.join(SWEEP.invalid)}", file=sys.stderr)

@@ -171,3 +171,25 @@ def test_other_commands_refuse_the_same_way(tmp_path, command, bad):
                          capture_output=True, text=True, timeout=120)
     assert refusal(out).startswith(f"{bad} is not allowed")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.epochs=abc", ["trainer.epochs=abc", "could not be converted to Integer"]),
+    ("model=foo", ["Could not find 'model/foo'", "resnet18, resnet20"]),
+    ("trainer.epoch=3", ["trainer.epoch", "not in 'TrainerConfig'"]),
+])
+def test_an_override_hydra_cannot_compose_is_one_line(tmp_path, override, expected):
+    """A wrong type, an unknown option or an unknown key: Hydra's several lines and exit code 1 become
+    nfbench's one line and exit code 2, the options listed in it; no run directory is made."""
+    out = nfbench_train(override, run_dir=tmp_path / "run")
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    message = refusal(out)
+    assert all(e in message for e in expected), message
+    assert not (tmp_path / "run").exists()
+
+
+def test_hydra_full_error_still_gives_the_whole_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", "trainer.epochs=abc",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert out.returncode == 1 and "Traceback" in out.stderr and "ConfigCompositionException" in out.stderr
