@@ -116,7 +116,8 @@ def test_an_invalid_sweep_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     # The keys the report groups on, as the point that ran records them.
     keys = ("data", "model", "init", "weights", "seed", "experiment")
     assert {k: invalid[k] for k in keys} == {k: finished[k] for k in keys}
-    assert (invalid["data"], invalid["model"], invalid["init"], invalid["seed"]) == ("digits", "resnet20", "convshort", 0)
+    assert (invalid["data"], invalid["model"], invalid["init"], invalid["seed"]) == \
+        ("digits", "resnet20", "convshort", 0)
 
     report = nfbench("report", str(sweep), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr

@@ -221,7 +221,8 @@ def test_multirun_jobs_run_side_by_side_with_the_parallel_launcher(tmp_path):
         [sys.executable, "-m", "nfbench.cli", "train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
          "seed=0,1", "model.width=4", "trainer.epochs=2", "data.train_subset=256", "data.test_subset=64",
          "data.randaugment=true", "data.num_workers=2", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2

@@ -23,7 +23,7 @@ from nfbench import rundir
 from nfbench.errors import ConfigError, RunDirectoryError
 from nfbench.train import train
 from tests.conftest import TINY
-from tests.test_train import Killed, kill_after_epoch
+from tests.test_train import train_killed_after
 
 
 def all_finite(state: dict) -> bool:
@@ -47,10 +47,7 @@ def test_divergence_between_log_steps_never_checkpoints_nan(make_cfg, tmp_path, 
 
 def test_divergence_after_a_good_epoch_keeps_it(make_cfg, tmp_path, caplog, monkeypatch):
     """Epoch 1 trains well; epoch 2 diverges between log steps: last.pt stays epoch 1's finite state."""
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(TINY, tmp_path))  # 2 epochs planned, stopped after the first
+    train_killed_after(1, make_cfg(TINY, tmp_path), monkeypatch)  # 2 epochs planned, stopped after the first
     good = rundir.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     cfg = [*TINY, "trainer.checkpoint_every_steps=3", "trainer.log_every=5"]  # changes a resume allows
     state = dict(good, optimizer=good["optimizer"])
@@ -126,10 +123,7 @@ def test_interrupted_checkpoint_save_keeps_the_old_one_loadable(tmp_path, monkey
 
 def test_torn_final_metrics_line_is_repaired_on_resume(make_cfg, tmp_path, monkeypatch):
     cfg = [*TINY, "trainer.epochs=2"]
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path))
+    train_killed_after(1, make_cfg(cfg, tmp_path), monkeypatch)
     metrics = tmp_path / "metrics.jsonl"
     with open(metrics, "a") as f:
         f.write('{"epoch": 2, "lr": 0.0')  # a crash mid-append of the next epoch's line

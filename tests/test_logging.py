@@ -210,13 +210,10 @@ def test_csv_logger_rows_equal_metrics_jsonl(make_cfg, tmp_path):
 
 def test_csv_logger_drops_rows_no_checkpoint_holds(make_cfg, tmp_path, monkeypatch):
     """A crash between the table's row and the checkpoint: the resumed run writes that epoch again, once."""
-    from tests.test_train import Killed, kill_after_epoch
+    from tests.test_train import train_killed_after
 
     cfg = [*TINY, "logger=csv", "trainer.epochs=3"]
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path))
+    train_killed_after(1, make_cfg(cfg, tmp_path), monkeypatch)
     table = tmp_path / "metrics.csv"
     with open(table, "a") as f:  # epoch 2's row, written just before the crash that lost its checkpoint
         f.write(f"2{',0.5' * (len(read_csv_rows(table)[0]) - 1)}\n")

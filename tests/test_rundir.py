@@ -21,7 +21,7 @@ from nfbench.errors import ConfigError
 from nfbench.train import train
 from tests.conftest import TINY
 from tests.test_distributed import nfbench_train, wait_for
-from tests.test_train import Killed, kill_after_epoch, load_weights
+from tests.test_train import load_weights, train_killed_after
 
 RUN_FILES = ("config.yaml", "env.json", "result.json", "metrics.jsonl", "checkpoints/last.pt")
 
@@ -185,10 +185,7 @@ def test_changed_init_is_refused_in_one_line_by_the_cli(tmp_path, one_epoch_run)
 
 def test_resume_with_a_logging_change_is_allowed(make_cfg, tmp_path, monkeypatch):
     cfg = [*TINY, "trainer.deterministic=true"]
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path / "split"))
+    train_killed_after(1, make_cfg(cfg, tmp_path / "split"), monkeypatch)
     first_row = rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")
     result = train(make_cfg([*cfg, "trainer.log_every=1", "trainer.checkpoint_every_steps=3"], tmp_path / "split"))
     assert result["status"] == "finished" and result["epochs"] == 2
@@ -213,10 +210,7 @@ def test_branch_records_where_it_came_from(make_cfg, tmp_path, monkeypatch):
     """trainer.resume=OTHER_RUN into a new directory continues that run there and says so; the same
     rules hold (the optimiser and schedule state it restores belong to the old values)."""
     source = tmp_path / "source"
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(TINY, source))
+    train_killed_after(1, make_cfg(TINY, source), monkeypatch)
     with pytest.raises(ConfigError, match="optim.lr 0.01 -> 0.05"):
         train(make_cfg([*TINY, "optim.lr=0.05", f"trainer.resume={source}"], tmp_path / "refused"))
     assert not (tmp_path / "refused" / "config.yaml").exists()
@@ -243,15 +237,9 @@ def test_config_key_added_since_the_checkpoint_counts_at_its_default():
 def test_requeue_with_explicit_resume_continues_the_newer_last_checkpoint(make_cfg, tmp_path, monkeypatch, caplog):
     cfg = [*TINY, "trainer.deterministic=true", "trainer.epochs=3"]
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, run))
+    train_killed_after(1, make_cfg(cfg, run), monkeypatch)
     epoch0 = (ckpts / "last.pt").read_bytes()
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 2)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, run))
+    train_killed_after(2, make_cfg(cfg, run), monkeypatch)
     (ckpts / "best.pt").write_bytes(epoch0)  # an older checkpoint of this run than last.pt (epoch 1)
     rows = rundir.read_metrics(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from nfbench import rundir
 from nfbench.models import build_model
@@ -70,16 +71,21 @@ def kill_after_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
 
 
+def train_killed_after(epoch: int, cfg: DictConfig, monkeypatch) -> None:
+    """Train ``cfg`` until it has checkpointed the end of ``epoch`` (counting from 1), and die there."""
+    with monkeypatch.context() as m:
+        kill_after_epoch(m, epoch)
+        with pytest.raises(Killed):
+            train(cfg)
+
+
 @pytest.mark.parametrize("init", ["convshort", "bn"])
 def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
     """Stopped after epoch 2 of 4 and resumed == uninterrupted, bit for bit (deterministic, CPU)."""
     cfg = [*TINY, f"init={init}", "trainer.deterministic=true", "data.randaugment=true", "optim.weight_decay=5e-4",
            "trainer.epochs=4"]
     full = train(make_cfg(cfg, tmp_path / "full"))
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 2)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path / "split"))
+    train_killed_after(2, make_cfg(cfg, tmp_path / "split"), monkeypatch)
     assert len(rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
     # The same command again: resumes automatically from the run directory's checkpoints/last.pt.
     resumed = train(make_cfg(cfg, tmp_path / "split"))
@@ -93,10 +99,7 @@ def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
 
 def test_resume_from_another_run_directory(make_cfg, tmp_path, monkeypatch):
     common = [*TINY, "trainer.deterministic=true", "trainer.epochs=2"]
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(common, tmp_path / "first"))
+    train_killed_after(1, make_cfg(common, tmp_path / "first"), monkeypatch)
     train(make_cfg(common, tmp_path / "full"))
     result = train(make_cfg([*common, f"trainer.resume={tmp_path / 'first'}"], tmp_path / "second"))
     assert result["status"] == "finished"
@@ -145,10 +148,7 @@ def test_divergence_is_recorded_not_raised(make_cfg, tmp_path):
 
 
 def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
+    train_killed_after(1, make_cfg([*TINY, "trainer.epochs=3"], tmp_path), monkeypatch)
     last = tmp_path / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)
     state["model"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
@@ -294,10 +294,7 @@ def test_resume_with_validation_is_exact_and_keeps_the_best(make_cfg, tmp_path, 
     """Killed after epoch 2 of 3 and resumed == uninterrupted: weights, validation metrics and best.pt."""
     cfg = [*TINY, "trainer.epochs=3", "trainer.deterministic=true", "data.val_size=50"]
     full = train(make_cfg(cfg, tmp_path / "full"))
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 2)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path / "split"))
+    train_killed_after(2, make_cfg(cfg, tmp_path / "split"), monkeypatch)
     resumed = train(make_cfg(cfg, tmp_path / "split"))
     a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -315,10 +312,7 @@ def test_resume_refuses_another_validation_split(make_cfg, tmp_path, monkeypatch
     from nfbench.errors import ConfigError
 
     cfg = [*TINY, "trainer.epochs=2", "data.val_size=0.1"]
-    with monkeypatch.context() as m:
-        kill_after_epoch(m, 1)
-        with pytest.raises(Killed):
-            train(make_cfg(cfg, tmp_path))
+    train_killed_after(1, make_cfg(cfg, tmp_path), monkeypatch)
     for other in ("data.val_size=0.2", "data.val_size=null"):
         with pytest.raises(ConfigError, match=r"data\.val_size"):
             train(make_cfg([*cfg, other], tmp_path))

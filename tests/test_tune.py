@@ -122,7 +122,8 @@ def test_optuna_on_the_command_line_tells_an_invalid_point_the_worst_value(tmp_p
 
     sweep = tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path}/study.db"
-    out = nfbench("train", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
+    out = nfbench("train", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
+                  "hydra.sweeper.direction=maximize",
                   "hydra.sweeper.study_name=grid", f"hydra.sweeper.storage={storage}", *TINY_SEARCH[:-1],
                   "sched.warmup_epochs=choice(0,2)", f"hydra.sweep.dir={sweep}")
     assert out.returncode == 2 and "nfbench: error: 1 of 2 sweep points invalid" in out.stderr, out.stderr
@@ -130,7 +131,8 @@ def test_optuna_on_the_command_line_tells_an_invalid_point_the_worst_value(tmp_p
     results = {run.name.split("sched.warmup_epochs=")[1][0]: rundir.read_json(run / "result.json")
                for run in sweep.iterdir() if run.is_dir()}
     assert results["2"]["status"] == "invalid" and results["0"]["status"] == "finished"
-    told = {t.params["sched.warmup_epochs"]: t.value for t in optuna.load_study(study_name="grid", storage=storage).trials}
+    study = optuna.load_study(study_name="grid", storage=storage)
+    told = {t.params["sched.warmup_epochs"]: t.value for t in study.trials}
     assert told == {2: WORST, 0: results["0"]["test_top1"]}
     found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert found["best_params"] == {"sched.warmup_epochs": 0} and found["best_value"] == results["0"]["test_top1"]
