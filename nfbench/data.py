@@ -99,7 +99,7 @@ def digits(cfg: DataConfig) -> DataSource:
     """scikit-learn's 8x8 handwritten digits (UCI, 1,797 images), shipped inside the package.
 
     A real data set that needs no download, for the quick start and tests.
-    Split 80/20 with a fixed permutation: 1,437 train / 360 test images.
+    Split 80/20 with a fixed permutation: 1,438 train / 359 test images (359 = 1,797 // 5).
     """
     from sklearn.datasets import load_digits
 
