@@ -156,7 +156,7 @@ def test_cifar10_from_jpeg_writes_the_python_release(make_cfg, tmp_path, cifar10
     # The test batch keeps class order, then file-name order: image 100 * k is class k's first file.
     for k in (0, 3, 9):
         first = sorted((cifar10_jpeg_subset / "test" / classes[k]).iterdir())[0]
-        expected = torch.from_numpy(np.asarray(Image.open(first).convert("RGB"))).permute(2, 0, 1)
+        expected = torch.from_numpy(np.array(Image.open(first).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(src.test.images[100 * k], expected)
         assert int(src.test.labels[100 * k]) == k
     assert torch.bincount(src.train.labels).tolist() == [200] * 10
