@@ -132,7 +132,13 @@ class Scheme:
 
     # --- the network's pieces, assembled by build_resnet ---------------------
     def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
-        return nn.Sequential(*stem_layers(kind, in_chans, width, self.conv))
+        """The bare stem; with BatchNorm the ImageNet stem is conv -> BN -> ReLU -> max-pool, as He et al.
+        2016b's pre-activation ResNet (fb.resnet.torch ``preresnet.lua``) and torchvision build it."""
+        layers = stem_layers(kind, in_chans, width, self.conv)
+        if self.batchnorm and kind == "imagenet":
+            conv, pool = layers
+            layers = [conv, self.norm(width), self.act(), pool]
+        return nn.Sequential(*layers)
 
     def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
         convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)

@@ -160,6 +160,20 @@ def test_stem_follows_the_image_size_unless_overridden(image_size, stem, kind):
     assert out.shape[-1] == (image_size if kind == "cifar" else image_size // 4)
 
 
+@pytest.mark.parametrize("init,stem,layers", [
+    # He et al. 2016b's ImageNet pre-activation ResNet (fb.resnet.torch preresnet.lua) and torchvision normalise
+    # and activate the stem conv before the max-pool; the CIFAR stem is the bare conv (the first block's BN follows).
+    ("bn", "imagenet", [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]),
+    ("bn", "cifar", [nn.Conv2d]),
+    # The normalization-free schemes keep the bare conv -> max-pool stem.
+    ("idshort", "imagenet", [nn.Conv2d, nn.MaxPool2d]), ("plain", "imagenet", [nn.Conv2d, nn.MaxPool2d]),
+])
+def test_bn_imagenet_stem_is_conv_bn_relu_maxpool(init, stem, layers):
+    net = build("resnet18", init, image_size=64, stem=stem)
+    assert [type(m) for m in net.stem] == layers
+    assert net.stem(torch.zeros(1, 3, 64, 64)).shape == ((1, 4, 16, 16) if stem == "imagenet" else (1, 4, 64, 64))
+
+
 def test_fixup_reference_block_is_post_activation_with_option_a_shortcut():
     net = build("resnet20", "fixup", reference_block=True)
     assert all(isinstance(b, FixupBasicBlock) for b in net.blocks)
