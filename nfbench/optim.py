@@ -10,7 +10,7 @@ from torch.optim.lr_scheduler import (ConstantLR, CosineAnnealingLR, LinearLR, L
                                       SequentialLR)
 
 from nfbench.config import OptimConfig, SchedConfig
-from nfbench.models.resnet import Scalar
+from nfbench.models.resnet import Scalar, ScalarLRBiasLinear
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -28,8 +28,9 @@ def classifier(net: nn.Module) -> nn.Module:
 def param_groups(net: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Split parameters by the module that owns them.
 
-    - scalars (LearnScalar, Fixup, SkipInit: :class:`Scalar` modules): lr x ``scalar_lr_mult``
-      (Fixup's reference code uses 0.1), no weight decay when ``no_decay_scalars``;
+    - scalars (LearnScalar, Fixup, SkipInit: :class:`Scalar` modules, and the bias of a
+      :class:`ScalarLRBiasLinear`, Fixup's classifier): lr x ``scalar_lr_mult`` (Fixup's reference
+      code uses 0.1), no weight decay when ``no_decay_scalars``;
     - biases and norm affines: no weight decay when ``no_decay_bias``;
     - everything else: the base lr and ``weight_decay``.
     Empty groups are dropped.
@@ -39,7 +40,7 @@ def param_groups(net: nn.Module, cfg: OptimConfig) -> list[dict]:
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            if isinstance(module, Scalar):
+            if isinstance(module, Scalar) or (isinstance(module, ScalarLRBiasLinear) and p is module.bias):
                 scalars.append(p)
             elif cfg.no_decay_bias and (isinstance(module, _NORMS) or name == "bias"):
                 no_decay.append(p)

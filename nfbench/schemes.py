@@ -256,9 +256,11 @@ class Fixup(Scheme):
         return FixupBasicBlock(in_chans, width, stride, self.conv)
 
     def head(self, chans: int, num_classes: int) -> Head:
+        # The classifier's bias trains as a scalar: the reference optimiser gives every parameter named
+        # '*bias*' or '*scale*' a tenth of the lr (hongyi-zhang/Fixup, cifar/cifar_train.py, imagenet_train.py).
         if self.reference:  # the blocks end in a ReLU already; fc(pool(x) + bias2)
-            return Head(nn.Identity(), nn.Identity(), chans, num_classes, pre_fc=ScalarBias(0.0))
-        return Head(ScalarBias(0.0), self.act(), chans, num_classes, pre_fc=ScalarBias(0.0))
+            return Head(nn.Identity(), nn.Identity(), chans, num_classes, pre_fc=ScalarBias(0.0), scalar_lr_bias=True)
+        return Head(ScalarBias(0.0), self.act(), chans, num_classes, pre_fc=ScalarBias(0.0), scalar_lr_bias=True)
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:

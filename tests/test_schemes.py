@@ -291,7 +291,8 @@ def test_only_batchnorm_couples_the_samples_of_a_batch(model, init):
 @pytest.mark.parametrize("init,kw,count", [
     # Fixup, pre-activation ResNet-20: 2 biases per conv (before the activation, before the conv) and a
     # multiplier per block = 5 x 9, plus the head's two; reference: 5 per block, stem and head bias.
-    ("fixup", {}, 5 * 9 + 2), ("fixup", {"reference_block": True}, 5 * 9 + 2),
+    # Fixup's classifier bias joins them (the +1): the reference gives every bias a tenth of the lr.
+    ("fixup", {}, 5 * 9 + 2 + 1), ("fixup", {"reference_block": True}, 5 * 9 + 2 + 1),
     ("skipinit", {}, 9), ("rezero", {}, 9), ("nf", {}, 9)])
 def test_scheme_scalars_get_a_tenth_of_the_lr_and_no_weight_decay(init, kw, count):
     net = build("resnet20", init, **kw)
@@ -299,5 +300,27 @@ def test_scheme_scalars_get_a_tenth_of_the_lr_and_no_weight_decay(init, kw, coun
     scalars = groups["scalars"]
     assert len(scalars["params"]) == count
     assert scalars["lr"] == pytest.approx(0.01) and scalars["weight_decay"] == 0.0
-    assert all(p.ndim == 0 for p in scalars["params"])
+    assert all(p.ndim == 0 for p in scalars["params"] if p is not net.head.fc.bias)
     assert not any(p.ndim == 0 for p in groups["weights"]["params"])
+
+
+@pytest.mark.parametrize("init,kw,group,lr", [
+    # hongyi-zhang/Fixup, cifar/cifar_train.py and imagenet/imagenet_train.py: every parameter whose name holds
+    # 'bias' or 'scale' trains at base_lr / 10, so the classifier's bias does too.
+    ("fixup", {}, "scalars", 0.01), ("fixup", {"reference_block": True}, "scalars", 0.01),
+    # Elsewhere the classifier's bias is an ordinary bias: the base lr.
+    ("bn", {}, "no_decay", 0.1), ("skipinit", {}, "no_decay", 0.1)])
+def test_fixup_classifier_bias_takes_the_scalar_lr_mult(init, kw, group, lr):
+    net = build("resnet20", init, **kw)
+    groups = param_groups(net, OptimConfig(lr=0.1, weight_decay=1e-4, scalar_lr_mult=0.1, no_decay_bias=True))
+    fc = net.head.fc
+    assert [g["name"] for g in groups if any(p is fc.bias for p in g["params"])] == [group]
+    assert [g["name"] for g in groups if any(p is fc.weight for p in g["params"])] == ["weights"]
+    # One plain SGD step on a unit gradient moves the bias by exactly its group's lr.
+    opt = torch.optim.SGD(groups, lr=0.1)
+    before = fc.bias.detach().clone()
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    fc.bias.grad = torch.ones_like(fc.bias)
+    opt.step()
+    torch.testing.assert_close(before - fc.bias.detach(), torch.full_like(before, lr))

@@ -11,8 +11,8 @@ from nfbench.config import ModelConfig
 from nfbench.errors import ConfigError
 from nfbench.models.nf_resnet import TimmNFBlock, timm_nf_resnet
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
-                                   ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain, ScaledIdentityShortcut,
-                                   ZeroPadShortcut, build_resnet, split_stages)
+                                   ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain, ScalarLRBiasLinear,
+                                   ScaledIdentityShortcut, ZeroPadShortcut, build_resnet, split_stages)
 from nfbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -118,5 +118,5 @@ def build_model(cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: 
 
 __all__ = ["MODELS", "build_model", "construct_model", "check_compatible", "choose_stem", "ResNet", "Block",
            "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "Head", "Scalar", "ScalarGain", "ScalarBias",
-           "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut", "ZeroPadShortcut", "RESNET_SPECS",
-           "TIMM_NF_MODELS", "split_stages", "wrn_spec"]
+           "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut", "ZeroPadShortcut",
+           "RESNET_SPECS", "TIMM_NF_MODELS", "split_stages", "wrn_spec"]

@@ -231,15 +231,23 @@ class FixupBasicBlock(Block):
         return self.act(out + self.skip(x))
 
 
+class ScalarLRBiasLinear(nn.Linear):
+    """A linear layer whose bias the optimiser treats as a scalar (lr x ``scalar_lr_mult``, the scalars'
+    weight decay): tagged by type, so the groups never match parameter names."""
+
+
 class Head(nn.Module):
-    """norm -> act -> global average pool -> (pre_fc) -> linear (the pre-activation trunk's end)."""
+    """norm -> act -> global average pool -> (pre_fc) -> linear (the pre-activation trunk's end).
+
+    ``scalar_lr_bias`` puts the classifier's bias in the optimiser's scalars group (Fixup).
+    """
 
     def __init__(self, norm: nn.Module, act: nn.Module, in_features: int, num_classes: int,
-                 pre_fc: Optional[nn.Module] = None) -> None:
+                 pre_fc: Optional[nn.Module] = None, scalar_lr_bias: bool = False) -> None:
         super().__init__()
         self.norm, self.act = norm, act
         self.pre_fc = pre_fc if pre_fc is not None else nn.Identity()
-        self.fc = nn.Linear(in_features, num_classes)
+        self.fc = (ScalarLRBiasLinear if scalar_lr_bias else nn.Linear)(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.flatten(F.adaptive_avg_pool2d(self.act(self.norm(x)), 1), 1)
