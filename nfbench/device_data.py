@@ -34,19 +34,26 @@ from nfbench.data import DataSource, TensorImages, TransformedFolder, worker_con
 from nfbench.errors import ConfigError
 
 
-def in_memory(ds: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """The (uint8 images, labels) behind a data set built by ``build_source``, or None if it reads files."""
+def _held(ds: Dataset) -> tuple[Optional[TensorImages], Optional[torch.Tensor]]:
+    """The in-memory data set behind a data set built by ``build_source`` and the indices of it that
+    ``ds`` selects (None: all of it); (None, None) for one that reads files.  Nothing is copied."""
     if isinstance(ds, TransformedFolder):
         ds = ds.base
     indices = None
     while isinstance(ds, Subset):  # a training subset of what the validation split left, say
         outer = torch.as_tensor(ds.indices)
         indices, ds = (outer if indices is None else outer[indices]), ds.dataset
-    if not isinstance(ds, TensorImages):
+    return (ds, indices) if isinstance(ds, TensorImages) else (None, None)
+
+
+def in_memory(ds: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The (uint8 images, labels) behind a data set built by ``build_source``, or None if it reads files."""
+    held, indices = _held(ds)
+    if held is None:
         return None
     if indices is None:
-        return ds.images, ds.labels
-    return ds.images[indices], ds.labels[indices]
+        return held.images, held.labels
+    return held.images[indices], held.labels[indices]
 
 
 class BatchRandAugment:
@@ -334,13 +341,14 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     such as ImageNet's, and resizing). Small image folders are held in memory by nfbench/folder_memory.py."""
     if cfg.on_device is False:
         return False
-    train = in_memory(src.train)
+    # Which splits are held, judged without gathering their images (this runs for every loader built).
+    held = [_held(split)[0] for split in (src.train, src.test, *([] if src.val is None else [src.val]))]
     why = None
-    held = [train, in_memory(src.test), *([] if src.val is None else [in_memory(src.val)])]
     if any(split is None for split in held) or src.recipe != "small":
         why = "it reads image files"
-    elif cfg.image_size not in (None, train[0].shape[-1]):
-        why = f"data.image_size={cfg.image_size} resizes its {train[0].shape[-1]} px images"
+    elif cfg.image_size not in (None, held[0].images.shape[-1]):  # type: ignore[union-attr]
+        side = held[0].images.shape[-1]  # type: ignore[union-attr]
+        why = f"data.image_size={cfg.image_size} resizes its {side} px images"
     if why is not None and cfg.on_device is True:
         raise ConfigError(f"data.on_device=true is not allowed for data={cfg.name}: {why}; on-device loading "
                           "serves in-memory data sets at their own size. Use data.on_device=auto or false")

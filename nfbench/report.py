@@ -414,7 +414,8 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
                     continue
                 lo = [m - s for m, s in zip(mean, std)]
                 hi = [m + s for m, s in zip(mean, std)]
-                ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={len(row.runs) - row.diverged - row.invalid}{dead})")
+                n = len(row.runs) - row.diverged - row.invalid
+                ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={n}{dead})")
                 ax.fill_between(epochs, lo, hi, color=colours(i % 10), alpha=0.2, linewidth=0)
             for ref in row.references:
                 axes[1].axhline(ref["test_top1"], color=colours(i % 10), linestyle="--", linewidth=1)

@@ -28,14 +28,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from nfbench.errors import RunDirectoryError
+from nfbench.errors import ConfigError, RunDirectoryError
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("nfbench")
-
-from nfbench.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
@@ -531,7 +529,7 @@ def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Pa
         except CorruptCheckpointError as e:
             if not resume:
                 raise
-            logging.getLogger("nfbench").warning("%s; resuming from trainer.resume=%s instead", e, resume)
+            log.warning("%s; resuming from trainer.resume=%s instead", e, resume)
     if resume:
         source = find_checkpoint(resume)
         return source, load_checkpoint(source, fix="give trainer.resume another checkpoint or run directory, or "
