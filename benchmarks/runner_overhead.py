@@ -31,7 +31,8 @@ from nfbench.device_data import in_memory
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer
 from nfbench.schemes import build_scheme
-from nfbench.train import seed_all, train
+from nfbench.runtime import seed_all
+from nfbench.train import train
 
 
 def minimal_loop(cfg, device: torch.device, epochs: int, precision: str, channels_last: bool,

@@ -23,7 +23,7 @@ from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
-from nfbench.train import seed_all
+from nfbench.runtime import seed_all
 
 MIB = 2**20
 

@@ -19,7 +19,8 @@ from typing import Callable, Iterator, Optional
 import hydra
 from omegaconf import DictConfig
 
-from nfbench.config import register_configs, validate
+from nfbench.config import register_configs
+from nfbench.validation import validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
 from nfbench.refusal import refuse
 from nfbench.schema_help import register_help

@@ -2,8 +2,9 @@
 
 Hydra merges the YAML group files into these dataclasses, so a wrong *type*
 (``trainer.epochs=abc``) or an unknown key fails at composition.  Values that
-are well typed but impossible (``optim.lr=-1``) are caught by :func:`validate`,
-which every entry point calls before doing any work.
+are well typed but impossible (``optim.lr=-1``) are caught by :func:`check_values`
+and names by the registries, both through :func:`nfbench.validation.validate`, which every entry
+point calls before doing any work.  This module imports nothing else of nfbench's but its errors.
 """
 
 from __future__ import annotations
@@ -253,8 +254,8 @@ def optimized_metric(cfg: DictConfig | Config) -> str:
 
 def tasks_per_node(gpus_per_node: int) -> int:
     """conf/hydra/launcher/slurm.yaml: one task (DDP rank) per GPU, so a job needs at least one GPU."""
-    _check(gpus_per_node >= 1, "hydra.launcher.gpus_per_node", gpus_per_node,
-           "must be >= 1 (one task per GPU); for a CPU-only job also set hydra.launcher.tasks_per_node=N")
+    require(gpus_per_node >= 1, "hydra.launcher.gpus_per_node", gpus_per_node,
+            "must be >= 1 (one task per GPU); for a CPU-only job also set hydra.launcher.tasks_per_node=N")
     return gpus_per_node
 
 
@@ -277,133 +278,114 @@ OPTIMIZED_METRICS = ("val_top1", "val_top5", "best_val_top1", "test_top1", "test
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """A ConfigError naming ``key``, its ``value`` and what is ``allowed``, unless ``ok``."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
-def validate(cfg: DictConfig | Config) -> None:
-    """Fail before training on any value that cannot work, naming key and range.
-
-    Names of models and schemes are checked against their registries, so the
-    message lists the names that exist.  Those checks come last: the registries
-    import torch (seconds), which a value refused by the cheap checks never waits for.
-    """
+def check_values(cfg: DictConfig | Config) -> None:
+    """Fail on any value that cannot work, naming key and range: everything that needs no registry
+    (and so no torch).  :func:`nfbench.validation.validate` runs these, then checks the names."""
     c = cfg
-    _check(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
-    _check(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
-    _check(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
-    _check(isinstance(c.data.on_device, bool) or c.data.on_device == "auto", "data.on_device", c.data.on_device,
-           "choose true, false or auto")
-    _check(c.data.in_memory_max_gb >= 0, "data.in_memory_max_gb", c.data.in_memory_max_gb,
-           "must be >= 0 (0: image folders always read their files)")
-    _check(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
-    _check(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
-    _check(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
-           "must be in [0, 30] (torchvision's magnitude bins)")
+    require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
+    require(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
+    require(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
+    require(isinstance(c.data.on_device, bool) or c.data.on_device == "auto", "data.on_device", c.data.on_device,
+            "choose true, false or auto")
+    require(c.data.in_memory_max_gb >= 0, "data.in_memory_max_gb", c.data.in_memory_max_gb,
+            "must be >= 0 (0: image folders always read their files)")
+    require(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
+    require(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
+    require(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
+            "must be in [0, 30] (torchvision's magnitude bins)")
     v = c.data.val_size
-    _check(v is None or (type(v) is int and v >= 1) or (type(v) is float and 0 < v < 1), "data.val_size", v,
-           "must be null, a number of images >= 1, or a fraction of the training set in (0, 1)")
+    require(v is None or (type(v) is int and v >= 1) or (type(v) is float and 0 < v < 1), "data.val_size", v,
+            "must be null, a number of images >= 1, or a fraction of the training set in (0, 1)")
     for key in ("train_subset", "test_subset", "image_size"):
         v = getattr(c.data, key)
-        _check(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
+        require(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
     if c.data.mean is not None or c.data.std is not None:
-        _check(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
-               "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
-        _check(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
-    _check(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
-           "needs data.verify=true, the check that finds the unreadable files")
-    _check(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
-    _check(c.model.stem in ("auto", "cifar", "imagenet"), "model.stem", c.model.stem,
-           "choose one of auto, cifar, imagenet")
+        require(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
+                "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
+        require(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
+    require(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
+            "needs data.verify=true, the check that finds the unreadable files")
+    require(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
+    require(c.model.stem in ("auto", "cifar", "imagenet"), "model.stem", c.model.stem,
+            "choose one of auto, cifar, imagenet")
     for key in ("depth", "widen"):
         v = getattr(c.model, key)
-        _check(v is None or c.model.name == "wrn", f"model.{key}", v, "applies to model=wrn only (set it to null)")
-    _check(c.model.depth is None or (c.model.depth >= 10 and (c.model.depth - 4) % 6 == 0), "model.depth",
-           c.model.depth, "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
-    _check(c.model.widen is None or c.model.widen >= 1, "model.widen", c.model.widen, "must be >= 1 or null")
-    _check(not c.init.reference_block or c.init.name == "fixup", "init.reference_block", c.init.reference_block,
-           "applies to init=fixup only")
+        require(v is None or c.model.name == "wrn", f"model.{key}", v, "applies to model=wrn only (set it to null)")
+    require(c.model.depth is None or (c.model.depth >= 10 and (c.model.depth - 4) % 6 == 0), "model.depth",
+            c.model.depth, "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
+    require(c.model.widen is None or c.model.widen >= 1, "model.widen", c.model.widen, "must be >= 1 or null")
+    require(not c.init.reference_block or c.init.name == "fixup", "init.reference_block", c.init.reference_block,
+            "applies to init=fixup only")
     for key in ("alpha", "skip_gain"):
         v = getattr(c.init, key)
-        _check(v is None or c.init.name == "nf", f"init.{key}", v, "applies to init=nf only (set it to null)")
-    _check(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
-    _check(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
-    _check(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
-    _check(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
-    _check(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
-           "Nesterov momentum needs optim.momentum > 0")
-    _check(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0, "optim.weight_decay",
-           c.optim.weight_decay, "must be >= 0 and finite")
-    _check(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
-    _check(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
-    _check(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")
-    _check(not (c.optim.agc > 0 and c.optim.clip_grad_norm > 0), "optim.agc", c.optim.agc,
-           "use either optim.agc or optim.clip_grad_norm, not both")
-    _check(c.sched.name in SCHEDULES, "sched.name", c.sched.name, f"choose one of {', '.join(SCHEDULES)}")
-    _check(c.sched.warmup_epochs >= 0, "sched.warmup_epochs", c.sched.warmup_epochs, "must be >= 0")
-    _check(c.sched.warmup_epochs < c.trainer.epochs or c.sched.warmup_epochs == 0, "sched.warmup_epochs",
-           c.sched.warmup_epochs, f"must be shorter than trainer.epochs={c.trainer.epochs}")
-    _check(c.sched.min_lr >= 0, "sched.min_lr", c.sched.min_lr, "must be >= 0")
-    _check(0 < c.sched.gamma <= 1, "sched.gamma", c.sched.gamma, "must be in (0, 1]")
-    _check(list(c.sched.milestones) == sorted(set(c.sched.milestones)) and all(m > 0 for m in c.sched.milestones),
-           "sched.milestones", list(c.sched.milestones), "must be increasing positive epochs")
-    _check(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
-    _check(c.trainer.precision in PRECISIONS, "trainer.precision", c.trainer.precision,
-           f"choose one of {', '.join(PRECISIONS)}")
-    _check(c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES, "trainer.compile_mode",
-           c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
-    _check(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
-           "applies with trainer.compile=true only")
+        require(v is None or c.init.name == "nf", f"init.{key}", v, "applies to init=nf only (set it to null)")
+    require(c.init.alpha is None or c.init.alpha > 0, "init.alpha", c.init.alpha, "must be > 0 or null")
+    require(c.optim.name == "sgd", "optim.name", c.optim.name, "choose one of sgd")
+    require(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
+    require(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
+    require(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
+            "Nesterov momentum needs optim.momentum > 0")
+    require(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0, "optim.weight_decay",
+            c.optim.weight_decay, "must be >= 0 and finite")
+    require(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
+    require(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
+    require(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")
+    require(not (c.optim.agc > 0 and c.optim.clip_grad_norm > 0), "optim.agc", c.optim.agc,
+            "use either optim.agc or optim.clip_grad_norm, not both")
+    require(c.sched.name in SCHEDULES, "sched.name", c.sched.name, f"choose one of {', '.join(SCHEDULES)}")
+    require(c.sched.warmup_epochs >= 0, "sched.warmup_epochs", c.sched.warmup_epochs, "must be >= 0")
+    require(c.sched.warmup_epochs < c.trainer.epochs or c.sched.warmup_epochs == 0, "sched.warmup_epochs",
+            c.sched.warmup_epochs, f"must be shorter than trainer.epochs={c.trainer.epochs}")
+    require(c.sched.min_lr >= 0, "sched.min_lr", c.sched.min_lr, "must be >= 0")
+    require(0 < c.sched.gamma <= 1, "sched.gamma", c.sched.gamma, "must be in (0, 1]")
+    require(list(c.sched.milestones) == sorted(set(c.sched.milestones)) and all(m > 0 for m in c.sched.milestones),
+            "sched.milestones", list(c.sched.milestones), "must be increasing positive epochs")
+    require(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
+    require(c.trainer.precision in PRECISIONS, "trainer.precision", c.trainer.precision,
+            f"choose one of {', '.join(PRECISIONS)}")
+    require(c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES, "trainer.compile_mode",
+            c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
+    require(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
+            "applies with trainer.compile=true only")
     dev = c.trainer.device
-    _check(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-           "trainer.device", dev, f"choose {DEVICES_HELP}")
-    _check(0 <= c.trainer.label_smoothing < 1, "trainer.label_smoothing", c.trainer.label_smoothing,
-           "must be in [0, 1)")
-    _check(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
-    _check(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
-    _check(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
-    _check(c.trainer.progress_every_s >= 0, "trainer.progress_every_s", c.trainer.progress_every_s,
-           "must be >= 0 (seconds between plain progress lines; 0 = at every log step)")
-    _check(c.trainer.devices >= 1, "trainer.devices", c.trainer.devices, "must be >= 1")
-    _check(c.trainer.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps", c.trainer.checkpoint_every_steps,
-           "must be >= 0 (0 = only at epoch ends)")
-    _check(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
-    _check(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
-    _check(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")
-    _check(c.spp.input in SPP_INPUTS, "spp.input", c.spp.input, f"choose one of {', '.join(SPP_INPUTS)}")
-    _check(c.spp.labels in SPP_LABELS, "spp.labels", c.spp.labels, f"choose one of {', '.join(SPP_LABELS)}")
-    _check(c.spp.labels != "data" or c.spp.input == "data", "spp.labels", c.spp.labels,
-           "labels=data needs spp.input=data (Gaussian inputs have no labels)")
-    _check(c.spp.image_size >= 1, "spp.image_size", c.spp.image_size, "must be >= 1")
-    _check(c.spp.in_chans >= 1, "spp.in_chans", c.spp.in_chans, "must be >= 1")
+    require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+            "trainer.device", dev, f"choose {DEVICES_HELP}")
+    require(0 <= c.trainer.label_smoothing < 1, "trainer.label_smoothing", c.trainer.label_smoothing,
+            "must be in [0, 1)")
+    require(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
+    require(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
+    require(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
+    require(c.trainer.progress_every_s >= 0, "trainer.progress_every_s", c.trainer.progress_every_s,
+            "must be >= 0 (seconds between plain progress lines; 0 = at every log step)")
+    require(c.trainer.devices >= 1, "trainer.devices", c.trainer.devices, "must be >= 1")
+    require(c.trainer.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps", c.trainer.checkpoint_every_steps,
+            "must be >= 0 (0 = only at epoch ends)")
+    require(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
+    require(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
+    require(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")
+    require(c.spp.input in SPP_INPUTS, "spp.input", c.spp.input, f"choose one of {', '.join(SPP_INPUTS)}")
+    require(c.spp.labels in SPP_LABELS, "spp.labels", c.spp.labels, f"choose one of {', '.join(SPP_LABELS)}")
+    require(c.spp.labels != "data" or c.spp.input == "data", "spp.labels", c.spp.labels,
+            "labels=data needs spp.input=data (Gaussian inputs have no labels)")
+    require(c.spp.image_size >= 1, "spp.image_size", c.spp.image_size, "must be >= 1")
+    require(c.spp.in_chans >= 1, "spp.in_chans", c.spp.in_chans, "must be >= 1")
     # One class gives a constant loss, so every gradient is zero and the backward plot is empty.
-    _check(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
-    _check(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
-           list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
-    _check(c.optimized_metric is None or c.optimized_metric in OPTIMIZED_METRICS, "optimized_metric",
-           c.optimized_metric, f"choose null or one of {', '.join(OPTIMIZED_METRICS)}")
-    _check(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
-           "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
+    require(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
+    require(len(c.spp.formats) >= 1 and all(f in SPP_FORMATS for f in c.spp.formats), "spp.formats",
+            list(c.spp.formats), f"a non-empty list from {', '.join(SPP_FORMATS)}")
+    require(c.optimized_metric is None or c.optimized_metric in OPTIMIZED_METRICS, "optimized_metric",
+            c.optimized_metric, f"choose null or one of {', '.join(OPTIMIZED_METRICS)}")
+    require(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
+            "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
     if c.logger.wandb is not None:
-        _check(c.logger.wandb.mode is None or c.logger.wandb.mode in WANDB_MODES, "logger.wandb.mode",
-               c.logger.wandb.mode, f"choose null or one of {', '.join(WANDB_MODES)}")
+        require(c.logger.wandb.mode is None or c.logger.wandb.mode in WANDB_MODES, "logger.wandb.mode",
+                c.logger.wandb.mode, f"choose null or one of {', '.join(WANDB_MODES)}")
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
                               "logger=tensorboard, csv or none)")
-    _check_names(c)
-
-
-def _check_names(c: DictConfig | Config) -> None:
-    """Data set, model and scheme names against their registries, and the model-scheme pairing."""
-    from nfbench.data import DATASETS
-    from nfbench.models import MODELS, check_compatible
-    from nfbench.schemes import SCHEMES, WEIGHT_RULES, build_scheme
-
-    DATASETS.get(c.data.name)
-    MODELS.get(c.model.name)
-    SCHEMES.get(c.init.name)
-    if c.init.weights is not None:
-        _check(c.init.weights in WEIGHT_RULES, "init.weights", c.init.weights,
-               f"choose one of {', '.join(WEIGHT_RULES)}")
-    check_compatible(c.model, build_scheme(c.init))

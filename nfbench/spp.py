@@ -21,13 +21,14 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nfbench.config import validate
+from nfbench.validation import validate
 from nfbench.data import DataSource, build_source
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
 from nfbench.models import build_model
 from nfbench.schemes import build_scheme
-from nfbench.train import pick_device, resolve_run_dir, seed_all
+from nfbench.runtime import pick_device, resolve_run_dir, seed_all
+from nfbench.spp_plot import CSV_NAME, plot_model
 
 log = logging.getLogger("nfbench")
 
@@ -35,7 +36,6 @@ STATS = ("fwd_var", "bwd_var", "fwd_chan_mean_sq", "fwd_chan_var")
 # The output contract of spp.csv (tests and `nfbench spp-plot` read it), then the columns the plot's bands need.
 COLUMNS = ("model", "init", "weights", "block", *STATS)
 EXTRA_COLUMNS = ("stride", "seeds", "fwd_var_min", "fwd_var_max", "bwd_var_min", "bwd_var_max")
-CSV_NAME = "spp.csv"
 
 
 @dataclass
@@ -152,19 +152,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def read_csv(path: Path) -> list[dict]:
-    """Rows of a spp.csv with numbers parsed (integers for block, stride and seeds)."""
-    ints = {"block", "stride", "seeds"}
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in ints else v if k in ("model", "init", "weights") else float(v))
-                 for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def run_spp(cfg: DictConfig) -> dict:
     """``nfbench spp``: measure, write spp.csv and the figure into the run directory; return their paths."""
     validate(cfg)
-    from nfbench.spp_plot import plot_model
-
     run_dir = resolve_run_dir(cfg)
     rows = measure(cfg)
     write_csv(rows, run_dir / CSV_NAME)

@@ -11,6 +11,7 @@ same for any folders, e.g. several sweeps.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -20,15 +21,24 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nfbench.config import SPP_FORMATS
-from nfbench.spp import CSV_NAME, read_csv
 
 log = logging.getLogger("nfbench")
+
+CSV_NAME = "spp.csv"  # what nfbench spp writes into its run directory (nfbench.spp.write_csv)
 
 # The paper's schemes first and in its order; any other registered scheme follows alphabetically.
 PAPER_SCHEMES = ("plain", "bn", "idshort", "learnscalar", "convshort")
 WEIGHTS_ORDER = ("he_fanin", "he_fanout", "brock")
 # Colour tells the scheme, line style and marker the weights, so the figure survives grey-scale print.
 WEIGHT_STYLES = {"he_fanin": (":", "s"), "he_fanout": ("-", "o"), "brock": ("--", "^")}
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a spp.csv with numbers parsed (integers for block, stride and seeds)."""
+    ints = {"block", "stride", "seeds"}
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k in ints else v if k in ("model", "init", "weights") else float(v))
+                 for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _curve_order(key: tuple[str, str]) -> tuple:

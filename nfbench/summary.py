@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nfbench.config import validate
+from nfbench.validation import validate
 from nfbench.data import data_shape
 from nfbench.models import construct_model, split_stages
 from nfbench.rundir import write_json
@@ -110,7 +110,7 @@ def _multirun() -> bool:
 
 def summary(cfg: DictConfig) -> dict:
     """``nfbench summary``: count, write summary.json into the run directory, print the table (one run)."""
-    from nfbench.train import resolve_run_dir
+    from nfbench.runtime import resolve_run_dir
 
     row = summarize(cfg)
     run_dir = resolve_run_dir(cfg)

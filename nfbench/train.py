@@ -10,30 +10,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from nfbench import distributed, rundir
-from nfbench.config import Config, validate
-from nfbench.data import build_loaders, build_source, eval_loader
+from nfbench.config import Config
+from nfbench.data import build_source
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
+from nfbench.loaders import build_loaders, eval_loader
 from nfbench.loggers import Loggers
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.preemption import StopSignal
 from nfbench.progress import Progress, summary_line
 from nfbench.rng import rng_state, set_rng_state
+from nfbench.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
 from nfbench.schemes import build_scheme
+from nfbench.validation import validate
 
 log = logging.getLogger("nfbench")
 
@@ -41,39 +42,6 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # The result.json numbers a logger's hyperparameter table shows beside each run's config.
 FINAL_METRICS = ("test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "train_top1", "train_loss",
                  "best_val_top1", "test_top1_at_best_val", "best_test_top1", "best_epoch", "epochs", "wall_s")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
-    return torch.device(name)
-
-
-def seed_all(*key: int) -> None:
-    """Seed Python, NumPy and torch from a tuple (seed, epoch, rank): no collisions across the tuple."""
-    s = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
-def set_deterministic(on: bool) -> None:
-    torch.backends.cudnn.benchmark = not on
-    torch.backends.cudnn.deterministic = on
-    torch.use_deterministic_algorithms(on, warn_only=True)
-
-
-def resolve_run_dir(cfg: DictConfig) -> Path:
-    """Hydra's output directory when running under Hydra, else ``trainer.run_dir``."""
-    if cfg.trainer.run_dir:
-        return Path(cfg.trainer.run_dir)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    raise ValueError("no run directory: set trainer.run_dir=PATH when calling train() outside Hydra")
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
 
 from nfbench.cli import CONF_DIR
-from nfbench.config import validate
+from nfbench.validation import validate
 from nfbench.errors import ConfigError
 
 GROUPS = ["data", "model", "init", "optim", "sched", "trainer"]

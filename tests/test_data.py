@@ -16,7 +16,8 @@ import torch
 from torchvision import datasets as tvd
 
 from nfbench import rundir
-from nfbench.data import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED, build_loaders, build_source
+from nfbench.data import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED, build_source
+from nfbench.loaders import build_loaders
 from nfbench.errors import DataError, DataNotFoundError
 from nfbench.train import train
 from tests.test_train import Killed, load_weights
@@ -365,7 +366,7 @@ def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subs
 
 @pytest.mark.parametrize("value", ["0", "-3", "1.0", "1.5", "true", "abc"])
 def test_impossible_val_size_is_refused_before_loading(make_cfg, value):
-    from nfbench.config import validate
+    from nfbench.validation import validate
     from nfbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.val_size"):

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
-from nfbench.data import DataSource, TensorImages, build_loaders, build_source, transforms, with_transform
+from nfbench.data import DataSource, TensorImages, build_source, transforms, with_transform
+from nfbench.loaders import build_loaders
 from nfbench.device_data import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError
 from nfbench.train import train
@@ -222,7 +223,7 @@ def test_on_device_true_refuses_what_it_cannot_serve(make_cfg):
 
 @pytest.mark.parametrize("value", ["yes", "1"])
 def test_on_device_values_are_validated(make_cfg, value):
-    from nfbench.config import validate
+    from nfbench.validation import validate
 
     with pytest.raises(ConfigError, match="data.on_device"):
         validate(make_cfg([f"data.on_device={value}"]))

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from nfbench import distributed, rundir
-from nfbench.data import build_loaders, build_source
+from nfbench.data import build_source
+from nfbench.loaders import build_loaders
 from nfbench.errors import ConfigError
 from nfbench.train import train
 
@@ -57,7 +58,7 @@ def test_shards_cover_every_sample_once(make_cfg):
 def test_validation_shards_cover_every_image_once(make_cfg, on_device):
     """The validation set is sharded as the test set is: rank r takes images r, r + 2, ... of the one-process
     order, so the ranks' images are disjoint and together exactly the set; the device path serves the same."""
-    from nfbench.data import eval_loader
+    from nfbench.loaders import eval_loader
 
     cfg = make_cfg(["data=digits", "data.val_size=101", "data.test_batch_size=16", f"data.on_device={on_device}"])
     src = build_source(cfg.data)

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench.cli import CONF_DIR
-from nfbench.config import validate
+from nfbench.validation import validate
 from nfbench.train import train
 
 # Presets that select hydra/sweeper=optuna compose only where the nfbench[tune] extra is installed.

@@ -284,7 +284,7 @@ def test_cli_reports_run_directory_errors_in_one_line(capsys):
 
 @pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.weight_decay=inf"])
 def test_non_finite_hyperparameters_are_refused(make_cfg, override):
-    from nfbench.config import validate
+    from nfbench.validation import validate
 
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(make_cfg([override]))

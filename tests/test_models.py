@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nfbench.config import InitConfig, ModelConfig, OptimConfig, validate
+from nfbench.config import InitConfig, ModelConfig, OptimConfig
+from nfbench.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.models import (MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, ResidualBlock, TimmNFBlock,
                             ZeroPadShortcut, build_model, construct_model)

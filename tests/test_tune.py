@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nfbench import rundir
-from nfbench.config import validate
+from nfbench.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.objective import WORST, objective
 from nfbench.train import train

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from torch import nn
 
 from nfbench.config import ModelConfig
 from nfbench.errors import ConfigError
 from nfbench.models.nf_resnet import TimmNFBlock, timm_nf_resnet
-from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
-                                   ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain, ScalarLRBiasLinear,
-                                   ScaledIdentityShortcut, ZeroPadShortcut, build_resnet, split_stages)
+from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ModelScheme,
+                                   ResidualBlock, ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain,
+                                   ScalarLRBiasLinear, ScaledIdentityShortcut, ZeroPadShortcut, build_resnet,
+                                   split_stages)
 from nfbench.registry import Registry
 
-if TYPE_CHECKING:
-    from nfbench.schemes import Scheme
-
-ModelBuilder = Callable[[ModelConfig, "Scheme", int, int, int], nn.Module]
+ModelBuilder = Callable[[ModelConfig, ModelScheme, int, int, int], nn.Module]
 MODELS: Registry[ModelBuilder] = Registry("model")
 
 # Images up to this size get the CIFAR stem (3x3 conv, no pooling); larger ones the ImageNet stem.
@@ -48,7 +46,7 @@ def choose_stem(stem: str, image_size: int) -> str:
     return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
 
 
-def _resnet(spec: ResNetSpec, cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: int,
+def _resnet(spec: ResNetSpec, cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
             image_size: int) -> ResNet:
     return build_resnet(spec, scheme, num_classes, in_chans, choose_stem(cfg.stem, image_size), cfg.width)
 
@@ -65,23 +63,24 @@ def wrn_spec(depth: int, widen: int) -> ResNetSpec:
 
 
 @MODELS.register("wrn")
-def wide_resnet(cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: int, image_size: int) -> ResNet:
+def wide_resnet(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> ResNet:
     spec = wrn_spec(cfg.depth or WRN_DEPTH, cfg.widen or WRN_WIDEN)
     return _resnet(spec, cfg, scheme, num_classes, in_chans, image_size)
 
 
-def _timm_nf(name: str, cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: int,
+def _timm_nf(name: str, cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
              image_size: int) -> ResNet:
     # model.width scales every stage as timm's width_factor does (channels rounded to multiples of 8).
     extra = {"width_factor": cfg.width / TIMM_NF_STAGE1_WIDTH} if cfg.width else {}
-    return timm_nf_resnet(name, num_classes, in_chans, alpha=scheme.alpha, **extra)
+    alpha = scheme.alpha  # type: ignore[attr-defined]  # the nf scheme's: check_compatible admits no other
+    return timm_nf_resnet(name, num_classes, in_chans, alpha=alpha, **extra)
 
 
 for _name in TIMM_NF_MODELS:
     MODELS.register(_name)(partial(_timm_nf, _name))
 
 
-def check_compatible(cfg: ModelConfig, scheme: "Scheme") -> None:
+def check_compatible(cfg: ModelConfig, scheme: ModelScheme) -> None:
     """Raise ConfigError, naming the fix, for a (model, init) pair that cannot be built."""
     if cfg.name in TIMM_NF_MODELS:
         if scheme.name != "nf":
@@ -102,14 +101,14 @@ def check_compatible(cfg: ModelConfig, scheme: "Scheme") -> None:
                               f"model={cfg.name} has no basic blocks: choose resnet20/32/44/56/110, resnet18/34 or wrn")
 
 
-def construct_model(cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: int,
+def construct_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
                     image_size: int) -> nn.Module:
     """Build the configured architecture with the scheme's blocks, uninitialised (e.g. on the meta device)."""
     check_compatible(cfg, scheme)
     return MODELS.get(cfg.name)(cfg, scheme, num_classes, in_chans, image_size)
 
 
-def build_model(cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
     """Build the configured architecture with the scheme's blocks, then apply the scheme's init."""
     net = construct_model(cfg, scheme, num_classes, in_chans, image_size)
     scheme.initialise(net)
@@ -119,4 +118,4 @@ def build_model(cfg: ModelConfig, scheme: "Scheme", num_classes: int, in_chans: 
 __all__ = ["MODELS", "build_model", "construct_model", "check_compatible", "choose_stem", "ResNet", "Block",
            "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "Head", "Scalar", "ScalarGain", "ScalarBias",
            "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut", "ZeroPadShortcut",
-           "RESNET_SPECS", "TIMM_NF_MODELS", "split_stages", "wrn_spec"]
+           "ModelScheme", "RESNET_SPECS", "TIMM_NF_MODELS", "split_stages", "wrn_spec"]

@@ -9,14 +9,11 @@ signal-propagation tool work on that structure, never on parameter names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-if TYPE_CHECKING:
-    from nfbench.schemes import Scheme
 
 # conv(in_chans, out_chans, kernel_size, stride, padding) -> a conv layer; schemes swap in
 # weight-standardised (NF-ResNets) or weight-normalised (Arpit et al.) convolutions.
@@ -314,7 +311,28 @@ def stem_layers(kind: str, in_chans: int, width: int, conv: ConvFactory = plain_
     raise ValueError(f"unknown stem '{kind}'; choose cifar or imagenet")
 
 
-def build_resnet(spec: ResNetSpec, scheme: "Scheme", num_classes: int, in_chans: int = 3,
+class ModelScheme(Protocol):
+    """What building a network asks of an initialisation scheme (:class:`nfbench.schemes.Scheme` is the
+    implementation): its parts, assembled by :func:`build_resnet`, and its initialisation.  Stated
+    here so that models need not import the schemes that build on them."""
+
+    cfg: Any  # its InitConfig
+
+    @property
+    def name(self) -> str: ...
+
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module: ...
+
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block: ...
+
+    def next_input_var(self, input_var: float, block: Block) -> float: ...
+
+    def head(self, chans: int, num_classes: int) -> Head: ...
+
+    def initialise(self, net: nn.Module) -> None: ...
+
+
+def build_resnet(spec: ResNetSpec, scheme: ModelScheme, num_classes: int, in_chans: int = 3,
                  stem: str = "cifar", width: int | None = None) -> ResNet:
     """Assemble a ResNet from the scheme's stem, blocks and head.
 
