@@ -11,11 +11,12 @@
 #
 #   bash scripts/gpu_evidence.sh                      # on the GPU machine, from the repository root
 #   NFBENCH_SMOKE=1 bash scripts/gpu_evidence.sh      # CPU rehearsal: tiny images, models, epochs
+#   PARTS=he HE_COMPILE=0 bash scripts/gpu_evidence.sh  # the He run alone, eager (no CUDA graphs)
 #
 # Environment: OUT (what comes back: log, concurrency.json, runs.tgz; default outputs/gpu_evidence),
 # EVIDENCE_WORK (run directories and data; default /tmp/nfbench-evidence), BUDGET_S (wall seconds
-# for the whole script; default 525), HE_COMPILE (1: the He run with CUDA graphs, the default; 0: eager),
-# CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
+# for the whole script; default 525), PARTS (which of bench, he, r18 to run; default all three), HE_COMPILE (1: the He run with CUDA graphs, the default; 0: eager),
+# KEEP_RUNS (1: keep and resume the run directories of an earlier call), CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
 # .evidence/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz).
 # On a machine without network access or nfbench installed, hydra-core, omegaconf, antlr4 and
 # hydra-joblib-launcher travel as pure-Python copies in .evidence/pydeps (benchmarks/README.md).
@@ -28,7 +29,8 @@ OUTDIR=${OUT:-outputs/gpu_evidence}
 WORK=${EVIDENCE_WORK:-/tmp/nfbench-evidence}
 PY=${PYTHON:-python3}
 mkdir -p "$OUTDIR" "$WORK"
-rm -rf "$WORK/runs" "$WORK/report"
+[ "${KEEP_RUNS:-0}" = 1 ] || rm -rf "$WORK/runs"  # KEEP_RUNS=1: a rerun resumes the runs a deadline stopped
+rm -rf "$WORK/report"
 LOG="$OUTDIR/evidence.log"
 exec > >(tee "$LOG") 2>&1
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -67,12 +69,16 @@ else
     [ "${HE_COMPILE:-1}" = 0 ] && R20_COMPILE=()
     TRAIN_IMAGES=50000 TEST_IMAGES=10000 MAX_EPOCHS=200
 fi
-JOBS=6  # running side by side: He's ResNet-20 and the five ResNet-18 runs
+PARTS=${PARTS:-bench he r18}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+JOBS=$(has r18 && echo 6 || echo 1)  # running side by side: He's ResNet-20 and the five ResNet-18 runs
 DEADLINE=$(( T0 + BUDGET_S - 40 ))  # leaves time for the report and the packing
 
 # --- 1. Concurrency -------------------------------------------------------------------------
-say "1. aggregate images/s of concurrent training processes"
-timeout 150 $PY benchmarks/concurrency.py "${BENCH[@]}" --json "$OUTDIR/concurrency.json"
+if has bench; then
+    say "1. aggregate images/s of concurrent training processes"
+    timeout 150 $PY benchmarks/concurrency.py "${BENCH[@]}" --json "$OUTDIR/concurrency.json"
+fi
 
 # --- 2. Size the ResNet-18 runs from the measured throughput --------------------------------
 # A job's rate when $JOBS share the GPU (interpolated between the measured job counts), less 15%
@@ -93,8 +99,10 @@ epoch_s = (n_train / 0.85 + n_test / 3) / per_job
 print(max(1, min(int(cap), int(0.9 * (seconds - 40) / epoch_s))))
 EOF
 }
-R18_EPOCHS=$(epochs_for $(( DEADLINE - $(date +%s) )))
-say "2. ResNet-18 runs: $R18_EPOCHS epochs each (of the paper's schedule length: cosine over $R18_EPOCHS epochs)"
+if has r18; then
+    R18_EPOCHS=$(epochs_for $(( DEADLINE - $(date +%s) )))
+    say "2. ResNet-18 runs: $R18_EPOCHS epochs each (of the paper's schedule length: cosine over $R18_EPOCHS epochs)"
+fi
 
 # --- 3. The runs, side by side ---------------------------------------------------------------
 RUNS="$WORK/runs"
@@ -108,15 +116,19 @@ launch() {  # launch NAME ARGS...: a process group of its own, so a deadline can
     eval "PID_$name=$!"
     say "started $name (pid $!): $*"
 }
-launch he "${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" "${R20_COMPILE[@]}" \
-    hydra.run.dir="$RUNS/he_cifar10_resnet20"
-R18=(-m experiment=civitelli_cifar10_resnet18 "${COMMON[@]}" trainer.precision=bf16 seed=0
-     trainer.epochs="$R18_EPOCHS" data.num_workers=2 hydra/launcher=parallel
-     'hydra.sweep.subdir=${hydra.job.num}_${init.name}_${init.weights}')  # all overrides: a name too long
-launch civitelli "${R18[@]}" init=bn,idshort,learnscalar,convshort init.weights=null hydra.launcher.n_jobs=4 \
-    hydra.sweep.dir="$RUNS/civitelli_cifar10_resnet18/he_default"
-launch brock "${R18[@]}" init=convshort init.weights=brock hydra.launcher.n_jobs=1 \
-    hydra.sweep.dir="$RUNS/civitelli_cifar10_resnet18/brock"
+HE_DIR=he_cifar10_resnet20$([ ${#R20_COMPILE[@]} = 0 ] && echo _eager)
+PID_he=
+has he && launch he "${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" "${R20_COMPILE[@]}" \
+    hydra.run.dir="$RUNS/$HE_DIR"
+if has r18; then
+    R18=(-m experiment=civitelli_cifar10_resnet18 "${COMMON[@]}" trainer.precision=bf16 seed=0
+         trainer.epochs="$R18_EPOCHS" data.num_workers=2 hydra/launcher=parallel
+         'hydra.sweep.subdir=${hydra.job.num}_${init.name}_${init.weights}')  # all overrides: a name too long
+    launch civitelli "${R18[@]}" init=bn,idshort,learnscalar,convshort init.weights=null hydra.launcher.n_jobs=4 \
+        hydra.sweep.dir="$RUNS/civitelli_cifar10_resnet18/he_default"
+    launch brock "${R18[@]}" init=convshort init.weights=brock hydra.launcher.n_jobs=1 \
+        hydra.sweep.dir="$RUNS/civitelli_cifar10_resnet18/brock"
+fi
 
 status() {  # one line per run directory: epochs done, last test top-1
     $PY - "$RUNS" <<'EOF'
@@ -136,12 +148,12 @@ while :; do
     for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
     [ $alive = 0 ] && break
     # A compiled He run that fails (compilation, CUDA graphs) is rerun eagerly, as long as time allows.
-    if [ $HE_CHECKED = 0 ] && ! kill -0 "$PID_he" 2>/dev/null; then
+    if [ $HE_CHECKED = 0 ] && [ -n "$PID_he" ] && ! kill -0 "$PID_he" 2>/dev/null; then
         HE_CHECKED=1
         wait "$PID_he"
         he_rc=$?
     fi
-    if [ $HE_CHECKED = 1 ] && [ "$he_rc" != 0 ]; then
+    if [ $HE_CHECKED = 1 ] && [ "$he_rc" != 0 ] && [ ${#R20_COMPILE[@]} != 0 ]; then
         HE_CHECKED=2
         left=$(( DEADLINE - $(date +%s) ))
         e=$(epochs_for $left)
