@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write CIFAR-10's python release (what ``data=cifar10`` reads) from the CIFAR-10 JPEGs.
 
-    python scripts/cifar10_from_jpeg.py SOURCE DATA_ROOT
+    python scripts/cifar10_from_jpeg.py SOURCE DATA_ROOT [--reencode QUALITY]
     nfbench train data=cifar10 data.root=DATA_ROOT data.download=false ...
 
 SOURCE is ``cifar10-jpeg.tar.gz`` or its unpacked ImageFolder tree (``train/<class>/*.jpg``,
@@ -14,10 +14,15 @@ Why: the in-memory data path (the whole set on the GPU, augmented there in batch
 ``data=cifar10`` at several times the rate of decoding JPEGs in workers, and a machine without
 network access cannot download the original release. The pixels are the JPEG decodes, not the
 original release's: accuracies are close to, not identical with, published CIFAR-10 numbers.
+
+``--reencode QUALITY`` passes every decoded image once more through JPEG at that quality (4:2:0
+chroma, as the source files are): a dose-response check of how much the compression itself costs
+a network trained on these images (docs/results-cifar10-gpu.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import pickle
 import sys
@@ -49,12 +54,23 @@ def _members(source: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 yield parts[-3], parts[-2], parts[-1], f.read()
 
 
-def convert(source: Path, data_root: Path) -> dict[str, int]:
+def _decode(data: bytes, reencode: int | None) -> np.ndarray:
+    """The RGB pixels of a JPEG, optionally after one more JPEG round trip at quality ``reencode``."""
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB")
+    if reencode is not None:
+        buf = io.BytesIO()
+        rgb.save(buf, format="JPEG", quality=reencode, subsampling="4:2:0")
+        with Image.open(buf) as again:
+            rgb = again.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def convert(source: Path, data_root: Path, reencode: int | None = None) -> dict[str, int]:
     """Decode every image and write the pickle batches; return the image count per split."""
     images: dict[str, dict[str, list[tuple[str, np.ndarray]]]] = {s: {} for s in SPLITS}
     for split, cls, name, data in _members(source):
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        rgb = _decode(data, reencode)
         if rgb.shape != (32, 32, 3):
             raise ValueError(f"{split}/{cls}/{name} is {rgb.shape[1]}x{rgb.shape[0]}, not a 32x32 CIFAR image")
         images[split].setdefault(cls, []).append((name, rgb))
@@ -90,10 +106,14 @@ def _dump(path: Path, pixels: np.ndarray, labels: list[int], what: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.exit(__doc__.split("\n\n")[1])
-    counts = convert(Path(argv[0]), Path(argv[1]))
-    print(f"wrote {counts['train']} train / {counts['test']} test images to {Path(argv[1]) / 'cifar-10-batches-py'}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", type=Path, help="cifar10-jpeg.tar.gz or its unpacked train/ test/ tree")
+    parser.add_argument("data_root", type=Path, help="where cifar-10-batches-py/ is written")
+    parser.add_argument("--reencode", type=int, metavar="QUALITY", choices=range(1, 96),
+                        help="one more JPEG round trip at this quality (1-95), 4:2:0 chroma")
+    args = parser.parse_args(argv)
+    counts = convert(args.source, args.data_root, args.reencode)
+    print(f"wrote {counts['train']} train / {counts['test']} test images to {args.data_root / 'cifar-10-batches-py'}")
 
 
 if __name__ == "__main__":

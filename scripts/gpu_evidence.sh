@@ -12,10 +12,12 @@
 #   bash scripts/gpu_evidence.sh                      # on the GPU machine, from the repository root
 #   NFBENCH_SMOKE=1 bash scripts/gpu_evidence.sh      # CPU rehearsal: tiny images, models, epochs
 #   PARTS=he HE_COMPILE=0 bash scripts/gpu_evidence.sh  # the He run alone, eager (no CUDA graphs)
+#   PARTS=he HE_COMPILE=0 HE_REENCODE=50 bash ...       # beside it, one on the JPEGs re-encoded at quality 50
 #
 # Environment: OUT (what comes back: log, concurrency.json, runs.tgz; default outputs/gpu_evidence),
 # EVIDENCE_WORK (run directories and data; default /tmp/nfbench-evidence), BUDGET_S (wall seconds
 # for the whole script; default 525), PARTS (which of bench, he, r18 to run; default all three), HE_COMPILE (1: the He run with CUDA graphs, the default; 0: eager),
+# HE_REENCODE (a JPEG quality: a second He run on images passed once more through JPEG at it),
 # KEEP_RUNS (1: keep and resume the run directories of an earlier call), CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
 # .evidence/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz).
 # On a machine without network access or nfbench installed, hydra-core, omegaconf, antlr4 and
@@ -51,7 +53,12 @@ $PY -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchv
 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
 DATA="$WORK/data"
 [ -f "$DATA/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$DATA" || exit 1
-say "data ready in $DATA"
+if [ -n "${HE_REENCODE:-}" ]; then
+    DATA_Q="$WORK/data_q$HE_REENCODE"
+    [ -f "$DATA_Q/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$DATA_Q" \
+        --reencode "$HE_REENCODE" || exit 1
+fi
+say "data ready in $DATA${DATA_Q:+ and $DATA_Q}"
 
 COMMON=(data.root="$DATA" data.download=false data.test_batch_size=500 trainer.progress=false
         trainer.channels_last=true)
@@ -120,6 +127,10 @@ HE_DIR=he_cifar10_resnet20$([ ${#R20_COMPILE[@]} = 0 ] && echo _eager)
 PID_he=
 has he && launch he "${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" "${R20_COMPILE[@]}" \
     hydra.run.dir="$RUNS/$HE_DIR"
+if has he && [ -n "${HE_REENCODE:-}" ]; then
+    launch he_q "${COMMON[@]}" data.root="$DATA_Q" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" \
+        "${R20_COMPILE[@]}" hydra.run.dir="$RUNS/${HE_DIR}_reencoded_q$HE_REENCODE"
+fi
 if has r18; then
     R18=(-m experiment=civitelli_cifar10_resnet18 "${COMMON[@]}" trainer.precision=bf16 seed=0
          trainer.epochs="$R18_EPOCHS" data.num_workers=2 hydra/launcher=parallel
@@ -179,7 +190,7 @@ status
 for f in "$WORK"/*.out; do echo "== tail of $f"; tail -n 4 "$f"; done
 
 # --- 4. Report and the files that come back -------------------------------------------------
-$PY -m nfbench.cli report "$RUNS" --out "$WORK/report"
+$PY -m nfbench.cli report "$RUNS" --out "$WORK/report" ${HE_REENCODE:+--group-by +data.root}  # the re-encoded run is not a seed
 cat "$WORK/report"/*.md 2>/dev/null
 tar -czf "$OUTDIR/runs.tgz" -C "$WORK" --exclude=checkpoints --exclude=tb runs report
 cp "$WORK"/*.out "$OUTDIR/" 2>/dev/null

@@ -163,6 +163,34 @@ def test_cifar10_from_jpeg_writes_the_python_release(make_cfg, tmp_path, cifar10
     assert torch.bincount(src.train.labels).tolist() == [200] * 10
 
 
+def test_cifar10_from_jpeg_reencode_is_one_more_jpeg_round_trip(tmp_path, cifar10_jpeg_subset):
+    """--reencode 50: each image is the file's decode passed once more through JPEG at quality 50, 4:2:0
+    (the dose-response check of docs/results-cifar10-gpu.md); the mean change is well above zero."""
+    import io
+    import pickle
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "cifar10_from_jpeg.py"
+    out = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        pixels = pickle.load(f)["data"]
+    first = sorted((cifar10_jpeg_subset / "test" / sorted(p.name for p in (cifar10_jpeg_subset / "test").iterdir())[0]
+                    ).iterdir())[0]
+    decoded = Image.open(first).convert("RGB")
+    buf = io.BytesIO()
+    decoded.save(buf, format="JPEG", quality=50, subsampling="4:2:0")
+    again = np.asarray(Image.open(buf).convert("RGB")).transpose(2, 0, 1).reshape(-1)
+    assert np.array_equal(pixels[0], again)
+    plain = np.asarray(decoded).transpose(2, 0, 1).reshape(-1).astype(int)
+    assert np.abs(pixels[0].astype(int) - plain).mean() > 1.0
+    bad = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "100"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--reencode" in bad.stderr
+
+
 def imagefolder_run(root: Path, *extra: str) -> list[str]:
     """A tiny real-JPEG run whose training images are decoded and augmented in two worker processes (the
     DataLoader path: data.on_device=false; held in memory, the folder would take the device loader's)."""
