@@ -11,13 +11,16 @@
 #
 #   bash scripts/gpu_evidence.sh                      # on the GPU machine, from the repository root
 #   NFBENCH_SMOKE=1 bash scripts/gpu_evidence.sh      # CPU rehearsal: tiny images, models, epochs
-#   PARTS=he HE_COMPILE=0 bash scripts/gpu_evidence.sh  # the He run alone, eager (no CUDA graphs)
-#   PARTS=he HE_COMPILE=0 HE_REENCODE=50 bash ...       # beside it, one on the JPEGs re-encoded at quality 50
+#   PARTS=he HE_RUNS="eager compiled compiled@50" HE_EPOCHS=60 bash scripts/gpu_evidence.sh
+#       # He's recipe at 60 epochs (lr / 10 after 30 and 45), eager and compiled side by side, and compiled
+#       # on the JPEGs passed once more through JPEG at quality 50
 #
 # Environment: OUT (what comes back: log, concurrency.json, runs.tgz; default outputs/gpu_evidence),
 # EVIDENCE_WORK (run directories and data; default /tmp/nfbench-evidence), BUDGET_S (wall seconds
-# for the whole script; default 525), PARTS (which of bench, he, r18 to run; default all three), HE_COMPILE (1: the He run with CUDA graphs, the default; 0: eager),
-# HE_REENCODE (a JPEG quality: a second He run on images passed once more through JPEG at it),
+# for the whole script; default 525), PARTS (which of bench, he, r18 to run; default all three),
+# HE_RUNS (He runs side by side, each eager or compiled (CUDA graphs), @Q: on the images re-encoded at
+# JPEG quality Q; default compiled), HE_EPOCHS (the He schedule shortened to this many epochs, lr / 10
+# at 1/2 and 3/4 of them; default the paper's 164),
 # KEEP_RUNS (1: keep and resume the run directories of an earlier call), CIFAR_JPEG (the CIFAR-10 JPEG tarball; default
 # .evidence/cifar10-jpeg.tar.gz, else ../shared/data/cifar10-jpeg.tar.gz).
 # On a machine without network access or nfbench installed, hydra-core, omegaconf, antlr4 and
@@ -53,27 +56,25 @@ $PY -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchv
 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
 DATA="$WORK/data"
 [ -f "$DATA/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$DATA" || exit 1
-if [ -n "${HE_REENCODE:-}" ]; then
-    DATA_Q="$WORK/data_q$HE_REENCODE"
-    [ -f "$DATA_Q/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$DATA_Q" \
-        --reencode "$HE_REENCODE" || exit 1
-fi
-say "data ready in $DATA${DATA_Q:+ and $DATA_Q}"
+HE_RUNS=${HE_RUNS:-compiled}
+for q in $(tr ' ' '\n' <<<"$HE_RUNS" | grep -o '@[0-9]*' | tr -d @ | sort -u); do
+    [ -f "$WORK/data_q$q/cifar-10-batches-py/test_batch" ] ||
+        $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$WORK/data_q$q" --reencode "$q" || exit 1
+done
+say "data ready in $DATA (re-encoded copies: $(ls -d "$WORK"/data_q* 2>/dev/null | tr '\n' ' '))"
 
 COMMON=(data.root="$DATA" data.download=false data.test_batch_size=500 trainer.progress=false
         trainer.channels_last=true)
 if [ "$SMOKE" = 1 ]; then
     COMMON+=(trainer.device=cpu data.train_subset=640 data.test_subset=200 model.width=4)
     BENCH=(--device cpu --threads 1 --model resnet18 --width 4 --jobs 1 2 --seconds 2 --warmup 1)
-    HE=(trainer.epochs=4 "sched.milestones=[2,3]")
+    HE_EPOCHS=4
     R20_COMPILE=()
     [ "${SMOKE_COMPILE:-0}" = 1 ] && R20_COMPILE=(trainer.compile=true trainer.compile_mode=reduce-overhead)
     TRAIN_IMAGES=640 TEST_IMAGES=200 MAX_EPOCHS=2
 else
     BENCH=(--device cuda --model resnet18 --precision bf16 --channels-last --jobs 1 2 4 8 --seconds 6)
-    HE=()
     R20_COMPILE=(trainer.compile=true trainer.compile_mode=reduce-overhead)
-    [ "${HE_COMPILE:-1}" = 0 ] && R20_COMPILE=()
     TRAIN_IMAGES=50000 TEST_IMAGES=10000 MAX_EPOCHS=200
 fi
 PARTS=${PARTS:-bench he r18}
@@ -123,13 +124,23 @@ launch() {  # launch NAME ARGS...: a process group of its own, so a deadline can
     eval "PID_$name=$!"
     say "started $name (pid $!): $*"
 }
-HE_DIR=he_cifar10_resnet20$([ ${#R20_COMPILE[@]} = 0 ] && echo _eager)
+HE=()
+[ -n "${HE_EPOCHS:-}" ] && HE=(trainer.epochs="$HE_EPOCHS"
+                              "sched.milestones=[$(( (HE_EPOCHS + 1) / 2 )),$(( (3 * HE_EPOCHS + 2) / 4 ))]")
 PID_he=
-has he && launch he "${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" "${R20_COMPILE[@]}" \
-    hydra.run.dir="$RUNS/$HE_DIR"
-if has he && [ -n "${HE_REENCODE:-}" ]; then
-    launch he_q "${COMMON[@]}" data.root="$DATA_Q" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}" \
-        "${R20_COMPILE[@]}" hydra.run.dir="$RUNS/${HE_DIR}_reencoded_q$HE_REENCODE"
+if has he; then
+    for v in $HE_RUNS; do  # eager | compiled, optionally @Q
+        mode=${v%@*} q=$([[ $v == *@* ]] && echo "${v#*@}")
+        [[ $mode == eager || $mode == compiled ]] || { say "HE_RUNS: $v is not eager or compiled[@Q]"; exit 2; }
+        args=("${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 "${HE[@]}")
+        [ $mode = compiled ] && args+=("${R20_COMPILE[@]}")
+        [ -n "$q" ] && args+=(data.root="$WORK/data_q$q")
+        dir=he_cifar10_resnet20${HE_EPOCHS:+_e$HE_EPOCHS}$([ $mode = eager ] && echo _eager)${q:+_jpeg_q$q}
+        [ "$HE_RUNS" = compiled ] && [ -z "${HE_EPOCHS:-}" ] && dir=he_cifar10_resnet20  # the default: one run
+        launch "he_${mode}${q}" "${args[@]}" hydra.run.dir="$RUNS/$dir"
+    done
+    # The default's one compiled run of the paper's recipe, if it fails, is rerun eagerly (below).
+    [ "$HE_RUNS" = compiled ] && [ -z "${HE_EPOCHS:-}" ] && PID_he=${PID_hecompiled:-}
 fi
 if has r18; then
     R18=(-m experiment=civitelli_cifar10_resnet18 "${COMMON[@]}" trainer.precision=bf16 seed=0
@@ -169,8 +180,8 @@ while :; do
         left=$(( DEADLINE - $(date +%s) ))
         e=$(epochs_for $left)
         e=$(( e > 164 ? 164 : e ))
-        say "the compiled He run failed (see he.out below); rerunning it eagerly for $e epochs, schedule scaled"
-        tail -n 20 "$WORK/he.out"
+        say "the compiled He run failed (see he_compiled.out below); rerunning it eagerly for $e epochs, schedule scaled"
+        tail -n 20 "$WORK/he_compiled.out"
         launch he_eager "${COMMON[@]}" experiment=he_cifar10_resnet20 seed=0 trainer.epochs="$e" \
             "sched.milestones=[$(( (e + 1) / 2 )),$(( (3 * e + 2) / 4 ))]" hydra.run.dir="$RUNS/he_cifar10_resnet20_eager"
     fi
@@ -190,7 +201,7 @@ status
 for f in "$WORK"/*.out; do echo "== tail of $f"; tail -n 4 "$f"; done
 
 # --- 4. Report and the files that come back -------------------------------------------------
-$PY -m nfbench.cli report "$RUNS" --out "$WORK/report" ${HE_REENCODE:+--group-by +data.root}  # the re-encoded run is not a seed
+$PY -m nfbench.cli report "$RUNS" --out "$WORK/report" $([ "$HE_RUNS" != compiled ] && echo --group-by +data.root +trainer.compile)  # not seeds of one run
 cat "$WORK/report"/*.md 2>/dev/null
 tar -czf "$OUTDIR/runs.tgz" -C "$WORK" --exclude=checkpoints --exclude=tb runs report
 cp "$WORK"/*.out "$OUTDIR/" 2>/dev/null
