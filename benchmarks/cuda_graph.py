@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from common import compose, write_fake_cifar10
+from common import compose, sync, write_fake_cifar10
 
 MODES = {
     "eager": [],
@@ -63,29 +63,31 @@ def overrides(args: argparse.Namespace, model: str, mode: str, run_dir: Path) ->
 
 
 def pure_replay(cfg, steps: int) -> float:
-    """Images/s of the captured step replayed back to back: the model's own compute, no runner around it."""
+    """Images/s of the captured step replayed back to back: the model's own compute, no runner around it
+    (on a CPU, the smoke rehearsal: the graphed step's code run eagerly on one batch)."""
     from nfbench.graphed_step import GraphedStep
     from nfbench.models import build_model
     from nfbench.optim import build_optimizer
     from nfbench.runtime import seed_all
     from nfbench.schemes import build_scheme
 
-    device = torch.device("cuda")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seed_all(cfg.seed)
     net = build_model(cfg.model, build_scheme(cfg.init), 10, 3, 32).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net, cfg.optim, device)
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
     step = GraphedStep(net, opt, torch.nn.CrossEntropyLoss(), amp, cfg.optim, channels_last=True)
     x = torch.randn(cfg.data.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (cfg.data.batch_size,), device=device)
     net.train()
     for _ in range(5):  # warm-up steps, the capture and a replay
         step(x, y)
-    torch.cuda.synchronize()
+    sync(device)
+    replay = step.graph.replay if step.graph is not None else lambda: step(x, y)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step.graph.replay()
-    torch.cuda.synchronize()
+        replay()
+    sync(device)
     return steps * cfg.data.batch_size / (time.perf_counter() - t0)
 
 
@@ -120,7 +122,7 @@ def run_one(args: argparse.Namespace) -> None:
            "epoch_s": epoch_s, "first_epoch_s": rows[0]["epoch_s"], "first_epoch_extra_s": rows[0]["epoch_s"] - epoch_s,
            "first_epoch_loss": rows[0]["train_loss"], "step_losses": first[0].losses.float().cpu().tolist(),
            "steps_per_epoch": len(first[0].sizes)}
-    if args.mode == "cuda_graph" and not args.smoke:
+    if args.mode == "cuda_graph":
         out["pure_images_per_s"] = pure_replay(cfg, args.replay_steps)
     print(json.dumps(out))
 
@@ -181,7 +183,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--precision", default="bf16")
     p.add_argument("--init", default="convshort")
-    p.add_argument("--replay-steps", type=int, default=200)
+    p.add_argument("--replay-steps", type=int, default=300)
     p.add_argument("--compare-steps", type=int, default=50)
     p.add_argument("--only", nargs="*", default=None, help="MODEL:MODE pairs to run (default: the whole plan)")
     p.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
@@ -192,9 +194,9 @@ def main() -> None:
         return run_one(args)
     t_start = time.perf_counter()
     if args.smoke:
-        args.train_images, args.test_images, args.batch, args.epochs = 256, 64, 32, 2
+        args.train_images, args.test_images, args.batch, args.epochs, args.replay_steps = 256, 64, 32, 2, 5
         print("SMOKE (CPU rehearsal): model.width=4, 256 images, batch 32; trainer.cuda_graph runs the graphed "
-              "step's code eagerly (no capture, no pure-replay figure); the compile modes are skipped (minutes "
+              "step's code eagerly (no capture; its 'pure compute' is that code on one batch); the compile modes are skipped (minutes "
               "of compilation on a CPU)")
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nfbench-cuda-graph-"))

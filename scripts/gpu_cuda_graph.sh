@@ -36,7 +36,7 @@ $PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.i
 
 say "1. gpu-marked tests of trainer.cuda_graph"
 if $PY -c "import pytest" 2>/dev/null; then
-    timeout 75 $PY -m pytest -p no:cacheprovider -q -rs -m gpu tests/test_cuda_graph.py
+    timeout 75 $PY -m pytest -p no:cacheprovider -q -rs -s -m gpu tests/test_cuda_graph.py
     say "tests exit $?"
 else
     say "pytest is not installed here: tests skipped"

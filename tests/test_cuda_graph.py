@@ -193,33 +193,45 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     return torch.stack(losses).cpu(), {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, step
 
 
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||a||, elementwise differences of near-zero entries weighed by the tensor's scale."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / a.norm().clamp_min(1e-12))
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_captured_step_trains_as_the_eager_step_on_cuda(precision):
-    """300 steps, the last batch of each pass partial (an eager step between replays): the losses, weights
+def test_captured_step_trains_as_the_eager_step_on_cuda(precision, monkeypatch):
+    """200 steps, the last batch of each pass partial (an eager step between replays): the losses, weights
     and BatchNorm statistics of graph and eager training agree to float tolerance (deterministic cuDNN,
-    so the only difference is the fused SGD kernel reading the lr as float32)."""
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    so the one difference is the fused SGD kernel reading the lr as float32)."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     sizes = [64] * 9 + [40]
     batches = [(torch.randn(n, 3, 32, 32, device="cuda", generator=gen),
                 torch.randint(0, 10, (n,), device="cuda", generator=gen)) for n in sizes]
-    optim = OptimConfig(lr=0.05, momentum=0.9, weight_decay=5e-4, clip_grad_norm=2.0)
-    eager_losses, eager_state, _ = _cuda_training(False, precision, 300, batches, optim)
-    graph_losses, graph_state, step = _cuda_training(True, precision, 300, batches, optim)
-    assert step.graph is not None and step.eager_steps == 30 and step.replays == 300 - 30 - WARMUP_STEPS
+    optim = OptimConfig(lr=0.02, momentum=0.9, weight_decay=5e-4, clip_grad_norm=2.0)
+    steps = 200
+    eager_losses, eager_state, _ = _cuda_training(False, precision, steps, batches, optim)
+    graph_losses, graph_state, step = _cuda_training(True, precision, steps, batches, optim)
+    assert step.graph is not None and step.eager_steps == steps // 10
+    assert step.replays == steps - steps // 10 - WARMUP_STEPS
     assert torch.isfinite(graph_losses).all()
-    # The warm-up is eager training (on another stream).
-    assert torch.allclose(graph_losses[:WARMUP_STEPS], eager_losses[:WARMUP_STEPS], rtol=1e-6, atol=0)
-    tol = dict(rtol=1e-3, atol=1e-4) if precision == "fp32" else dict(rtol=2e-2, atol=2e-3)
-    assert torch.allclose(graph_losses, eager_losses, **tol), (graph_losses - eager_losses).abs().max()
+    loss_diff = (graph_losses - eager_losses).abs()
+    state_diff = {k: _relative_difference(v, graph_state[k]) for k, v in eager_state.items()
+                  if v.is_floating_point()}
+    worst = max(state_diff, key=state_diff.get)
+    print(f"\n{precision}: max |loss difference| {loss_diff.max():.3g} (warm-up steps {loss_diff[:WARMUP_STEPS].max():.3g}, "
+          f"last step {loss_diff[-1]:.3g}); largest relative state difference {state_diff[worst]:.3g} ({worst})")
+    tol = 1e-3 if precision == "fp32" else 2e-2
+    assert loss_diff[:WARMUP_STEPS].max() <= 1e-6 * eager_losses[0]  # the warm-up is eager training
+    assert loss_diff.max() <= tol and state_diff[worst] <= tol
     for name, a in eager_state.items():
-        b = graph_state[name]
-        if name.endswith("num_batches_tracked"):
-            assert torch.equal(a, b) and int(a) == 300, name
-        else:
-            assert torch.allclose(a.float(), b.float(), **tol), (name, (a.float() - b.float()).abs().max())
+        if name.endswith("num_batches_tracked"):  # BatchNorm's counter: every step, replayed or eager
+            assert int(a) == int(graph_state[name]) == steps, name
+    assert any(name.endswith("running_var") for name in state_diff)
 
 
 @pytest.mark.gpu
