@@ -140,6 +140,10 @@ class TrainerConfig:
     # torch.compile's mode when trainer.compile=true: null (torch's default), reduce-overhead (CUDA graphs:
     # for launch-bound small networks on a GPU), max-autotune, max-autotune-no-cudagraphs.
     compile_mode: Optional[str] = None
+    # Capture the whole training step (forward, loss, backward, clipping, SGD, the epoch metrics' sums) once
+    # in a CUDA graph and replay it per batch (nfbench/graphed_step.py): for launch-bound small networks on a
+    # GPU.  CUDA only, one process, fp32 or bf16, no mixup/CutMix, not with trainer.compile; evaluation stays eager.
+    cuda_graph: bool = False
     deterministic: bool = False  # deterministic algorithms only (torch.use_deterministic_algorithms)
     label_smoothing: float = 0.0  # label smoothing of the cross-entropy loss
     mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) (0 = off)
@@ -353,6 +357,18 @@ def check_values(cfg: DictConfig | Config) -> None:
             c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
     require(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
             "applies with trainer.compile=true only")
+    if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.graphed_step.check_device
+        t = c.trainer
+        for bad, setting, why in (
+                (t.precision == "fp16", "trainer.precision=fp16",
+                 "fp16's GradScaler reads its overflow flag on the host; use bf16 or fp32"),
+                (t.mixup_alpha > 0 or t.cutmix_alpha > 0, f"trainer.mixup_alpha={t.mixup_alpha}/cutmix_alpha="
+                 f"{t.cutmix_alpha}", "mixup and CutMix draw on the host; set both to 0"),
+                (t.compile, "trainer.compile=true", "torch.compile makes its own graphs; choose one of the two"),
+                (t.devices > 1, f"trainer.devices={t.devices}", "DDP is not captured; set trainer.devices=1")):
+            if bad:
+                raise ConfigError(f"trainer.cuda_graph=true cannot run with {setting}: {why} "
+                                  "(or set trainer.cuda_graph=false)")
     dev = c.trainer.device
     require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
             "trainer.device", dev, f"choose {DEVICES_HELP}")

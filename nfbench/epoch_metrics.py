@@ -36,6 +36,13 @@ class EpochMetrics:
         torch.sum(logits.detach().argmax(1).eq(target), dim=0, out=self.hits[i])
         self.sizes[i] = len(target)
 
+    def record(self, i: int, loss: torch.Tensor, hits: torch.Tensor, size: int) -> None:
+        """Record step ``i`` from figures already counted on the device (a captured step's outputs:
+        two copies, where :meth:`add` would count again)."""
+        self.losses[i] = loss
+        self.hits[i] = hits
+        self.sizes[i] = size
+
     def fold(self, upto: int) -> Optional[tuple[int, float]]:
         """Add steps [last fold, ``upto``) into ``sums``; return (step in the epoch, loss) of the
         epoch's first non-finite loss, or None."""

@@ -508,9 +508,11 @@ class RunDirLock:
 # worker count changes the batches; on the device path workers move RandAugment from the GPU to the
 # CPU, whose float results need not match bit for bit), trainer.device/precision/compile/
 # deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
+# trainer.cuda_graph may change: a replay runs the eager step's kernels, the one difference being
+# the learning rate the fused SGD kernel reads from a float32 tensor (a relative 6e-8 from the float).
 RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
                "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.",
-               "logger.", "optimized_metric")
+               "logger.", "optimized_metric", "trainer.cuda_graph")
 
 
 def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:

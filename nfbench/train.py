@@ -25,6 +25,7 @@ from nfbench.config import Config
 from nfbench.data import build_source
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
+from nfbench.graphed_step import GraphedStep, check_device
 from nfbench.loaders import build_loaders, eval_loader
 from nfbench.loggers import Loggers
 from nfbench.models import build_model
@@ -125,6 +126,7 @@ class Loop:
     save: Callable[[int, EpochProgress], None]  # (epoch being trained, progress) -> mid-epoch checkpoint
     loggers: Loggers
     progress: Progress
+    graphed: Optional[GraphedStep] = None  # trainer.cuda_graph: the step captured and replayed
 
 
 def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
@@ -152,22 +154,26 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
             if i == p.batches_done - 1:  # the loader has drawn what it drew before; now the rest of the RNG
                 set_rng_state(p.rng[loop.env.rank])
             continue
-        x, y = _to_device(x, y, device, channels_last)
-        x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
-        with torch.autocast(**loop.amp):
-            logits = loop.net(x)
-            loss = loop.criterion(logits.float(), target)
-        loop.opt.zero_grad(set_to_none=True)
-        loop.scaler.scale(loss).backward()
-        if clip:
-            loop.scaler.unscale_(loop.opt)
-            clip_gradients(loop.net, cfg.optim)
-        loop.scaler.step(loop.opt)
-        loop.scaler.update()
+        if loop.graphed is not None:  # the same step, one replay (nfbench/graphed_step.py)
+            loss, hits = loop.graphed(x, y)
+            metrics.record(i, loss, hits, len(y))
+        else:
+            x, y = _to_device(x, y, device, channels_last)
+            x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
+            with torch.autocast(**loop.amp):
+                logits = loop.net(x)
+                loss = loop.criterion(logits.float(), target)
+            loop.opt.zero_grad(set_to_none=True)
+            loop.scaler.scale(loss).backward()
+            if clip:
+                loop.scaler.unscale_(loop.opt)
+                clip_gradients(loop.net, cfg.optim)
+            loop.scaler.step(loop.opt)
+            loop.scaler.update()
+            metrics.add(i, loss, logits, y)
         if per_step:
             loop.sched.step()
         step = global_step0 + i
-        metrics.add(i, loss, logits, y)
         done = i + 1
         if done % log_every == 0 or done == steps:
             _check_finite(loop, metrics, epoch, global_step0, done, weights=False)
@@ -260,6 +266,8 @@ def train(cfg: DictConfig) -> dict:
     """
     validate(cfg)
     env = distributed.detect()
+    if cfg.trainer.cuda_graph:  # before any file or process: the device as it resolves here
+        check_device(pick_device(cfg.trainer.device), env.world_size if env.enabled else cfg.trainer.devices)
     # One run per run directory: rank 0 (or the launcher of trainer.devices=N) holds it until it ends.
     with rundir.RunDirLock(resolve_run_dir(cfg)) if env.is_main else contextlib.nullcontext():
         if cfg.trainer.devices > 1 and not env.enabled:
@@ -395,7 +403,8 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
 
     stop = StopSignal()
     loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, loggers,
-                Progress(tcfg.progress and main, tcfg.epochs, tcfg.progress_every_s))
+                Progress(tcfg.progress and main, tcfg.epochs, tcfg.progress_every_s),
+                GraphedStep(net, opt, criterion, amp, cfg.optim, tcfg.channels_last) if tcfg.cuda_graph else None)
     status, divergence = "finished", None
     # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
     evaluations = [(split, loader, distributed.min_over_ranks(len(loader), device))
