@@ -312,6 +312,17 @@ def test_committed_gpu_evidence_reproduces_its_table():
     assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
 
 
+def test_committed_gpu_report_files_are_what_the_report_writes(tmp_path):
+    """report.md and report.csv under docs/results-cifar10-gpu/report are, byte for byte, what
+    `nfbench report docs/results-cifar10-gpu/runs` writes: the table's layout, its numbers (to the
+    last digit of the CSV) and its notes stay as the committed evidence shows them."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu"
+    table = rep.attach_references(rep.aggregate(rep.collect([docs / "runs"])), rep.load_references())
+    files = rep.write_table(table, rep.DEFAULT_GROUP_BY, tmp_path)
+    for name in ("markdown", "csv"):
+        assert files[name].read_bytes() == (docs / "report" / files[name].name).read_bytes(), name
+
+
 def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path):
     """Two seeds with a validation split: validation peaks at epoch 2 in both, where the test top-1 is 60 and 50;
     the final test top-1 (55, 65) is the headline.  Beside them an older run whose result.json has no
