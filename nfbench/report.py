@@ -4,8 +4,9 @@ Plain functions, each usable on its own:
 
 - :func:`collect` finds every training run directory under the given paths (single runs,
   multirun trees, finished, diverged or still running) and reads it into a :class:`Run`;
-- :func:`aggregate` groups runs by configuration over seeds and computes mean and std;
-- :func:`write_table` writes the table as Markdown and CSV, with reference numbers beside ours;
+- :func:`aggregate` groups runs by configuration over seeds with pandas: a DataFrame, one row per group,
+  with counts by status, and mean and sample std of each figure over the finished seeds;
+- :func:`write_table` writes that table as Markdown and CSV, with reference numbers beside ours;
 - :func:`plot_curves` draws Civitelli et al.'s Fig. 3/4: train and test top-1 per epoch,
   the seeds' mean as a line and their std as a band, one colour per scheme.
 
@@ -22,18 +23,22 @@ the paper leaves a diverging scheme's curve out of its figures.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
+import numpy as np
+import pandas as pd
 import yaml
+
+from nfbench import rundir
+from nfbench.tables import format_table
 
 # Short names for the axes a sweep varies; any other dotted config key works as well.
 ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
@@ -45,6 +50,9 @@ BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.v
                "trainer.compile_mode", "trainer.progress_every_s", "trainer.checkpoint_every_steps",
                "trainer.log_spp_every", "logger.")  # a key ending in "." stands for its whole group
 FINISHED, DIVERGED, UNFINISHED, INVALID = "finished", "diverged", "unfinished", "invalid"
+# The table's figures (mean and std over a group's finished runs), from the result.json keys they read.
+FIGURES = {"final_test_top1": "test_top1", "best_val_top1": "best_val_top1",
+           "test_top1_at_best_val": "test_top1_at_best_val", "final_train_top1": "train_top1", "wall_s": "wall_s"}
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
 
 
@@ -93,45 +101,14 @@ def resolved_weights(run: Run) -> Optional[str]:
         return None
 
 
-def _load_yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import InterpolationResolutionError
-
-    cfg = OmegaConf.load(path)
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except InterpolationResolutionError:  # .hydra/config.yaml may hold ${hydra:...}, which needs Hydra
-        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or caught mid-write by a run on another node
-        return None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    from nfbench.rundir import parse_metrics
-
-    try:
-        text = path.read_text()
-    except OSError:  # absent
-        return []
-    return parse_metrics(path, text, strict=False)  # a running job's last line may be half-written
-
-
 def read_run(path: Path) -> Optional[Run]:
-    """Read one run directory; None when it holds no training config."""
-    for cfg_path in (path / "config.yaml", path / ".hydra" / "config.yaml"):
-        if cfg_path.is_file():
-            config = _load_yaml(cfg_path)
-            break
-    else:
+    """Read one run directory; None when it holds no training config.  A run still going, or on
+    another node, may be caught mid-write: its files are read leniently (``strict=False``)."""
+    config = rundir.read_config(path)
+    if config is None or "trainer" not in config:
         return None
-    if "trainer" not in config:
-        return None
-    return Run(path, config, _read_metrics(path / "metrics.jsonl"), _read_json(path / "result.json"))
+    return Run(path, config, rundir.read_metrics(path / "metrics.jsonl", strict=False),
+               rundir.read_json(path / "result.json", strict=False))
 
 
 def _natural(p: Path) -> list:
@@ -167,82 +144,72 @@ def collect(paths: Iterable[Path | str]) -> list[Run]:
 
 def _flatten(d: dict) -> dict[str, str]:
     """Dotted keys with comparable (JSON-text) values."""
-    from nfbench.rundir import flatten
-
-    return {k: json.dumps(v, sort_keys=True) for k, v in flatten(d).items()}
+    return {k: json.dumps(v, sort_keys=True) for k, v in rundir.flatten(d).items()}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
-    """Mean and sample standard deviation (n - 1); the std of a single run is undefined."""
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+def _mixed(members: Sequence[Run], group_by: Sequence[str]) -> list[str]:
+    """Config keys (besides the group's, seed and bookkeeping) whose values differ between the runs of a
+    group.  An invalid point never ran: its config says nothing about the runs beside it."""
+    flat = [_flatten(r.config) for r in members if r.status != INVALID]
+    skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
+    groups = tuple(b for b in BOOKKEEPING if b.endswith("."))
+    return sorted(k for k in set().union(*flat) if k not in skip and not k.startswith(groups)
+                  and len({f.get(k) for f in flat}) > 1)
 
 
-def _present(runs: Sequence[Run], key: str) -> list[float]:
-    """``key`` of each run's result.json that has it (older runs and runs without validation have none)."""
-    return [r.result[key] for r in runs if r.result is not None and r.result.get(key) is not None]
+def _mean(values: pd.Series) -> float:
+    """statistics.fmean of the values present: exactly rounded, where pandas' own mean may differ in the
+    last digit from the numbers earlier reports printed."""
+    present = values.dropna()
+    return statistics.fmean(present) if len(present) else math.nan
 
 
-@dataclass
-class Row:
-    """One group of runs that differ only in their seed."""
-
-    key: dict[str, Any]
-    runs: list[Run]
-    finished: int = 0
-    diverged: int = 0
-    unfinished: int = 0
-    invalid: int = 0
-    seeds: list[int] = field(default_factory=list)
-    epochs: Optional[int] = None
-    final_top1: tuple[Optional[float], Optional[float]] = (None, None)  # the last epoch's test top-1
-    # Selected on the validation split: its best top-1, and the test top-1 at that epoch (runs without one: None).
-    best_val_top1: tuple[Optional[float], Optional[float]] = (None, None)
-    test_top1_at_best_val: tuple[Optional[float], Optional[float]] = (None, None)
-    train_top1: tuple[Optional[float], Optional[float]] = (None, None)
-    wall_s: Optional[float] = None
-    # Config keys (besides seed and bookkeeping) whose values differ inside the group.
-    mixed: list[str] = field(default_factory=list)
-    references: list[dict] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return " / ".join(f"{v}" for v in self.key.values() if v is not None)
+def _std(values: pd.Series) -> float:
+    """Sample standard deviation (n - 1, statistics.stdev) of the values present; undefined (NaN) for one."""
+    present = values.dropna()
+    return statistics.stdev(present) if len(present) > 1 else math.nan
 
 
-def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> list[Row]:
-    """Group runs by the values of ``group_by`` and summarise each group over its seeds."""
-    groups: dict[tuple, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(tuple(json.dumps(r.get(k)) for k in group_by), []).append(r)
-    rows = []
-    for key, members in groups.items():
-        done = [r for r in members if r.status == FINISHED]
-        # An invalid point never ran: its config says nothing about the runs beside it.
-        ran = [r for r in members if r.status != INVALID]
-        flat = [_flatten(r.config) for r in ran]
-        skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
-        mixed = sorted(k for k in set().union(*flat) if k not in skip and not k.startswith(tuple(
-            b for b in BOOKKEEPING if b.endswith("."))) and len({f.get(k) for f in flat}) > 1)
-        planned = {r.get("epochs") for r in ran}
-        rows.append(Row(
-            key={k: json.loads(v) for k, v in zip(group_by, key)},
-            runs=members,
-            finished=len(done),
-            diverged=sum(r.status == DIVERGED for r in members),
-            unfinished=sum(r.status == UNFINISHED for r in members),
-            invalid=sum(r.status == INVALID for r in members),
-            seeds=sorted(r.get("seed") for r in members),
-            epochs=planned.pop() if len(planned) == 1 else None,
-            final_top1=_mean_std([r.result["test_top1"] for r in done]),
-            best_val_top1=_mean_std(_present(done, "best_val_top1")),
-            test_top1_at_best_val=_mean_std(_present(done, "test_top1_at_best_val")),
-            train_top1=_mean_std([r.result["train_top1"] for r in done]),
-            wall_s=statistics.fmean(r.result["wall_s"] for r in done) if done else None,
-            mixed=mixed,
-        ))
-    return rows
+def runs_frame(runs: Sequence[Run], group_by: Sequence[str]) -> pd.DataFrame:
+    """One row per run: ``group`` (its values of ``group_by`` as JSON text, so that null and lists
+    group too), status, seed, planned epochs, result.json's figures (NaN where absent) and the Run."""
+    return pd.DataFrame({
+        "group": [json.dumps([r.get(k) for k in group_by]) for r in runs],
+        "status": [r.status for r in runs],
+        "seed": pd.Series([r.get("seed") for r in runs], dtype=object),
+        "epochs": pd.Series([r.get("epochs") for r in runs], dtype=object),
+        **{name: pd.Series([(r.result or {}).get(key) for r in runs], dtype=float) for name, key in FIGURES.items()},
+        "run": pd.Series(list(runs), dtype=object),
+    })
+
+
+def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
+    """Group runs by the values of ``group_by`` (in the order they first appear) and summarise each
+    group over its seeds: one row per group with its key values, ``seeds`` (finished runs), ``diverged``,
+    ``unfinished``, ``invalid``, ``epochs`` (planned, when the runs agree), FIGURE_mean and FIGURE_std
+    over the finished runs, ``seed_values``, ``mixed_keys`` (see :func:`_mixed`), ``references``
+    (empty until :func:`attach_references`) and ``runs``."""
+    per_run = runs_frame(runs, group_by)
+    order = per_run["group"].unique()
+    counts = (pd.crosstab(per_run["group"], per_run["status"])
+              .reindex(index=order, columns=[FINISHED, DIVERGED, UNFINISHED, INVALID], fill_value=0)
+              .rename(columns={FINISHED: "seeds"}))
+    planned = per_run[per_run["status"] != INVALID].groupby("group", sort=False)["epochs"]
+    epochs = planned.first().where(planned.nunique(dropna=False) == 1).reindex(order).astype("Int64")
+    stats = per_run[per_run["status"] == FINISHED].groupby("group", sort=False).agg(
+        **{f"{name}_{stat}": (name, how) for name in FIGURES for stat, how in (("mean", _mean), ("std", _std))})
+    members = per_run.groupby("group", sort=False)["run"].agg(list).reindex(order)
+    keys = pd.DataFrame([json.loads(g) for g in order], index=order, columns=list(group_by), dtype=object)
+    table = pd.concat([
+        keys, counts, epochs.rename("epochs"),
+        stats.reindex(order).drop(columns="wall_s_std"),
+        members.map(lambda rs: sorted(r.get("seed") for r in rs)).rename("seed_values"),
+        members.map(lambda rs: _mixed(rs, group_by)).rename("mixed_keys"),
+        members.map(lambda rs: []).rename("references"),
+        members.rename("runs"),
+    ], axis=1)
+    # A group key named like a figure (--group-by epochs) is that figure: one column.
+    return table.loc[:, ~table.columns.duplicated()].reset_index(drop=True)
 
 
 def load_references(path: Optional[Path] = None) -> list[dict]:
@@ -262,127 +229,103 @@ def _matches(run: Run, match: dict) -> bool:
     return all(run.get(k) in v if isinstance(v, list) else run.get(k) == v for k, v in match.items())
 
 
-def attach_references(rows: Sequence[Row], refs: Sequence[dict]) -> None:
-    """Give each row the references that match its runs."""
-    for row in rows:
-        row.references = [ref for ref in refs if _matches(row.runs[0], ref["match"])]
+def attach_references(table: pd.DataFrame, refs: Sequence[dict]) -> pd.DataFrame:
+    """``table`` with each group's ``references``: those that match its runs."""
+    return table.assign(references=table["runs"].map(
+        lambda runs: [ref for ref in refs if _matches(runs[0], ref["match"])]))
 
 
-def _pm(ms: tuple[Optional[float], Optional[float]]) -> str:
-    mean, std = ms
-    if mean is None:
+def _pm(mean: float, std: float) -> str:
+    if pd.isna(mean):
         return "-"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}" if pd.notna(std) else f"{mean:.2f}"
 
 
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
+def _duration(seconds: float) -> str:
+    if pd.isna(seconds):
         return "-"
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _ref_text(ref: dict) -> str:
-    return f"{ref['test_top1']:.2f} [{ref['id']}]"
+def _label(row: pd.Series, group_by: Sequence[str]) -> str:
+    return " / ".join(f"{row[k]}" for k in group_by if row[k] is not None)
 
 
-def table_records(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """The table as plain records (the CSV's rows): group keys, counts, statistics, references."""
-    out = []
-    for row in rows:
-        rec: dict[str, Any] = dict(row.key)
-        rec.update({
-            "seeds": row.finished, "diverged": row.diverged, "unfinished": row.unfinished, "invalid": row.invalid,
-            "epochs": row.epochs,
-            "final_test_top1_mean": row.final_top1[0], "final_test_top1_std": row.final_top1[1],
-            "best_val_top1_mean": row.best_val_top1[0], "best_val_top1_std": row.best_val_top1[1],
-            "test_top1_at_best_val_mean": row.test_top1_at_best_val[0],
-            "test_top1_at_best_val_std": row.test_top1_at_best_val[1],
-            "final_train_top1_mean": row.train_top1[0], "final_train_top1_std": row.train_top1[1],
-            "wall_s_mean": row.wall_s,
-            "seed_values": ";".join(str(s) for s in row.seeds),
-            "reference_test_top1": ";".join(f"{r['test_top1']}" for r in row.references) or None,
-            "reference_ids": ";".join(r["id"] for r in row.references) or None,
-            "mixed_keys": ";".join(row.mixed) or None,
-        })
-        out.append(rec)
-    return out
+def _joined(values: Iterable[Any]) -> Optional[str]:
+    return ";".join(str(v) for v in values) or None
 
 
-def markdown_table(rows: Sequence[Row], group_by: Sequence[str]) -> str:
-    """The Markdown table and, below it, the sources of the reference numbers it cites."""
-    head = [*group_by, "seeds", "diverged", "unfinished", "invalid", "epochs", "final test top-1 (%)",
-            "best val top-1 (%)", "test top-1 at best val (%)", "final train top-1 (%)", "wall / run",
-            "reference top-1 (%)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    cited: dict[str, dict] = {}
-    for row in rows:
-        for ref in row.references:
-            cited[ref["id"]] = ref
-        cells = ["-" if row.key[k] is None else str(row.key[k]) for k in group_by]
-        cells += [str(row.finished), str(row.diverged), str(row.unfinished), str(row.invalid),
-                  "-" if row.epochs is None else str(row.epochs), _pm(row.final_top1), _pm(row.best_val_top1),
-                  _pm(row.test_top1_at_best_val), _pm(row.train_top1), _duration(row.wall_s),
-                  ", ".join(_ref_text(r) for r in row.references) or "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+MARKDOWN_FIGURES = {"final_test_top1": "final test top-1 (%)", "best_val_top1": "best val top-1 (%)",
+                    "test_top1_at_best_val": "test top-1 at best val (%)",
+                    "final_train_top1": "final train top-1 (%)"}
+COUNTS = ("seeds", "diverged", "unfinished", "invalid", "epochs")
+
+
+def markdown_table(table: pd.DataFrame, group_by: Sequence[str]) -> str:
+    """The Markdown table and, below it, the invalid runs, groups whose runs differ in other keys, and
+    the sources of the reference numbers it cites."""
+    shown = pd.concat([
+        table[list(dict.fromkeys([*group_by, *COUNTS]))],
+        pd.DataFrame({title: [_pm(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"])]
+                      for name, title in MARKDOWN_FIGURES.items()}),
+        pd.DataFrame({"wall / run": table["wall_s_mean"].map(_duration),
+                      "reference top-1 (%)": table["references"].map(
+                          lambda refs: ", ".join(f"{r['test_top1']:.2f} [{r['id']}]" for r in refs) or None)}),
+    ], axis=1)
     notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished and invalid runs "
              "are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
              "over epochs on the validation split held out of the training set (data.val_size), and test "
              "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split."]
-    for row in rows:
-        notes += [f"- Invalid: {r.path}: {r.result['error']}" for r in row.runs if r.status == INVALID]
-    for row in rows:
-        if row.mixed:
-            notes.append(f"- Warning: the runs of `{row.label}` also differ in {', '.join(row.mixed)}; "
-                         f"add those keys to --group-by to separate them.")
-    for ref in cited.values():
-        notes.append(f"- [{ref['id']}] {ref['source']}: {ref['setting']}.")
-    return "\n".join(lines + notes) + "\n"
+    notes += [f"- Invalid: {r.path}: {r.result['error']}"
+              for runs in table["runs"] for r in runs if r.status == INVALID]
+    notes += [f"- Warning: the runs of `{_label(row, group_by)}` also differ in {', '.join(row['mixed_keys'])}; "
+              f"add those keys to --group-by to separate them." for _, row in table.iterrows() if row["mixed_keys"]]
+    cited = {ref["id"]: ref for refs in table["references"] for ref in refs}
+    notes += [f"- [{ref['id']}] {ref['source']}: {ref['setting']}." for ref in cited.values()]
+    return "\n".join([format_table(shown, markdown=True), *notes]) + "\n"
 
 
-def write_table(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path) -> dict[str, Path]:
+def csv_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the CSV holds it: lists joined with ';', the references' top-1 and ids, no Run objects."""
+    return table.drop(columns=["runs", "references", "mixed_keys", "seed_values"]).assign(
+        seed_values=table["seed_values"].map(_joined),
+        reference_test_top1=table["references"].map(lambda refs: _joined(r["test_top1"] for r in refs)),
+        reference_ids=table["references"].map(lambda refs: _joined(r["id"] for r in refs)),
+        mixed_keys=table["mixed_keys"].map(_joined))
+
+
+def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path) -> dict[str, Path]:
     """Write ``report.md`` and ``report.csv`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    md.write_text(markdown_table(rows, group_by))
-    records = table_records(rows)
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]) if records else list(group_by))
-        w.writeheader()
-        w.writerows(records)
+    md.write_text(markdown_table(table, group_by))
+    csv_table(table).to_csv(csv_path, index=False, lineterminator="\r\n")
     return {"markdown": md, "csv": csv_path}
 
 
 def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[float]]:
     """Per epoch (1-based): mean and std of ``key`` over the runs that reached it; diverged runs
-    are left out.  A single run gives a zero-width band."""
-    by_epoch: dict[int, list[float]] = {}
-    for r in runs:
-        if r.status == DIVERGED:
-            continue
-        for m in r.metrics:
-            v = m.get(key)
-            if v is not None and math.isfinite(v):
-                by_epoch.setdefault(int(m["epoch"]), []).append(v)
-    epochs = sorted(by_epoch)
-    means = [statistics.fmean(by_epoch[e]) for e in epochs]
-    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-    return epochs, means, stds
+    are left out, and so are missing and non-finite values.  A single run gives a zero-width band."""
+    points = pd.DataFrame([(int(m["epoch"]), m.get(key)) for r in runs if r.status != DIVERGED for m in r.metrics],
+                          columns=["epoch", "value"]).astype({"value": float})
+    curve = points[np.isfinite(points["value"])].groupby("epoch")["value"].agg(mean=_mean, std=_std)
+    return curve.index.tolist(), curve["mean"].tolist(), curve["std"].fillna(0.0).tolist()
 
 
 SCHEME_KEYS = ("init", "weights", "init.name", "init.weights")
 
 
-def _figure_groups(rows: Sequence[Row], group_by: Sequence[str]) -> dict[tuple, list[Row]]:
+def _figure_groups(table: pd.DataFrame,
+                   group_by: Sequence[str]) -> Iterator[tuple[list[tuple[str, Any]], pd.DataFrame]]:
     """One figure per combination of the group keys other than the scheme (init, weights):
-    Civitelli et al. draw one panel per architecture with every scheme in it.  Keys are
-    (key, value) pairs."""
+    Civitelli et al. draw one panel per architecture with every scheme in it.  Yields the figure's
+    (key, value) pairs and its rows of ``table``."""
     fig_keys = [k for k in group_by if k not in SCHEME_KEYS]
-    out: dict[tuple, list[Row]] = {}
-    for row in rows:
-        out.setdefault(tuple((k, row.key[k]) for k in fig_keys), []).append(row)
-    return out
+    labels = pd.Series([json.dumps([row[k] for k in fig_keys]) for _, row in table.iterrows()], index=table.index)
+    for label, rows in table.groupby(labels, sort=False):
+        yield list(zip(fig_keys, json.loads(label))), rows
 
 
 def _slug(parts: Iterable[Any]) -> str:
@@ -390,7 +333,7 @@ def _slug(parts: Iterable[Any]) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
-def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
+def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
                 formats: Sequence[str] = ("png",)) -> list[Path]:
     """Civitelli et al. Fig. 3/4: train (left) and test (right) top-1 against epoch; per scheme
     the seeds' mean as a line and +- one std as a band; references as dashed lines."""
@@ -402,22 +345,22 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     scheme_keys = [k for k in group_by if k in SCHEME_KEYS]
-    for fig_key, fig_rows in _figure_groups(rows, group_by).items():
+    for fig_key, fig_rows in _figure_groups(table, group_by):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         colours = plt.get_cmap("tab10")
-        for i, row in enumerate(fig_rows):
-            name = " + ".join(str(row.key[k]) for k in scheme_keys if row.key[k] is not None) or row.label
-            dead = f", {row.diverged} diverged" if row.diverged else ""
+        for i, (_, row) in enumerate(fig_rows.iterrows()):
+            name = " + ".join(str(row[k]) for k in scheme_keys if row[k] is not None) or _label(row, group_by)
+            dead = f", {row['diverged']} diverged" if row["diverged"] else ""
             for ax, metric in zip(axes, ("train_top1", "test_top1")):
-                epochs, mean, std = epoch_curve(row.runs, metric)
+                epochs, mean, std = epoch_curve(row["runs"], metric)
                 if not epochs:
                     continue
                 lo = [m - s for m, s in zip(mean, std)]
                 hi = [m + s for m, s in zip(mean, std)]
-                n = len(row.runs) - row.diverged - row.invalid
+                n = len(row["runs"]) - row["diverged"] - row["invalid"]
                 ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={n}{dead})")
                 ax.fill_between(epochs, lo, hi, color=colours(i % 10), alpha=0.2, linewidth=0)
-            for ref in row.references:
+            for ref in row["references"]:
                 axes[1].axhline(ref["test_top1"], color=colours(i % 10), linestyle="--", linewidth=1)
         for ax, title in zip(axes, ("train", "test")):
             ax.set_title(f"{title} accuracy")
@@ -438,16 +381,15 @@ def plot_curves(rows: Sequence[Row], group_by: Sequence[str], out_dir: Path,
 
 def report(paths: Sequence[Path | str], out_dir: Path, group_by: Sequence[str] = DEFAULT_GROUP_BY,
            references: Optional[Path] = None, formats: Sequence[str] = ("png",)) -> dict[str, Any]:
-    """collect -> aggregate -> attach references -> table and curves; returns rows and file paths."""
+    """collect -> aggregate -> attach references -> table and curves; returns the runs, the table and file paths."""
     runs = collect(paths)
     if not runs:
         raise FileNotFoundError(f"nfbench report: no training run directories under {', '.join(map(str, paths))} "
                                 f"(a run directory holds config.yaml and metrics.jsonl or result.json)")
-    rows = aggregate(runs, group_by)
-    attach_references(rows, load_references(references))
-    files = write_table(rows, group_by, out_dir)
-    figures = plot_curves(rows, group_by, out_dir, formats)
-    return {"runs": runs, "rows": rows, **files, "figures": figures}
+    table = attach_references(aggregate(runs, group_by), load_references(references))
+    files = write_table(table, group_by, out_dir)
+    figures = plot_curves(table, group_by, out_dir, formats)
+    return {"runs": runs, "table": table, **files, "figures": figures}
 
 
 def parse_group_by(values: Optional[Sequence[str]]) -> list[str]:

@@ -137,8 +137,32 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: Path, strict: bool = True) -> Any:
+    """A JSON file of the run directory.  Not ``strict`` (a reader of other jobs' files): None when it is
+    absent or unreadable (a job on another node still writing it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        if strict:
+            raise
+        return None
+
+
+def read_config(run_dir: Path) -> Optional[dict]:
+    """The run's config as a plain dict: its resolved config.yaml or, for a job killed before writing it,
+    Hydra's .hydra/config.yaml (whose ``${hydra:...}`` values stay unresolved outside Hydra); None when
+    it has neither."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    for path in (Path(run_dir) / "config.yaml", Path(run_dir) / ".hydra" / "config.yaml"):
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            try:
+                return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+            except InterpolationResolutionError:
+                return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+    return None
 
 
 def checksum_path(path: Path) -> Path:
@@ -261,11 +285,15 @@ def find_checkpoint(resume: str) -> Path:
                       f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory")
 
 
-def parse_metrics(path: Path, text: str, strict: bool = True) -> list[dict]:
-    """The rows of metrics.jsonl, epochs numbered from 1.  A torn final line (a crash mid-append) is
-    dropped; a damaged line before it is an error naming the file and the line, unless not ``strict``
-    (a reader of other jobs' files skips it).  Files of nfbench before version 2 numbered from 0."""
-    lines = text.splitlines()
+def read_metrics(path: Path, strict: bool = True) -> list[dict]:
+    """The rows of metrics.jsonl, epochs numbered from 1; [] when there is none.  A torn final line (a
+    crash mid-append) is dropped; a damaged line before it is an error naming the file and the line,
+    unless not ``strict`` (a reader of other jobs' files skips it).  Files of nfbench before version 2
+    numbered from 0."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -279,13 +307,6 @@ def parse_metrics(path: Path, text: str, strict: bool = True) -> list[dict]:
     if rows and rows[0].get("epoch") == 0:
         rows = [{**r, "epoch": r["epoch"] + 1} for r in rows]
     return rows
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Every complete row of metrics.jsonl, see :func:`parse_metrics`."""
-    if not path.exists():
-        return []
-    return parse_metrics(path, path.read_text())
 
 
 def truncate_metrics(path: Path, last_epoch: int) -> None:

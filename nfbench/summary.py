@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -29,10 +30,12 @@ from nfbench.data import data_shape
 from nfbench.models import construct_model, split_stages
 from nfbench.rundir import write_json
 from nfbench.schemes import build_scheme
+from nfbench.tables import format_table
 
 log = logging.getLogger("nfbench")
 
 JSON_NAME = "summary.json"
+COUNT_COLUMNS = ("params", "params (M)", "FLOPs", "FLOPs (G)")
 
 
 def _flops(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -70,15 +73,6 @@ def summarize(cfg: DictConfig) -> dict:
             "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts}
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> str:
-    """Plain text; ``align`` has one letter per column, l(eft) or r(ight); integers get thousands separators."""
-    cells = [list(header)] + [[f"{v:,}" if isinstance(v, int) else str(v) for v in r] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(line, widths, align)).rstrip()
-             for line in cells]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
 def _m(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
@@ -87,21 +81,27 @@ def _g(n: int) -> str:
     return f"{n / 1e9:.3f}"
 
 
+def _counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parameter and FLOP columns of rows with ``params`` and ``flops``: exact (thousands separated) and in M/G."""
+    return pd.DataFrame({"params": frame["params"].map("{:,}".format), "params (M)": frame["params"].map(_m),
+                         "FLOPs": frame["flops"].map("{:,}".format), "FLOPs (G)": frame["flops"].map(_g)})
+
+
 def format_parts(row: dict) -> str:
     """One model: a line per stem, stage and head, then the total."""
     title = (f"{row['model']} / {row['init']} ({row['weights']} weights), input "
              f"{'x'.join(map(str, row['input']))}, {row['num_classes']} classes")
-    body = [[p["name"], p["params"], _m(p["params"]), p["flops"], _g(p["flops"])] for p in row["parts"]]
-    body.append(["total", row["params"], _m(row["params"]), row["flops"], _g(row["flops"])])
-    return title + "\n" + _table(["part", "params", "params (M)", "FLOPs", "FLOPs (G)"], body, "lrrrr")
+    parts = pd.DataFrame([*row["parts"], {"name": "total", "params": row["params"], "flops": row["flops"]}])
+    table = pd.concat([parts["name"].rename("part"), _counts(parts)], axis=1)
+    return title + "\n" + format_table(table, right=COUNT_COLUMNS)
 
 
 def format_rows(rows: Sequence[dict]) -> str:
     """Several models: one line each, with totals."""
-    body = [[r["model"], r["init"], r["weights"], "x".join(map(str, r["input"])), r["params"], _m(r["params"]),
-             r["flops"], _g(r["flops"])] for r in rows]
-    return _table(["model", "init", "weights", "input", "params", "params (M)", "FLOPs", "FLOPs (G)"], body,
-                  "llllrrrr")
+    frame = pd.DataFrame(rows)
+    table = pd.concat([frame[["model", "init", "weights"]], frame["input"].map(lambda s: "x".join(map(str, s)))
+                       .rename("input"), _counts(frame)], axis=1)
+    return format_table(table, right=COUNT_COLUMNS)
 
 
 def _multirun() -> bool:

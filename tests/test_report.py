@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -81,8 +82,18 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def rows_by_init(rows: list[rep.Row]) -> dict[str, rep.Row]:
-    return {r.key["init"]: r for r in rows}
+def rows_by(table: pd.DataFrame, *keys: str) -> dict:
+    """The table's rows (pandas Series) by their value of ``keys`` (a tuple of them for several)."""
+    return {(row[keys[0]] if len(keys) == 1 else tuple(row[k] for k in keys)): row for _, row in table.iterrows()}
+
+
+def rows_by_init(table: pd.DataFrame) -> dict[str, pd.Series]:
+    return rows_by(table, "init")
+
+
+def only_row(table: pd.DataFrame) -> pd.Series:
+    assert len(table) == 1, table
+    return table.iloc[0]
 
 
 def test_collect_finds_every_run_and_its_status(tree):
@@ -97,7 +108,7 @@ def test_groups_follow_the_sweeps_job_order(tmp_path):
     """Hydra's job numbers are not zero-padded; job 2 comes before job 10."""
     write_run(tmp_path / "10_init=bn", "bn", 0, [50.0])
     write_run(tmp_path / "2_init=plain", "plain", 0, [50.0])
-    assert [r.key["init"] for r in rep.aggregate(rep.collect([tmp_path]))] == ["plain", "bn"]
+    assert list(rep.aggregate(rep.collect([tmp_path]))["init"]) == ["plain", "bn"]
 
 
 def test_run_with_only_hydras_config_is_read(tmp_path):
@@ -118,49 +129,52 @@ def test_aggregate_means_stds_and_counts(tree):
     assert set(rows) == {"idshort", "convshort", "bn"}
 
     ids = rows["idshort"]
-    assert (ids.finished, ids.diverged, ids.unfinished, ids.epochs) == (3, 0, 0, 3)
+    assert (ids["seeds"], ids["diverged"], ids["unfinished"], ids["epochs"]) == (3, 0, 0, 3)
     # mean (50 + 52 + 57) / 3 = 53; sample std sqrt((9 + 1 + 16) / 2) = sqrt(13)
-    assert ids.final_top1[0] == pytest.approx(53.0)
-    assert ids.final_top1[1] == pytest.approx(math.sqrt(13.0))
+    assert ids["final_test_top1_mean"] == pytest.approx(53.0)
+    assert ids["final_test_top1_std"] == pytest.approx(math.sqrt(13.0))
     # no validation split: no best figure (the test-selected best is not a result)
-    assert ids.best_val_top1 == (None, None) and ids.test_top1_at_best_val == (None, None)
-    assert ids.train_top1[0] == pytest.approx(52.0)
-    assert ids.wall_s == pytest.approx(30.0)
+    assert ids[["best_val_top1_mean", "best_val_top1_std", "test_top1_at_best_val_mean",
+                "test_top1_at_best_val_std"]].isna().all()
+    assert ids["final_train_top1_mean"] == pytest.approx(52.0)
+    assert ids["wall_s_mean"] == pytest.approx(30.0)
 
     conv = rows["convshort"]
-    assert (conv.finished, conv.diverged, conv.unfinished) == (2, 1, 0)
+    assert (conv["seeds"], conv["diverged"], conv["unfinished"]) == (2, 1, 0)
     # the diverged seed (10%) is counted, not averaged: mean 62, std sqrt(4 + 4) = sqrt(8)
-    assert conv.final_top1[0] == pytest.approx(62.0) and conv.final_top1[1] == pytest.approx(math.sqrt(8.0))
-    assert conv.seeds == [0, 1, 2]
+    assert conv["final_test_top1_mean"] == pytest.approx(62.0)
+    assert conv["final_test_top1_std"] == pytest.approx(math.sqrt(8.0))
+    assert conv["seed_values"] == [0, 1, 2]
 
     bn = rows["bn"]
-    assert (bn.finished, bn.diverged, bn.unfinished) == (1, 0, 1)
+    assert (bn["seeds"], bn["diverged"], bn["unfinished"]) == (1, 0, 1)
     # one finished run: its value, and no std; the unfinished run (weights null in its config)
     # lands in the same group through the scheme's default weights
-    assert bn.final_top1 == (pytest.approx(70.0), None)
-    assert bn.key["weights"] == "he_fanin"
-    assert all(not r.mixed for r in rows.values())
+    assert bn["final_test_top1_mean"] == pytest.approx(70.0) and pd.isna(bn["final_test_top1_std"])
+    assert bn["weights"] == "he_fanin"
+    assert all(not r["mixed_keys"] for r in rows.values())
 
 
 def test_epoch_curves_leave_diverged_runs_out(tree):
     rows = rows_by_init(rep.aggregate(rep.collect([tree])))
-    epochs, mean, std = rep.epoch_curve(rows["convshort"].runs, "test_top1")
+    epochs, mean, std = rep.epoch_curve(rows["convshort"]["runs"], "test_top1")
     assert epochs == [1, 2, 3]
     assert mean == pytest.approx([40.5, 56.5, 62.0])
     assert std == pytest.approx([math.sqrt(0.5), math.sqrt(4.5), math.sqrt(8.0)])
     # the unfinished bn run contributes the epochs it reached
-    epochs, mean, std = rep.epoch_curve(rows["bn"].runs, "test_top1")
+    epochs, mean, std = rep.epoch_curve(rows["bn"]["runs"], "test_top1")
     assert epochs == [1, 2, 3] and mean == pytest.approx([46.5, 64.0, 70.0]) and std[2] == 0.0
 
 
 def test_group_by_and_mixed_config_warning(tmp_path):
     write_run(tmp_path / "a", "idshort", 0, [50.0], lr=0.01)
     write_run(tmp_path / "b", "idshort", 1, [60.0], lr=0.1)
-    (row,) = rep.aggregate(rep.collect([tmp_path]))
-    assert row.finished == 2 and row.mixed == ["optim.lr"]
-    assert "optim.lr" in rep.markdown_table([row], rep.DEFAULT_GROUP_BY)
-    rows = rep.aggregate(rep.collect([tmp_path]), rep.parse_group_by(["+optim.lr"]))
-    assert sorted(r.key["optim.lr"] for r in rows) == [0.01, 0.1] and all(not r.mixed for r in rows)
+    table = rep.aggregate(rep.collect([tmp_path]))
+    row = only_row(table)
+    assert row["seeds"] == 2 and row["mixed_keys"] == ["optim.lr"]
+    assert "also differ in optim.lr" in rep.markdown_table(table, rep.DEFAULT_GROUP_BY)
+    table = rep.aggregate(rep.collect([tmp_path]), rep.parse_group_by(["+optim.lr"]))
+    assert sorted(table["optim.lr"]) == [0.01, 0.1] and not any(table["mixed_keys"])
     assert rep.parse_group_by(["init", "seed"]) == ["init", "seed"]
     assert rep.parse_group_by(None) == list(rep.DEFAULT_GROUP_BY)
 
@@ -174,8 +188,8 @@ def test_logging_and_progress_settings_are_not_a_difference_between_seeds(tmp_pa
         config["logger"] = logger
         config["trainer"].update(progress_every_s=every, checkpoint_every_steps=100 * seed)
         (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (row,) = rep.aggregate(rep.collect([tmp_path]))
-    assert row.finished == 2 and row.mixed == []
+    row = only_row(rep.aggregate(rep.collect([tmp_path])))
+    assert row["seeds"] == 2 and row["mixed_keys"] == []
 
 
 def test_references_match_and_convert_errors(tmp_path, tree):
@@ -189,10 +203,9 @@ def test_references_match_and_convert_errors(tmp_path, tree):
     ]}))
     refs = rep.load_references(refs_file)
     assert refs[0]["test_top1"] == pytest.approx(91.25)
-    rows = rows_by_init(rep.aggregate(rep.collect([tree])))
-    rep.attach_references(rows.values(), refs)
-    assert [r["id"] for r in rows["bn"].references] == ["X", "Y"]
-    assert [r["id"] for r in rows["idshort"].references] == ["Y"]
+    rows = rows_by_init(rep.attach_references(rep.aggregate(rep.collect([tree])), refs))
+    assert [r["id"] for r in rows["bn"]["references"]] == ["X", "Y"]
+    assert [r["id"] for r in rows["idshort"]["references"]] == ["Y"]
 
 
 def test_packaged_references_are_well_formed():
@@ -206,9 +219,9 @@ def test_packaged_references_are_well_formed():
 
 
 def test_write_table_and_plots(tree, tmp_path):
-    rows = rep.aggregate(rep.collect([tree]))
+    table = rep.aggregate(rep.collect([tree]))
     out = tmp_path / "out"
-    files = rep.write_table(rows, rep.DEFAULT_GROUP_BY, out)
+    files = rep.write_table(table, rep.DEFAULT_GROUP_BY, out)
     md = files["markdown"].read_text()
     assert "53.00 ± 3.61" in md and "62.00 ± 2.83" in md and "| 70.00 |" in md
     with open(files["csv"]) as f:
@@ -219,7 +232,7 @@ def test_write_table_and_plots(tree, tmp_path):
     assert (records["bn"]["unfinished"], records["bn"]["final_test_top1_std"]) == ("1", "")
 
     assert records["convshort"]["seed_values"] == "0;1;2"
-    figures = rep.plot_curves(rows, rep.DEFAULT_GROUP_BY, out, formats=("png", "pdf"))
+    figures = rep.plot_curves(table, rep.DEFAULT_GROUP_BY, out, formats=("png", "pdf"))
     # one figure (per data/model/width), every scheme in it
     assert sorted(p.name for p in figures) == ["curves_synthetic_cifar10_resnet20_8.pdf",
                                                "curves_synthetic_cifar10_resnet20_8.png"]
@@ -243,16 +256,16 @@ def test_report_reads_real_runs(make_cfg, tmp_path):
     for seed in (0, 1):
         train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64",
                         "data.val_size=32"], tmp_path / f"run{seed}"))
-    (row,) = rep.aggregate(rep.collect([tmp_path]))
+    row = only_row(rep.aggregate(rep.collect([tmp_path])))
     results = [json.loads((tmp_path / f"run{s}" / "result.json").read_text()) for s in (0, 1)]
     tops = [r["test_top1"] for r in results]
-    assert row.key["init"] == "idshort" and row.key["weights"] == "he_fanout" and row.key["data"] == "digits"
-    assert row.finished == 2 and row.epochs == 2 and not row.mixed
-    assert row.final_top1[0] == pytest.approx(sum(tops) / 2)
-    assert row.final_top1[1] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
+    assert row["init"] == "idshort" and row["weights"] == "he_fanout" and row["data"] == "digits"
+    assert row["seeds"] == 2 and row["epochs"] == 2 and not row["mixed_keys"]
+    assert row["final_test_top1_mean"] == pytest.approx(sum(tops) / 2)
+    assert row["final_test_top1_std"] == pytest.approx(abs(tops[0] - tops[1]) / math.sqrt(2))
     for figure in ("best_val_top1", "test_top1_at_best_val"):
-        assert getattr(row, figure)[0] == pytest.approx(sum(r[figure] for r in results) / 2)
-    epochs, _, _ = rep.epoch_curve(row.runs, "train_top1")
+        assert row[f"{figure}_mean"] == pytest.approx(sum(r[figure] for r in results) / 2)
+    epochs, _, _ = rep.epoch_curve(row["runs"], "train_top1")
     assert epochs == [1, 2]
 
 
@@ -266,7 +279,7 @@ def test_preset_sweep_then_report(tmp_path):
            f"hydra.sweep.dir={sweep}"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
-    assert set(rows) == {"bn", "convshort"} and all(r.finished == 1 for r in rows.values())
+    assert set(rows) == {"bn", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
 
 
 def test_metrics_of_older_versions_count_epochs_from_one(tmp_path):
@@ -283,7 +296,8 @@ def test_committed_gpu_evidence_reproduces_its_table():
     the report rebuilds every row's final test top-1 and epoch count, and sets He et al. 2016a's
     published ResNet-20 number beside ours."""
     runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "runs"
-    rows = {(r.key["model"], r.key["init"], r.key["weights"]): r for r in rep.aggregate(rep.collect([runs_dir]))}
+    table = rep.attach_references(rep.aggregate(rep.collect([runs_dir])), rep.load_references())
+    rows = rows_by(table, "model", "init", "weights")
     expected = {("resnet20", "bn", "he_fanin"): (164, 87.67), ("resnet18", "bn", "he_fanin"): (38, 87.28),
                 ("resnet18", "idshort", "he_fanout"): (38, 83.83),
                 ("resnet18", "learnscalar", "he_fanout"): (38, 84.65),
@@ -291,12 +305,22 @@ def test_committed_gpu_evidence_reproduces_its_table():
     assert set(rows) == set(expected)
     for key, (epochs, top1) in expected.items():
         row = rows[key]
-        assert (row.finished, row.epochs, row.final_top1[0]) == (1, epochs, top1), key
-    rep.attach_references(list(rows.values()), rep.load_references())
-    assert [ref["id"] for ref in rows["resnet20", "bn", "he_fanin"].references] == ["He16a-R20"]
+        assert (row["seeds"], row["epochs"], row["final_test_top1_mean"]) == (1, epochs, top1), key
+    assert [ref["id"] for ref in rows["resnet20", "bn", "he_fanin"]["references"]] == ["He16a-R20"]
     # Written before epochs counted from 1: the curve still starts at epoch 1 and ends at 164.
-    epochs, _, _ = rep.epoch_curve(rows["resnet20", "bn", "he_fanin"].runs, "test_top1")
+    epochs, _, _ = rep.epoch_curve(rows["resnet20", "bn", "he_fanin"]["runs"], "test_top1")
     assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
+
+
+def test_committed_gpu_report_files_are_what_the_report_writes(tmp_path):
+    """report.md and report.csv under docs/results-cifar10-gpu/report are, byte for byte, what
+    `nfbench report docs/results-cifar10-gpu/runs` writes: the table's layout, its numbers (to the
+    last digit of the CSV) and its notes stay as the committed evidence shows them."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu"
+    table = rep.attach_references(rep.aggregate(rep.collect([docs / "runs"])), rep.load_references())
+    files = rep.write_table(table, rep.DEFAULT_GROUP_BY, tmp_path)
+    for name in ("markdown", "csv"):
+        assert files[name].read_bytes() == (docs / "report" / files[name].name).read_bytes(), name
 
 
 def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path):
@@ -306,13 +330,16 @@ def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path
     write_run(tmp_path / "a", "idshort", 0, [30.0, 60.0, 55.0], val_top1=[35.0, 62.0, 58.0])
     write_run(tmp_path / "b", "idshort", 1, [40.0, 50.0, 65.0], val_top1=[45.0, 61.0, 59.0])
     write_run(tmp_path / "old", "bn", 0, [48.0, 66.0, 70.0])
-    rows = rows_by_init(rep.aggregate(rep.collect([tmp_path])))
-    ids = rows["idshort"]
-    assert ids.final_top1 == (pytest.approx(60.0), pytest.approx(math.sqrt(50.0)))
-    assert ids.best_val_top1 == (pytest.approx(61.5), pytest.approx(math.sqrt(0.5)))
-    assert ids.test_top1_at_best_val == (pytest.approx(55.0), pytest.approx(math.sqrt(50.0)))
-    assert rows["bn"].final_top1 == (pytest.approx(70.0), None) and rows["bn"].best_val_top1 == (None, None)
-    files = rep.write_table(list(rows.values()), rep.DEFAULT_GROUP_BY, tmp_path / "out")
+    table = rep.aggregate(rep.collect([tmp_path]))
+    ids, bn = rows_by_init(table)["idshort"], rows_by_init(table)["bn"]
+    assert (ids["final_test_top1_mean"], ids["final_test_top1_std"]) == \
+        (pytest.approx(60.0), pytest.approx(math.sqrt(50.0)))
+    assert (ids["best_val_top1_mean"], ids["best_val_top1_std"]) == (pytest.approx(61.5), pytest.approx(math.sqrt(0.5)))
+    assert (ids["test_top1_at_best_val_mean"], ids["test_top1_at_best_val_std"]) == \
+        (pytest.approx(55.0), pytest.approx(math.sqrt(50.0)))
+    assert bn["final_test_top1_mean"] == pytest.approx(70.0) and pd.isna(bn["final_test_top1_std"])
+    assert pd.isna(bn["best_val_top1_mean"]) and pd.isna(bn["best_val_top1_std"])
+    files = rep.write_table(table, rep.DEFAULT_GROUP_BY, tmp_path / "out")
     md = files["markdown"].read_text()
     head = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
     assert head[head.index("epochs") + 1:head.index("epochs") + 4] == \

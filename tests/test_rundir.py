@@ -251,3 +251,30 @@ def test_requeue_with_explicit_resume_continues_the_newer_last_checkpoint(make_c
     train(make_cfg(cfg, tmp_path / "full"))
     a, b = load_weights(tmp_path / "full"), load_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_readers_of_another_jobs_files_are_lenient_and_ours_strict(tmp_path):
+    """A reader of a job still running elsewhere (strict=False) takes a half-written result.json as none
+    and skips a damaged metrics line; the run's own reader (strict) names the damage."""
+    (tmp_path / "result.json").write_text('{"status": "fin')
+    assert rundir.read_json(tmp_path / "result.json", strict=False) is None
+    assert rundir.read_json(tmp_path / "absent.json", strict=False) is None
+    with pytest.raises(ValueError):
+        rundir.read_json(tmp_path / "result.json")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n{"epoch"')
+    assert [m["epoch"] for m in rundir.read_metrics(metrics, strict=False)] == [1, 3]
+    with pytest.raises(rundir.RunDirectoryError, match="line 2"):
+        rundir.read_metrics(metrics)
+    assert rundir.read_metrics(tmp_path / "none.jsonl", strict=False) == []
+
+
+def test_config_reader_prefers_the_resolved_config_and_falls_back_to_hydras(tmp_path):
+    assert rundir.read_config(tmp_path) is None
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("trainer:\n  run_dir: ${hydra:runtime.output_dir}\n  epochs: 2\n"
+                                                     "sched:\n  total: ${trainer.epochs}\n")
+    assert rundir.read_config(tmp_path) == {"trainer": {"run_dir": "${hydra:runtime.output_dir}", "epochs": 2},
+                                            "sched": {"total": "${trainer.epochs}"}}
+    (tmp_path / "config.yaml").write_text("trainer:\n  epochs: 3\nsched:\n  total: ${trainer.epochs}\n")
+    assert rundir.read_config(tmp_path) == {"trainer": {"epochs": 3}, "sched": {"total": 3}}
