@@ -2,14 +2,17 @@
 
 SPEC section 2.  A scheme builds the parts of every residual block (conv,
 norm, shortcut, gate, the constant c of x_l = c * (h(x) + f(x))), the stem and
-the head, and then initialises the whole network in :meth:`Scheme.initialise`,
+the head; then its own ``initialise`` starts every tensor of the built network,
 under no_grad, from the structure the model exposes (``net.blocks``,
-``block.branch``, ``net.head.fc``).
+``block.branch``, ``net.head.fc``).  Each registered scheme has one such function,
+whose docstring is the table of what every tensor starts as and why (as
+karpathy/nanochat's ``init_weights``); no scheme's init calls another's.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -17,9 +20,8 @@ from torch import nn
 from nfbench.config import InitConfig
 from nfbench.errors import ConfigError
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
-                                   ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
-                                   branch_convs,
-                                   plain_conv, split_stages, stem_layers)
+                                   Scalar, ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
+                                   branch_convs, plain_conv, split_stages, stem_layers)
 from nfbench.registry import Registry
 
 # Brock et al. 2021a: gamma_g^2 = 2 / (1 - 1/pi), the ReLU correction (Civitelli et al. eq. 3).
@@ -150,20 +152,34 @@ class Scheme:
         return Head(self.norm(chans), self.act(), chans, num_classes)
 
     # --- initialisation -----------------------------------------------------
-    @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        """Every conv by the weight rule, norms to (1, 0); the classifier keeps PyTorch's default
-        nn.Linear init (as torchvision's ResNets do), re-drawn here so it follows the seed."""
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                init_weight_(m.weight, self.weights, self.cfg.standardize)
-                if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
-                m.weight.fill_(1.0)
-                m.bias.zero_()
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
+        """Start every tensor of ``net``; each registered scheme defines its own, with its table."""
+        raise NotImplementedError(f"{type(self).__name__} states no initialisation")
+
+
+# --- helpers the schemes' initialise functions share -----------------------------------------------
+
+@torch.no_grad()
+def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool) -> None:
+    """Every nn.Conv2d by ``rule`` in module order, BatchNorm to (1, 0) with fresh running statistics,
+    then the classifier's PyTorch default (kaiming-uniform weight, U(+-1/sqrt(fan_in)) bias, as
+    torchvision's ResNets keep it), redrawn so that it follows the seed.
+
+    The order of the draws is the RNG stream every seeded result so far was made with: keep it.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            init_weight_(m.weight, rule, standardize)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+    net.head.fc.reset_parameters()
+
+
+@torch.no_grad()
+def fill_(scalars: Iterable[Scalar], value: float) -> None:
+    """Set learnable scalars (gates, gains, scalar biases) to their start value; draws nothing."""
+    for s in scalars:
+        s.weight.fill_(value)
 
 
 SCHEMES: Registry[type[Scheme]] = Registry("init scheme")
@@ -185,10 +201,44 @@ class BatchNormBaseline(Scheme):
 
     batchnorm = True
 
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """He et al. 2016b's baseline, every conv by ``init.weights`` (rules in :func:`init_weight_`).
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | branch convs | the same rule | He et al. 2016b |
+        | last branch conv | the same rule | He et al. 2016b |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | none | |
+        | biases | none: the convs are bias-free | He et al. 2016b |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | weight 1, bias 0; running mean 0, variance 1 | Ioffe & Szegedy 2015 |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+
 
 @register_scheme("plain")
 class Plain(Scheme):
     """The same ResNet with the BatchNorm layers removed: x_l = x + f(x)."""
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """The baseline without BatchNorm (the paper plots it with he_fanin and he_fanout).
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | branch convs | the same rule | Civitelli et al. sec. 4 |
+        | last branch conv | the same rule | Civitelli et al. sec. 4 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | none | |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
 
 
 @register_scheme("idshort")
@@ -198,6 +248,23 @@ class IdShort(Scheme):
     default_weights = "he_fanout"
     residual_scale = math.sqrt(0.5)
 
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """IdShort: every conv by ``init.weights``; c = sqrt(0.5) is architecture, not a tensor.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | branch convs | the same rule | Civitelli et al. sec. 3.3, item 1 |
+        | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 1 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | none | |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+
 
 @register_scheme("learnscalar")
 class LearnScalar(IdShort):
@@ -206,12 +273,47 @@ class LearnScalar(IdShort):
     def identity_shortcut(self) -> nn.Module:
         return ScaledIdentityShortcut(1.0)
 
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """LearnScalar: IdShort's convs and one learnable alpha per identity shortcut.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | branch convs | the same rule | Civitelli et al. sec. 3.3, item 2 |
+        | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 2 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | alpha of h(x) = alpha x: 1 | Civitelli et al. sec. 3.3, item 2 |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        fill_((b.shortcut.alpha for b in net.blocks if isinstance(b.shortcut, ScaledIdentityShortcut)), 1.0)
+
 
 @register_scheme("convshort")
 class ConvShort(IdShort):
     """h(x) = W_s x, a 1x1 conv on every block, He fan-out; c = sqrt(0.5) (Civitelli et al. sec. 3.3, item 3)."""
 
     conv_shortcut_everywhere = True
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """ConvShort: every conv, the 1x1 shortcut of every block included, by ``init.weights``.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | branch convs | the same rule | Civitelli et al. sec. 3.3, item 3 |
+        | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 3 |
+        | shortcut convs | the same rule, on every block | Civitelli et al. sec. 3.3, item 3 |
+        | scalars | none | |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
 
 
 @register_scheme("fixup")
@@ -264,7 +366,23 @@ class Fixup(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        super().initialise(net)  # stem and shortcut convs: the unscaled rule (reference code)
+        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, unscaled | hongyi-zhang/Fixup |
+        | branch convs | the same rule x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
+        | last branch conv | 0 | Zhang et al. 2019, rule 1 |
+        | shortcut convs | the rule, unscaled (reference block: option A, no conv) | hongyi-zhang/Fixup |
+        | scalars | every scalar bias 0, every branch multiplier 1 | Zhang et al. 2019, rule 3 |
+        | biases | the scalar biases above; the convs are bias-free | Zhang et al. 2019, rule 3 |
+        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1 |
+        | BN affine | none | |
+
+        Every conv and the classifier are first drawn by the unscaled rule, then the branch convs are
+        redrawn: the RNG stream every seeded Fixup result so far was made with.
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
         depth = len(net.blocks)
         for block in net.blocks:
             m = len(block.branch)
@@ -273,6 +391,8 @@ class Fixup(Scheme):
             block.branch[-1].weight.zero_()
         net.head.fc.weight.zero_()
         net.head.fc.bias.zero_()
+        fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
+        fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
 
 
 @register_scheme("skipinit")
@@ -282,6 +402,24 @@ class SkipInit(Scheme):
     def gate(self) -> nn.Module:
         return ScalarGain(0.0)
 
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """SkipInit: He's convs, and a zero gate that makes every block the identity.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | branch convs | the same rule | De & Smith 2020 |
+        | last branch conv | the same rule | De & Smith 2020 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | the gate g of x + g f(x): 0 | De & Smith 2020 |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        fill_((b.gate for b in net.blocks), 0.0)
+
 
 @register_scheme("rezero")
 class ReZero(SkipInit):
@@ -289,6 +427,24 @@ class ReZero(SkipInit):
 
     In a ResNet this is the same block as SkipInit; the name is kept because users search for it.
     """
+
+    @torch.no_grad()
+    def initialise(self, net: nn.Module) -> None:
+        """ReZero: He's convs, and a zero residual weight after the branch's last op.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | branch convs | the same rule | Bachlechner et al. 2020 |
+        | last branch conv | the same rule | Bachlechner et al. 2020 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | the residual weight g of x + g f(x): 0 | Bachlechner et al. 2020 |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        fill_((b.gate for b in net.blocks), 0.0)
 
 
 @register_scheme("zero_last")
@@ -298,7 +454,20 @@ class ZeroLast(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        super().initialise(net)
+        """Fixup's rule 1 on the branches alone.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | branch convs | the same rule | He et al. 2015 |
+        | last branch conv | 0 (drawn first, then zeroed: the seeded RNG stream) | improved diffusion's zero_module; Zhang et al. 2019, rule 1 |
+        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | scalars | none | |
+        | biases | none: the convs are bias-free | |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
         for block in net.blocks:
             block.branch[-1].weight.zero_()
 
@@ -350,8 +519,20 @@ class NormFree(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        """Standardised convs: raw weights N(0, 1) standardised per output channel (so the
-        standardisation's eps stays negligible), gains at their initial value; linear as the base."""
+        """Every conv is a ScaledStdConv2d, so the weights *computed with* follow Brock's rule at every
+        step; the raw weights are standardised at the start, so the standardisation's eps stays negligible.
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | raw W ~ N(0, 1), standardised per output channel (mean 0, Var 1); gain 1 | Brock et al. 2021a; timm ScaledStdConv2d |
+        | branch convs | the same; effective weight gain (W - mean) / (std sqrt(n_in)), with gamma: Var gamma^2/n_in | Brock et al. 2021a |
+        | last branch conv | the same; gain 1 on nfbench's ResNets, 0 on timm's nf_resnet* (its gain_init) | Brock et al. 2021a; timm |
+        | shortcut convs | the same (transition blocks only) | Brock et al. 2021a |
+        | scalars | skip gain g of x + alpha g f(x / beta): ``init.skip_gain`` (0); alpha and beta are constants | Brock et al. 2021a |
+        | biases | timm's conv biases 0; nfbench's convs are bias-free | timm |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
         from timm.layers import ScaledStdConv2d
 
         for m in net.modules():
@@ -361,8 +542,8 @@ class NormFree(Scheme):
                 m.gain.fill_(m.gain_init)
                 if m.bias is not None:
                     m.bias.zero_()
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
+        net.head.fc.reset_parameters()
+        fill_((b.gate.gain for b in net.blocks if isinstance(b, ResidualBlock)), self.skip_gain)
 
 
 @register_scheme("wn")
@@ -385,6 +566,19 @@ class ArpitWeightNorm(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
+        """Arpit et al.'s "proposed" init of w = g v / ||v||: per conv, v orthogonal and g = sqrt(gain n_in / n_out).
+
+        | tensor | starts as | source |
+        | --- | --- | --- |
+        | stem conv | v orthogonal, g = sqrt(n_in / n_out) (gain 1) | Arpit et al. 2019; victorcampos7/weightnorm-init |
+        | branch convs | v orthogonal, g = sqrt(2 n_in / n_out) (gain 2: they feed a ReLU) | Arpit et al. 2019 |
+        | last branch conv | v orthogonal, g = sqrt(n_in / (N n_out)), N the blocks of its stage | Arpit et al. 2019 |
+        | shortcut convs | v orthogonal, g = sqrt(n_in / n_out) (gain 1; transition blocks only) | Arpit et al. 2019 |
+        | scalars | none | |
+        | biases | every conv's bias 0 | Arpit et al. 2019 |
+        | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
+        | BN affine | none | |
+        """
         gains = {m: 1.0 for m in net.modules() if isinstance(m, nn.Conv2d)}
         for stage in split_stages(net.blocks):
             for block in stage:
@@ -397,9 +591,7 @@ class ArpitWeightNorm(Scheme):
             n_in, n_out = fans(v)
             g.fill_(math.sqrt(gain * n_in / n_out))
             conv.bias.zero_()
-        for m in net.modules():
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
+        net.head.fc.reset_parameters()
 
 
 def build_scheme(cfg: InitConfig) -> Scheme:

@@ -89,6 +89,150 @@ def test_scheme_default_weight_rules_follow_spec():
                         "rezero": "he_fanin", "zero_last": "he_fanin", "nf": "brock", "wn": "arpit"}
 
 
+# --- every tensor starts as its scheme's table says ------------------------------------------------
+
+TABLE_ROWS = ("stem conv", "branch convs", "last branch conv", "shortcut convs", "scalars", "biases", "classifier",
+              "BN affine")
+
+
+@pytest.mark.parametrize("name", SCHEMES.names())
+def test_every_scheme_states_its_init_in_one_function_with_a_table(name):
+    """nanochat's init_weights habit: one function per scheme, no super() chain, a row for every kind of tensor."""
+    import inspect
+
+    cls = SCHEMES.get(name)
+    assert "initialise" in vars(cls), f"init={name} inherits its initialisation"
+    source = inspect.getsource(vars(cls)["initialise"])
+    assert "super()" not in source
+    doc = inspect.getdoc(vars(cls)["initialise"]) or ""
+    rows = {line.split("|")[1].strip() for line in doc.splitlines() if line.startswith("|")}
+    assert set(TABLE_ROWS) <= rows, f"init={name}'s table lacks {set(TABLE_ROWS) - rows}"
+
+
+def rule(weights: str, scale: float = 1.0):
+    return lambda conv, n: assert_rule(conv.weight, weights, scale)
+
+
+def zero(conv: nn.Module, n: int) -> None:
+    assert not conv.weight.any()
+
+
+def nf_standardised(conv: nn.Module, n: int) -> None:
+    """Brock et al. 2021a via timm's ScaledStdConv2d: raw weights per channel mean 0, Var 1; gain 1, bias 0."""
+    raw = conv.weight.detach().double().reshape(conv.out_channels, -1)
+    assert raw.mean(1).abs().max() < 1e-6
+    torch.testing.assert_close(raw.var(1, unbiased=False), torch.ones(conv.out_channels, dtype=torch.double))
+    assert (conv.gain == 1).all() and (conv.bias is None or not conv.bias.any())
+
+
+def wn(gain_of_stage_size):
+    """Arpit et al. 2019: v orthogonal, g = sqrt(gain n_in / n_out), bias 0; gain from N, the stage's blocks."""
+    def check(conv: nn.Module, n: int) -> None:
+        g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+        n_in, n_out = fan(v)
+        torch.testing.assert_close(g, torch.full_like(g, math.sqrt(gain_of_stage_size(n) * n_in / n_out)))
+        flat = v.detach().reshape(v.shape[0], -1).double()
+        gram = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
+        torch.testing.assert_close(gram, torch.eye(len(gram), dtype=torch.double), atol=1e-5, rtol=0)
+        assert not conv.bias.any()
+    return check
+
+
+def torch_linear_default(fc: nn.Linear) -> None:
+    """PyTorch's nn.Linear default: weight and bias ~ U(-1/sqrt(n_in), 1/sqrt(n_in)), drawn (not constant)."""
+    bound = 1 / math.sqrt(fc.in_features)
+    for t in (fc.weight, fc.bias):
+        assert t.abs().max() <= bound and t.abs().max() > bound / 2 and t.unique().numel() == t.numel()
+
+
+def zero_classifier(fc: nn.Linear) -> None:
+    assert not fc.weight.any() and not fc.bias.any()
+
+
+def fixup_scale(net: nn.Module) -> float:
+    """Zhang et al. 2019 rule 2, computed from the paper's L and m (blocks, convs per branch)."""
+    return len(net.blocks) ** (-1 / (2 * len(net.blocks[0].branch) - 2))
+
+
+# Per scheme, independently of nfbench.schemes: (stem, inner branch, last branch, shortcut) conv rules, the start
+# value of each scalar type, the classifier's rule.  `None` for a rule means "the scheme's weights".
+HE = (None, None, None, None)
+INIT_TABLE = {
+    "bn": (HE, {}, torch_linear_default),
+    "plain": (HE, {}, torch_linear_default),
+    "idshort": (HE, {}, torch_linear_default),
+    "learnscalar": (HE, {ScalarGain: 1.0}, torch_linear_default),
+    "convshort": (HE, {}, torch_linear_default),
+    "fixup": ((None, "fixup", zero, None), {ScalarBias: 0.0, ScalarGain: 1.0}, zero_classifier),
+    "skipinit": (HE, {ScalarGain: 0.0}, torch_linear_default),
+    "rezero": (HE, {ScalarGain: 0.0}, torch_linear_default),
+    "zero_last": ((None, None, zero, None), {}, torch_linear_default),
+    "nf": ((nf_standardised,) * 4, {ScalarGain: 0.0}, torch_linear_default),
+    "wn": ((wn(lambda n: 1.0), wn(lambda n: 2.0), wn(lambda n: 1.0 / n), wn(lambda n: 1.0)), {},
+           torch_linear_default),
+}
+
+
+def test_the_init_table_covers_every_registered_scheme():
+    assert sorted(INIT_TABLE) == SCHEMES.names()
+
+
+@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
+@pytest.mark.parametrize("name", SCHEMES.names())
+def test_every_tensor_starts_as_the_table_says(name, model):
+    """Every parameter and buffer of a built network is checked against one row of INIT_TABLE."""
+    from nfbench.models import split_stages
+
+    torch.manual_seed(0)
+    net = build(model, name)
+    weights = build_scheme(InitConfig(name=name)).weights
+    (stem, inner, last, shortcut), scalar_values, classifier = INIT_TABLE[name]
+    checked: set[int] = set()
+
+    def check(conv: nn.Module, how, n: int = 1) -> None:
+        how = rule(weights, fixup_scale(net)) if how == "fixup" else (how or rule(weights))
+        how(conv, n)
+        checked.update(id(t) for t in conv.parameters())
+
+    for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
+        check(conv, stem)
+    for stage in split_stages(net.blocks):
+        for block in stage:
+            for conv in block.branch[:-1]:
+                check(conv, inner, len(stage))
+            check(block.branch[-1], last, len(stage))
+            for conv in (m for m in block.shortcut.modules() if isinstance(m, nn.Conv2d)):
+                check(conv, shortcut)
+    scalars = [m for m in net.modules() if isinstance(m, Scalar)]
+    assert {type(s) for s in scalars} == set(scalar_values)
+    for s in scalars:
+        assert s.weight.item() == scalar_values[type(s)]
+        checked.add(id(s.weight))
+    classifier(net.head.fc)
+    checked.update(id(t) for t in net.head.fc.parameters())
+    for bn in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert (bn.weight == 1).all() and not bn.bias.any()
+        assert not bn.running_mean.any() and (bn.running_var == 1).all() and bn.num_batches_tracked == 0
+        checked.update(id(t) for t in bn.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == (name == "bn")
+    unchecked = [n for n, p in net.named_parameters() if id(p) not in checked]
+    assert not unchecked, f"init={name}: no table row covers {unchecked}"
+
+
+@pytest.mark.parametrize("weights", RULES)
+def test_a_large_unstandardised_layer_has_the_rules_std(weights):
+    """init.standardize=false: a 3x3 conv of 64 -> 64 channels (36,864 draws) has the rule's std within 2%,
+    not exactly (He et al. 2015: sqrt(2/n_in), sqrt(2/n_out); Brock et al. 2021a: gamma/sqrt(n_in))."""
+    torch.manual_seed(0)
+    net = build("resnet20", "plain", width=64, weights=weights, standardize=False)
+    w = net.blocks[0].branch[1].weight.detach().double()
+    n_in, n_out = fan(w)
+    target = {"he_fanin": 2 / n_in, "he_fanout": 2 / n_out, "brock": BROCK_GAMMA2 / n_in}[weights] ** 0.5
+    assert w.numel() == 36_864
+    assert abs(w.std().item() / target - 1) < 0.02 and w.std().item() != target
+    assert abs(w.mean().item()) < 3 * target / w.numel() ** 0.5
+
+
 def test_without_standardisation_the_moments_are_only_sampled():
     """init.standardize=false: the variance is the target's in expectation, not exactly."""
     net = build("resnet20", "idshort", width=16, standardize=False)
@@ -243,28 +387,22 @@ def block_io(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     return seen
 
 
-IDENTITY_AT_INIT = [
-    ("resnet20", "fixup", {}), ("resnet50", "fixup", {}), ("resnet20", "fixup", {"reference_block": True}),
-    ("resnet20", "skipinit", {}), ("resnet50", "skipinit", {}), ("resnet50", "rezero", {}),
-    ("resnet20", "zero_last", {}), ("resnet50", "zero_last", {}), ("wrn", "zero_last", {}),
-    ("resnet20", "nf", {}), ("resnet50", "nf", {}), ("wrn", "nf", {}), ("nf_resnet26", "nf", {}),
-]
+# SPEC section 2: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).
+IDENTITY_SCHEMES = {"fixup", "skipinit", "rezero", "zero_last", "nf"}
+# Every registered scheme on basic, bottleneck and wide blocks; then the options that change the answer.
+IDENTITY_CASES = [(m, s, {}) for m in ("resnet20", "resnet50", "wrn") for s in SCHEMES.names()] + [
+    ("resnet20", "fixup", {"reference_block": True}), ("nf_resnet26", "nf", {}), ("resnet20", "nf", {"skip_gain": 1.0})]
 
 
-@pytest.mark.parametrize("model,init,kw", IDENTITY_AT_INIT)
-def test_identity_at_init_schemes_map_every_block_input_to_its_shortcut(model, init, kw):
+@pytest.mark.parametrize("model,init,kw", IDENTITY_CASES)
+def test_blocks_start_as_their_shortcut_exactly_under_the_identity_schemes(model, init, kw):
     net = build(model, init, width=8 if model.startswith("nf_") else 4, image_size=32, **kw)
     io = block_io(net, torch.randn(2, 3, 32, 32))
     assert len(io) == len(net.blocks)
-    for block, (x, y) in zip(net.blocks, io):
-        assert torch.equal(y, block.skip(x))
-
-
-@pytest.mark.parametrize("init,kw", [("idshort", {}), ("plain", {}), ("convshort", {}), ("nf", {"skip_gain": 1.0})])
-def test_other_schemes_are_not_the_identity_at_init(init, kw):
-    net = build("resnet20", init, **kw)
-    io = block_io(net, torch.randn(2, 3, 16, 16))
-    assert not any(torch.allclose(y, block.skip(x)) for block, (x, y) in zip(net.blocks, io))
+    if init in IDENTITY_SCHEMES and kw.get("skip_gain", 0.0) == 0.0:
+        assert all(torch.equal(y, block.skip(x)) for block, (x, y) in zip(net.blocks, io))
+    else:
+        assert not any(torch.allclose(y, block.skip(x)) for block, (x, y) in zip(net.blocks, io))
 
 
 # --- batch independence -----------------------------------------------------------------------------
