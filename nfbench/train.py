@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +36,9 @@ from nfbench.rng import rng_state, set_rng_state
 from nfbench.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
 from nfbench.schemes import Scheme, build_scheme
 from nfbench.validation import validate
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
 
 log = logging.getLogger("nfbench")
 
@@ -199,7 +202,7 @@ class Loop:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    mixup: Optional[Any]  # timm's Mixup (mixup and cutmix draws), or None
+    mixup: Optional[Mixup]  # mixup and cutmix draws, or None
     criterion: nn.Module
     amp: dict  # torch.autocast's arguments
     progress: Progress
@@ -498,7 +501,7 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
                 criterion, amp, Progress(tcfg.progress and env.is_main, tcfg.epochs, tcfg.progress_every_s))
 
 
-def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Any], nn.Module]:
+def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup], nn.Module]:
     """timm's Mixup with soft-target cross-entropy when mixup or cutmix is on; else plain cross-entropy."""
     if tcfg.mixup_alpha > 0 or tcfg.cutmix_alpha > 0:
         from timm.data import Mixup
