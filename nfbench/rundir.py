@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -517,6 +518,49 @@ class RunDirLock:
                 f"give this run another hydra.run.dir (or trainer.run_dir), or wait for that run to end or kill it "
                 f"(a lock whose process is dead, or whose heartbeat is older than {self.stale_after_s:.0f} s, is "
                 f"taken over)")
+
+
+# --- What a checkpoint holds --------------------------------------------------------------------
+
+def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, epoch: int,
+                     partial: Optional[dict], *, best_on: str, best_top1: float, wall_s: float, config: dict,
+                     resumed_from: Optional[dict]) -> dict:
+    """A checkpoint of a run: its objects' states and where it stands.
+
+    ``epoch`` counts the epochs completed (the number of the last one, from 1); ``partial`` is how far
+    into the next one a mid-epoch checkpoint is (its running sums and every rank's RNG state), None at
+    an epoch's end.  ``rng`` is this process's RNG state, for the record: an epoch reseeds from (seed,
+    epoch, rank).  :func:`restore_checkpoint` reads it back.
+    """
+    from nfbench.rng import rng_state
+
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best_on": best_on, "best_top1": best_top1,
+            "wall_s": wall_s, "rng": rng_state(), "partial": partial, "config": config, "resumed_from": resumed_from}
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Where a restored checkpoint left its run (see :func:`checkpoint_state`)."""
+
+    epoch: int  # the epochs completed
+    best_top1: float  # the best selected top-1 so far (on best_on's split)
+    wall_s: float  # the wall time spent before
+    partial: Optional[dict]  # how far into the next epoch, or None
+
+
+def restore_checkpoint(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> Restored:
+    """Load a checkpoint written from :func:`checkpoint_state` into the run's objects (in place), before DDP
+    and ``torch.compile`` wrap the model; return where the run stood."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    # Checkpoints written before data.val_size hold the (test-selected) best under another name.
+    best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
+    return Restored(state["epoch"], best_top1, state["wall_s"], state.get("partial") or None)
 
 
 # --- What a resume may change ---------------------------------------------------------------------

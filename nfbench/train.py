@@ -1,8 +1,9 @@
 """The training loop: ``train(cfg) -> dict of final metrics``, used by every entry point.
 
-Read top to bottom: setup (ranks, run directory), data, model and scheme, optimiser, resume,
-loop (train one epoch, evaluate, log, checkpoint), result.  One process or many (DDP), the
-same code runs; only rank 0 writes files, logs and progress bars.
+Read top to bottom: :func:`_train` sets up (ranks, run directory, data, model and scheme,
+optimiser), resumes, runs the epochs (train one epoch, evaluate, log, checkpoint) and writes the
+result.  One process or many (DDP), the same code runs; only rank 0 writes files, logs and
+progress bars.  What a checkpoint holds, and how it is restored, is :mod:`nfbench.rundir`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from nfbench import distributed, rundir
 from nfbench.config import Config
-from nfbench.data import build_source
+from nfbench.data import DataSource, build_source
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
 from nfbench.graphed_step import GraphedStep, check_device
@@ -34,8 +35,11 @@ from nfbench.preemption import StopSignal
 from nfbench.progress import Progress, summary_line
 from nfbench.rng import rng_state, set_rng_state
 from nfbench.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
-from nfbench.schemes import build_scheme
+from nfbench.schemes import Scheme, build_scheme
 from nfbench.validation import validate
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
 
 log = logging.getLogger("nfbench")
 
@@ -59,20 +63,42 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y.to(device, non_blocking=True)
 
 
+def _logits(net: nn.Module, x: torch.Tensor, amp: dict) -> torch.Tensor:
+    """The forward pass, under the run's autocast (``trainer.precision``): the one place it is entered.
+    Losses are taken outside, on float32 logits."""
+    with torch.autocast(**amp):
+        return net(x)
+
+
+@dataclass(frozen=True)
+class StopPoll:
+    """Where a loop over batches looks for a stop signal: at every batch in one process (``every`` 1);
+    with several, at every ``every``-th of the first ``until`` batches (those every rank has), all ranks
+    agreeing in one small all-reduce, so that they leave at the same batch."""
+
+    signal: StopSignal
+    every: int
+    until: int
+    device: torch.device
+
+    def asks(self, i: int) -> bool:
+        """Whether the signal asks to leave before batch ``i`` (the same answer on every rank)."""
+        return (i < self.until and i % self.every == 0
+                and distributed.any_rank(self.signal.received is not None, self.device))
+
+
 @torch.no_grad()
 def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool,
-             stop: Optional[Callable[[int], bool]] = None, split: str = "test") -> Optional[dict]:
+             stop: Optional[StopPoll] = None, split: str = "test") -> Optional[dict]:
     """Loss (plain cross-entropy), top-1 and top-5 in percent on ``split`` (test or val), summed exactly
-    over all ranks; None when ``stop(batch index)`` asks to leave (a stop signal: an evaluation can
-    outlast SLURM's grace)."""
+    over all ranks; None when ``stop`` asks to leave (a stop signal: an evaluation can outlast SLURM's grace)."""
     net.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
     for i, (x, y) in enumerate(loader):
-        if stop is not None and stop(i):
+        if stop is not None and stop.asks(i):
             return None
         x, y = _to_device(x, y, device, channels_last)
-        with torch.autocast(**amp):
-            logits = net(x)
+        logits = _logits(net, x, amp)
         c1, c5 = topk_correct(logits, y, (1, 5))
         sums[:3] += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
                                  c1.double(), c5.double()])
@@ -96,6 +122,8 @@ def weights_finite(net: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+# --- The run's state --------------------------------------------------------------------------------
+
 @dataclass
 class EpochProgress:
     """Running sums of one epoch: where a mid-epoch checkpoint stopped and what it had seen."""
@@ -108,110 +136,215 @@ class EpochProgress:
     rng: list = field(default_factory=list)  # per-rank RNG states at batches_done
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """The config the batch loop reads, read once: a DictConfig lookup per step costs as much host time
+    as a kernel launch."""
+
+    channels_last: bool
+    log_every: int
+    checkpoint_every: int  # trainer.checkpoint_every_steps; 0: at epochs' ends only
+    stop_every: int  # look for a stop signal every step in one process, at log steps with several
+    clip: bool  # optim.clip_grad_norm or optim.agc
+    per_step: bool  # the scheduler steps every step (else every epoch)
+    epochs: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig, env: DistEnv) -> "StepSettings":
+        t = cfg.trainer
+        return cls(t.channels_last, t.log_every, t.checkpoint_every_steps, t.log_every if env.enabled else 1,
+                   cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0, cfg.sched.per_step, t.epochs)
+
+
+@dataclass
+class Record:
+    """What the run's checkpoints and result.json say beside the objects' states: where the run lives,
+    its resolved config, what best.pt is selected on and the best so far, its wall time, its origin."""
+
+    run_dir: Path
+    config: dict  # the resolved config
+    select: str  # val_top1 when there is a validation split, else test_top1 (an optimistic figure)
+    best_top1: float = -math.inf
+    wall_before: float = 0.0  # the seconds of the processes this run resumed
+    resumed_from: Optional[dict] = None  # the run a branch continued (rundir.branched_from)
+    t_start: float = field(default_factory=time.perf_counter)  # this process's clock, from its first epoch
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / rundir.CHECKPOINTS
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+
+@dataclass
+class Data:
+    """The run's data source and loaders; ``data.batch_size`` is the global batch, split over the ranks."""
+
+    src: DataSource
+    train: DataLoader
+    test: DataLoader
+    val: Optional[DataLoader]
+
+
 @dataclass
 class Loop:
-    """What one epoch of training needs, built once by :func:`train`."""
+    """The state training works on, built once by :func:`_build_loop`; each step, log step and
+    checkpoint is a plain function of it."""
 
     cfg: DictConfig
-    net: nn.Module  # forward callable (DDP-wrapped and/or compiled)
+    env: DistEnv
+    device: torch.device
+    settings: StepSettings
+    record: Record
+    scheme: Scheme
+    model: nn.Module  # the network whose state is checkpointed
+    net: nn.Module  # its forward callable: DDP-wrapped and/or compiled after a resume (:func:`_wrap`)
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
-    mixup: Optional[Callable]
+    mixup: Optional[Mixup]  # mixup and cutmix draws, or None
     criterion: nn.Module
-    device: torch.device
-    amp: dict
-    env: DistEnv
-    stop: StopSignal
-    save: Callable[[int, EpochProgress], None]  # (epoch being trained, progress) -> mid-epoch checkpoint
-    loggers: Loggers
+    amp: dict  # torch.autocast's arguments
     progress: Progress
+    loggers: Loggers = field(default_factory=Loggers)
+    stop: StopSignal = field(default_factory=StopSignal)
     graphed: Optional[GraphedStep] = None  # trainer.cuda_graph: the step captured and replayed
 
 
+@dataclass
+class Pass:
+    """One epoch's pass over the training set, under way: its number (from 0) and steps, the loss and
+    accuracy on the device, its clock (a resumed pass counts the seconds before) and its stop poll."""
+
+    epoch: int
+    steps: int
+    metrics: EpochMetrics
+    t0: float
+    poll: StopPoll
+
+    @property
+    def first_step(self) -> int:
+        return self.epoch * self.steps
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+# --- One epoch of training ------------------------------------------------------------------------
+
 def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
-    """One pass over the training set.  Loss and accuracy accumulate on the device and are read once
-    per ``trainer.log_every`` steps, where a non-finite loss and a stop signal are also checked."""
-    cfg, tcfg, device = loop.cfg, loop.cfg.trainer, loop.device
-    # Read the config once: a DictConfig lookup per step costs as much host time as a kernel launch.
-    channels_last, log_every, every = tcfg.channels_last, tcfg.log_every, tcfg.checkpoint_every_steps
-    clip, per_step = cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0, cfg.sched.per_step
+    """One pass over the training set, from where ``resume`` (a mid-epoch checkpoint) left it.  Loss and
+    accuracy accumulate on the device and are read once per ``trainer.log_every`` steps, where a
+    non-finite loss and a stop signal are also checked."""
     p = resume or EpochProgress()
     loop.net.train()
     steps = len(loader)
     if p.batches_done == steps:  # stopped during the evaluation: the training of this epoch is done
         set_rng_state(p.rng[loop.env.rank])
         return EpochProgress(steps, p.loss_sum, p.correct, p.seen, p.seconds)
+    run = _start_pass(loop, epoch, steps, p)
+    s = loop.settings
+    for i, (x, y) in _batches_after(loop.progress.wrap(loader, epoch), p, loop.env.rank):
+        if loop.graphed is not None:  # the same step, one replay (nfbench/graphed_step.py)
+            loss, hits = loop.graphed(x, y)
+            run.metrics.record(i, loss, hits, len(y))
+        else:
+            x, y = _to_device(x, y, loop.device, s.channels_last)
+            x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
+            loss, logits = _eager_step(loop, x, target)
+            run.metrics.add(i, loss, logits, y)
+        if s.per_step:
+            loop.sched.step()
+        done = i + 1
+        if done % s.log_every == 0 or done == steps:
+            _log_step(loop, run, done, loss)
+        if done == steps:
+            break
+        _between_steps(loop, run, done)
+    loop.progress.close()
+    return _end_pass(loop, run)
+
+
+def _eager_step(loop: Loop, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch on the device (mixed, if mixup is on): forward, loss, backward,
+    gradient clipping, step.  Returns the loss and the logits, unread (reading them would wait for the device)."""
+    logits = _logits(loop.net, x, loop.amp)
+    loss = loop.criterion(logits.float(), target)
+    loop.opt.zero_grad(set_to_none=True)
+    loop.scaler.scale(loss).backward()
+    if loop.settings.clip:
+        loop.scaler.unscale_(loop.opt)
+        clip_gradients(loop.net, loop.cfg.optim)
+    loop.scaler.step(loop.opt)
+    loop.scaler.update()
+    return loss, logits
+
+
+def _start_pass(loop: Loop, epoch: int, steps: int, p: EpochProgress) -> Pass:
     # Loss, top-1 hits and images on the device, four kernels per step (nfbench/epoch_metrics.py).
     # A mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them on, so the
     # all-reduce at the epoch's end counts them once.
     carried = (p.loss_sum, p.correct, p.seen) if loop.env.is_main else (0.0, 0, 0)
-    metrics = EpochMetrics(steps, device, *carried, start=p.batches_done)
-    global_step0 = epoch * steps
-    t0 = time.perf_counter() - p.seconds
-    for i, (x, y) in enumerate(loop.progress.wrap(loader, epoch)):
+    metrics = EpochMetrics(steps, loop.device, *carried, start=p.batches_done)
+    poll = StopPoll(loop.stop, loop.settings.stop_every, steps, loop.device)
+    return Pass(epoch, steps, metrics, time.perf_counter() - p.seconds, poll)
+
+
+def _batches_after(batches: Iterable, p: EpochProgress, rank: int) -> Iterator[tuple[int, Any]]:
+    """``enumerate(batches)`` from batch ``p.batches_done`` on.  The skipped batches are drawn, so the
+    loader's own RNG advances as it did; after the last of them, the rest of the RNG is set as it was."""
+    for i, batch in enumerate(batches):
         if i < p.batches_done:
-            if i == p.batches_done - 1:  # the loader has drawn what it drew before; now the rest of the RNG
-                set_rng_state(p.rng[loop.env.rank])
+            if i == p.batches_done - 1:
+                set_rng_state(p.rng[rank])
             continue
-        if loop.graphed is not None:  # the same step, one replay (nfbench/graphed_step.py)
-            loss, hits = loop.graphed(x, y)
-            metrics.record(i, loss, hits, len(y))
-        else:
-            x, y = _to_device(x, y, device, channels_last)
-            x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
-            with torch.autocast(**loop.amp):
-                logits = loop.net(x)
-                loss = loop.criterion(logits.float(), target)
-            loop.opt.zero_grad(set_to_none=True)
-            loop.scaler.scale(loss).backward()
-            if clip:
-                loop.scaler.unscale_(loop.opt)
-                clip_gradients(loop.net, cfg.optim)
-            loop.scaler.step(loop.opt)
-            loop.scaler.update()
-            metrics.add(i, loss, logits, y)
-        if per_step:
-            loop.sched.step()
-        step = global_step0 + i
-        done = i + 1
-        if done % log_every == 0 or done == steps:
-            _check_finite(loop, metrics, epoch, global_step0, done, weights=False)
-            if loop.progress.due():
-                loss_sum, _, seen = metrics.sums.tolist()
-                elapsed = time.perf_counter() - t0
-                loop.progress.show(epoch, done, steps, loss_sum / seen, loop.opt.param_groups[0]["lr"],
-                                   seen * loop.env.world_size / elapsed, (steps - done) * elapsed / done)
-            if loop.loggers:
-                loop.loggers.log_scalars({"train/loss_step": loss.detach().item()}, step)
-        if done == steps:
-            break
-        # Ranks agree on stopping at a log step (one small all-reduce); a single process checks every step.
-        check = not loop.env.enabled or done % log_every == 0
-        stopping = check and distributed.any_rank(loop.stop.received is not None, device)
-        if stopping or (every and done % every == 0):
-            _check_finite(loop, metrics, epoch, global_step0, done, weights=True)  # never save a diverged state
-            loop.save(epoch, _snapshot(metrics.sums, done, time.perf_counter() - t0, device))
-        if stopping:
-            log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
-                        "requeued and resumed", loop.stop.received, epoch + 1, done, steps)
-            loop.stop.exit()
-    loop.progress.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    _check_finite(loop, metrics, epoch, global_step0, steps, weights=True)  # the epoch's end is saved
-    distributed.all_reduce_sum(metrics.sums)
-    loss_sum, correct, seen = metrics.sums.tolist()
-    return EpochProgress(steps, loss_sum, int(correct), int(seen), time.perf_counter() - t0)
+        yield i, batch
 
 
-def _check_finite(loop: Loop, metrics: EpochMetrics, epoch: int, global_step0: int, done: int, weights: bool) -> None:
+def _log_step(loop: Loop, run: Pass, done: int, loss: torch.Tensor) -> None:
+    """At a log step: stop on a non-finite loss so far, show progress when it is due, log the step's loss."""
+    _check_finite(loop, run, done, weights=False)
+    if loop.progress.due():
+        loss_sum, _, seen = run.metrics.sums.tolist()
+        elapsed = run.seconds()
+        loop.progress.show(run.epoch, done, run.steps, loss_sum / seen, loop.opt.param_groups[0]["lr"],
+                           seen * loop.env.world_size / elapsed, (run.steps - done) * elapsed / done)
+    if loop.loggers:
+        loop.loggers.log_scalars({"train/loss_step": loss.detach().item()}, run.first_step + done - 1)
+
+
+def _between_steps(loop: Loop, run: Pass, done: int) -> None:
+    """After step ``done`` (not the last): a mid-epoch checkpoint every ``trainer.checkpoint_every_steps``
+    and on a stop signal, which then exits so the job can be requeued and resumed."""
+    stopping = run.poll.asks(done)
+    every = loop.settings.checkpoint_every
+    if stopping or (every and done % every == 0):
+        _check_finite(loop, run, done, weights=True)  # never save a diverged state
+        _save_last(loop, run.epoch, _snapshot(run.metrics.sums, done, run.seconds(), loop.device))
+    if stopping:
+        log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
+                    "requeued and resumed", loop.stop.received, run.epoch + 1, done, run.steps)
+        loop.stop.exit()
+
+
+def _end_pass(loop: Loop, run: Pass) -> EpochProgress:
+    """The epoch's sums over all ranks, once its losses and the weights are known finite (it is saved)."""
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize(loop.device)
+    _check_finite(loop, run, run.steps, weights=True)
+    distributed.all_reduce_sum(run.metrics.sums)
+    loss_sum, correct, seen = run.metrics.sums.tolist()
+    return EpochProgress(run.steps, loss_sum, int(correct), int(seen), run.seconds())
+
+
+def _check_finite(loop: Loop, run: Pass, done: int, weights: bool) -> None:
     """Raise :class:`Diverged` on every rank if any rank saw a non-finite loss in steps [0, ``done``)
     or, with ``weights``, holds a non-finite weight (a step's update can overflow after a finite loss)."""
-    bad = metrics.fold(done)
+    bad = run.metrics.fold(done)
     broken = bad is None and weights and not weights_finite(loop.net)
     if distributed.any_rank(bad is not None or broken, loop.device):
-        raise Diverged({"epoch": epoch + 1, "step": global_step0 + (bad[0] if bad else done - 1),
+        raise Diverged({"epoch": run.epoch + 1, "step": run.first_step + (bad[0] if bad else done - 1),
                         "loss": bad[1] if bad else None, "weights_finite": not broken,
                         "lr": loop.opt.param_groups[0]["lr"]})
 
@@ -233,15 +366,24 @@ def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.devic
     return EpochProgress(done, loss_sum, int(correct), int(seen), seconds, _gather_rng(rng_state()))
 
 
-def _stop_check(loop: Loop, batches: int) -> Callable[[int], bool]:
-    """Whether a stop signal asks to leave before batch ``i`` of an evaluation: every batch in one
-    process; with several, at log steps of the first ``batches`` (which every rank has), all ranks agreeing."""
-    if not loop.env.enabled:
-        return lambda i: loop.stop.received is not None
-    every = loop.cfg.trainer.log_every
-    return lambda i: i < batches and i % every == 0 and distributed.any_rank(loop.stop.received is not None,
-                                                                             loop.device)
+# --- Checkpoints ----------------------------------------------------------------------------------
 
+def _checkpoint(loop: Loop, epoch: int, progress: Optional[EpochProgress]) -> dict:
+    """The run's checkpoint after ``epoch`` completed epochs and, mid-epoch, ``progress`` into the next."""
+    r = loop.record
+    return rundir.checkpoint_state(loop.model, loop.opt, loop.sched, loop.scaler, epoch,
+                                   vars(progress) if progress else None, best_on=r.select, best_top1=r.best_top1,
+                                   wall_s=r.wall_s(), config=r.config, resumed_from=r.resumed_from)
+
+
+def _save_last(loop: Loop, epoch: int, progress: EpochProgress) -> None:
+    """A mid-epoch last.pt of ``epoch`` (from 0), trained as far as ``progress`` says; every rank waits for it."""
+    if loop.env.is_main:
+        rundir.save_checkpoint(loop.record.ckpt_dir / rundir.LAST, _checkpoint(loop, epoch, progress))
+    distributed.barrier()
+
+
+# --- Entry points ---------------------------------------------------------------------------------
 
 def best_figures(history: list[dict], select: str) -> dict:
     """result.json's best figures, selected on ``select`` (val_top1 or test_top1) as best.pt is: the
@@ -304,186 +446,235 @@ def _spawned_worker(container: dict) -> None:
     train(cfg)  # type: ignore[arg-type]
 
 
+
 def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
-    tcfg = cfg.trainer
-    main = env.is_main
+    """One run on this process's rank: setup, resume, epochs, result."""
     run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
-    ckpt_dir = run_dir / rundir.CHECKPOINTS
     resumed = _resume_state(cfg, run_dir, env.world_size)  # before any file is written: a refusal changes none
-    set_deterministic(tcfg.deterministic)
-    if not main:
+    set_deterministic(cfg.trainer.deterministic)
+    if not env.is_main:
         log.setLevel(logging.WARNING)
+    data = _build_data(cfg, env, device)
+    if env.is_main:  # the data is there: the run's first files (a refusal before leaves nothing of nfbench's)
+        _write_run_files(run_dir, cfg, env, device)
+    loop = _build_loop(cfg, env, device, data, run_dir)
+    start_epoch, partial = _resume(loop, resumed)
+    if env.is_main:  # drop the lines of epochs no checkpoint holds, and a line torn by a crash
+        rundir.truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+    _wrap(loop, start_epoch)
+    _log_setup(loop, data)
+    with loop.stop:
+        status, divergence = _run_epochs(loop, data, start_epoch, partial)
+    return _finish(loop, status, divergence)
 
-    # Data: data.batch_size is the global batch, split over the ranks.
+
+# --- Setup ----------------------------------------------------------------------------------------
+
+def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     src = build_source(cfg.data)
-    train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size,
-                                              pin_memory=device.type == "cuda", device=device)
+    pin = device.type == "cuda"
+    train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size, pin_memory=pin,
+                                              device=device)
     val_loader = None if src.val is None else eval_loader(cfg.data, src, src.val, env.rank, env.world_size,
-                                                          pin_memory=device.type == "cuda", device=device)
-    # best.pt and the best figures: chosen on the validation split when there is one; else on the
-    # test set, an optimistic figure, named for what it is (best_test_top1).
-    select = "val_top1" if val_loader is not None else "test_top1"
-    if main:  # the data is there: the run's first files (a refusal before leaves nothing of nfbench's)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
-        rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+                                                          pin_memory=pin, device=device)
+    return Data(src, train_loader, test_loader, val_loader)
 
-    # Model and scheme: the same seed on every rank, before DDP and the optimiser see the parameters.
+
+def _write_run_files(run_dir: Path, cfg: DictConfig, env: DistEnv, device: torch.device) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
+    rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+
+
+def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path) -> Loop:
+    """Model and scheme (the same seed on every rank, before DDP and the optimiser see the parameters),
+    optimiser, scheduler, grad scaler, mixup and loss."""
+    tcfg = cfg.trainer
     seed_all(cfg.seed)
     scheme = build_scheme(cfg.init)
-    net = build_model(cfg.model, scheme, src.num_classes, src.in_chans, src.image_size).to(device)
+    net = build_model(cfg.model, scheme, data.src.num_classes, data.src.in_chans, data.src.image_size).to(device)
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    n_params = count_params(net)
-
     opt = build_optimizer(net, cfg.optim, device)
-    sched = build_scheduler(opt, cfg.sched, tcfg.epochs, len(train_loader))
+    sched = build_scheduler(opt, cfg.sched, tcfg.epochs, len(data.train))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
     amp = dict(device_type=device.type, dtype=AMP_DTYPES.get(tcfg.precision, torch.float32),
                enabled=tcfg.precision != "fp32")
-    mixup = None
+    mixup, criterion = _mixup_and_loss(tcfg, data.src.num_classes)
+    # best.pt and the best figures: chosen on the validation split when there is one; else on the
+    # test set, an optimistic figure, named for what it is (best_test_top1).
+    select = "val_top1" if data.val is not None else "test_top1"
+    record = Record(run_dir, OmegaConf.to_container(cfg, resolve=True), select)  # type: ignore[arg-type]
+    return Loop(cfg, env, device, StepSettings.of(cfg, env), record, scheme, net, net, opt, sched, scaler, mixup,
+                criterion, amp, Progress(tcfg.progress and env.is_main, tcfg.epochs, tcfg.progress_every_s))
+
+
+def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup], nn.Module]:
+    """timm's Mixup with soft-target cross-entropy when mixup or cutmix is on; else plain cross-entropy."""
     if tcfg.mixup_alpha > 0 or tcfg.cutmix_alpha > 0:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
         mixup = Mixup(mixup_alpha=tcfg.mixup_alpha, cutmix_alpha=tcfg.cutmix_alpha,
-                      label_smoothing=tcfg.label_smoothing, num_classes=src.num_classes)
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+                      label_smoothing=tcfg.label_smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    return None, nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
-    # Resume: this run directory's own last.pt, else an explicit trainer.resume.
-    start_epoch, best_top1, wall_before = 0, -math.inf, 0.0
-    partial: Optional[EpochProgress] = None
-    branched_from: Optional[dict] = None
-    if resumed is not None:
-        resume_from, state = resumed
-        branched_from = rundir.branched_from(resume_from, state, run_dir)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, wall_before = state["epoch"], state["wall_s"]
-        # Checkpoints written before data.val_size hold the (test-selected) best under another name.
-        best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
-        if state.get("partial"):
-            partial = EpochProgress(**state["partial"])
-        log.info("resumed from %s: epoch %d, step %d", resume_from, start_epoch + 1,
-                 partial.batches_done if partial else 0)
 
-    if main:  # drop the lines of epochs no checkpoint holds, and a line torn by a crash
-        rundir.truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Optional[EpochProgress]]:
+    """Continue ``resumed`` (this run directory's own last.pt, else trainer.resume): restore the objects and
+    the record; return the epoch to start from (counting from 0) and how far into it a checkpoint got."""
+    if resumed is None:
+        return 0, None
+    source, state = resumed
+    restored = rundir.restore_checkpoint(state, loop.model, loop.opt, loop.sched, loop.scaler)
+    record = loop.record
+    record.best_top1, record.wall_before = restored.best_top1, restored.wall_s
+    record.resumed_from = rundir.branched_from(source, state, record.run_dir)
+    partial = EpochProgress(**restored.partial) if restored.partial else None
+    log.info("resumed from %s: epoch %d, step %d", source, restored.epoch + 1, partial.batches_done if partial else 0)
+    return restored.epoch, partial
 
-    fwd: nn.Module = net
-    if env.enabled:
-        fwd = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if tcfg.compile:
-        fwd = torch.compile(fwd, mode=tcfg.compile_mode)
 
-    loggers = Loggers.from_config(cfg, run_dir, start_epoch) if main else Loggers()
+def _wrap(loop: Loop, start_epoch: int) -> None:
+    """The forward callable (DDP across ranks, torch.compile) or the captured step (trainer.cuda_graph)
+    over the restored model, and the loggers."""
+    tcfg = loop.cfg.trainer
+    if tcfg.cuda_graph:  # refuses DDP and compile (config.check_values): the step replays the model itself
+        loop.graphed = GraphedStep(loop.model, loop.opt, loop.criterion, loop.amp, loop.cfg.optim, tcfg.channels_last)
+    if loop.env.enabled:
+        device = loop.device
+        loop.net = nn.parallel.DistributedDataParallel(loop.net,
+                                                       device_ids=[device.index] if device.type == "cuda" else None)
+    if loop.cfg.trainer.compile:
+        loop.net = torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode)
+    if loop.env.is_main:
+        loop.loggers = Loggers.from_config(loop.cfg, loop.record.run_dir, start_epoch)
+
+
+def _log_setup(loop: Loop, data: Data) -> None:
+    cfg, src = loop.cfg, data.src
     log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, "
-             "%d process(es) on %s", cfg.model.name, cfg.init.name, scheme.weights, cfg.data.name, n_params / 1e6,
-             len(src.train), len(src.val) if src.val is not None else 0, len(src.test), env.world_size, device)
+             "%d process(es) on %s", cfg.model.name, cfg.init.name, loop.scheme.weights, cfg.data.name,
+             count_params(loop.model) / 1e6, len(src.train), len(src.val) if src.val is not None else 0,
+             len(src.test), loop.env.world_size, loop.device)
 
-    t_start = time.perf_counter()
 
-    def checkpoint_state(epoch: int, progress: Optional[EpochProgress]) -> dict:
-        """``epoch``: the epochs completed (the number of the last one, counting from 1);
-        ``partial``: how far into the next one."""
-        return {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "best_on": select, "best_top1": best_top1,
-                "wall_s": wall_before + time.perf_counter() - t_start, "rng": rng_state(),
-                "partial": progress.__dict__ if progress else None,
-                "config": OmegaConf.to_container(cfg, resolve=True), "resumed_from": branched_from}
+# --- Epochs ---------------------------------------------------------------------------------------
 
-    def save_mid_epoch(epoch: int, progress: EpochProgress) -> None:
-        if main:
-            rundir.save_checkpoint(ckpt_dir / rundir.LAST, checkpoint_state(epoch, progress))
-        distributed.barrier()
-
-    stop = StopSignal()
-    loop = Loop(cfg, fwd, opt, sched, scaler, mixup, criterion, device, amp, env, stop, save_mid_epoch, loggers,
-                Progress(tcfg.progress and main, tcfg.epochs, tcfg.progress_every_s),
-                GraphedStep(net, opt, criterion, amp, cfg.optim, tcfg.channels_last) if tcfg.cuda_graph else None)
-    status, divergence = "finished", None
+def _run_epochs(loop: Loop, data: Data, start_epoch: int,
+                partial: Optional[EpochProgress]) -> tuple[str, Optional[dict]]:
+    """Train, evaluate, record and checkpoint each epoch from ``start_epoch`` on (``partial``: how far into it
+    a checkpoint got); return how the run ended: ("finished", None) or ("diverged", what diverged)."""
+    loop.record.t_start = time.perf_counter()
     # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
-    evaluations = [(split, loader, distributed.min_over_ranks(len(loader), device))
-                   for split, loader in (("val", val_loader), ("test", test_loader)) if loader is not None]
-    with stop:
-        for epoch in range(start_epoch, tcfg.epochs):
-            # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
-            seed_all(cfg.seed, epoch, env.rank)
-            train_loader.sampler.set_epoch(epoch)
-            if main and tcfg.log_spp_every and epoch % tcfg.log_spp_every == 0:
-                from nfbench.spp import log_spp  # leaves weights, buffers and RNG as they were
+    evaluations = [(split, loader, distributed.min_over_ranks(len(loader), loop.device))
+                   for split, loader in (("val", data.val), ("test", data.test)) if loader is not None]
+    for epoch in range(start_epoch, loop.settings.epochs):
+        _begin_epoch(loop, data, epoch)
+        lr = loop.opt.param_groups[0]["lr"]
+        try:
+            stats = train_one_epoch(loop, data.train, epoch, partial)
+        except Diverged as d:
+            _log_divergence(loop, d.info)
+            return "diverged", d.info
+        metrics = _evaluate_epoch(loop, evaluations, epoch, stats)
+        partial = None
+        _end_epoch(loop, epoch, lr, stats, metrics)
+    return "finished", None
 
-                log_spp(loggers, net, cfg, test_loader, src.num_classes, epoch * len(train_loader))
-            lr = opt.param_groups[0]["lr"]
-            try:
-                stats = train_one_epoch(loop, train_loader, epoch, partial)
-            except Diverged as d:
-                status, divergence = "diverged", d.info
-                log.error("training diverged: %s at epoch %d, step %d (lr %.4g); nothing was saved after it: %s",
-                          f"non-finite loss {d.info['loss']}" if d.info["loss"] is not None else "non-finite weights",
-                          d.info["epoch"], d.info["step"], d.info["lr"], rundir.kept_checkpoint(ckpt_dir))
-                break
-            after_training = rng_state()
-            metrics: Optional[dict] = {}
-            for split, loader, batches in evaluations:
-                found = evaluate(fwd, loader, device, amp, tcfg.channels_last, _stop_check(loop, batches), split=split)
-                if found is None:
-                    metrics = None
-                    break
-                metrics.update(found)  # type: ignore[union-attr]
-            if metrics is None:  # a stop signal: save the trained epoch; the resumed run evaluates it
-                save_mid_epoch(epoch, EpochProgress(**{**stats.__dict__, "rng": _gather_rng(after_training)}))
-                log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
-                            "so the job can be requeued and resumed", stop.received, epoch + 1)
-                stop.exit()
-            partial = None
-            if not cfg.sched.per_step:
-                sched.step()
-            improved = metrics[select] > best_top1
-            best_top1 = max(best_top1, metrics[select])
-            state = checkpoint_state(epoch + 1, None)
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
-                   "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
-                   "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
-            if main:
-                rundir.append_metrics(run_dir / "metrics.jsonl", row)
-                loggers.log_metrics(row, epoch + 1)
-                rundir.save_checkpoint(ckpt_dir / rundir.LAST, state)
-                if improved:
-                    rundir.save_best(ckpt_dir, state, row)
-                val = f"val top-1 {metrics['val_top1']:.2f}  " if val_loader is not None else ""
-                log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  "
-                         "%.0f img/s", epoch + 1, tcfg.epochs, lr, row["train_loss"], row["train_top1"], val,
-                         metrics["test_loss"], metrics["test_top1"], metrics["test_top5"], row["images_per_s"])
-            distributed.barrier()
-    history = rundir.read_metrics(run_dir / "metrics.jsonl")
-    if main and status == "finished" and history and not (ckpt_dir / rundir.BEST).exists():  # a branch never improving
-        rundir.save_weights(ckpt_dir / rundir.WEIGHTS, net.state_dict(), history[-1],
-                            OmegaConf.to_container(cfg, resolve=True))
+
+def _begin_epoch(loop: Loop, data: Data, epoch: int) -> None:
+    # Everything random in an epoch is a function of (seed, epoch, rank): resuming is exact.
+    seed_all(loop.cfg.seed, epoch, loop.env.rank)
+    data.train.sampler.set_epoch(epoch)
+    every = loop.cfg.trainer.log_spp_every
+    if loop.env.is_main and every and epoch % every == 0:
+        from nfbench.spp import log_spp  # leaves weights, buffers and RNG as they were
+
+        log_spp(loop.loggers, loop.model, loop.cfg, data.test, data.src.num_classes, epoch * len(data.train))
+
+
+def _log_divergence(loop: Loop, info: dict) -> None:
+    log.error("training diverged: %s at epoch %d, step %d (lr %.4g); nothing was saved after it: %s",
+              f"non-finite loss {info['loss']}" if info["loss"] is not None else "non-finite weights",
+              info["epoch"], info["step"], info["lr"], rundir.kept_checkpoint(loop.record.ckpt_dir))
+
+
+def _evaluate_epoch(loop: Loop, evaluations: list, epoch: int, stats: EpochProgress) -> dict:
+    """The validation and test metrics of the epoch just trained.  A stop signal during them saves the
+    epoch's training (the resumed run evaluates it) and exits."""
+    after_training = rng_state()
+    metrics: dict = {}
+    for split, loader, batches in evaluations:
+        poll = StopPoll(loop.stop, loop.settings.stop_every, batches, loop.device)
+        found = evaluate(loop.net, loader, loop.device, loop.amp, loop.settings.channels_last, poll, split=split)
+        if found is None:
+            _save_last(loop, epoch, EpochProgress(**{**vars(stats), "rng": _gather_rng(after_training)}))
+            log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
+                        "so the job can be requeued and resumed", loop.stop.received, epoch + 1)
+            loop.stop.exit()
+        metrics.update(found)
+    return metrics
+
+
+def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics: dict) -> None:
+    """Step a per-epoch scheduler, keep the best, and on rank 0 write the epoch's metrics and checkpoints."""
+    if not loop.settings.per_step:
+        loop.sched.step()
+    record = loop.record
+    improved = metrics[record.select] > record.best_top1
+    record.best_top1 = max(record.best_top1, metrics[record.select])
+    state = _checkpoint(loop, epoch + 1, None)
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
+           "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
+           "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
+    if loop.env.is_main:
+        rundir.append_metrics(record.run_dir / "metrics.jsonl", row)
+        loop.loggers.log_metrics(row, epoch + 1)
+        rundir.save_checkpoint(record.ckpt_dir / rundir.LAST, state)
+        if improved:
+            rundir.save_best(record.ckpt_dir, state, row)
+        _log_epoch(loop, row)
+    distributed.barrier()
+
+
+def _log_epoch(loop: Loop, row: dict) -> None:
+    val = f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else ""
+    log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  %.0f img/s",
+             row["epoch"], loop.settings.epochs, row["lr"], row["train_loss"], row["train_top1"], val,
+             row["test_loss"], row["test_top1"], row["test_top5"], row["images_per_s"])
+
+
+# --- Result ---------------------------------------------------------------------------------------
+
+def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
+    """result.json, the summary line and the loggers' last word; a finished branch that never improved on
+    the checkpoint it continued still leaves its final weights."""
+    cfg, record = loop.cfg, loop.record
+    history = rundir.read_metrics(record.run_dir / "metrics.jsonl")
+    if loop.env.is_main and status == "finished" and history and not (record.ckpt_dir / rundir.BEST).exists():
+        rundir.save_weights(record.ckpt_dir / rundir.WEIGHTS, loop.model.state_dict(), history[-1], record.config)
     result = {
         "status": status,
         "divergence": divergence,
         "epochs": len(history),
-        "epochs_planned": tcfg.epochs,
-        "params": n_params,
-        "data": cfg.data.name, "model": cfg.model.name, "init": cfg.init.name, "weights": scheme.weights,
-        "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": env.world_size,
-        "wall_s": wall_before + time.perf_counter() - t_start,
-        "resumed_from": branched_from,
-        **best_figures(history, select),
+        "epochs_planned": cfg.trainer.epochs,
+        "params": count_params(loop.model),
+        "data": cfg.data.name, "model": cfg.model.name, "init": cfg.init.name, "weights": loop.scheme.weights,
+        "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": loop.env.world_size,
+        "wall_s": record.wall_s(),
+        "resumed_from": record.resumed_from,
+        **best_figures(history, record.select),
     }
     last = history[-1] if history else None
     if last is not None:
         final = ("test_top1", "test_top5", "test_loss", "train_loss", "train_top1", "val_top1", "val_top5", "val_loss")
         result.update({k: last[k] for k in final if k in last})
     result = rundir.strict_json(result)  # what result.json holds: a NaN loss is null plus "loss_str": "nan"
-    if main:
-        rundir.write_json(run_dir / "result.json", result)
-        log.info("%s", summary_line(run_dir, result))
-    loggers.log_hparams(cfg, {k: v for k, v in result.items() if k in FINAL_METRICS})
-    loggers.close()
+    if loop.env.is_main:
+        rundir.write_json(record.run_dir / "result.json", result)
+        log.info("%s", summary_line(record.run_dir, result))
+    loop.loggers.log_hparams(cfg, {k: v for k, v in result.items() if k in FINAL_METRICS})
+    loop.loggers.close()
     return result

@@ -278,3 +278,36 @@ def test_config_reader_prefers_the_resolved_config_and_falls_back_to_hydras(tmp_
                                             "sched": {"total": "${trainer.epochs}"}}
     (tmp_path / "config.yaml").write_text("trainer:\n  epochs: 3\nsched:\n  total: ${trainer.epochs}\n")
     assert rundir.read_config(tmp_path) == {"trainer": {"epochs": 3}, "sched": {"total": 3}}
+
+
+# --- issue 14: what a checkpoint holds, and its restore, in one place ------------------------------
+
+def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
+    """checkpoint_state -> save_checkpoint -> load_checkpoint -> restore_checkpoint gives fresh objects
+    the trained ones' states and the run's standing; a checkpoint written before data.val_size names its
+    best best_test_top1."""
+    def objects(seed: int):
+        torch.manual_seed(seed)
+        net = torch.nn.Linear(3, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        return net, opt, torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), torch.amp.GradScaler("cpu", enabled=False)
+
+    net, opt, sched, scaler = objects(0)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step(), sched.step()
+    partial = {"batches_done": 3, "loss_sum": 1.5, "correct": 2, "seen": 12, "seconds": 0.5, "rng": []}
+    state = rundir.checkpoint_state(net, opt, sched, scaler, 4, partial, best_on="val_top1", best_top1=61.0,
+                                    wall_s=12.5, config={"seed": 0}, resumed_from=None)
+    rundir.save_checkpoint(tmp_path / rundir.LAST, state)
+    loaded = rundir.load_checkpoint(tmp_path / rundir.LAST)
+
+    fresh = objects(1)
+    restored = rundir.restore_checkpoint(loaded, *fresh)
+    assert restored == rundir.Restored(epoch=4, best_top1=61.0, wall_s=12.5, partial=partial)
+    assert all(torch.equal(a, b) for a, b in zip(fresh[0].state_dict().values(), net.state_dict().values()))
+    momentum = [o.state_dict()["state"][0]["momentum_buffer"] for o in (fresh[1], opt)]
+    assert torch.equal(*momentum)
+    assert fresh[2].state_dict() == sched.state_dict() and fresh[2].get_last_lr() == [0.05]
+
+    legacy = {k: v for k, v in loaded.items() if k != "best_top1"} | {"best_test_top1": 55.0, "partial": None}
+    assert rundir.restore_checkpoint(legacy, *objects(2)) == rundir.Restored(4, 55.0, 12.5, None)

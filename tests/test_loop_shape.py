@@ -1,0 +1,31 @@
+"""Issue 14: the training loop reads top to bottom - no function of nfbench/train.py longer than a
+screen, and no closure or lambda standing in for state (``Loop`` holds state, each step and checkpoint
+is a plain function of it)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TRAIN = Path(__file__).resolve().parents[1] / "nfbench" / "train.py"
+MAX_LINES = 60
+
+
+def functions(tree: ast.AST) -> list[ast.FunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_function_of_the_training_loop_is_longer_than_a_screen():
+    tree = ast.parse(TRAIN.read_text())
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in functions(tree) if f.end_lineno - f.lineno + 1 > MAX_LINES}
+    assert not long, f"functions of nfbench/train.py over {MAX_LINES} lines: {long}"
+
+
+def test_the_training_loop_defines_no_closures():
+    """A function defined inside another (a closure over the run's objects) hides state that belongs in ``Loop``;
+    ``best_figures``'s ``max(key=...)`` is the one lambda, a sort key."""
+    tree = ast.parse(TRAIN.read_text())
+    nested = sorted({inner.name for outer in functions(tree) for inner in functions(outer) if inner is not outer})
+    assert not nested, f"functions defined inside functions of nfbench/train.py: {nested}"
+    lambdas = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+    assert len(lambdas) <= 1, f"lambdas in nfbench/train.py at lines {lambdas}"
