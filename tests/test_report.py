@@ -312,6 +312,21 @@ def test_committed_gpu_evidence_reproduces_its_table():
     assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
 
 
+def test_committed_he_diagnosis_reproduces_its_table():
+    """docs/results-cifar10-gpu.md's check of He et al.'s ResNet-20 (an H200 run, 2026-11-26, one call of
+    scripts/gpu_evidence.sh with HE_RUNS="eager compiled compiled@50" HE_EPOCHS=60): grouped by data
+    root and trainer.compile, the three runs stay three rows - compiled 87.17, eager 86.80, compiled on
+    the images re-encoded at JPEG quality 50 84.70 - and are not averaged as seeds of one run."""
+    runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "he-diagnosis" / "runs"
+    group_by = rep.parse_group_by(["+data.root", "+trainer.compile"])
+    table = rep.aggregate(rep.collect([runs_dir]), group_by)
+    got = {(Path(row["data.root"]).name, row["trainer.compile"]): (row["seeds"], row["epochs"], row["final_test_top1_mean"])
+           for _, row in table.iterrows()}
+    assert got == {("data", True): (1, 60, 87.17), ("data", False): (1, 60, 86.80), ("data_q50", True): (1, 60, 84.70)}
+    merged = rep.aggregate(rep.collect([runs_dir]))  # without the two keys: one row of three "seeds"
+    assert len(merged) == 1 and merged.iloc[0]["seeds"] == 3
+
+
 def test_committed_gpu_report_files_are_what_the_report_writes(tmp_path):
     """report.md and report.csv under docs/results-cifar10-gpu/report are, byte for byte, what
     `nfbench report docs/results-cifar10-gpu/runs` writes: the table's layout, its numbers (to the
