@@ -184,3 +184,16 @@ def test_cli_list_of_models_and_schemes_prints_one_table(tmp_path):
 def test_cli_reports_an_impossible_pair(tmp_path):
     out = nfbench("model=nf_resnet50", "init=fixup", cwd=tmp_path)
     assert out.returncode == 2 and "use init=nf" in out.stderr
+
+
+PAPER_INPUT_NOTE = "Civitelli et al. Tables 1-2 count a 3x32x32 input"
+
+
+def test_warns_in_one_line_when_the_input_is_not_the_papers(tmp_path):
+    """The default data set (8x8 digits) gives FLOPs 16x below Tables 1-2; the command says so, once."""
+    out = nfbench("model=resnet18", "init=idshort", f"hydra.run.dir={tmp_path / 'digits'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    notes = [line for line in (out.stdout + out.stderr).splitlines() if PAPER_INPUT_NOTE in line]
+    assert len(notes) == 1 and "1x8x8" in notes[0] and "data=digits" in notes[0] and "data=cifar10" in notes[0]
+    paper = nfbench(*NO_DATA, "model=resnet18", "init=idshort", f"hydra.run.dir={tmp_path / 'cifar'}", cwd=tmp_path)
+    assert paper.returncode == 0 and PAPER_INPUT_NOTE not in paper.stdout + paper.stderr
