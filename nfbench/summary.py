@@ -35,6 +35,9 @@ from nfbench.tables import format_table
 log = logging.getLogger("nfbench")
 
 JSON_NAME = "summary.json"
+# The input of Civitelli et al. Tables 1-2 (CIFAR): FLOPs scale with the image's area, so any other
+# input (the default data set is 8x8 digits, 16x fewer pixels) gives numbers not comparable to them.
+PAPER_INPUT = [3, 32, 32]
 COUNT_COLUMNS = ("params", "params (M)", "FLOPs", "FLOPs (G)")
 
 
@@ -113,6 +116,9 @@ def summary(cfg: DictConfig) -> dict:
     from nfbench.runtime import resolve_run_dir
 
     row = summarize(cfg)
+    if row["input"] != PAPER_INPUT:
+        log.warning("FLOPs for data=%s's %s input; Civitelli et al. Tables 1-2 count a 3x32x32 input: add data=cifar10",
+                    row["data"], "x".join(map(str, row["input"])))
     run_dir = resolve_run_dir(cfg)
     if _multirun():
         write_json(run_dir / JSON_NAME, {"job": HydraConfig.get().job.num, "rows": [row]})

@@ -386,3 +386,19 @@ def test_report_writes_into_the_first_directory_by_default(tree, tmp_path, monke
     with pytest.raises(SystemExit):
         cli_main(["report", "--help"])
     assert "first DIR" in capsys.readouterr().out
+
+
+def test_fixup_imagenet_reference_attaches_to_fixup_resnet50_runs_with_its_mixup(tmp_path):
+    """hongyi-zhang/Fixup's README number (ResNet-50 + Fixup, ImageNet, mixup alpha 0.7: top-1 around 76.0%)
+    sits beside Fixup ResNet-50 ImageNet runs with that mixup, not beside BatchNorm or mixup-free ones."""
+    for name, init, alpha in (("fixup", "fixup", 0.7), ("bn", "bn", 0.7), ("no_mixup", "fixup", 0.0)):
+        run = write_run(tmp_path / name, init, 0, [70.0], model="resnet50", data="imagenet", epochs=1)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["trainer"]["mixup_alpha"] = alpha
+        config["experiment"] = name
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = rep.attach_references(rep.aggregate(rep.collect([tmp_path])), rep.load_references())
+    refs = {row["experiment"]: [r["id"] for r in row["references"]] for _, row in table.iterrows()}
+    assert refs == {"fixup": ["TV-R50", "Fixup-R50"], "bn": ["TV-R50"], "no_mixup": ["TV-R50"]}
+    fixup = next(r for r in rep.load_references() if r["id"] == "Fixup-R50")
+    assert fixup["test_top1"] == 76.0 and "hongyi-zhang/Fixup" in fixup["source"]
