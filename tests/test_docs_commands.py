@@ -174,9 +174,8 @@ def check_spp(out: str) -> None:
     assert "resnet50 / idshort (he_fanout), 16 blocks: forward variance" in out
 
 
-def check_gpu_report(out: str, out_dir: Path) -> None:
+def check_gpu_report(committed: Path, out_dir: Path) -> None:
     """docs/results-cifar10-gpu.md: the report rebuilt from the committed runs is the committed one."""
-    committed = REPO / "docs" / "results-cifar10-gpu" / "report"
     for name in ("report.md", "report.csv"):
         assert (out_dir / name).read_bytes() == (committed / name).read_bytes(), name
 
@@ -191,7 +190,10 @@ RUN: dict[str, tuple[int, Callable[[str], None]]] = {
         (0, check_tables_1_2),
     "nfbench spp model=resnet50 init=idshort": (0, check_spp),
 }
-GPU_REPORT = "nfbench report docs/results-cifar10-gpu/runs --out docs/results-cifar10-gpu/report"
+# Reports of committed run files, rebuilt into a temporary folder and compared with the committed report.
+GPU_REPORTS = ["nfbench report docs/results-cifar10-gpu/runs --out docs/results-cifar10-gpu/report",
+               "nfbench report docs/results-cifar10-gpu/he-diagnosis/runs --out "
+               "docs/results-cifar10-gpu/he-diagnosis/report --group-by +data.root +trainer.compile"]
 
 SYNOPSIS = "a synopsis with placeholders, not a command"
 SKIP: dict[str, str] = {
@@ -207,7 +209,7 @@ SKIP: dict[str, str] = {
     "nfbench report /tmp/nfb/sweep --out /tmp/nfb/report": "needs the CPU study's run directories (an hour of "
                                                           "training, not committed)",
     "nfbench report docs/results-cifar10-gpu/runs": "writes into the committed runs' folder; the same report "
-                                                    "is checked with --out (GPU_REPORT)",
+                                                    "is checked with --out (GPU_REPORTS)",
     "nfbench spp model=resnet50 init=idshort init.weights=brock spp.seeds=3 'spp.formats=[png,pdf]'":
         "three ResNet-50 repeats (tens of seconds); the single run above covers the command",
     "nfbench spp -m model=resnet50 init=plain,bn,idshort,learnscalar,convshort init.weights=he_fanout,brock":
@@ -219,7 +221,7 @@ SLOW_RUN = {"nfbench train experiment=quickstart"}  # also in COMPOSE; trained b
 
 
 def test_every_documented_command_is_classified():
-    classified = set(COMPOSE) | set(RUN) | set(SKIP) | {GPU_REPORT}
+    classified = set(COMPOSE) | set(RUN) | set(SKIP) | set(GPU_REPORTS)
     found = documented_commands()
     assert not found - classified, f"new commands in the docs, add each to RUN, COMPOSE or SKIP: {found - classified}"
     assert not classified - found, f"commands no longer in the docs: {classified - found}"
@@ -235,13 +237,15 @@ def test_documented_command_runs_as_written(command, capsys, tmp_path, monkeypat
     check(out)
 
 
-def test_documented_gpu_report_rebuilds_the_committed_report(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", GPU_REPORTS)
+def test_documented_gpu_report_rebuilds_the_committed_report(command, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    args = GPU_REPORT.split()[1:]
+    args = command.split()[1:]
+    committed = REPO / args[args.index("--out") + 1]
     args[args.index("--out") + 1] = str(tmp_path)
     code, out = nfbench(args, capsys)
     assert code == 0, out
-    check_gpu_report(out, tmp_path)
+    check_gpu_report(committed, tmp_path)
 
 
 @pytest.mark.slow
