@@ -133,20 +133,29 @@ class Scheme:
         return input_var
 
     # --- the network's pieces, assembled by build_resnet ---------------------
-    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
-        """The bare stem; with BatchNorm the ImageNet stem is conv -> BN -> ReLU -> max-pool, as He et al.
+    def stem_activates(self, kind: str) -> bool:
+        """Whether the stem ends normalised and activated: with BatchNorm, the ImageNet stem, as He et al.
         2016b's pre-activation ResNet (fb.resnet.torch ``preresnet.lua``) and torchvision build it."""
+        return self.batchnorm and kind == "imagenet"
+
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
+        """The bare stem, or conv -> BN -> ReLU -> max-pool where :meth:`stem_activates`."""
         layers = stem_layers(kind, in_chans, width, self.conv)
-        if self.batchnorm and kind == "imagenet":
+        if self.stem_activates(kind):
             conv, pool = layers
             layers = [conv, self.norm(width), self.act(), pool]
         return nn.Sequential(*layers)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
+        """One residual block; ``preactivated`` (the first block after an activating stem) has no norm or
+        activation before its first conv and shortcut (fb.resnet.torch ``preresnet.lua``, 'no_preact')."""
         convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)
-        return ResidualBlock(convs, [self.norm(c.in_channels) for c in convs], self.shortcut(in_chans, out, stride),
+        norms = [nn.Identity() if preactivated and i == 0 else self.norm(c.in_channels) for i, c in enumerate(convs)]
+        return ResidualBlock(convs, norms, self.shortcut(in_chans, out, stride),
                              self.act(), self.gate(), self.residual_scale, stride,
-                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var))
+                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var),
+                             preactivated=preactivated)
 
     def head(self, chans: int, num_classes: int) -> Head:
         return Head(self.norm(chans), self.act(), chans, num_classes)
@@ -197,7 +206,11 @@ def register_scheme(name: str):
 
 @register_scheme("bn")
 class BatchNormBaseline(Scheme):
-    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b)."""
+    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b).
+
+    With the ImageNet stem (conv -> BN -> ReLU -> max-pool) the first block takes the stem's activated
+    output as its own pre-activation (fb.resnet.torch ``preresnet.lua``, 'no_preact').
+    """
 
     batchnorm = True
 
@@ -349,9 +362,10 @@ class Fixup(Scheme):
         conv, *pool = stem_layers(kind, in_chans, width, self.conv)
         return nn.Sequential(conv, ScalarBias(0.0), nn.ReLU(), *pool)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
         if not self.reference:
-            return super().block(in_chans, width, stride, bottleneck, input_var)
+            return super().block(in_chans, width, stride, bottleneck, input_var, preactivated)
         if bottleneck:
             raise ConfigError("init.reference_block=true builds Fixup's basic CIFAR block; "
                               "choose a basic-block model (resnet20/32/44/56/110, resnet18/34, wrn)")
