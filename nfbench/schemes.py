@@ -380,21 +380,23 @@ class Fixup(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs.
+        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs; the convs the
+        rules leave alone start as hongyi-zhang/Fixup's ``FixupResNet.__init__`` leaves them.
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, unscaled | hongyi-zhang/Fixup |
-        | branch convs | the same rule x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
+        | stem conv | PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)) (Var 1/(3 n_in)), whatever ``init.weights`` | hongyi-zhang/Fixup: its init loop skips conv1 (fixup_resnet_cifar.py l. 56, 66-72; fixup_resnet_imagenet.py l. 102, 115-129) |
+        | branch convs | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
         | last branch conv | 0 | Zhang et al. 2019, rule 1 |
-        | shortcut convs | the rule, unscaled (reference block: option A, no conv) | hongyi-zhang/Fixup |
+        | shortcut convs | ``init.weights``, standardised, unscaled: the reference's N(0, 2/n_out) (reference block: option A, no conv) | fixup_resnet_imagenet.py l. 119-120, 125-126 |
         | scalars | every scalar bias 0, every branch multiplier 1 | Zhang et al. 2019, rule 3 |
         | biases | the scalar biases above; the convs are bias-free | Zhang et al. 2019, rule 3 |
-        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1 |
+        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1; fixup_resnet_cifar.py l. 70-72 |
         | BN affine | none | |
 
-        Every conv and the classifier are first drawn by the unscaled rule, then the branch convs are
-        redrawn: the RNG stream every seeded Fixup result so far was made with.
+        RNG draw order: every conv and the classifier by the unscaled rule, then the branch convs redrawn
+        (the stream every seeded Fixup result before the stem rule was made with), then the stem conv
+        redrawn last, so only the stem differs from those results.
         """
         draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
         depth = len(net.blocks)
@@ -407,6 +409,8 @@ class Fixup(Scheme):
         net.head.fc.bias.zero_()
         fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
         fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
+        for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
+            conv.reset_parameters()
 
 
 @register_scheme("skipinit")
