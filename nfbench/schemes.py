@@ -572,6 +572,8 @@ class ArpitWeightNorm(Scheme):
     g = sqrt(gain n_in / n_out) with gain 1 for the stem and shortcuts, 2 for the branch convs
     that feed a ReLU, 1/N for a branch's last conv, N the blocks of its stage
     (victorcampos7/weightnorm-init, ``models/nets.py``: WideResNet, "proposed" init).
+    The gains were derived for the reference's block, conv2(relu(conv1(x))) on the raw x; on this
+    pre-activation block each branch adds about Var(x) / (2N), half of that (docs/schemes.md).
     """
 
     default_weights = "arpit"

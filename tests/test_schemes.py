@@ -424,6 +424,34 @@ def block_io(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     return seen
 
 
+@torch.no_grad()
+def test_wn_preactivation_branch_adds_about_half_of_what_arpit_et_al_assume():
+    """Arpit et al.'s block (victorcampos7/weightnorm-init, models/residual_blocks.py) is
+    f(x) = conv2(relu(conv1(x))) on the raw x: with gains 2 and 1/N each block of a stage of N adds Var(x) / N.
+    Ours is pre-activation, f(x) = conv2(relu(conv1(relu(x)))), and relu keeps about half of a symmetric x's
+    second moment: the same weights on the same block input give about half the branch variance
+    (docs/schemes.md; scripts/wn_branch_variance.py prints the table)."""
+    pre_over_paper, paper_n, ours_n = [], [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build("resnet20", "wn", width=32, image_size=32)
+        io = block_io(net, torch.randn(16, 3, 32, 32))
+        for block, (x, y) in zip(net.blocks, io):
+            if block.transition:
+                continue
+            ours = y - block.skip(x)
+            paper = block.branch[1](F.relu(block.branch[0](x)))
+            n = 3  # blocks per stage of ResNet-20
+            pre_over_paper.append((ours.var() / paper.var()).item())
+            paper_n.append((paper.var() * n / x.var()).item())
+            ours_n.append((ours.var() * n / x.var()).item())
+    assert len(pre_over_paper) == 3 * 7
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert 0.4 < mean(pre_over_paper) < 0.6
+    assert 0.75 < mean(paper_n) < 1.15  # the paper's assumption holds for the paper's block
+    assert 0.3 < mean(ours_n) < 0.6
+
+
 # SPEC section 2: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).
 IDENTITY_SCHEMES = {"fixup", "skipinit", "rezero", "zero_last", "nf"}
 # Every registered scheme on basic, bottleneck and wide blocks; then the options that change the answer.
