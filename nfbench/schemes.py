@@ -385,7 +385,7 @@ class Fixup(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)) (Var 1/(3 n_in)), whatever ``init.weights`` | hongyi-zhang/Fixup: its init loop skips conv1 (fixup_resnet_cifar.py l. 56, 66-72; fixup_resnet_imagenet.py l. 102, 115-129) |
+        | stem conv | PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)) (Var 1/(3 n_in)), whatever ``init.weights``; ``init.stem_weights`` where set | hongyi-zhang/Fixup: its init loop skips conv1 (fixup_resnet_cifar.py l. 56, 66-72; fixup_resnet_imagenet.py l. 102, 115-129) |
         | branch convs | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
         | last branch conv | 0 | Zhang et al. 2019, rule 1 |
         | shortcut convs | ``init.weights``, standardised, unscaled: the reference's N(0, 2/n_out) (reference block: option A, no conv) | fixup_resnet_imagenet.py l. 119-120, 125-126 |
@@ -409,8 +409,9 @@ class Fixup(Scheme):
         net.head.fc.bias.zero_()
         fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
         fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
-        for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
-            conv.reset_parameters()
+        if getattr(self.cfg, "stem_weights", None) is None:  # an explicit init.stem_weights (issue 12) wins
+            for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
+                conv.reset_parameters()
 
 
 @register_scheme("skipinit")
