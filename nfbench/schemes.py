@@ -133,20 +133,29 @@ class Scheme:
         return input_var
 
     # --- the network's pieces, assembled by build_resnet ---------------------
-    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
-        """The bare stem; with BatchNorm the ImageNet stem is conv -> BN -> ReLU -> max-pool, as He et al.
+    def stem_activates(self, kind: str) -> bool:
+        """Whether the stem ends normalised and activated: with BatchNorm, the ImageNet stem, as He et al.
         2016b's pre-activation ResNet (fb.resnet.torch ``preresnet.lua``) and torchvision build it."""
+        return self.batchnorm and kind == "imagenet"
+
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
+        """The bare stem, or conv -> BN -> ReLU -> max-pool where :meth:`stem_activates`."""
         layers = stem_layers(kind, in_chans, width, self.conv)
-        if self.batchnorm and kind == "imagenet":
+        if self.stem_activates(kind):
             conv, pool = layers
             layers = [conv, self.norm(width), self.act(), pool]
         return nn.Sequential(*layers)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
+        """One residual block; ``preactivated`` (the first block after an activating stem) has no norm or
+        activation before its first conv and shortcut (fb.resnet.torch ``preresnet.lua``, 'no_preact')."""
         convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)
-        return ResidualBlock(convs, [self.norm(c.in_channels) for c in convs], self.shortcut(in_chans, out, stride),
+        norms = [nn.Identity() if preactivated and i == 0 else self.norm(c.in_channels) for i, c in enumerate(convs)]
+        return ResidualBlock(convs, norms, self.shortcut(in_chans, out, stride),
                              self.act(), self.gate(), self.residual_scale, stride,
-                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var))
+                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var),
+                             preactivated=preactivated)
 
     def head(self, chans: int, num_classes: int) -> Head:
         return Head(self.norm(chans), self.act(), chans, num_classes)
@@ -197,7 +206,11 @@ def register_scheme(name: str):
 
 @register_scheme("bn")
 class BatchNormBaseline(Scheme):
-    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b)."""
+    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b).
+
+    With the ImageNet stem (conv -> BN -> ReLU -> max-pool) the first block takes the stem's activated
+    output as its own pre-activation (fb.resnet.torch ``preresnet.lua``, 'no_preact').
+    """
 
     batchnorm = True
 
@@ -349,9 +362,10 @@ class Fixup(Scheme):
         conv, *pool = stem_layers(kind, in_chans, width, self.conv)
         return nn.Sequential(conv, ScalarBias(0.0), nn.ReLU(), *pool)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
         if not self.reference:
-            return super().block(in_chans, width, stride, bottleneck, input_var)
+            return super().block(in_chans, width, stride, bottleneck, input_var, preactivated)
         if bottleneck:
             raise ConfigError("init.reference_block=true builds Fixup's basic CIFAR block; "
                               "choose a basic-block model (resnet20/32/44/56/110, resnet18/34, wrn)")
@@ -366,21 +380,23 @@ class Fixup(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs.
+        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs; the convs the
+        rules leave alone start as hongyi-zhang/Fixup's ``FixupResNet.__init__`` leaves them.
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, unscaled | hongyi-zhang/Fixup |
-        | branch convs | the same rule x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
+        | stem conv | PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)) (Var 1/(3 n_in)), whatever ``init.weights``; ``init.stem_weights`` where set | hongyi-zhang/Fixup: its init loop skips conv1 (fixup_resnet_cifar.py l. 56, 66-72; fixup_resnet_imagenet.py l. 102, 115-129) |
+        | branch convs | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
         | last branch conv | 0 | Zhang et al. 2019, rule 1 |
-        | shortcut convs | the rule, unscaled (reference block: option A, no conv) | hongyi-zhang/Fixup |
+        | shortcut convs | ``init.weights``, standardised, unscaled: the reference's N(0, 2/n_out) (reference block: option A, no conv) | fixup_resnet_imagenet.py l. 119-120, 125-126 |
         | scalars | every scalar bias 0, every branch multiplier 1 | Zhang et al. 2019, rule 3 |
         | biases | the scalar biases above; the convs are bias-free | Zhang et al. 2019, rule 3 |
-        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1 |
+        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1; fixup_resnet_cifar.py l. 70-72 |
         | BN affine | none | |
 
-        Every conv and the classifier are first drawn by the unscaled rule, then the branch convs are
-        redrawn: the RNG stream every seeded Fixup result so far was made with.
+        RNG draw order: every conv and the classifier by the unscaled rule, then the branch convs redrawn
+        (the stream every seeded Fixup result before the stem rule was made with), then the stem conv
+        redrawn last, so only the stem differs from those results.
         """
         draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
         depth = len(net.blocks)
@@ -393,6 +409,9 @@ class Fixup(Scheme):
         net.head.fc.bias.zero_()
         fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
         fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
+        if getattr(self.cfg, "stem_weights", None) is None:  # an explicit init.stem_weights (issue 12) wins
+            for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
+                conv.reset_parameters()
 
 
 @register_scheme("skipinit")
@@ -554,6 +573,8 @@ class ArpitWeightNorm(Scheme):
     g = sqrt(gain n_in / n_out) with gain 1 for the stem and shortcuts, 2 for the branch convs
     that feed a ReLU, 1/N for a branch's last conv, N the blocks of its stage
     (victorcampos7/weightnorm-init, ``models/nets.py``: WideResNet, "proposed" init).
+    The gains were derived for the reference's block, conv2(relu(conv1(x))) on the raw x; on this
+    pre-activation block each branch adds about Var(x) / (2N), half of that (docs/schemes.md).
     """
 
     default_weights = "arpit"

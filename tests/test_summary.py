@@ -112,25 +112,29 @@ def test_imagenet_stem_matches_torchvision_resnet50(make_cfg):
 def test_bn_resnet50_imagenet_stem_counts_its_batchnorm_affines_by_hand(make_cfg):
     """Pre-activation ResNet-50 + BN at 224 px: torchvision's convs and classifier plus BN's (gamma, beta) on
     the input of every branch conv, before the head, and after the ImageNet stem's conv (conv -> BN -> ReLU ->
-    max-pool, He et al. 2016b)."""
+    max-pool, He et al. 2016b), whose output the first block takes as its activated input (fb.resnet.torch
+    ``preresnet.lua``: 'no_preact')."""
     row = summarize(make_cfg(["data=imagenet", "data.root=/nonexistent", "model=resnet50", "init=bn"]))
     convs_fc = 25_557_032 - 53_120  # torchvision's resnet50 less its BatchNorm: 25,503,912
     # BN channels before each branch's 1x1, 3x3, 1x1 conv (its input, width w, width w); a stage's first
-    # block reads the previous stage's 4w (64 after the stem), the others 4w:
-    #   stage1 (w=64):  (64 + 128)   + 2 x (256 + 128)   =  960
+    # block reads the previous stage's 4w, the others 4w; the very first block's input is the stem's BN-ReLU'd
+    # output, so it has no BN of its own before its 1x1 (0 where a bare stem would need 64):
+    #   stage1 (w=64):  (0 + 128)    + 2 x (256 + 128)   =  896
     #   stage2 (w=128): (256 + 256)  + 3 x (512 + 256)   = 2816
     #   stage3 (w=256): (512 + 512)  + 5 x (1024 + 512)  = 8704
     #   stage4 (w=512): (1024 + 1024) + 2 x (2048 + 1024) = 8192
-    # plus the head's 2048: 22,720 channels; plus the stem's 64: 22,784 channels.
-    branches_head, stem = 960 + 2816 + 8704 + 8192 + 2048, 64
-    assert branches_head == 22_720
-    # 25,549,480; it was 25,549,352 (= 25,503,912 + 2 x 22,720) while the stem had no BN: + 2 x 64 exactly.
-    assert row["params"] == convs_fc + 2 * (branches_head + stem) == 25_549_480
-    # torchvision's post-activation resnet50 has 7,552 more (25,557,032): it normalises each conv's output and
-    # each stage's 1x1 downsample shortcut (2 x (256 + 512 + 1024 + 2048) = 7,680), where the pre-activation
-    # blocks normalise each first block's narrower input instead of its 4w output, and add the head's BN:
-    # 2 x [(256 - 64) + (512 - 256) + (1024 - 512) + (2048 - 1024)] - 2 x 2048 = 3,968 - 4,096 = -128.
-    assert 25_557_032 - row["params"] == 7_680 - 128 == 7_552
+    # plus the head's 2048: 22,656 channels; plus the stem's 64: 22,720 channels.
+    branches_head, stem = 896 + 2816 + 8704 + 8192 + 2048, 64
+    assert branches_head == 22_656
+    assert row["params"] == convs_fc + 2 * (branches_head + stem) == 25_549_352
+    # torchvision's post-activation resnet50 has exactly its four downsample BNs more (25,557,032): the same
+    # stem BN and the same BN after each block's 1x1 and 3x3 conv; its BN on each block's 4w output is, shifted
+    # by one block, our BN on the next block's input, the last one our head's BN.
+    post_outputs = sum(d * 4 * w for d, w in ((3, 64), (4, 128), (6, 256), (3, 512)))
+    pre_inputs_head = (0 + 2 * 256) + (256 + 3 * 512) + (512 + 5 * 1024) + (1024 + 2 * 2048) + 2048
+    assert post_outputs == pre_inputs_head == 15_104
+    downsample_bns = 2 * (256 + 512 + 1024 + 2048)
+    assert 25_557_032 - row["params"] == downsample_bns == 7_680
 
 
 def test_image_folder_shape_is_read_from_the_tree(tmp_path, make_cfg):
