@@ -20,12 +20,16 @@
 # Environment (defaults in brackets):
 #   STUDY_DEVICE  trainer.device of every run [cpu]
 #   STUDY_JOBS    runs at once [the CPU count on cpu, 4 on a GPU]
-#   STUDY_EPOCHS  epochs per run [8]; STUDY_TRAIN training images [10000]; STUDY_TEST test images [all]
+#   STUDY_EPOCHS  epochs per run [7: about 85 CPU-minutes in all, see below]; STUDY_TRAIN training images [10000]; STUDY_TEST test images [all]
 #   STUDY_WIDTH   stage-1 width [16]; STUDY_WD weight decay [0, the paper's]; STUDY_SEEDS ["0 1 2"]
 #   STUDY_ARMS    arm names to run, space-separated [all seven]
 #   OUT           the study folder [outputs/cpu_study/<date>]: runs/<arm>/seed<k>/, logs/, report/
 #   DATA          where the converted CIFAR-10 goes or is [$OUT/../cifar10]; JPEGS the source tar.gz
 #                 [../shared/data/cifar10-jpeg.tar.gz, beside the repository]
+# Sizing (measured on the 2-core development machine, one thread per run, load average 2.5-4.9 from other
+# work): a ResNet-20 (width 16) run costs 4.5 CPU-s of start-up and 34 CPU-s per epoch (10,000 training
+# and 10,000 test images; ConvShort and BatchNorm + conv shortcuts alike), so 21 runs x (4.5 + 34 x 7) s
+# = 5,090 CPU-s = 85 CPU-minutes, about 43 minutes of wall time on 2 idle cores (8 epochs: 97).
 # A run already finished is skipped and an interrupted one resumes from its last.pt, so rerunning the
 # same command with the same OUT completes a study.
 set -euo pipefail
@@ -34,7 +38,7 @@ cd "$(dirname "$0")/.."
 DEVICE=${STUDY_DEVICE:-cpu}
 CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # GNU nproc reports OMP_NUM_THREADS when it is set
 if [[ $DEVICE == cpu ]]; then JOBS=${STUDY_JOBS:-$CPUS}; else JOBS=${STUDY_JOBS:-4}; fi
-EPOCHS=${STUDY_EPOCHS:-8}
+EPOCHS=${STUDY_EPOCHS:-7}
 TRAIN=${STUDY_TRAIN:-10000}
 TEST=${STUDY_TEST:-null}
 WIDTH=${STUDY_WIDTH:-16}
