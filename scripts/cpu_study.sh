@@ -20,7 +20,8 @@
 # Environment (defaults in brackets):
 #   STUDY_DEVICE  trainer.device of every run [cpu]
 #   STUDY_JOBS    runs at once [the CPU count on cpu, 4 on a GPU]
-#   STUDY_EPOCHS  epochs per run [7: about 85 CPU-minutes in all, see below]; STUDY_TRAIN training images [10000]; STUDY_TEST test images [all]
+#   STUDY_EPOCHS  epochs per run [7: about 85 CPU-minutes in all, see below]
+#   STUDY_TRAIN   training images [10000]; STUDY_TEST test images [null: all 10,000]
 #   STUDY_WIDTH   stage-1 width [16]; STUDY_WD weight decay [0, the paper's]; STUDY_SEEDS ["0 1 2"]
 #   STUDY_ARMS    arm names to run, space-separated [all seven]
 #   OUT           the study folder [outputs/cpu_study/<date>]: runs/<arm>/seed<k>/, logs/, report/
