@@ -85,10 +85,17 @@ class InitConfig:
     name: str = "convshort"  # the scheme: bn, convshort, fixup, idshort, learnscalar, nf, plain, rezero, ...
     # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
     weights: Optional[str] = None
+    # The stem conv's rule alone, where the rules differ most (3 raw input channels): he_fanin | he_fanout |
+    # brock; null: init.weights' rule, as every other conv.  Per unit input variance the CIFAR stem
+    # (3x3, 3 -> 16) sends Var 2.0 (he_fanin), 0.375 (he_fanout) or 2.93 (brock) on (docs/schemes.md).
+    stem_weights: Optional[str] = None
     # Civitelli et al.: empirical standardisation to the target mean/variance after sampling.
     standardize: bool = True
     # init=fixup only: hongyi-zhang/Fixup's post-activation CIFAR block (option-A shortcut).
     reference_block: bool = False
+    # init=bn only: a 1x1 conv shortcut in every block (ConvShort's network with BatchNorm), the baseline
+    # whose parameter counts Civitelli et al. Tables 1-2 print as "BatchNorm".
+    conv_shortcut: bool = False
     # init=nf only: the branch weight alpha and the skip gain's initial value (null: 0.2 and 0).
     alpha: Optional[float] = None
     skip_gain: Optional[float] = None  # init=nf only: the skip gain's initial value (null: 0)
@@ -326,6 +333,8 @@ def check_values(cfg: DictConfig | Config) -> None:
     require(c.model.widen is None or c.model.widen >= 1, "model.widen", c.model.widen, "must be >= 1 or null")
     require(not c.init.reference_block or c.init.name == "fixup", "init.reference_block", c.init.reference_block,
             "applies to init=fixup only")
+    require(not c.init.conv_shortcut or c.init.name == "bn", "init.conv_shortcut", c.init.conv_shortcut,
+            "applies to init=bn only (init=convshort has a conv shortcut in every block already)")
     for key in ("alpha", "skip_gain"):
         v = getattr(c.init, key)
         require(v is None or c.init.name == "nf", f"init.{key}", v, "applies to init=nf only (set it to null)")

@@ -89,11 +89,18 @@ class Scheme:
 
     def __init__(self, cfg: InitConfig | None = None) -> None:
         self.cfg = cfg or InitConfig(name=self.name)
-        if self.cfg.weights is not None and self.cfg.weights not in self.weight_rules:
+        self.weights = self._rule("weights", self.default_weights)
+        # The stem conv sees raw pixels (3 channels), where the rules differ most: its own key (docs/schemes.md).
+        self.stem_weights = self._rule("stem_weights", self.weights)
+
+    def _rule(self, key: str, default: str) -> str:
+        """``init.<key>`` if set and one of the rules this scheme applies, else ``default``."""
+        value = getattr(self.cfg, key, None)
+        if value is not None and value not in self.weight_rules:
             allowed = (f"choose one of {', '.join(self.weight_rules)}" if self.weight_rules else
-                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.weights unset")
-            raise ConfigError(f"init.weights={self.cfg.weights!r} is not allowed with init={self.name}: {allowed}")
-        self.weights = self.cfg.weights or self.default_weights
+                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.{key} unset")
+            raise ConfigError(f"init.{key}={value!r} is not allowed with init={self.name}: {allowed}")
+        return value or default
 
     @property
     def name(self) -> str:
@@ -169,16 +176,19 @@ class Scheme:
 # --- helpers the schemes' initialise functions share -----------------------------------------------
 
 @torch.no_grad()
-def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool) -> None:
-    """Every nn.Conv2d by ``rule`` in module order, BatchNorm to (1, 0) with fresh running statistics,
+def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool, stem_rule: str | None = None) -> None:
+    """Every nn.Conv2d by ``rule`` in module order, the stem's (``net.stem``) by ``stem_rule``
+    (``init.stem_weights``; None: ``rule``), BatchNorm to (1, 0) with fresh running statistics,
     then the classifier's PyTorch default (kaiming-uniform weight, U(+-1/sqrt(fan_in)) bias, as
     torchvision's ResNets keep it), redrawn so that it follows the seed.
 
     The order of the draws is the RNG stream every seeded result so far was made with: keep it.
+    The stem's rule changes only its scale, never the number of draws.
     """
+    stem = {id(m) for m in net.stem.modules()}
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
-            init_weight_(m.weight, rule, standardize)
+            init_weight_(m.weight, (stem_rule or rule) if id(m) in stem else rule, standardize)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
     net.head.fc.reset_parameters()
@@ -210,9 +220,16 @@ class BatchNormBaseline(Scheme):
 
     With the ImageNet stem (conv -> BN -> ReLU -> max-pool) the first block takes the stem's activated
     output as its own pre-activation (fb.resnet.torch ``preresnet.lua``, 'no_preact').
+
+    ``init.conv_shortcut=true`` puts ConvShort's 1x1 conv shortcut in every block: the network whose
+    parameter counts Civitelli et al. Tables 1-2 print as "BatchNorm" (docs/schemes.md).
     """
 
     batchnorm = True
+
+    def __init__(self, cfg: InitConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.conv_shortcut_everywhere = self.cfg.conv_shortcut
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
@@ -220,16 +237,16 @@ class BatchNormBaseline(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
         | branch convs | the same rule | He et al. 2016b |
         | last branch conv | the same rule | He et al. 2016b |
-        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | shortcut convs | the same rule (transition blocks; every block with ``init.conv_shortcut``) | Civitelli et al. footnote 1, sec. 3.3 item 3 |
         | scalars | none | |
         | biases | none: the convs are bias-free | He et al. 2016b |
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | weight 1, bias 0; running mean 0, variance 1 | Ioffe & Szegedy 2015 |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("plain")
@@ -242,7 +259,7 @@ class Plain(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 4 |
         | last branch conv | the same rule | Civitelli et al. sec. 4 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -251,7 +268,7 @@ class Plain(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("idshort")
@@ -267,7 +284,7 @@ class IdShort(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 1 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 1 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -276,7 +293,7 @@ class IdShort(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("learnscalar")
@@ -292,7 +309,7 @@ class LearnScalar(IdShort):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 2 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 2 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -301,7 +318,7 @@ class LearnScalar(IdShort):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.shortcut.alpha for b in net.blocks if isinstance(b.shortcut, ScaledIdentityShortcut)), 1.0)
 
 
@@ -317,7 +334,7 @@ class ConvShort(IdShort):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 3 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 3 |
         | shortcut convs | the same rule, on every block | Civitelli et al. sec. 3.3, item 3 |
@@ -326,7 +343,7 @@ class ConvShort(IdShort):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("fixup")
@@ -398,7 +415,7 @@ class Fixup(Scheme):
         (the stream every seeded Fixup result before the stem rule was made with), then the stem conv
         redrawn last, so only the stem differs from those results.
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         depth = len(net.blocks)
         for block in net.blocks:
             m = len(block.branch)
@@ -409,7 +426,7 @@ class Fixup(Scheme):
         net.head.fc.bias.zero_()
         fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
         fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
-        if getattr(self.cfg, "stem_weights", None) is None:  # an explicit init.stem_weights (issue 12) wins
+        if self.cfg.stem_weights is None:  # an explicit init.stem_weights wins
             for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
                 conv.reset_parameters()
 
@@ -427,7 +444,7 @@ class SkipInit(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | De & Smith 2020 |
         | last branch conv | the same rule | De & Smith 2020 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -436,7 +453,7 @@ class SkipInit(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.gate for b in net.blocks), 0.0)
 
 
@@ -453,7 +470,7 @@ class ReZero(SkipInit):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | Bachlechner et al. 2020 |
         | last branch conv | the same rule | Bachlechner et al. 2020 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -462,7 +479,7 @@ class ReZero(SkipInit):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.gate for b in net.blocks), 0.0)
 
 
@@ -477,7 +494,7 @@ class ZeroLast(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | He et al. 2015 |
         | last branch conv | 0 (drawn first, then zeroed: the seeded RNG stream) | improved diffusion's zero_module; Zhang et al. 2019, rule 1 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -486,7 +503,7 @@ class ZeroLast(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         for block in net.blocks:
             block.branch[-1].weight.zero_()
 

@@ -279,7 +279,7 @@ def test_preset_sweep_then_report(tmp_path):
            f"hydra.sweep.dir={sweep}"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
-    assert set(rows) == {"bn", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
+    assert set(rows) == {"bn", "bn_conv_shortcut", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
 
 
 def test_metrics_of_older_versions_count_epochs_from_one(tmp_path):
