@@ -100,6 +100,8 @@ COMPOSE: dict[str, dict[str, Any]] = {
         {**DEFAULT_RECIPE, "data.name": "cifar10", "init.name": "convshort"},
     "nfbench train model=resnet50 init=convshort init.weights=brock data=cifar10":
         {**DEFAULT_RECIPE, "init.weights": "brock"},
+    "nfbench train init=convshort init.stem_weights=he_fanin data=cifar10":
+        {**DEFAULT_RECIPE, "init.name": "convshort", "init.stem_weights": "he_fanin"},
     "nfbench train -m experiment=civitelli_cifar10_resnet50": {**CIVITELLI_RECIPE, "model.name": "resnet50"},
     "nfbench train model=resnet50 init=nf optim.agc=0.01": {"init.name": "nf", "optim.agc": 0.01},
 }
@@ -145,10 +147,10 @@ def check_tables_1_2(out: str) -> None:
     printed = {}
     for line in out.splitlines():
         cells = line.split()
-        if len(cells) == 8 and cells[0].startswith("resnet") and cells[3] == "3x32x32":
+        if len(cells) >= 8 and cells[0].startswith("resnet") and cells[3] == "3x32x32":
             printed[cells[0], cells[1]] = (int(cells[4].replace(",", "")), cells[7])
     documented = _schemes_table()
-    assert len(documented) == 12 and printed == documented
+    assert len(documented) == 15 and printed == documented  # 3 models x bn, bn_conv_shortcut, idshort, learnscalar, convshort
 
 
 def check_help(out: str) -> None:
@@ -186,7 +188,7 @@ RUN: dict[str, tuple[int, Callable[[str], None]]] = {
     "nfbench train --help": (0, check_train_help),
     "nfbench train data=cifar10 --help": (0, check_train_help_cifar10),
     "nfbench train optim.lr=-1": (2, check_refused_lr),
-    "nfbench summary model=resnet18,resnet50,resnet101 init=bn,idshort,learnscalar,convshort data=cifar10":
+    "nfbench summary model=resnet18,resnet50,resnet101 init=bn,bn_conv_shortcut,idshort,learnscalar,convshort data=cifar10":
         (0, check_tables_1_2),
     "nfbench spp model=resnet50 init=idshort": (0, check_spp),
 }
@@ -200,7 +202,7 @@ SKIP: dict[str, str] = {
     "nfbench": SYNOPSIS, "nfbench train": SYNOPSIS, "nfbench report": SYNOPSIS, "nfbench spp": SYNOPSIS,
     "nfbench summary": SYNOPSIS, "nfbench train [overrides]": SYNOPSIS, "nfbench summary [overrides]": SYNOPSIS,
     "nfbench spp [overrides]": SYNOPSIS, "nfbench spp-plot DIR...": SYNOPSIS, "nfbench spp-plot DIR ...": SYNOPSIS,
-    "nfbench report DIR... [--out DIR]": SYNOPSIS, "nfbench train --cfg job [overrides]": SYNOPSIS,
+    "nfbench report DIR... [--out DIR]": SYNOPSIS, "nfbench spp model=resnet20 init=convshort init.stem_weights=...": SYNOPSIS, "nfbench train --cfg job [overrides]": SYNOPSIS,
     "nfbench train seed=S": SYNOPSIS, "nfbench train ... trainer.log_spp_every=5": SYNOPSIS,
     "nfbench train -m experiment=lr_search init=$s": "a shell loop's body ($s); its first point is composed by "
                                                      "the lr_search commands above",
