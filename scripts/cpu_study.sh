@@ -49,6 +49,7 @@ OUT=${OUT:-outputs/cpu_study/$(date +%Y-%m-%d_%H-%M-%S)}
 DATA=${DATA:-$(dirname "$OUT")/cifar10}
 JPEGS=${JPEGS:-../shared/data/cifar10-jpeg.tar.gz}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PY=${PYTHON:-python3}
 
 declare -A ARM=(
   [bn]="init=bn"
@@ -64,7 +65,7 @@ read -r -a ARMS <<< "${STUDY_ARMS:-${ORDER[*]}}"
 for a in "${ARMS[@]}"; do [[ -n ${ARM[$a]+x} ]] || { echo "unknown arm '$a'; choose from ${ORDER[*]}" >&2; exit 2; }; done
 
 if [[ ! -f $DATA/cifar-10-batches-py/test_batch ]]; then
-  python scripts/cifar10_from_jpeg.py "$JPEGS" "$DATA"
+  $PY scripts/cifar10_from_jpeg.py "$JPEGS" "$DATA"
 fi
 
 COMMON=(data=cifar10 "data.root=$DATA" data.download=false "data.train_subset=$TRAIN" "data.test_subset=$TEST"
@@ -86,16 +87,16 @@ run_one() {
   local dir=$OUT/runs/$name/seed$seed
   if grep -qs '"status": "finished"' "$dir/result.json"; then echo "done already: $name seed $seed"; return 0; fi
   local t0=$SECONDS
-  python -m nfbench.cli train "${COMMON[@]}" "$@" "seed=$seed" "hydra.run.dir=$dir" \
+  $PY -m nfbench.cli train "${COMMON[@]}" "$@" "seed=$seed" "hydra.run.dir=$dir" \
     > "$OUT/logs/$name-seed$seed.log" 2>&1 || { echo "FAILED: $name seed $seed (see $OUT/logs)"; return 0; }
   echo "finished: $name seed $seed in $((SECONDS - t0)) s (load $(cut -d' ' -f1-3 /proc/loadavg))"
 }
 export -f run_one
-export OUT
+export OUT PY
 export COMMON_STR="${COMMON[*]}"
 # COMMON holds no spaces inside a value, so it travels to the xargs children as one string.
 xargs -P "$JOBS" -L 1 bash -c 'read -r -a COMMON <<< "$COMMON_STR"; run_one "$@"' _ < "$OUT/runs.txt"
 
 echo "ended $(date -Is); load: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt"
-python -m nfbench.cli report "$OUT/runs" --out "$OUT/report" --format png
+$PY -m nfbench.cli report "$OUT/runs" --out "$OUT/report" --format png
 echo "report: $OUT/report/report.md"
