@@ -402,3 +402,17 @@ def test_fixup_imagenet_reference_attaches_to_fixup_resnet50_runs_with_its_mixup
     assert refs == {"fixup": ["TV-R50", "Fixup-R50"], "bn": ["TV-R50"], "no_mixup": ["TV-R50"]}
     fixup = next(r for r in rep.load_references() if r["id"] == "Fixup-R50")
     assert fixup["test_top1"] == 76.0 and "hongyi-zhang/Fixup" in fixup["source"]
+
+
+def test_he_reference_attaches_only_to_runs_on_the_whole_training_set(tmp_path):
+    """He et al.'s ResNet-20 number (references.yaml He16a-R20) stands beside a BatchNorm ResNet-20 trained on
+    all of CIFAR-10, not beside a study run on a 10,000-image subset, whose plot it would squash."""
+    write_run(tmp_path / "full", "bn", 0, [90.0])
+    subset = write_run(tmp_path / "subset", "bn", 0, [40.0], lr=0.02)
+    config = yaml.safe_load((subset / "config.yaml").read_text())
+    config["data"]["train_subset"] = 10000
+    (subset / "config.yaml").write_text(yaml.safe_dump(config))
+    table = rep.attach_references(rep.aggregate(rep.collect([tmp_path]), [*rep.DEFAULT_GROUP_BY, "optim.lr"]),
+                                  rep.load_references())
+    refs = {row["optim.lr"]: [r["id"] for r in row["references"]] for _, row in table.iterrows()}
+    assert refs == {0.01: ["He16a-R20"], 0.02: []}
