@@ -195,7 +195,8 @@ RUN: dict[str, tuple[int, Callable[[str], None]]] = {
 # Reports of committed run files, rebuilt into a temporary folder and compared with the committed report.
 GPU_REPORTS = ["nfbench report docs/results-cifar10-gpu/runs --out docs/results-cifar10-gpu/report",
                "nfbench report docs/results-cifar10-gpu/he-diagnosis/runs --out "
-               "docs/results-cifar10-gpu/he-diagnosis/report --group-by +data.root +trainer.compile"]
+               "docs/results-cifar10-gpu/he-diagnosis/report --group-by +data.root +trainer.compile",
+               "nfbench report docs/results-cifar10-cpu-study/gpu/runs --out docs/results-cifar10-cpu-study/gpu/report"]
 
 SYNOPSIS = "a synopsis with placeholders, not a command"
 SKIP: dict[str, str] = {
