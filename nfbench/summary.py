@@ -27,9 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nfbench.validation import validate
 from nfbench.data import data_shape
-from nfbench.models import construct_model, split_stages
+from nfbench.models import split_stages
 from nfbench.rundir import write_json
-from nfbench.schemes import build_scheme
 from nfbench.tables import format_table
 
 log = logging.getLogger("nfbench")
@@ -50,11 +49,10 @@ def _params(modules: Sequence[nn.Module]) -> int:
 
 def summarize(cfg: DictConfig) -> dict:
     """Parameters and FLOPs of ``cfg``'s model: one row, with ``parts`` (stem, stage1.., head) that sum to it."""
-    validate(cfg)
+    plan = validate(cfg)
     shape = data_shape(cfg.data)
-    scheme = build_scheme(cfg.init)
     with torch.device("meta"):
-        net = construct_model(cfg.model, scheme, shape.num_classes, shape.in_chans, shape.image_size)
+        net = plan.construct(shape.num_classes, shape.in_chans, shape.image_size)
         x = torch.empty(1, shape.in_chans, shape.image_size, shape.image_size)
     parts = []
     with torch.no_grad():
@@ -68,7 +66,7 @@ def summarize(cfg: DictConfig) -> dict:
             parts.append({"name": f"stage{i}", "params": _params(stage), "flops": flops})
         flops, _ = _flops(net.head, x)
         parts.append({"name": "head", "params": _params([net.head]), "flops": flops})
-    return {"model": cfg.model.name, "init": cfg.init.name, "weights": scheme.weights, "data": cfg.data.name,
+    return {"model": cfg.model.name, "init": cfg.init.name, "weights": plan.scheme.weights, "data": cfg.data.name,
             "input": [shape.in_chans, shape.image_size, shape.image_size], "num_classes": shape.num_classes,
             "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts}
 
