@@ -16,6 +16,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -99,14 +100,15 @@ def _test_batch(src: DataSource, n: int, what: str) -> tuple[torch.Tensor, torch
     return torch.stack(xs), torch.tensor(ys)
 
 
-def measure(cfg: DictConfig, plan: ModelPlan) -> list[dict]:
+def measure(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> list[dict]:
     """Per block, the statistics of the configured model and scheme at initialisation, averaged over seeds.
 
     Repeat k re-seeds with ``seed + k`` and then builds the network exactly as ``nfbench train`` does,
     so repeat 0 measures the very network a training run with the same seed starts from.
-    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg``.
+    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg`` when the caller validated already.
     Returns the rows of spp.csv (:data:`COLUMNS` then :data:`EXTRA_COLUMNS`).
     """
+    plan = plan or validate(cfg)
     s = cfg.spp
     device = pick_device(cfg.trainer.device)
     src = build_source(cfg.data) if s.input == "data" else None
