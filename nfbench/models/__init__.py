@@ -1,4 +1,10 @@
-"""The model registry (``model=``): every architecture of SPEC section 1."""
+"""The model registry (``model=``): every architecture of SPEC section 1.
+
+Each registered model is a planner: given its config and the scheme, it applies the rules that
+guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
+with init=nf only) and returns a builder for the data set's shape.  :func:`plan_model` runs it once
+per run, before any data loads (:func:`nfbench.validation.validate`), and training builds from that.
+"""
 
 from __future__ import annotations
 
