@@ -165,7 +165,8 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     (losses, state_dict, the GraphedStep or None)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    net = build_model(option_config("model", "resnet20", width=16), build_scheme(option_config("init", "bn")), 10, 3, 32)
+    net = build_model(option_config("model", "resnet20", width=16), build_scheme(option_config("init", "bn")),
+                      10, 3, 32)
     net = net.to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net, optim, device)
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), 4, steps // 4)

@@ -134,8 +134,8 @@ def test_published_architectures(name, blocks, widths, kernels):
 def test_wide_resnet_structure():
     """WRN-d-k: three stages of (d - 4) / 6 basic blocks, 16k-32k-64k channels after a 16-channel stem."""
     with torch.device("meta"):
-        net = construct_model(option_config("model", "wrn", depth=16, widen=4), build_scheme(option_config("init", "plain")),
-                              10, 3, 32)
+        net = construct_model(option_config("model", "wrn", depth=16, widen=4),
+                              build_scheme(option_config("init", "plain")), 10, 3, 32)
     assert net.stem[0].out_channels == 16 and len(net.blocks) == 6
     assert stage_widths(net) == [64, 128, 256]
     assert [b.stride for b in net.blocks] == [1, 1, 2, 1, 2, 1]
@@ -223,8 +223,8 @@ def refused(model: str, init: str, init_kw: dict) -> bool:
     if model in TIMM_NF_MODELS:
         return init != "nf"
     with torch.device("meta"):
-        bottleneck = len(construct_model(grid_cfg(model, "plain", {}).model, build_scheme(option_config("init", "plain")),
-                                         10, 3, 8).blocks[0].branch) == 3
+        plain = build_scheme(option_config("init", "plain"))
+        bottleneck = len(construct_model(grid_cfg(model, "plain", {}).model, plain, 10, 3, 8).blocks[0].branch) == 3
     return init_kw.get("reference_block", False) and bottleneck
 
 

@@ -26,8 +26,8 @@ NF_GAMMA = 1.7139588594436646
 
 def build(model: str, init: str, width: int = 4, image_size: int = 16, **init_kw) -> nn.Module:
     wrn = {"depth": 10, "widen": 2} if model == "wrn" else {}
-    return build_model(option_config("model", model, width=width, **wrn), build_scheme(option_config("init", init, **init_kw)),
-                       10, 3, image_size)
+    scheme = build_scheme(option_config("init", init, **init_kw))
+    return build_model(option_config("model", model, width=width, **wrn), scheme, 10, 3, image_size)
 
 
 def fan(w: torch.Tensor) -> tuple[int, int]:
