@@ -158,7 +158,7 @@ Examples:
   nfbench train model=resnet50 init=convshort data=cifar100
   nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort
   nfbench report outputs/multirun/train/2026-01-01_00-00-00    # table and curves into its report/
-  nfbench summary model=resnet18,resnet50,resnet101 init=idshort,convshort
+  nfbench summary model=resnet18,resnet50,resnet101 init=idshort,convshort data=cifar10
   nfbench train --help
 """
 

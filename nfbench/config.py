@@ -170,8 +170,21 @@ class InitConfig:
     name: str = "convshort"  # the scheme: bn, convshort, fixup, idshort, learnscalar, nf, plain, rezero, ...
     # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
     weights: Optional[WeightRule] = None
+    # The stem conv's rule alone, where the rules differ most (3 raw input channels): he_fanin | he_fanout |
+    # brock; null: init.weights' rule, as every other conv.  Per unit input variance the CIFAR stem
+    # (3x3, 3 -> 16) sends Var 2.0 (he_fanin), 0.375 (he_fanout) or 2.93 (brock) on (docs/schemes.md).
+    stem_weights: Optional[WeightRule] = None
     # Civitelli et al.: empirical standardisation to the target mean/variance after sampling.
     standardize: bool = True
+
+
+@dataclass
+class BNInitConfig(InitConfig):
+    """The BatchNorm baseline (He et al. 2016b)."""
+
+    # A 1x1 conv shortcut in every block (ConvShort's network with BatchNorm), the baseline whose parameter
+    # counts Civitelli et al. Tables 1-2 print as "BatchNorm".
+    conv_shortcut: bool = False
 
 
 @dataclass
@@ -365,7 +378,7 @@ def tasks_per_node(gpus_per_node: int) -> int:
 # only: under any other, Hydra refuses them as unknown keys.
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
     "model": {"wrn": WideResNetConfig},
-    "init": {"fixup": FixupInitConfig, "nf": NFInitConfig},
+    "init": {"bn": BNInitConfig, "fixup": FixupInitConfig, "nf": NFInitConfig},
 }
 GROUP_SCHEMAS: dict[str, type] = {"model": ModelConfig, "init": InitConfig}
 

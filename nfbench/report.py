@@ -44,6 +44,8 @@ from nfbench.tables import format_table
 ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
            "weights": "init.weights", "epochs": "trainer.epochs"}
 DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
+# The config key each scheme alias also reads (:func:`scheme_label`): its groups are kept apart by it already.
+VARIANT_KEYS = {"init": "init.conv_shortcut", "weights": "init.stem_weights"}
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
 BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.verify", "trainer.run_dir",
                "trainer.resume", "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
@@ -73,15 +75,26 @@ class Run:
         return status if status in (FINISHED, DIVERGED, INVALID) else UNFINISHED
 
     def get(self, key: str) -> Any:
-        """A grouping key's value: an alias (``init``), ``experiment`` or a dotted config key."""
-        if key == "weights":
-            return resolved_weights(self)
+        """A grouping key's value: an alias (``init``), ``experiment`` or a dotted config key.  ``init``
+        and ``weights`` name the scheme's variant too (:func:`scheme_label`), so the groups keep it apart."""
+        if key in ("init", "weights"):
+            return scheme_label(self, key)
         node: Any = self.config
         for part in ALIASES.get(key, key).split("."):
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
         return node
+
+
+def scheme_label(run: Run, key: str) -> Optional[str]:
+    """``init``: init.name, as ``bn_conv_shortcut`` (conf/init/bn_conv_shortcut.yaml) with init.conv_shortcut;
+    ``weights``: the weight rule, with ``, stem RULE`` when init.stem_weights gives the stem conv another."""
+    init = run.config.get("init", {})
+    if key == "init":
+        return f"{init.get('name')}_conv_shortcut" if init.get("conv_shortcut") else init.get("name")
+    weights, stem = resolved_weights(run), init.get("stem_weights")
+    return f"{weights}, stem {stem}" if stem is not None and stem != weights else weights
 
 
 def resolved_weights(run: Run) -> Optional[str]:
@@ -149,7 +162,7 @@ def _mixed(members: Sequence[Run], group_by: Sequence[str]) -> list[str]:
     """Config keys (besides the group's, seed and bookkeeping) whose values differ between the runs of a
     group.  An invalid point never ran: its config says nothing about the runs beside it."""
     flat = [_flatten(r.config) for r in members if r.status != INVALID]
-    skip = {ALIASES.get(k, k) for k in group_by} | set(BOOKKEEPING)
+    skip = {ALIASES.get(k, k) for k in group_by} | {VARIANT_KEYS.get(k) for k in group_by} | set(BOOKKEEPING)
     groups = tuple(b for b in BOOKKEEPING if b.endswith("."))
     return sorted(k for k in set().union(*flat) if k not in skip and not k.startswith(groups)
                   and len({f.get(k) for f in flat}) > 1)

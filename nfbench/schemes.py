@@ -87,13 +87,20 @@ class Scheme:
     conv_shortcut_everywhere = False
 
     def __init__(self, cfg: InitConfig | None = None) -> None:
-        """``init.weights`` is checked here, once: the rules this scheme can apply."""
+        """``init.weights`` and ``init.stem_weights`` are checked here, once: the rules this scheme applies."""
         self.cfg = cfg or option_config("init", self.name)
-        if self.cfg.weights is not None and self.cfg.weights not in self.weight_rules:
+        self.weights = weight_rule(self.name, self._allowed("weights"))
+        # The stem conv sees raw pixels (3 channels), where the rules differ most: its own key (docs/schemes.md).
+        self.stem_weights = str(self._allowed("stem_weights") or self.weights)
+
+    def _allowed(self, key: str) -> Optional[str]:
+        """``init.<key>``, refused unless it is one of the rules this scheme applies (None: unset)."""
+        value = getattr(self.cfg, key)
+        if value is not None and value not in self.weight_rules:
             allowed = (f"choose one of {', '.join(self.weight_rules)}" if self.weight_rules else
-                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.weights unset")
-            raise ConfigError(f"init.weights={self.cfg.weights!r} is not allowed with init={self.name}: {allowed}")
-        self.weights = weight_rule(self.name, self.cfg.weights)
+                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.{key} unset")
+            raise ConfigError(f"init.{key}={value!r} is not allowed with init={self.name}: {allowed}")
+        return value
 
     @property
     def name(self) -> str:
@@ -133,20 +140,29 @@ class Scheme:
         return input_var
 
     # --- the network's pieces, assembled by build_resnet ---------------------
-    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
-        """The bare stem; with BatchNorm the ImageNet stem is conv -> BN -> ReLU -> max-pool, as He et al.
+    def stem_activates(self, kind: str) -> bool:
+        """Whether the stem ends normalised and activated: with BatchNorm, the ImageNet stem, as He et al.
         2016b's pre-activation ResNet (fb.resnet.torch ``preresnet.lua``) and torchvision build it."""
+        return self.batchnorm and kind == "imagenet"
+
+    def stem(self, kind: str, in_chans: int, width: int) -> nn.Module:
+        """The bare stem, or conv -> BN -> ReLU -> max-pool where :meth:`stem_activates`."""
         layers = stem_layers(kind, in_chans, width, self.conv)
-        if self.batchnorm and kind == "imagenet":
+        if self.stem_activates(kind):
             conv, pool = layers
             layers = [conv, self.norm(width), self.act(), pool]
         return nn.Sequential(*layers)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
+        """One residual block; ``preactivated`` (the first block after an activating stem) has no norm or
+        activation before its first conv and shortcut (fb.resnet.torch ``preresnet.lua``, 'no_preact')."""
         convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)
-        return ResidualBlock(convs, [self.norm(c.in_channels) for c in convs], self.shortcut(in_chans, out, stride),
+        norms = [nn.Identity() if preactivated and i == 0 else self.norm(c.in_channels) for i, c in enumerate(convs)]
+        return ResidualBlock(convs, norms, self.shortcut(in_chans, out, stride),
                              self.act(), self.gate(), self.residual_scale, stride,
-                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var))
+                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var),
+                             preactivated=preactivated)
 
     def head(self, chans: int, num_classes: int) -> Head:
         return Head(self.norm(chans), self.act(), chans, num_classes)
@@ -160,16 +176,19 @@ class Scheme:
 # --- helpers the schemes' initialise functions share -----------------------------------------------
 
 @torch.no_grad()
-def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool) -> None:
-    """Every nn.Conv2d by ``rule`` in module order, BatchNorm to (1, 0) with fresh running statistics,
+def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool, stem_rule: str | None = None) -> None:
+    """Every nn.Conv2d by ``rule`` in module order, the stem's (``net.stem``) by ``stem_rule``
+    (``init.stem_weights``; None: ``rule``), BatchNorm to (1, 0) with fresh running statistics,
     then the classifier's PyTorch default (kaiming-uniform weight, U(+-1/sqrt(fan_in)) bias, as
     torchvision's ResNets keep it), redrawn so that it follows the seed.
 
     The order of the draws is the RNG stream every seeded result so far was made with: keep it.
+    The stem's rule changes only its scale, never the number of draws.
     """
+    stem = {id(m) for m in net.stem.modules()}
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
-            init_weight_(m.weight, rule, standardize)
+            init_weight_(m.weight, (stem_rule or rule) if id(m) in stem else rule, standardize)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
     net.head.fc.reset_parameters()
@@ -197,9 +216,20 @@ def register_scheme(name: str):
 
 @register_scheme("bn")
 class BatchNormBaseline(Scheme):
-    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b)."""
+    """Standard pre-activation ResNet: BatchNorm before every activation, He fan-in (He et al. 2016b).
+
+    With the ImageNet stem (conv -> BN -> ReLU -> max-pool) the first block takes the stem's activated
+    output as its own pre-activation (fb.resnet.torch ``preresnet.lua``, 'no_preact').
+
+    ``init.conv_shortcut=true`` puts ConvShort's 1x1 conv shortcut in every block: the network whose
+    parameter counts Civitelli et al. Tables 1-2 print as "BatchNorm" (docs/schemes.md).
+    """
 
     batchnorm = True
+
+    def __init__(self, cfg: InitConfig | None = None) -> None:
+        super().__init__(cfg)
+        self.conv_shortcut_everywhere = self.cfg.conv_shortcut
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
@@ -207,16 +237,16 @@ class BatchNormBaseline(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
         | branch convs | the same rule | He et al. 2016b |
         | last branch conv | the same rule | He et al. 2016b |
-        | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
+        | shortcut convs | the same rule (transition blocks; every block with ``init.conv_shortcut``) | Civitelli et al. footnote 1, sec. 3.3 item 3 |
         | scalars | none | |
         | biases | none: the convs are bias-free | He et al. 2016b |
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | weight 1, bias 0; running mean 0, variance 1 | Ioffe & Szegedy 2015 |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("plain")
@@ -229,7 +259,7 @@ class Plain(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. eq. 1, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 4 |
         | last branch conv | the same rule | Civitelli et al. sec. 4 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -238,7 +268,7 @@ class Plain(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("idshort")
@@ -254,7 +284,7 @@ class IdShort(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 1 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 1 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -263,7 +293,7 @@ class IdShort(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("learnscalar")
@@ -279,7 +309,7 @@ class LearnScalar(IdShort):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 2 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 2 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -288,7 +318,7 @@ class LearnScalar(IdShort):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.shortcut.alpha for b in net.blocks if isinstance(b.shortcut, ScaledIdentityShortcut)), 1.0)
 
 
@@ -304,7 +334,7 @@ class ConvShort(IdShort):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanout: Var 2/n_out), standardised | Civitelli et al. eq. 2, sec. 4 |
         | branch convs | the same rule | Civitelli et al. sec. 3.3, item 3 |
         | last branch conv | the same rule | Civitelli et al. sec. 3.3, item 3 |
         | shortcut convs | the same rule, on every block | Civitelli et al. sec. 3.3, item 3 |
@@ -313,7 +343,7 @@ class ConvShort(IdShort):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
 
 
 @register_scheme("fixup")
@@ -349,9 +379,10 @@ class Fixup(Scheme):
         conv, *pool = stem_layers(kind, in_chans, width, self.conv)
         return nn.Sequential(conv, ScalarBias(0.0), nn.ReLU(), *pool)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block:
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block:
         if not self.reference:
-            return super().block(in_chans, width, stride, bottleneck, input_var)
+            return super().block(in_chans, width, stride, bottleneck, input_var, preactivated)
         return FixupBasicBlock(in_chans, width, stride, self.conv)  # basic blocks only: models._resnet's rule
 
     def head(self, chans: int, num_classes: int) -> Head:
@@ -363,23 +394,25 @@ class Fixup(Scheme):
 
     @torch.no_grad()
     def initialise(self, net: nn.Module) -> None:
-        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs.
+        """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs; the convs the
+        rules leave alone start as hongyi-zhang/Fixup's ``FixupResNet.__init__`` leaves them.
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, unscaled | hongyi-zhang/Fixup |
-        | branch convs | the same rule x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
+        | stem conv | PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)) (Var 1/(3 n_in)), whatever ``init.weights``; ``init.stem_weights`` where set | hongyi-zhang/Fixup: its init loop skips conv1 (fixup_resnet_cifar.py l. 56, 66-72; fixup_resnet_imagenet.py l. 102, 115-129) |
+        | branch convs | ``init.weights`` (he_fanout: N(0, 2/n_out)), standardised, x L^(-1/(2m-2)) (1/sqrt(L) basic, L^(-1/4) bottleneck) | Zhang et al. 2019, rule 2 |
         | last branch conv | 0 | Zhang et al. 2019, rule 1 |
-        | shortcut convs | the rule, unscaled (reference block: option A, no conv) | hongyi-zhang/Fixup |
+        | shortcut convs | ``init.weights``, standardised, unscaled: the reference's N(0, 2/n_out) (reference block: option A, no conv) | fixup_resnet_imagenet.py l. 119-120, 125-126 |
         | scalars | every scalar bias 0, every branch multiplier 1 | Zhang et al. 2019, rule 3 |
         | biases | the scalar biases above; the convs are bias-free | Zhang et al. 2019, rule 3 |
-        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1 |
+        | classifier | weight 0, bias 0 | Zhang et al. 2019, rule 1; fixup_resnet_cifar.py l. 70-72 |
         | BN affine | none | |
 
-        Every conv and the classifier are first drawn by the unscaled rule, then the branch convs are
-        redrawn: the RNG stream every seeded Fixup result so far was made with.
+        RNG draw order: every conv and the classifier by the unscaled rule, then the branch convs redrawn
+        (the stream every seeded Fixup result before the stem rule was made with), then the stem conv
+        redrawn last, so only the stem differs from those results.
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         depth = len(net.blocks)
         for block in net.blocks:
             m = len(block.branch)
@@ -390,6 +423,9 @@ class Fixup(Scheme):
         net.head.fc.bias.zero_()
         fill_((m for m in net.modules() if isinstance(m, ScalarBias)), 0.0)
         fill_((m for m in net.modules() if isinstance(m, ScalarGain)), 1.0)
+        if self.cfg.stem_weights is None:  # an explicit init.stem_weights wins
+            for conv in (m for m in net.stem.modules() if isinstance(m, nn.Conv2d)):
+                conv.reset_parameters()
 
 
 @register_scheme("skipinit")
@@ -405,7 +441,7 @@ class SkipInit(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | De & Smith 2020 |
         | last branch conv | the same rule | De & Smith 2020 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -414,7 +450,7 @@ class SkipInit(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.gate for b in net.blocks), 0.0)
 
 
@@ -431,7 +467,7 @@ class ReZero(SkipInit):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | Bachlechner et al. 2020 |
         | last branch conv | the same rule | Bachlechner et al. 2020 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -440,7 +476,7 @@ class ReZero(SkipInit):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         fill_((b.gate for b in net.blocks), 0.0)
 
 
@@ -455,7 +491,7 @@ class ZeroLast(Scheme):
 
         | tensor | starts as | source |
         | --- | --- | --- |
-        | stem conv | ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
+        | stem conv | ``init.stem_weights``, else ``init.weights`` (he_fanin: Var 2/n_in), standardised | He et al. 2015; Civitelli et al. sec. 4 |
         | branch convs | the same rule | He et al. 2015 |
         | last branch conv | 0 (drawn first, then zeroed: the seeded RNG stream) | improved diffusion's zero_module; Zhang et al. 2019, rule 1 |
         | shortcut convs | the same rule (transition blocks only) | Civitelli et al. footnote 1 |
@@ -464,7 +500,7 @@ class ZeroLast(Scheme):
         | classifier | PyTorch's nn.Linear default, W and b ~ U(+-1/sqrt(n_in)) | torchvision's ResNets |
         | BN affine | none | |
         """
-        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize)
+        draw_convs_and_classifier_(net, self.weights, self.cfg.standardize, self.stem_weights)
         for block in net.blocks:
             block.branch[-1].weight.zero_()
 
@@ -546,6 +582,8 @@ class ArpitWeightNorm(Scheme):
     g = sqrt(gain n_in / n_out) with gain 1 for the stem and shortcuts, 2 for the branch convs
     that feed a ReLU, 1/N for a branch's last conv, N the blocks of its stage
     (victorcampos7/weightnorm-init, ``models/nets.py``: WideResNet, "proposed" init).
+    The gains were derived for the reference's block, conv2(relu(conv1(x))) on the raw x; on this
+    pre-activation block each branch adds about Var(x) / (2N), half of that (docs/schemes.md).
     """
 
     default_weights = "arpit"

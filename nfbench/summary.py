@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -27,14 +27,31 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nfbench.validation import validate
 from nfbench.data import data_shape
-from nfbench.models import split_stages
+from nfbench.models import choose_stem, split_stages
 from nfbench.rundir import write_json
 from nfbench.tables import format_table
 
 log = logging.getLogger("nfbench")
 
 JSON_NAME = "summary.json"
-COUNT_COLUMNS = ("params", "params (M)", "FLOPs", "FLOPs (G)")
+# The input of Civitelli et al. Tables 1-2 (CIFAR): FLOPs scale with the image's area, so any other
+# input (the default data set is 8x8 digits, 16x fewer pixels) gives numbers not comparable to them.
+PAPER_INPUT = [3, 32, 32]
+COUNT_COLUMNS = ("params", "params (M)", "FLOPs", "FLOPs (G)", "of which BN affine")
+PAPER_COLUMN = "Civitelli et al."
+
+# Civitelli et al. Table 1 (ResNet-50/101) and Table 2 (ResNet-18), CIFAR-10 (32x32x3, 10 classes), published
+# widths: (table, params in M, GFLOPs) per model and row.  Their "BatchNorm" rows repeat ConvShort's: shown
+# beside both BatchNorm networks, init=bn and init=bn init.conv_shortcut=true (docs/schemes.md).
+PAPER_COUNTS = {
+    "resnet18": ("Table 2", {"IdShort": (11.16, 1.12), "LearnScalar": (11.16, 1.12), "ConvShort": (11.52, 1.16),
+                             "BatchNorm": (11.52, 1.16)}),
+    "resnet50": ("Table 1", {"IdShort": (23.47, 2.6), "LearnScalar": (23.47, 2.6), "ConvShort": (38.02, 4.2),
+                             "BatchNorm": (38.02, 4.2)}),
+    "resnet101": ("Table 1", {"IdShort": (42.41, 5.02), "LearnScalar": (42.41, 5.02), "ConvShort": (74.78, 8.92),
+                              "BatchNorm": (74.78, 8.92)}),
+}
+PAPER_ROWS = {"idshort": "IdShort", "learnscalar": "LearnScalar", "convshort": "ConvShort", "bn": "BatchNorm"}
 
 
 def _flops(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -66,9 +83,23 @@ def summarize(cfg: DictConfig) -> dict:
             parts.append({"name": f"stage{i}", "params": _params(stage), "flops": flops})
         flops, _ = _flops(net.head, x)
         parts.append({"name": "head", "params": _params([net.head]), "flops": flops})
-    return {"model": cfg.model.name, "init": cfg.init.name, "weights": plan.scheme.weights, "data": cfg.data.name,
+    paper_setting = (shape.in_chans, shape.image_size, shape.num_classes, cfg.model.width) == (3, 32, 10, None) \
+        and choose_stem(cfg.model.stem, shape.image_size) == "cifar"
+    # init=bn init.conv_shortcut=true is named as its option file, conf/init/bn_conv_shortcut.yaml (and the report).
+    init = f"{cfg.init.name}_conv_shortcut" if cfg.init.get("conv_shortcut") else cfg.init.name
+    return {"model": cfg.model.name, "init": init, "weights": plan.scheme.weights, "data": cfg.data.name,
             "input": [shape.in_chans, shape.image_size, shape.image_size], "num_classes": shape.num_classes,
-            "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts}
+            "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts,
+            "bn_params": _params([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]),
+            "paper": paper_counts(cfg.model.name, cfg.init.name) if paper_setting else None}
+
+
+def paper_counts(model: str, init: str) -> Optional[str]:
+    """Civitelli et al.'s published counts for this model and scheme at their setting, e.g. "11.52 M, 1.16 G
+    (Table 2, BatchNorm)"; None where the paper has no such row."""
+    table, rows = PAPER_COUNTS.get(model, (None, {}))
+    counts = rows.get(PAPER_ROWS.get(init, ""))
+    return None if counts is None else f"{counts[0]:.2f} M, {counts[1]} G ({table}, {PAPER_ROWS[init]})"
 
 
 def _m(n: int) -> str:
@@ -89,6 +120,10 @@ def format_parts(row: dict) -> str:
     """One model: a line per stem, stage and head, then the total."""
     title = (f"{row['model']} / {row['init']} ({row['weights']} weights), input "
              f"{'x'.join(map(str, row['input']))}, {row['num_classes']} classes")
+    if row.get("bn_params"):
+        title += f"; {row['bn_params']:,} of the parameters are BN affine"
+    if row.get("paper"):
+        title += f"; {PAPER_COLUMN}: {row['paper']}"
     parts = pd.DataFrame([*row["parts"], {"name": "total", "params": row["params"], "flops": row["flops"]}])
     table = pd.concat([parts["name"].rename("part"), _counts(parts)], axis=1)
     return title + "\n" + format_table(table, right=COUNT_COLUMNS)
@@ -97,9 +132,13 @@ def format_parts(row: dict) -> str:
 def format_rows(rows: Sequence[dict]) -> str:
     """Several models: one line each, with totals."""
     frame = pd.DataFrame(rows)
-    table = pd.concat([frame[["model", "init", "weights"]], frame["input"].map(lambda s: "x".join(map(str, s)))
-                       .rename("input"), _counts(frame)], axis=1)
-    return format_table(table, right=COUNT_COLUMNS)
+    columns = [frame[["model", "init", "weights"]], frame["input"].map(lambda s: "x".join(map(str, s))).rename("input"),
+               _counts(frame)]
+    if "bn_params" in frame and frame["bn_params"].any():  # the paper's BatchNorm rows leave these out
+        columns.append(frame["bn_params"].map("{:,}".format).rename("of which BN affine"))
+    if "paper" in frame and frame["paper"].notna().any():
+        columns.append(frame["paper"].fillna("-").rename(PAPER_COLUMN))
+    return format_table(pd.concat(columns, axis=1), right=COUNT_COLUMNS)
 
 
 def _multirun() -> bool:
@@ -111,6 +150,9 @@ def summary(cfg: DictConfig) -> dict:
     from nfbench.runtime import resolve_run_dir
 
     row = summarize(cfg)
+    if row["input"] != PAPER_INPUT:
+        log.warning("FLOPs for data=%s's %s input; Civitelli et al. Tables 1-2 count a 3x32x32 input: add data=cifar10",
+                    row["data"], "x".join(map(str, row["input"])))
     run_dir = resolve_run_dir(cfg)
     if _multirun():
         write_json(run_dir / JSON_NAME, {"job": HydraConfig.get().job.num, "rows": [row]})

@@ -3,9 +3,10 @@
 # without Batch Normalization": every training grid of the paper (conf/experiment/civitelli_*),
 # then `nfbench report` over them (Figs. 3, 4, 7 as curves, the table, torchvision's ResNet-50
 # beside Fig. 5).
-#   CIFAR-10, ResNet-18/50/101: BatchNorm; IdShort, LearnScalar, ConvShort x {He fan-out, Brock};
-#                               3 seeds, 24 runs each
-#   CIFAR-100, ResNet-50:       BatchNorm, ConvShort; 3 seeds
+#   CIFAR-10, ResNet-18/50/101: BatchNorm, BatchNorm + conv shortcuts; IdShort, LearnScalar, ConvShort
+#                               x {He fan-out, Brock} (BatchNorm too);
+#                               3 seeds, 30 runs each
+#   CIFAR-100, ResNet-50:       BatchNorm, BatchNorm + conv shortcuts, ConvShort; 3 seeds
 #   ImageNet, ResNet-50:        ConvShort; 3 seeds (only with IMAGENET=DIR)
 #
 #   scripts/civitelli.sh [--slurm] [OVERRIDE ...]     (scripts/_sweep.sh lists the options)

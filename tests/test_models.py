@@ -175,6 +175,82 @@ def test_bn_imagenet_stem_is_conv_bn_relu_maxpool(init, stem, layers):
     assert net.stem(torch.zeros(1, 3, 64, 64)).shape == ((1, 4, 16, 16) if stem == "imagenet" else (1, 4, 64, 64))
 
 
+def fb_preresnet_imagenet_params(depths: tuple[int, ...], bottleneck: bool, num_classes: int = 1000) -> int:
+    """Parameters of fb.resnet.torch's ImageNet pre-activation ResNet (facebookarchive/fb.resnet.torch
+    ``models/preresnet.lua``, commit 7ac4a9f), counted from its layers, independently of nfbench:
+    stem conv(3 -> 64, 7x7) + BN(64); per block a pre-activation BN(in) except the stage-1 first block
+    ('no_preact': its input is the stem's BN-ReLU'd output), the branch convs with a BN after each but the
+    last, a bias-free 1x1 conv shortcut (type B) where the width changes; BN(final) and the classifier.
+    Its convs have no bias (cudnn >= 4)."""
+    params, chans = 3 * 64 * 49 + 2 * 64, 64
+    for stage, depth in enumerate(depths):
+        w = 64 * 2**stage
+        out = 4 * w if bottleneck else w
+        for i in range(depth):
+            preact_bn = 0 if stage == 0 and i == 0 else 2 * chans
+            if bottleneck:
+                convs, inner_bns = chans * w + 9 * w * w + w * out, 2 * (2 * w)
+            else:
+                convs, inner_bns = 9 * chans * w + 9 * w * w, 2 * w
+            shortcut = chans * out if chans != out else 0
+            params += preact_bn + convs + inner_bns + shortcut
+            chans = out
+    return params + 2 * chans + chans * num_classes + num_classes
+
+
+@pytest.mark.parametrize("name,depths,bottleneck", [("resnet50", (3, 4, 6, 3), True),
+                                                     ("resnet18", (2, 2, 2, 2), False)])
+def test_bn_imagenet_resnet_has_fb_preresnet_parameter_count(name, depths, bottleneck):
+    # ResNet-50: 25,549,352, i.e. 7,680 fewer than torchvision's post-activation resnet50 (25,557,032).
+    expected = fb_preresnet_imagenet_params(depths, bottleneck)
+    assert n_params(name, "bn", num_classes=1000, image_size=224) == expected
+    if name == "resnet50":
+        assert expected == 25_549_352
+
+
+def bn_and_conv_calls(net: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The BatchNorm and conv layers in the order a forward pass applies them."""
+    calls: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in net.modules()
+             if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_bn_first_block_input_is_normalised_exactly_once(model, stem):
+    """fb.resnet.torch preresnet.lua: after the ImageNet stem's conv -> BN -> ReLU -> max-pool, the first block is
+    'no_preact' (no BN-ReLU of its own; branch and shortcut see the pooled stem output); the CIFAR stem is the
+    bare conv, so the first block's own BN-ReLU stays.  Either way one BN before the first block's first conv."""
+    net = build(model, "bn", image_size=64, stem=stem)
+    calls = bn_and_conv_calls(net, torch.randn(2, 3, 64, 64))
+    first = net.blocks[0]
+    bns_before = [m for m in calls[:calls.index(first.branch[0])] if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns_before) == 1
+    assert (bns_before[0] in set(net.stem.modules())) == (stem == "imagenet")
+    # Every later block keeps its own pre-activation BN before its first conv.
+    for prev, block in zip(net.blocks, net.blocks[1:]):
+        between = calls[calls.index(prev.branch[-1]) + 1:calls.index(block.branch[0])]
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in between) == 1
+    # The first block's shortcut sees the same tensor as its first conv (a ResNet-50's 1x1 conv, an identity else).
+    x = net.stem(torch.randn(2, 3, 64, 64))
+    seen = {}
+    hook = first.branch[0].register_forward_hook(lambda m, i, o: seen.setdefault("a", i[0]))
+    with torch.no_grad():
+        y = first(x)
+    hook.remove()
+    if stem == "imagenet":
+        assert torch.equal(seen["a"], x)
+        assert torch.equal(first.skip(x), first.shortcut(x))
+    else:
+        assert not torch.equal(seen["a"], x)
+    assert y.shape[1] == first.out_chans
+
+
 def test_fixup_reference_block_is_post_activation_with_option_a_shortcut():
     net = build("resnet20", "fixup", reference_block=True)
     assert all(isinstance(b, FixupBasicBlock) for b in net.blocks)
@@ -339,9 +415,11 @@ def test_every_registered_model_has_a_config_file(make_cfg):
     from nfbench.cli import CONF_DIR
 
     assert sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")) == MODELS.names()
-    # Every scheme has its file; a variant file (fixup_reference) selects a registered scheme too.
+    # Every scheme has its file; a variant file (fixup_reference, bn_conv_shortcut) is a registered scheme
+    # with one of that scheme's own keys set.
     init_files = {p.stem: OmegaConf.load(p).get("name") for p in (Path(CONF_DIR) / "init").glob("*.yaml")}
     assert set(SCHEMES.names()) <= set(init_files)
     variants = {stem: name for stem, name in init_files.items() if stem not in SCHEMES.names()}
-    assert variants == {"fixup_reference": None}  # its name comes from init/fixup.yaml, its defaults
-    assert make_cfg(["init=fixup_reference"]).init.name == "fixup"
+    assert variants == {"fixup_reference": "fixup", "bn_conv_shortcut": "bn"}
+    assert make_cfg(["init=fixup_reference"]).init.reference_block
+    assert make_cfg(["init=bn_conv_shortcut"]).init.conv_shortcut

@@ -279,7 +279,7 @@ def test_preset_sweep_then_report(tmp_path):
            f"hydra.sweep.dir={sweep}"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
-    assert set(rows) == {"bn", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
+    assert set(rows) == {"bn", "bn_conv_shortcut", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
 
 
 def test_metrics_of_older_versions_count_epochs_from_one(tmp_path):
@@ -310,6 +310,21 @@ def test_committed_gpu_evidence_reproduces_its_table():
     # Written before epochs counted from 1: the curve still starts at epoch 1 and ends at 164.
     epochs, _, _ = rep.epoch_curve(rows["resnet20", "bn", "he_fanin"]["runs"], "test_top1")
     assert (epochs[0], epochs[-1], len(epochs)) == (1, 164, 164)
+
+
+def test_committed_he_diagnosis_reproduces_its_table():
+    """docs/results-cifar10-gpu.md's check of He et al.'s ResNet-20 (an H200 run, 2026-11-26, one call of
+    scripts/gpu_evidence.sh with HE_RUNS="eager compiled compiled@50" HE_EPOCHS=60): grouped by data
+    root and trainer.compile, the three runs stay three rows - compiled 87.17, eager 86.80, compiled on
+    the images re-encoded at JPEG quality 50 84.70 - and are not averaged as seeds of one run."""
+    runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "he-diagnosis" / "runs"
+    group_by = rep.parse_group_by(["+data.root", "+trainer.compile"])
+    table = rep.aggregate(rep.collect([runs_dir]), group_by)
+    got = {(Path(row["data.root"]).name, row["trainer.compile"]): (row["seeds"], row["epochs"], row["final_test_top1_mean"])
+           for _, row in table.iterrows()}
+    assert got == {("data", True): (1, 60, 87.17), ("data", False): (1, 60, 86.80), ("data_q50", True): (1, 60, 84.70)}
+    merged = rep.aggregate(rep.collect([runs_dir]))  # without the two keys: one row of three "seeds"
+    assert len(merged) == 1 and merged.iloc[0]["seeds"] == 3
 
 
 def test_committed_gpu_report_files_are_what_the_report_writes(tmp_path):
@@ -371,3 +386,19 @@ def test_report_writes_into_the_first_directory_by_default(tree, tmp_path, monke
     with pytest.raises(SystemExit):
         cli_main(["report", "--help"])
     assert "first DIR" in capsys.readouterr().out
+
+
+def test_fixup_imagenet_reference_attaches_to_fixup_resnet50_runs_with_its_mixup(tmp_path):
+    """hongyi-zhang/Fixup's README number (ResNet-50 + Fixup, ImageNet, mixup alpha 0.7: top-1 around 76.0%)
+    sits beside Fixup ResNet-50 ImageNet runs with that mixup, not beside BatchNorm or mixup-free ones."""
+    for name, init, alpha in (("fixup", "fixup", 0.7), ("bn", "bn", 0.7), ("no_mixup", "fixup", 0.0)):
+        run = write_run(tmp_path / name, init, 0, [70.0], model="resnet50", data="imagenet", epochs=1)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["trainer"]["mixup_alpha"] = alpha
+        config["experiment"] = name
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = rep.attach_references(rep.aggregate(rep.collect([tmp_path])), rep.load_references())
+    refs = {row["experiment"]: [r["id"] for r in row["references"]] for _, row in table.iterrows()}
+    assert refs == {"fixup": ["TV-R50", "Fixup-R50"], "bn": ["TV-R50"], "no_mixup": ["TV-R50"]}
+    fixup = next(r for r in rep.load_references() if r["id"] == "Fixup-R50")
+    assert fixup["test_top1"] == 76.0 and "hongyi-zhang/Fixup" in fixup["source"]

@@ -145,6 +145,14 @@ def torch_linear_default(fc: nn.Linear) -> None:
         assert t.abs().max() <= bound and t.abs().max() > bound / 2 and t.unique().numel() == t.numel()
 
 
+def torch_conv_default(conv: nn.Module, n: int) -> None:
+    """PyTorch's nn.Conv2d default, kaiming_uniform_(a=sqrt(5)): W ~ U(-1/sqrt(n_in), 1/sqrt(n_in)), Var 1/(3 n_in),
+    drawn, not standardised: every value inside the bound, the extremes near it, (almost: float32) no two alike."""
+    w = conv.weight.detach().double()
+    bound = 1 / math.sqrt(fan(w)[0])
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound and w.unique().numel() > 0.99 * w.numel()
+
+
 def zero_classifier(fc: nn.Linear) -> None:
     assert not fc.weight.any() and not fc.bias.any()
 
@@ -163,7 +171,7 @@ INIT_TABLE = {
     "idshort": (HE, {}, torch_linear_default),
     "learnscalar": (HE, {ScalarGain: 1.0}, torch_linear_default),
     "convshort": (HE, {}, torch_linear_default),
-    "fixup": ((None, "fixup", zero, None), {ScalarBias: 0.0, ScalarGain: 1.0}, zero_classifier),
+    "fixup": ((torch_conv_default, "fixup", zero, None), {ScalarBias: 0.0, ScalarGain: 1.0}, zero_classifier),
     "skipinit": (HE, {ScalarGain: 0.0}, torch_linear_default),
     "rezero": (HE, {ScalarGain: 0.0}, torch_linear_default),
     "zero_last": ((None, None, zero, None), {}, torch_linear_default),
@@ -267,8 +275,9 @@ def test_fixup_rules(model, reference, rule):
     other, inner, last = convs_by_role(net)
     for conv in inner:
         assert_rule(conv.weight, rule, scale=FIXUP_SCALE[model])  # rule 2
-    for conv in other:
-        assert_rule(conv.weight, rule)  # stem and shortcuts: the unscaled standard rule
+    stem = {id(m) for m in net.stem.modules()}
+    for conv in (c for c in other if id(c) not in stem):
+        assert_rule(conv.weight, rule)  # shortcuts: the unscaled standard rule
     assert all(not c.weight.any() for c in last)  # rule 1
     assert not net.head.fc.weight.any() and not net.head.fc.bias.any()
     # Rule 3: scalar biases at 0, one multiplier at 1 per branch.
@@ -281,6 +290,34 @@ def test_fixup_rules(model, reference, rule):
     # Pre-activation: a bias before each activation and each conv (2m per block), plus the head's two;
     # reference: bias1a, 1b, 2a, 2b per block, plus the stem's bias1 and the head's bias2.
     assert len(biases) == len(net.blocks) * (4 if reference else 2 * m) + 2
+
+
+# hongyi-zhang/Fixup (commits e57b6c0, c5a8295): the init loop of FixupResNet.__init__ redraws only the
+# blocks' convs and the classifier, so
+# - the stem conv keeps PyTorch's nn.Conv2d default, U(+-1/sqrt(n_in)): cifar/models/fixup_resnet_cifar.py
+#   line 56 (conv3x3(3, 16)) and imagenet/models/fixup_resnet_imagenet.py lines 102-103 (7x7/2), neither in the
+#   loop (cifar lines 66-72, imagenet lines 115-129);
+# - a 1x1 downsample conv gets N(0, 2/n_out), n_out = c_out k k, unscaled by L: imagenet lines 119-120 (basic)
+#   and 125-126 (bottleneck); the CIFAR reference has none (option A: AvgPool2d(1, stride) + zero channels,
+#   cifar lines 40-42, 78-80);
+# - the classifier weight and bias start at 0: cifar lines 70-72, imagenet lines 127-129.
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("model,stem,reference", [("resnet20", "cifar", False), ("resnet50", "cifar", False),
+                                                  ("resnet50", "imagenet", False), ("resnet20", "cifar", True),
+                                                  ("resnet18", "imagenet", True)])
+def test_fixup_stem_shortcut_and_classifier_follow_the_reference_code(model, stem, reference, rule):
+    net = build_model(option_config("model", model, width=16, stem=stem),
+                      build_scheme(option_config("init", "fixup", weights=rule, reference_block=reference)), 10, 3, 32)
+    stem_convs = [m for m in net.stem.modules() if isinstance(m, nn.Conv2d)]
+    assert len(stem_convs) == 1
+    torch_conv_default(stem_convs[0], 1)  # whatever init.weights says: the reference never redraws it
+    shortcuts = [m for b in net.blocks for m in b.shortcut.modules() if isinstance(m, nn.Conv2d)]
+    # init.reference_block builds the CIFAR reference block (option A) on every basic-block model.
+    assert len(shortcuts) == (0 if reference else sum(b.transition for b in net.blocks))
+    for conv in shortcuts:
+        assert conv.kernel_size == (1, 1)
+        assert_rule(conv.weight, rule)  # he_fanout is the reference's N(0, 2/n_out); no L scaling
+    zero_classifier(net.head.fc)
 
 
 def nf_effective_weight(conv: ScaledStdConv2d) -> torch.Tensor:
@@ -385,6 +422,34 @@ def block_io(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.
     for h in hooks:
         h.remove()
     return seen
+
+
+@torch.no_grad()
+def test_wn_preactivation_branch_adds_about_half_of_what_arpit_et_al_assume():
+    """Arpit et al.'s block (victorcampos7/weightnorm-init, models/residual_blocks.py) is
+    f(x) = conv2(relu(conv1(x))) on the raw x: with gains 2 and 1/N each block of a stage of N adds Var(x) / N.
+    Ours is pre-activation, f(x) = conv2(relu(conv1(relu(x)))), and relu keeps about half of a symmetric x's
+    second moment: the same weights on the same block input give about half the branch variance
+    (docs/schemes.md; scripts/wn_branch_variance.py prints the table)."""
+    pre_over_paper, paper_n, ours_n = [], [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = build("resnet20", "wn", width=32, image_size=32)
+        io = block_io(net, torch.randn(16, 3, 32, 32))
+        for block, (x, y) in zip(net.blocks, io):
+            if block.transition:
+                continue
+            ours = y - block.skip(x)
+            paper = block.branch[1](F.relu(block.branch[0](x)))
+            n = 3  # blocks per stage of ResNet-20
+            pre_over_paper.append((ours.var() / paper.var()).item())
+            paper_n.append((paper.var() * n / x.var()).item())
+            ours_n.append((ours.var() * n / x.var()).item())
+    assert len(pre_over_paper) == 3 * 7
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert 0.4 < mean(pre_over_paper) < 0.6
+    assert 0.75 < mean(paper_n) < 1.15  # the paper's assumption holds for the paper's block
+    assert 0.3 < mean(ours_n) < 0.6
 
 
 # SPEC section 2: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).

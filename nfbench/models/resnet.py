@@ -162,11 +162,14 @@ class ResidualBlock(Block):
     and its conv (Fixup's scalar biases, else Identity).  ``input_scale`` is
     the NF-ResNets' 1/beta (Brock et al. 2021a), 1 for every other scheme.
     A conv shortcut sees the activated input a, the tensor the first conv sees.
+    ``preactivated``: the input is already normalised and activated (the first block after the BN
+    ImageNet stem), so a = x: no norm or activation of its own, as fb.resnet.torch's 'no_preact' block.
     """
 
     def __init__(self, branch: Sequence[nn.Conv2d], norms: Sequence[nn.Module], shortcut: nn.Module,
                  act: nn.Module, gate: nn.Module, scale: float, stride: int,
-                 conv_biases: Optional[Sequence[nn.Module]] = None, input_scale: float = 1.0) -> None:
+                 conv_biases: Optional[Sequence[nn.Module]] = None, input_scale: float = 1.0,
+                 preactivated: bool = False) -> None:
         super().__init__()
         assert len(branch) == len(norms)
         self.branch = nn.ModuleList(branch)
@@ -178,8 +181,11 @@ class ResidualBlock(Block):
         self.scale = scale
         self.stride = stride
         self.input_scale = input_scale
+        self.preactivated = preactivated
 
     def _activated(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preactivated:
+            return x
         x = x * self.input_scale if self.input_scale != 1.0 else x
         return self.conv_biases[0](self.act(self.norms[0](x)))
 
@@ -198,7 +204,8 @@ class ResidualBlock(Block):
 
     def extra_repr(self) -> str:
         scaled = f", input_scale={self.input_scale:.4g}" if self.input_scale != 1.0 else ""
-        return f"scale={self.scale:.4g}, stride={self.stride}{scaled}"
+        preact = ", preactivated" if self.preactivated else ""
+        return f"scale={self.scale:.4g}, stride={self.stride}{scaled}{preact}"
 
 
 class FixupBasicBlock(Block):
@@ -323,7 +330,10 @@ class ModelScheme(Protocol):
 
     def stem(self, kind: str, in_chans: int, width: int) -> nn.Module: ...
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float) -> Block: ...
+    def stem_activates(self, kind: str) -> bool: ...
+
+    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
+              preactivated: bool = False) -> Block: ...
 
     def next_input_var(self, input_var: float, block: Block) -> float: ...
 
@@ -338,15 +348,18 @@ def build_resnet(spec: ResNetSpec, scheme: ModelScheme, num_classes: int, in_cha
 
     ``input_var`` is the residual stream's expected variance at each block input as the
     scheme predicts it; only the NF-ResNets use it, for their beta (Brock et al. 2021a).
+    After a stem that ends normalised and activated, the first block is built ``preactivated``.
     """
     stem_width = width or spec.width
     stem_mod = scheme.stem(stem, in_chans, stem_width)
+    stem_activates = scheme.stem_activates(stem)
     blocks: list[Block] = []
     chans, input_var = stem_width, 1.0
     for stage, (depth, w) in enumerate(zip(spec.depths, spec.widths(width))):
         for i in range(depth):
             stride = 2 if stage > 0 and i == 0 else 1
-            block = scheme.block(chans, w, stride, spec.bottleneck, input_var)
+            block = scheme.block(chans, w, stride, spec.bottleneck, input_var,
+                                 preactivated=stem_activates and not blocks)
             input_var = scheme.next_input_var(input_var, block)
             blocks.append(block)
             chans = block.out_chans
