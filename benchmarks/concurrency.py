@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from common import base_parser, device_of, footer, header, model_of, sync
 
-from nfbench.config import ModelConfig
+from nfbench.config import option_config
 
 
 def _worker(rank: int, args, commands: mp.Queue, results: mp.Queue) -> None:
@@ -31,7 +31,7 @@ def _worker(rank: int, args, commands: mp.Queue, results: mp.Queue) -> None:
     device = device_of(args)
     model, width = model_of(args, device)
     scheme = args.schemes[rank % len(args.schemes)]
-    bench = Bench(scheme, ModelConfig(name=model, width=width), args.batch, device, args.precision,
+    bench = Bench(scheme, option_config("model", model, width=width), args.batch, device, args.precision,
                   args.channels_last, args.compile)
     for _ in range(args.warmup):
         bench.step()

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from common import amp_context, base_parser, device_of, footer, header, median, model_of, sync, timed
 
-from nfbench.config import InitConfig, ModelConfig, OptimConfig
+from nfbench.config import ModelConfig, OptimConfig, option_config
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer
@@ -34,7 +34,7 @@ class Bench:
     def __init__(self, scheme: str, model: ModelConfig, batch: int, device: torch.device, precision: str,
                  channels_last: bool, compile_: bool) -> None:
         seed_all(0)
-        self.net = build_model(model, build_scheme(InitConfig(name=scheme)), 10, 3, 32).to(device)
+        self.net = build_model(model, build_scheme(option_config("init", scheme)), 10, 3, 32).to(device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.net = self.net.to(memory_format=self.fmt)
         self.opt = build_optimizer(self.net, OptimConfig(), device)
@@ -83,7 +83,7 @@ def main() -> None:
     device = device_of(a)
     cuda = device.type == "cuda"
     name, width = model_of(a, device)
-    model = ModelConfig(name=name, width=width)
+    model = option_config("model", name, width=width)
     steps = a.steps or (20 if cuda else 2)
     names = a.schemes or SCHEMES.names()
     if "bn" not in names:

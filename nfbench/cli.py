@@ -8,6 +8,7 @@ Each Hydra command is a thin ``@hydra.main`` wrapper around a plain function
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from typing import Callable, Iterator, Optional
 import hydra
 from omegaconf import DictConfig
 
-from nfbench.config import register_configs
+from nfbench.config import OPTION_SCHEMAS, register_configs
 from nfbench.validation import validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
 from nfbench.refusal import refuse
@@ -54,7 +55,7 @@ def _record_invalid(cfg: DictConfig, error: Exception) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from nfbench import rundir
-    from nfbench.schemes import SCHEMES
+    from nfbench.schemes import weight_rule
 
     job_dir = Path(HydraConfig.get().runtime.output_dir)
     SWEEP.invalid.append(str(job_dir))
@@ -63,9 +64,9 @@ def _record_invalid(cfg: DictConfig, error: Exception) -> None:
         log.error("%s (the sweep goes on; %s holds a run of its own, left as it was)", error, job_dir)
         return
     try:
-        weights = cfg.init.weights or SCHEMES.get(cfg.init.name).default_weights
+        weights = weight_rule(cfg.init.name, cfg.init.weights)
     except ConfigError:  # an unknown scheme: the point is invalid for that reason
-        weights = cfg.init.weights
+        weights = cfg.init.weights and str(cfg.init.weights)
     rundir.write_json(job_dir / "result.json", {
         "status": "invalid", "error": str(error), "data": cfg.data.name, "model": cfg.model.name,
         "init": cfg.init.name, "weights": weights, "seed": cfg.seed, "experiment": cfg.get("experiment")})
@@ -102,11 +103,12 @@ def _train(cfg: DictConfig) -> float:
 
 
 def _validated_train(cfg: DictConfig) -> dict:
-    """A bad value is refused before torch loads (seconds): validate, then import the training code."""
-    validate(cfg)
+    """A bad value is refused before torch loads (seconds): validate, then import the training code,
+    which trains from the plan validation made."""
+    plan = validate(cfg)
     from nfbench.train import train
 
-    return train(cfg)
+    return train(cfg, plan)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)
@@ -206,6 +208,23 @@ def one_line(message: str) -> str:
     return "; ".join(text)
 
 
+def _key_of_another_option(error: Optional[Exception]) -> Optional[str]:
+    """For a key the selected option lacks but another option has (``init.alpha`` under ``init=bn``), the
+    message that names the options it belongs to, instead of Hydra's advice to append it with ``+``."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key = getattr(error, "full_key", None)
+    if not isinstance(error, (ConfigAttributeError, ConfigKeyError)) or not key or key.count(".") != 1:
+        return None
+    group, name = key.split(".")
+    owners = [f"{group}={option}" for option, schema in OPTION_SCHEMAS.get(group, {}).items()
+              if name in {f.name for f in dataclasses.fields(schema)}]
+    if not owners:
+        return None
+    return (f"{key} is a key of {' and '.join(owners)} only, not of the {group} option selected: choose "
+            f"{' or '.join(owners)}, or leave {key} out ({one_line(str(error))})")
+
+
 @contextlib.contextmanager
 def _config_errors_in_one_line() -> Iterator[None]:
     """An override Hydra cannot compose (a wrong type, an unknown key or option) ends like every other
@@ -222,7 +241,8 @@ def _config_errors_in_one_line() -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-        text = one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else "")
+        text = _key_of_another_option(cause) or (
+            one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else ""))
         print(f"nfbench: error: {text}", file=sys.stderr)
         sys.exit(2)
     finally:

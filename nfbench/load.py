@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Union
 from omegaconf import DictConfig, OmegaConf
 
 import nfbench.rundir as rundir
-from nfbench.config import Config
+from nfbench.config import typed
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +50,7 @@ def load_run(run_dir: Union[str, Path], which: Literal["best", "last"] = "best",
     if which not in WHICH:
         raise ValueError(f"which={which!r}; choose one of: {', '.join(WHICH)}")
     run_dir = Path(run_dir).expanduser()
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / "config.yaml"))
+    cfg = typed(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))  # type: ignore[arg-type]
     weights = _weights(run_dir / rundir.CHECKPOINTS, which)
     shape = data_shape(cfg.data)
     net = construct_model(cfg.model, build_scheme(cfg.init), shape.num_classes, shape.in_chans, shape.image_size)

@@ -21,9 +21,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nfbench import rundir
+from nfbench.config import plain
 
 
 class Logger(Protocol):
@@ -43,7 +44,7 @@ def tag(key: str) -> str:
 
 def run_config(cfg: DictConfig) -> dict:
     """The resolved config without the logger group: what a logger records as the run's hyperparameters."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree = plain(cfg)
     tree.pop("logger", None)  # type: ignore[union-attr]
     return tree  # type: ignore[return-value]
 

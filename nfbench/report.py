@@ -103,13 +103,11 @@ def resolved_weights(run: Run) -> Optional[str]:
     if run.result is not None and run.result.get("weights"):
         return run.result["weights"]
     init = run.config.get("init", {})
-    if init.get("weights"):
-        return init["weights"]
     from nfbench.errors import ConfigError
-    from nfbench.schemes import SCHEMES
+    from nfbench.schemes import weight_rule
 
     try:
-        return SCHEMES.get(init.get("name")).default_weights
+        return weight_rule(init.get("name"), init.get("weights"))
     except ConfigError:  # a scheme this version does not know: keep the run, without a weight rule
         return None
 

@@ -615,14 +615,14 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """Keys whose resolved values differ, ``{key: (old, new)}``, outside :data:`RESUME_SAFE`.
 
     A key the checkpoint's config lacks (added to nfbench since) counts as changed only if the new
-    value differs from the schema's default, the behaviour the old run had.
+    value differs from the default of the schema ``new``'s options have, the behaviour the old run had.
     """
     from omegaconf import OmegaConf
 
-    from nfbench.config import Config
+    from nfbench.config import schema
 
     before, after = flatten(old), flatten(new)
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config)))
+    defaults = flatten(OmegaConf.to_container(schema(new), enum_to_str=True))
     missing = object()
     changes = {}
     for key, value in after.items():

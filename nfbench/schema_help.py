@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from nfbench.config import Config
+from nfbench.config import OPTION_SCHEMAS, Config
 
 RESOLVER = "nfbench.keys_help"
 # A sentence ends at a full stop and a space, but not after "e.g.", "i.e." or "et al.".
@@ -96,21 +96,27 @@ class Section:
     keys: list[Key]
 
 
-def sections(cls: type = Config, prefix: str = "") -> Iterator[Section]:
-    """The schema's keys, grouped by the dataclass that holds them (top-level keys first)."""
+def sections(cls: type = Config, prefix: str = "", name: str = "") -> Iterator[Section]:
+    """The schema's keys, grouped by the dataclass that holds them (top-level keys first); after a
+    group's own keys, each option's own (``init=nf``: ``init.alpha``, ...)."""
     hints = typing.get_type_hints(cls)
     doc, comments = _explained(cls)
     keys, nested = [], []
     for f in dataclasses.fields(cls):
+        if f.name not in comments:  # inherited: listed with the group's keys
+            continue
         sub = _schema_class(hints[f.name])
         if sub is None:
             keys.append(Key(prefix + f.name, _default(f), first_sentence(comments[f.name])))
         else:
             nested.append((sub, f"{prefix}{f.name}."))
     if keys:
-        yield Section(prefix.rstrip("."), first_sentence(doc), keys)
+        yield Section(name or prefix.rstrip("."), first_sentence(doc), keys)
     for sub, sub_prefix in nested:
         yield from sections(sub, sub_prefix)
+        group = sub_prefix.rstrip(".")
+        for option, schema in OPTION_SCHEMAS.get(group, {}).items() if not prefix else ():
+            yield from sections(schema, sub_prefix, f"{group}={option} only")
 
 
 def _format(value: Any) -> str:

@@ -12,12 +12,12 @@ karpathy/nanochat's ``init_weights``); no scheme's init calls another's.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
 
-from nfbench.config import InitConfig
+from nfbench.config import InitConfig, WeightRule, option_config
 from nfbench.errors import ConfigError
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
                                    Scalar, ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
@@ -28,17 +28,23 @@ from nfbench.registry import Registry
 BROCK_GAMMA = math.sqrt(2.0 / (1.0 - 1.0 / math.pi))
 # The same constant as DeepMind's NF-ResNet code (and timm) estimate it numerically; the `nf` scheme's.
 NF_RELU_GAMMA = 1.7139588594436646
-# Brock et al. 2021a: the residual branch's weight alpha in x_{l+1} = x_l + alpha f(x_l / beta_l).
-NF_ALPHA = 0.2
 # timm's NF-ResNet epsilon inside the weight standardisation.
 NF_STD_EPS = 1e-5
-WEIGHT_RULES = ("he_fanin", "he_fanout", "brock")
+WEIGHT_RULES = tuple(rule.value for rule in WeightRule)
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
     """n_in = k*k*c_in and n_out = k*k*c_out of a conv (or linear) weight."""
     receptive = weight[0, 0].numel()
     return weight.shape[1] * receptive, weight.shape[0] * receptive
+
+
+# Each init.weights rule: (n_in, n_out) -> (the target standard deviation, standardised per output channel).
+_RULE_STDS: dict[str, Callable[[int, int], tuple[float, bool]]] = {
+    "he_fanin": lambda n_in, n_out: (math.sqrt(2.0 / n_in), False),
+    "he_fanout": lambda n_in, n_out: (math.sqrt(2.0 / n_out), False),
+    "brock": lambda n_in, n_out: (BROCK_GAMMA / math.sqrt(n_in), True),
+}
 
 
 @torch.no_grad()
@@ -51,14 +57,7 @@ def init_weight_(weight: torch.Tensor, rule: str, standardize: bool = True, gain
     (Civitelli et al. section 4).  ``gain`` multiplies the standard deviation.
     """
     n_in, n_out = fans(weight)
-    if rule == "he_fanin":
-        std, per_channel = math.sqrt(2.0 / n_in), False
-    elif rule == "he_fanout":
-        std, per_channel = math.sqrt(2.0 / n_out), False
-    elif rule == "brock":
-        std, per_channel = BROCK_GAMMA / math.sqrt(n_in), True
-    else:
-        raise ValueError(f"unknown weight rule '{rule}'; choose one of {', '.join(WEIGHT_RULES)}")
+    std, per_channel = _RULE_STDS[rule](n_in, n_out)
     std *= gain
     weight.normal_(0.0, std)
     if standardize and weight.numel() > 1:
@@ -88,19 +87,20 @@ class Scheme:
     conv_shortcut_everywhere = False
 
     def __init__(self, cfg: InitConfig | None = None) -> None:
-        self.cfg = cfg or InitConfig(name=self.name)
-        self.weights = self._rule("weights", self.default_weights)
+        """``init.weights`` and ``init.stem_weights`` are checked here, once: the rules this scheme applies."""
+        self.cfg = cfg or option_config("init", self.name)
+        self.weights = weight_rule(self.name, self._allowed("weights"))
         # The stem conv sees raw pixels (3 channels), where the rules differ most: its own key (docs/schemes.md).
-        self.stem_weights = self._rule("stem_weights", self.weights)
+        self.stem_weights = str(self._allowed("stem_weights") or self.weights)
 
-    def _rule(self, key: str, default: str) -> str:
-        """``init.<key>`` if set and one of the rules this scheme applies, else ``default``."""
-        value = getattr(self.cfg, key, None)
+    def _allowed(self, key: str) -> Optional[str]:
+        """``init.<key>``, refused unless it is one of the rules this scheme applies (None: unset)."""
+        value = getattr(self.cfg, key)
         if value is not None and value not in self.weight_rules:
             allowed = (f"choose one of {', '.join(self.weight_rules)}" if self.weight_rules else
                        f"init={self.name} sets every weight itself ({self.default_weights}); leave init.{key} unset")
             raise ConfigError(f"init.{key}={value!r} is not allowed with init={self.name}: {allowed}")
-        return value or default
+        return value
 
     @property
     def name(self) -> str:
@@ -383,10 +383,7 @@ class Fixup(Scheme):
               preactivated: bool = False) -> Block:
         if not self.reference:
             return super().block(in_chans, width, stride, bottleneck, input_var, preactivated)
-        if bottleneck:
-            raise ConfigError("init.reference_block=true builds Fixup's basic CIFAR block; "
-                              "choose a basic-block model (resnet20/32/44/56/110, resnet18/34, wrn)")
-        return FixupBasicBlock(in_chans, width, stride, self.conv)
+        return FixupBasicBlock(in_chans, width, stride, self.conv)  # basic blocks only: models._resnet's rule
 
     def head(self, chans: int, num_classes: int) -> Head:
         # The classifier's bias trains as a scalar: the reference optimiser gives every parameter named
@@ -508,12 +505,6 @@ class ZeroLast(Scheme):
             block.branch[-1].weight.zero_()
 
 
-def _init_option(cfg: InitConfig, key: str, default: float) -> float:
-    """A scheme-specific init.* value; None (unset) means the paper's default."""
-    value = getattr(cfg, key, None)
-    return default if value is None else float(value)
-
-
 @register_scheme("nf")
 class NormFree(Scheme):
     """NF-ResNets (Brock, De, Smith 2021a): x_{l+1} = x_l + alpha g f(x_l / beta_l).
@@ -531,8 +522,9 @@ class NormFree(Scheme):
 
     def __init__(self, cfg: InitConfig | None = None) -> None:
         super().__init__(cfg)
-        self.alpha = _init_option(self.cfg, "alpha", NF_ALPHA)
-        self.skip_gain = _init_option(self.cfg, "skip_gain", 0.0)
+        self.alpha, self.skip_gain = float(self.cfg.alpha), float(self.cfg.skip_gain)
+        if self.alpha <= 0:
+            raise ConfigError(f"init.alpha={self.alpha} is not allowed: must be > 0 (Brock et al. 2021a: 0.2)")
 
     def conv(self, in_chans: int, out_chans: int, kernel_size: int, stride: int = 1, padding: int = 0) -> nn.Conv2d:
         from timm.layers import ScaledStdConv2d
@@ -632,5 +624,12 @@ class ArpitWeightNorm(Scheme):
         net.head.fc.reset_parameters()
 
 
+def weight_rule(name: str, weights: Optional[str]) -> str:
+    """The weight rule a run of ``init=name`` applies: ``init.weights``, else the scheme's default (SPEC
+    section 2).  ConfigError for a scheme this version does not know."""
+    return str(weights) if weights else SCHEMES.get(name).default_weights
+
+
 def build_scheme(cfg: InitConfig) -> Scheme:
+    """The configured scheme; its name is checked against the registry, its init.* values by its class."""
     return SCHEMES.get(cfg.name)(cfg)

@@ -16,6 +16,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -25,8 +26,7 @@ from nfbench.validation import validate
 from nfbench.data import DataSource, build_source
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
-from nfbench.models import build_model
-from nfbench.schemes import build_scheme
+from nfbench.models import ModelPlan
 from nfbench.runtime import pick_device, resolve_run_dir, seed_all
 from nfbench.spp_plot import CSV_NAME, plot_model
 
@@ -100,13 +100,15 @@ def _test_batch(src: DataSource, n: int, what: str) -> tuple[torch.Tensor, torch
     return torch.stack(xs), torch.tensor(ys)
 
 
-def measure(cfg: DictConfig) -> list[dict]:
+def measure(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> list[dict]:
     """Per block, the statistics of the configured model and scheme at initialisation, averaged over seeds.
 
     Repeat k re-seeds with ``seed + k`` and then builds the network exactly as ``nfbench train`` does,
     so repeat 0 measures the very network a training run with the same seed starts from.
+    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg`` when the caller validated already.
     Returns the rows of spp.csv (:data:`COLUMNS` then :data:`EXTRA_COLUMNS`).
     """
+    plan = plan or validate(cfg)
     s = cfg.spp
     device = pick_device(cfg.trainer.device)
     src = build_source(cfg.data) if s.input == "data" else None
@@ -117,8 +119,7 @@ def measure(cfg: DictConfig) -> list[dict]:
     runs: list[list[BlockStats]] = []
     for k in range(s.seeds):
         seed_all(cfg.seed + k)
-        scheme = build_scheme(cfg.init)
-        net = build_model(cfg.model, scheme, num_classes, in_chans, size).to(device).train()
+        net = plan.build(num_classes, in_chans, size).to(device).train()
         if src is not None:
             x, y = _test_batch(src, s.batch_size, f"data={cfg.data.name}")
         else:
@@ -126,7 +127,7 @@ def measure(cfg: DictConfig) -> list[dict]:
         if s.labels == "random":  # validate(): the only choice for Gaussian inputs
             y = torch.randint(num_classes, (s.batch_size,))
         runs.append(block_stats(net, x.to(device), y.to(device)))
-    return summarise(runs, cfg.model.name, cfg.init.name, scheme.weights)
+    return summarise(runs, cfg.model.name, cfg.init.name, plan.scheme.weights)
 
 
 def summarise(runs: list[list[BlockStats]], model: str, init: str, weights: str) -> list[dict]:
@@ -154,9 +155,9 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def run_spp(cfg: DictConfig) -> dict:
     """``nfbench spp``: measure, write spp.csv and the figure into the run directory; return their paths."""
-    validate(cfg)
+    plan = validate(cfg)
     run_dir = resolve_run_dir(cfg)
-    rows = measure(cfg)
+    rows = measure(cfg, plan)
     write_csv(rows, run_dir / CSV_NAME)
     figures = plot_model(rows, run_dir / "spp", cfg.spp.formats)
     first, last = rows[0], rows[-1]

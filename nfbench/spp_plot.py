@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from nfbench.config import SPP_FORMATS
+from nfbench.config import FigureFormat
 
 log = logging.getLogger("nfbench")
 
@@ -152,7 +152,7 @@ def main(argv: Sequence[str]) -> None:
         "one figure per model, spp_<model>.<fmt>."))
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first DIR)")
-    parser.add_argument("--formats", nargs="+", default=["png"], choices=SPP_FORMATS)
+    parser.add_argument("--formats", nargs="+", default=["png"], choices=[f.value for f in FigureFormat])
     args = parser.parse_args(argv)
     try:
         paths = plot_dirs(args.dirs, args.out or args.dirs[0], args.formats)

@@ -27,9 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nfbench.validation import validate
 from nfbench.data import data_shape
-from nfbench.models import choose_stem, construct_model, split_stages
+from nfbench.models import choose_stem, split_stages
 from nfbench.rundir import write_json
-from nfbench.schemes import build_scheme
 from nfbench.tables import format_table
 
 log = logging.getLogger("nfbench")
@@ -67,11 +66,10 @@ def _params(modules: Sequence[nn.Module]) -> int:
 
 def summarize(cfg: DictConfig) -> dict:
     """Parameters and FLOPs of ``cfg``'s model: one row, with ``parts`` (stem, stage1.., head) that sum to it."""
-    validate(cfg)
+    plan = validate(cfg)
     shape = data_shape(cfg.data)
-    scheme = build_scheme(cfg.init)
     with torch.device("meta"):
-        net = construct_model(cfg.model, scheme, shape.num_classes, shape.in_chans, shape.image_size)
+        net = plan.construct(shape.num_classes, shape.in_chans, shape.image_size)
         x = torch.empty(1, shape.in_chans, shape.image_size, shape.image_size)
     parts = []
     with torch.no_grad():
@@ -89,7 +87,7 @@ def summarize(cfg: DictConfig) -> dict:
         and choose_stem(cfg.model.stem, shape.image_size) == "cifar"
     # init=bn init.conv_shortcut=true is named as its option file, conf/init/bn_conv_shortcut.yaml (and the report).
     init = f"{cfg.init.name}_conv_shortcut" if cfg.init.get("conv_shortcut") else cfg.init.name
-    return {"model": cfg.model.name, "init": init, "weights": scheme.weights, "data": cfg.data.name,
+    return {"model": cfg.model.name, "init": init, "weights": plan.scheme.weights, "data": cfg.data.name,
             "input": [shape.in_chans, shape.image_size, shape.image_size], "num_classes": shape.num_classes,
             "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts,
             "bn_params": _params([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]),

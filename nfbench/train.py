@@ -22,20 +22,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nfbench import distributed, rundir
-from nfbench.config import Config
+from nfbench.config import plain, typed
 from nfbench.data import DataSource, build_source
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
 from nfbench.graphed_step import GraphedStep, check_device
 from nfbench.loaders import build_loaders, eval_loader
 from nfbench.loggers import Loggers
-from nfbench.models import build_model
+from nfbench.models import ModelPlan
 from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.preemption import StopSignal
 from nfbench.progress import Progress, summary_line
 from nfbench.rng import rng_state, set_rng_state
 from nfbench.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
-from nfbench.schemes import Scheme, build_scheme
+from nfbench.schemes import Scheme
 from nfbench.validation import validate
 
 if TYPE_CHECKING:
@@ -400,13 +400,15 @@ def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
     """Train and evaluate the configured model; return the final metrics (also written to result.json).
 
+    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg`` when the caller validated already
+    (the ``nfbench`` command, to refuse a bad value before torch loads); else it is made here.
     With ``trainer.devices=N > 1`` (and no launcher around), starts N processes on this machine
     and returns rank 0's result.
     """
-    validate(cfg)
+    plan = plan or validate(cfg)
     env = distributed.detect()
     if cfg.trainer.cuda_graph:  # before any file or process: the device as it resolves here
         check_device(pick_device(cfg.trainer.device), env.world_size if env.enabled else cfg.trainer.devices)
@@ -416,7 +418,7 @@ def train(cfg: DictConfig) -> dict:
             return _spawn(cfg)
         device = distributed.setup(env, pick_device(cfg.trainer.device).type)
         try:
-            return _train(cfg, env, device)
+            return _train(cfg, env, device, plan)
         finally:
             distributed.teardown()
 
@@ -425,13 +427,13 @@ def _resume_state(cfg: DictConfig, run_dir: Path, world_size: int) -> Optional[t
     """The checkpoint to continue and its state, refused (ConfigError) if ``cfg`` would change its trajectory."""
     found = rundir.load_resume_state(run_dir, cfg.trainer.resume)
     if found is not None:
-        rundir.check_resume(found[1], OmegaConf.to_container(cfg, resolve=True), found[0], world_size)
+        rundir.check_resume(found[1], plain(cfg), found[0], world_size)
     return found
 
 
 def _spawn(cfg: DictConfig) -> dict:
     run_dir = resolve_run_dir(cfg)
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = plain(cfg)
     container["trainer"]["run_dir"] = str(run_dir)  # the workers live outside Hydra: give them the directory
     _resume_state(cfg, run_dir, cfg.trainer.devices)  # a refusal in one line here, not in a worker's traceback
     distributed.spawn(cfg.trainer.devices, _spawned_worker, container)
@@ -439,7 +441,7 @@ def _spawn(cfg: DictConfig) -> dict:
 
 
 def _spawned_worker(container: dict) -> None:
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), container)
+    cfg = typed(container)
     if distributed.detect().is_main:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
         rundir.log_to_file(Path(cfg.trainer.run_dir))
@@ -447,7 +449,7 @@ def _spawned_worker(container: dict) -> None:
 
 
 
-def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
+def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan) -> dict:
     """One run on this process's rank: setup, resume, epochs, result."""
     run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
     resumed = _resume_state(cfg, run_dir, env.world_size)  # before any file is written: a refusal changes none
@@ -457,7 +459,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device) -> dict:
     data = _build_data(cfg, env, device)
     if env.is_main:  # the data is there: the run's first files (a refusal before leaves nothing of nfbench's)
         _write_run_files(run_dir, cfg, env, device)
-    loop = _build_loop(cfg, env, device, data, run_dir)
+    loop = _build_loop(cfg, env, device, data, run_dir, plan)
     start_epoch, partial = _resume(loop, resumed)
     if env.is_main:  # drop the lines of epochs no checkpoint holds, and a line torn by a crash
         rundir.truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
@@ -486,13 +488,14 @@ def _write_run_files(run_dir: Path, cfg: DictConfig, env: DistEnv, device: torch
     rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
 
-def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path) -> Loop:
-    """Model and scheme (the same seed on every rank, before DDP and the optimiser see the parameters),
-    optimiser, scheduler, grad scaler, mixup and loss."""
+def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path,
+                plan: ModelPlan) -> Loop:
+    """The planned model and its scheme's init (the same seed on every rank, before DDP and the optimiser
+    see the parameters), optimiser, scheduler, grad scaler, mixup and loss."""
     tcfg = cfg.trainer
     seed_all(cfg.seed)
-    scheme = build_scheme(cfg.init)
-    net = build_model(cfg.model, scheme, data.src.num_classes, data.src.in_chans, data.src.image_size).to(device)
+    scheme = plan.scheme
+    net = plan.build(data.src.num_classes, data.src.in_chans, data.src.image_size).to(device)
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = build_optimizer(net, cfg.optim, device)
@@ -504,7 +507,7 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
     # best.pt and the best figures: chosen on the validation split when there is one; else on the
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if data.val is not None else "test_top1"
-    record = Record(run_dir, OmegaConf.to_container(cfg, resolve=True), select)  # type: ignore[arg-type]
+    record = Record(run_dir, plain(cfg), select)
     return Loop(cfg, env, device, StepSettings.of(cfg, env), record, scheme, net, net, opt, sched, scaler, mixup,
                 criterion, amp, Progress(tcfg.progress and env.is_main, tcfg.epochs, tcfg.progress_every_s))
 

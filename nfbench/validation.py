@@ -1,34 +1,33 @@
-"""``validate(cfg)``: every check a config passes before any work starts.
+"""``validate(cfg)``: every check a config passes before any data loads, each where its object is built.
 
-The value checks (:func:`nfbench.config.check_values`) come first: they need no torch, so a value
-refused there is answered in under a second.  Then the names of the data set, model and scheme are
-checked against their registries (which import torch), so a message lists the names that exist.
+Hydra has already refused wrong types, values outside a closed set and keys the selected options do
+not have (nfbench/config.py).  The value checks (:func:`nfbench.config.check_values`) come first: they
+need no torch, so a value refused there is answered in under a second.  Then the objects a run is made
+of are built, each applying its own rules once: the data set's name, the scheme (``init.*``:
+:class:`nfbench.schemes.Scheme`) and the model planned for that scheme (``model.*`` and the pair:
+:func:`nfbench.models.plan_model`).  The plan is returned, and training builds its network from it.
 This module sits above the schema and the registries, so neither imports the other for checking.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
 
-from nfbench.config import Config, check_values, require
+from nfbench.config import Config, check_values
+
+if TYPE_CHECKING:
+    from nfbench.models import ModelPlan
 
 
-def check_names(c: DictConfig | Config) -> None:
-    """Data set, model and scheme names against their registries, and the model-scheme pairing."""
-    from nfbench.data import DATASETS
-    from nfbench.models import MODELS, check_compatible
-    from nfbench.schemes import SCHEMES, WEIGHT_RULES, build_scheme
-
-    DATASETS.get(c.data.name)
-    MODELS.get(c.model.name)
-    SCHEMES.get(c.init.name)
-    if c.init.weights is not None:
-        require(c.init.weights in WEIGHT_RULES, "init.weights", c.init.weights,
-                f"choose one of {', '.join(WEIGHT_RULES)}")
-    check_compatible(c.model, build_scheme(c.init))
-
-
-def validate(cfg: DictConfig | Config) -> None:
-    """Fail before training on any value or name that cannot work, naming the key and what is allowed."""
+def validate(cfg: DictConfig | Config) -> "ModelPlan":
+    """Fail before any data loads on a value or name that cannot work, naming the key and what is
+    allowed; return the checked model plan (its scheme built)."""
     check_values(cfg)
-    check_names(cfg)
+    from nfbench.data import DATASETS
+    from nfbench.models import plan_model
+    from nfbench.schemes import build_scheme
+
+    DATASETS.get(cfg.data.name)
+    return plan_model(cfg.model, build_scheme(cfg.init))

@@ -8,7 +8,7 @@
 source "$(dirname "$0")/_sweep.sh"
 sweep fixup_cifar10_resnet110 experiment=fixup_cifar10_resnet110
 # The reference block is Fixup's alone; the baseline is nfbench's pre-activation BatchNorm ResNet-110.
-sweep fixup_cifar10_resnet110_bn experiment=fixup_cifar10_resnet110 init=bn init.reference_block=false
+sweep fixup_cifar10_resnet110_bn experiment=fixup_cifar10_resnet110 init=bn
 if [[ -n "${IMAGENET:-}" ]]; then
   sweep fixup_imagenet_resnet50 experiment=fixup_imagenet_resnet50 "data.root=$IMAGENET"
   sweep fixup_imagenet_resnet50_bn experiment=fixup_imagenet_resnet50 init=bn trainer.mixup_alpha=0.2 \

@@ -22,7 +22,7 @@ import statistics
 import torch
 from torch.nn import functional as F
 
-from nfbench.config import InitConfig, ModelConfig
+from nfbench.config import option_config
 from nfbench.models import build_model, split_stages
 from nfbench.schemes import build_scheme
 
@@ -39,7 +39,7 @@ def block_inputs(net: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 @torch.no_grad()
 def measure(model: str, width: int, seed: int, batch: int = 32) -> dict[str, list[float]]:
     torch.manual_seed(seed)
-    net = build_model(ModelConfig(name=model, width=width), build_scheme(InitConfig(name="wn")), 10, 3, 32)
+    net = build_model(option_config("model", model, width=width), build_scheme(option_config("init", "wn")), 10, 3, 32)
     inputs = dict(zip(net.blocks, block_inputs(net, torch.randn(batch, 3, 32, 32))))
     rows: dict[str, list[float]] = {"pre/paper": [], "paper N": [], "nfbench N": [], "shortcut": []}
     for stage in split_stages(net.blocks):

@@ -10,7 +10,7 @@ import sys
 import typing
 
 from nfbench.cli import COMMANDS
-from nfbench.config import Config
+from nfbench.config import OPTION_SCHEMAS, Config
 
 
 def nfbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -45,22 +45,25 @@ def test_hydra_help_shows_groups():
 
 
 def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every leaf key of the schema, dotted (the logger options' keys included)."""
+    """Every leaf key of the schema, dotted (the logger options' keys and each option's own included)."""
     keys = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
         nested = [t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)]
         keys += schema_keys(nested[0], f"{prefix}{f.name}.") if nested else [prefix + f.name]
+        for option in OPTION_SCHEMAS.get(f.name, {}).values() if not prefix else ():
+            keys += [k for k in schema_keys(option, f"{f.name}.") if k not in keys]
     return keys
 
 
 def test_train_help_explains_every_key_with_this_configs_value():
     out = nfbench("train", "data=cifar10", "optim.lr=0.05", "--help")
     assert out.returncode == 0, out.stderr
-    assert "residual network" in out.stdout and "init: bn, convshort, fixup" in out.stdout  # Hydra's group list
+    assert "residual network" in out.stdout
+    assert "init: bn, bn_conv_shortcut, convshort, fixup, fixup_reference, idshort" in out.stdout  # Hydra's list
     lines = {line.split("=", 1)[0].strip(): line for line in out.stdout.splitlines() if line.startswith("  ")}
     keys = schema_keys()
-    assert len(keys) > 80 and "logger.wandb.mode" in keys
+    assert len(keys) > 80 and "logger.wandb.mode" in keys and {"init.alpha", "model.depth"} <= set(keys)
     for key in keys:
         assert key in lines, f"{key} is not in nfbench train --help"
         assert len(lines[key].split(maxsplit=1)) == 2, f"{key} has no meaning in nfbench train --help"

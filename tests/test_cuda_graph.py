@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nfbench import rundir
-from nfbench.config import InitConfig, ModelConfig, OptimConfig, SchedConfig, check_values
+from nfbench.config import OptimConfig, SchedConfig, check_values, option_config
 from nfbench.errors import ConfigError
 from nfbench.graphed_step import WARMUP_STEPS, GraphedStep, check_device
 from nfbench.models import build_model
@@ -47,7 +47,7 @@ def test_sgd_reads_the_lr_tensor_changed_in_place(kind):
 
 def _net_and_opt(optim: OptimConfig, per_step_epochs: int = 4, steps: int = 10):
     torch.manual_seed(0)
-    net = build_model(ModelConfig(name="resnet20", width=4), build_scheme(InitConfig(name="bn")), 10, 3, 8)
+    net = build_model(option_config("model", "resnet20", width=4), build_scheme(option_config("init", "bn")), 10, 3, 8)
     opt = build_optimizer(net, optim, torch.device("cpu"))
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), per_step_epochs, steps)
     return net, opt, sched
@@ -165,7 +165,8 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     (losses, state_dict, the GraphedStep or None)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    net = build_model(ModelConfig(name="resnet20", width=16), build_scheme(InitConfig(name="bn")), 10, 3, 32)
+    net = build_model(option_config("model", "resnet20", width=16), build_scheme(option_config("init", "bn")),
+                      10, 3, 32)
     net = net.to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net, optim, device)
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), 4, steps // 4)

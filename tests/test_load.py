@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 import nfbench
 from nfbench import rng, rundir
-from nfbench import train as train_module
+from nfbench.models import ModelPlan
 from nfbench.schemes import SCHEMES
 from nfbench.train import train
 from tests.conftest import TINY
@@ -31,14 +31,14 @@ ONE_EPOCH = [*TINY, "data.train_subset=64", "data.test_subset=32", "trainer.epoc
 def train_and_keep_net(make_cfg, overrides: list[str], run_dir: Path, monkeypatch) -> torch.nn.Module:
     """Train, and return the very network object the run trained (in its final state)."""
     built = []
-    build = train_module.build_model
+    build = ModelPlan.build
 
     def keep(*args, **kwargs):
         built.append(build(*args, **kwargs))
         return built[-1]
 
     with monkeypatch.context() as m:
-        m.setattr(train_module, "build_model", keep)
+        m.setattr(ModelPlan, "build", keep)
         assert train(make_cfg(overrides, run_dir))["status"] == "finished"
     return built[0]
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nfbench.config import Config, InitConfig, ModelConfig, OptimConfig
+from nfbench.config import Config, ModelConfig, OptimConfig, option_config
 from nfbench.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.models import (MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, ResidualBlock, TimmNFBlock,
@@ -21,12 +21,12 @@ SMALL_WRN = {"depth": 10, "widen": 2}
 
 
 def model_cfg(name: str, **kw) -> ModelConfig:
-    return ModelConfig(name=name, **({**SMALL_WRN, **kw} if name == "wrn" else kw))
+    return option_config("model", name, **({**SMALL_WRN, **kw} if name == "wrn" else kw))
 
 
 def build(name: str, init: str, width: int | None = 4, image_size: int = 16, in_chans: int = 3,
           num_classes: int = 10, stem: str = "auto", **init_kw) -> nn.Module:
-    scheme = build_scheme(InitConfig(name=init, **init_kw))
+    scheme = build_scheme(option_config("init", init, **init_kw))
     return build_model(model_cfg(name, width=width, stem=stem), scheme, num_classes, in_chans, image_size)
 
 
@@ -34,7 +34,7 @@ def n_params(name: str, init: str, num_classes: int = 10, image_size: int = 32, 
     """Parameters of the full-width model, built on the meta device (nothing allocated)."""
     init_kw = {k: kw.pop(k) for k in ("reference_block",) if k in kw}
     with torch.device("meta"):
-        net = construct_model(model_cfg(name, **kw), build_scheme(InitConfig(name=init, **init_kw)),
+        net = construct_model(model_cfg(name, **kw), build_scheme(option_config("init", init, **init_kw)),
                               num_classes, 3, image_size)
     return sum(p.numel() for p in net.parameters())
 
@@ -119,7 +119,7 @@ def stage_widths(net: nn.Module) -> list[int]:
 ])
 def test_published_architectures(name, blocks, widths, kernels):
     with torch.device("meta"):
-        net = construct_model(ModelConfig(name=name), build_scheme(InitConfig(name="idshort")), 10, 3, 32)
+        net = construct_model(option_config("model", name), build_scheme(option_config("init", "idshort")), 10, 3, 32)
     assert len(net.blocks) == blocks
     assert stage_widths(net) == widths
     for block in net.blocks:
@@ -134,8 +134,8 @@ def test_published_architectures(name, blocks, widths, kernels):
 def test_wide_resnet_structure():
     """WRN-d-k: three stages of (d - 4) / 6 basic blocks, 16k-32k-64k channels after a 16-channel stem."""
     with torch.device("meta"):
-        net = construct_model(ModelConfig(name="wrn", depth=16, widen=4), build_scheme(InitConfig(name="plain")),
-                              10, 3, 32)
+        net = construct_model(option_config("model", "wrn", depth=16, widen=4),
+                              build_scheme(option_config("init", "plain")), 10, 3, 32)
     assert net.stem[0].out_channels == 16 and len(net.blocks) == 6
     assert stage_widths(net) == [64, 128, 256]
     assert [b.stride for b in net.blocks] == [1, 1, 2, 1, 2, 1]
@@ -276,13 +276,13 @@ FAST_MAX_BLOCKS = 16
 
 def grid_cfg(model: str, init: str, init_kw: dict) -> Config:
     width = 8 if model in TIMM_NF_MODELS else 4
-    return Config(model=model_cfg(model, width=width), init=InitConfig(name=init, **init_kw))
+    return Config(model=model_cfg(model, width=width), init=option_config("init", init, **init_kw))
 
 
 def n_blocks(model: str) -> int:
     with torch.device("meta"):
         scheme = "nf" if model in TIMM_NF_MODELS else "plain"
-        return len(construct_model(grid_cfg(model, scheme, {}).model, build_scheme(InitConfig(name=scheme)),
+        return len(construct_model(grid_cfg(model, scheme, {}).model, build_scheme(option_config("init", scheme)),
                                    10, 3, 8).blocks)
 
 
@@ -299,8 +299,8 @@ def refused(model: str, init: str, init_kw: dict) -> bool:
     if model in TIMM_NF_MODELS:
         return init != "nf"
     with torch.device("meta"):
-        bottleneck = len(construct_model(grid_cfg(model, "plain", {}).model, build_scheme(InitConfig(name="plain")),
-                                         10, 3, 8).blocks[0].branch) == 3
+        plain = build_scheme(option_config("init", "plain"))
+        bottleneck = len(construct_model(grid_cfg(model, "plain", {}).model, plain, 10, 3, 8).blocks[0].branch) == 3
     return init_kw.get("reference_block", False) and bottleneck
 
 
@@ -370,11 +370,9 @@ def test_timm_nf_resnets_need_init_nf(make_cfg, init):
 
 @pytest.mark.parametrize("overrides,message", [
     (["model=resnet50", "init=fixup", "init.reference_block=true"], "model=resnet50 has no basic blocks"),
-    (["init=idshort", "init.reference_block=true"], "init.reference_block=True is not allowed: applies to init=fixup"),
-    (["model=resnet18", "model.depth=28"], "model.depth=28 is not allowed: applies to model=wrn only"),
+    (["model=resnet50", "init=fixup_reference"], "model=resnet50 has no basic blocks"),
     (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed: must be 6n \\+ 4"),
     (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed: must be >= 1"),
-    (["init=idshort", "init.alpha=0.2"], "init.alpha=0.2 is not allowed: applies to init=nf only"),
     (["init=nf", "init.alpha=0"], "init.alpha=0.0 is not allowed: must be > 0"),
     (["init=nf", "init.weights=he_fanout"], "init.weights='he_fanout' is not allowed with init=nf: choose one of brock"),
     (["init=wn", "init.weights=brock"], "init.weights='brock' is not allowed with init=wn: init=wn sets every weight"),
@@ -386,17 +384,42 @@ def test_invalid_model_init_combinations_name_the_key(make_cfg, overrides, messa
         validate(make_cfg(overrides))
 
 
-def test_every_registered_model_has_a_config_file():
+@pytest.mark.parametrize("overrides,key,owner", [
+    (["init=idshort", "init.reference_block=true"], "init.reference_block", "FixupInitConfig"),
+    (["init=bn", "init.alpha=0.2"], "init.alpha", "NFInitConfig"),
+    (["init=fixup", "init.skip_gain=1"], "init.skip_gain", "NFInitConfig"),
+    (["model=resnet18", "model.depth=28"], "model.depth", "WideResNetConfig"),
+    (["model=nf_resnet26", "init=nf", "model.widen=2"], "model.widen", "WideResNetConfig"),
+])
+def test_a_key_of_another_option_is_an_unknown_key_to_hydra(make_cfg, overrides, key, owner):
+    """Option-specific keys live in their option's schema: under any other option Hydra itself refuses
+    them at composition, as it does any unknown key; the option that has the key accepts it."""
+    from hydra.errors import ConfigCompositionException
+
+    from nfbench.config import OPTION_SCHEMAS
+
+    with pytest.raises(ConfigCompositionException) as e:
+        make_cfg(overrides)
+    assert f"Key '{key.split('.')[1]}' not in" in str(e.value.__cause__), e.value.__cause__
+    group = key.split(".")[0]
+    [option] = [o for o, schema in OPTION_SCHEMAS[group].items() if schema.__name__ == owner]
+    others = [o for o in overrides if not o.startswith((f"{group}=", key))]
+    assert key.split(".")[1] in make_cfg([*others, f"{group}={option}", overrides[-1]])[group]
+
+
+def test_every_registered_model_has_a_config_file(make_cfg):
     from pathlib import Path
+
+    from omegaconf import OmegaConf
 
     from nfbench.cli import CONF_DIR
 
-    import yaml
-
     assert sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")) == MODELS.names()
-    # Every scheme has an option file of its own name; an extra file is a variant of a registered scheme
-    # (init=bn_conv_shortcut is `name: bn` with conv_shortcut: true).
-    files = {p.stem: yaml.safe_load(p.read_text())["name"] for p in (Path(CONF_DIR) / "init").glob("*.yaml")}
-    assert set(SCHEMES.names()) <= set(files)
-    assert all(files[s] == s for s in SCHEMES.names())
-    assert {stem: name for stem, name in files.items() if stem not in SCHEMES.names()} == {"bn_conv_shortcut": "bn"}
+    # Every scheme has its file; a variant file (fixup_reference, bn_conv_shortcut) is a registered scheme
+    # with one of that scheme's own keys set.
+    init_files = {p.stem: OmegaConf.load(p).get("name") for p in (Path(CONF_DIR) / "init").glob("*.yaml")}
+    assert set(SCHEMES.names()) <= set(init_files)
+    variants = {stem: name for stem, name in init_files.items() if stem not in SCHEMES.names()}
+    assert variants == {"fixup_reference": "fixup", "bn_conv_shortcut": "bn"}
+    assert make_cfg(["init=fixup_reference"]).init.reference_block
+    assert make_cfg(["init=bn_conv_shortcut"]).init.conv_shortcut

@@ -11,7 +11,7 @@ from timm.layers import ScaledStdConv2d
 from torch import nn
 from torch.nn import functional as F
 
-from nfbench.config import InitConfig, ModelConfig, OptimConfig
+from nfbench.config import OptimConfig, option_config
 from nfbench.models import ConvShortcut, ScalarBias, ScalarGain, build_model
 from nfbench.models.resnet import Scalar
 from nfbench.optim import param_groups
@@ -26,8 +26,8 @@ NF_GAMMA = 1.7139588594436646
 
 def build(model: str, init: str, width: int = 4, image_size: int = 16, **init_kw) -> nn.Module:
     wrn = {"depth": 10, "widen": 2} if model == "wrn" else {}
-    return build_model(ModelConfig(name=model, width=width, **wrn), build_scheme(InitConfig(name=init, **init_kw)),
-                       10, 3, image_size)
+    scheme = build_scheme(option_config("init", init, **init_kw))
+    return build_model(option_config("model", model, width=width, **wrn), scheme, 10, 3, image_size)
 
 
 def fan(w: torch.Tensor) -> tuple[int, int]:
@@ -82,7 +82,7 @@ def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
 
 
 def test_scheme_default_weight_rules_follow_spec():
-    defaults = {name: build_scheme(InitConfig(name=name)).weights for name in SCHEMES.names()}
+    defaults = {name: build_scheme(option_config("init", name)).weights for name in SCHEMES.names()}
     # SPEC section 2 table; Fixup's reference code draws N(0, 2/n_out); NF's standardised convs are Brock's.
     assert defaults == {"bn": "he_fanin", "plain": "he_fanin", "idshort": "he_fanout", "learnscalar": "he_fanout",
                         "convshort": "he_fanout", "fixup": "he_fanout", "skipinit": "he_fanin",
@@ -193,7 +193,7 @@ def test_every_tensor_starts_as_the_table_says(name, model):
 
     torch.manual_seed(0)
     net = build(model, name)
-    weights = build_scheme(InitConfig(name=name)).weights
+    weights = build_scheme(option_config("init", name)).weights
     (stem, inner, last, shortcut), scalar_values, classifier = INIT_TABLE[name]
     checked: set[int] = set()
 
@@ -306,8 +306,8 @@ def test_fixup_rules(model, reference, rule):
                                                   ("resnet50", "imagenet", False), ("resnet20", "cifar", True),
                                                   ("resnet18", "imagenet", True)])
 def test_fixup_stem_shortcut_and_classifier_follow_the_reference_code(model, stem, reference, rule):
-    net = build_model(ModelConfig(name=model, width=16, stem=stem),
-                      build_scheme(InitConfig(name="fixup", weights=rule, reference_block=reference)), 10, 3, 32)
+    net = build_model(option_config("model", model, width=16, stem=stem),
+                      build_scheme(option_config("init", "fixup", weights=rule, reference_block=reference)), 10, 3, 32)
     stem_convs = [m for m in net.stem.modules() if isinstance(m, nn.Conv2d)]
     assert len(stem_convs) == 1
     torch_conv_default(stem_convs[0], 1)  # whatever init.weights says: the reference never redraws it

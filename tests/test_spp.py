@@ -178,9 +178,8 @@ def test_real_images_and_their_labels():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("spp.input=noise", "spp.input='noise' is not allowed: choose one of gaussian, data"),
     ("spp.labels=data", "spp.labels='data' is not allowed: labels=data needs spp.input=data"),
-    ("spp.formats=[jpg]", "spp.formats=['jpg'] is not allowed"),
+    ("spp.formats=[]", "spp.formats=[] is not allowed: a non-empty list from png, pdf, svg"),
     ("spp.batch_size=0", "spp.batch_size=0 is not allowed: must be >= 1"),
     ("spp.num_classes=1", "spp.num_classes=1 is not allowed: must be >= 2"),
     ("trainer.log_spp_every=-1", "trainer.log_spp_every=-1 is not allowed"),
@@ -188,6 +187,19 @@ def test_real_images_and_their_labels():
 def test_bad_values_are_refused_naming_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_spp(compose_cfg([override, f"trainer.run_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("override, key, members", [
+    ("spp.input=noise", "spp.input", "gaussian, data"),
+    ("spp.labels=none", "spp.labels", "random, data"),
+    ("spp.formats=[jpg]", "spp.formats[0]", "png, pdf, svg"),
+])
+def test_values_outside_the_closed_sets_are_refused_by_hydra(override, key, members):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg([override])
+    assert f"expected one of [{members}]" in str(e.value.__cause__) and f"full_key: {key}" in str(e.value.__cause__)
 
 
 # --- output contract -----------------------------------------------------------------------------

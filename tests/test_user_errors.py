@@ -177,10 +177,16 @@ def test_other_commands_refuse_the_same_way(tmp_path, command, bad):
     ("trainer.epochs=abc", ["trainer.epochs=abc", "could not be converted to Integer"]),
     ("model=foo", ["Could not find 'model/foo'", "resnet18, resnet20"]),
     ("trainer.epoch=3", ["trainer.epoch", "not in 'TrainerConfig'"]),
+    ("trainer.precision=fp8", ["trainer.precision", "expected one of [fp32, bf16, fp16]"]),
+    ("init.weights=xavier", ["init.weights", "expected one of [he_fanin, he_fanout, brock]"]),
+    ("init.alpha=0.3", ["init.alpha is a key of init=nf only", "choose init=nf"]),
+    ("model.depth=16", ["model.depth is a key of model=wrn only", "choose model=wrn"]),
+    ("init.reference_block=true", ["init.reference_block is a key of init=fixup only"]),
 ])
 def test_an_override_hydra_cannot_compose_is_one_line(tmp_path, override, expected):
-    """A wrong type, an unknown option or an unknown key: Hydra's several lines and exit code 1 become
-    nfbench's one line and exit code 2, the options listed in it; no run directory is made."""
+    """A wrong type, an unknown option, an unknown key, a value outside a closed set or a key of another
+    option than the one selected: Hydra's several lines and exit code 1 become nfbench's one line and
+    exit code 2, the options listed in it; no run directory is made."""
     out = nfbench_train(override, run_dir=tmp_path / "run")
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     message = refusal(out)

@@ -1,13 +1,20 @@
-"""The model registry (``model=``): every architecture of SPEC section 1."""
+"""The model registry (``model=``): every architecture of SPEC section 1.
+
+Each registered model is a planner: given its config and the scheme, it applies the rules that
+guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
+with init=nf only) and returns a builder for the data set's shape.  :func:`plan_model` runs it once
+per run, before any data loads (:func:`nfbench.validation.validate`), and training builds from that.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
 from torch import nn
 
-from nfbench.config import ModelConfig
+from nfbench.config import ModelConfig, require
 from nfbench.errors import ConfigError
 from nfbench.models.nf_resnet import TimmNFBlock, timm_nf_resnet
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ModelScheme,
@@ -16,8 +23,11 @@ from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, I
                                    split_stages)
 from nfbench.registry import Registry
 
-ModelBuilder = Callable[[ModelConfig, ModelScheme, int, int, int], nn.Module]
-MODELS: Registry[ModelBuilder] = Registry("model")
+# (num_classes, in_chans, image_size) -> the network, uninitialised: what is left once every rule has passed.
+Builder = Callable[[int, int, int], nn.Module]
+# A registered model: applies the rules of (its config, the scheme) and returns its builder.
+Planner = Callable[[ModelConfig, ModelScheme], Builder]
+MODELS: Registry[Planner] = Registry("model")
 
 # Images up to this size get the CIFAR stem (3x3 conv, no pooling); larger ones the ImageNet stem.
 CIFAR_STEM_MAX_SIZE = 64
@@ -33,8 +43,6 @@ RESNET_SPECS = {
     **{f"resnet{d}": ResNetSpec((((d - 2) // 6),) * 3, 16, bottleneck=False) for d in (20, 32, 44, 56, 110)},
 }
 
-# Wide ResNet WRN-d-k (Zagoruyko & Komodakis 2016): WRN-28-10 unless model.depth / model.widen say otherwise.
-WRN_DEPTH, WRN_WIDEN = 28, 10
 # timm's NF-ResNets (Brock et al. 2021a): their blocks *are* the nf scheme, so only init=nf builds them.
 TIMM_NF_MODELS = ("nf_resnet26", "nf_resnet50", "nf_resnet101")
 TIMM_NF_STAGE1_WIDTH = 64
@@ -42,13 +50,20 @@ TIMM_NF_STAGE1_WIDTH = 64
 
 def choose_stem(stem: str, image_size: int) -> str:
     if stem != "auto":
-        return stem
+        return str(stem)
     return "cifar" if image_size <= CIFAR_STEM_MAX_SIZE else "imagenet"
 
 
-def _resnet(spec: ResNetSpec, cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
-            image_size: int) -> ResNet:
-    return build_resnet(spec, scheme, num_classes, in_chans, choose_stem(cfg.stem, image_size), cfg.width)
+def _resnet(spec: ResNetSpec, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
+    """nfbench's pre-activation ResNets, blocks from the scheme; Fixup's reference block is a basic block."""
+    if getattr(scheme, "reference", False) and spec.bottleneck:
+        raise ConfigError(f"init.reference_block=true builds Fixup's post-activation basic CIFAR block; "
+                          f"model={cfg.name} has no basic blocks: choose resnet20/32/44/56/110, resnet18/34 or wrn")
+
+    def build(num_classes: int, in_chans: int, image_size: int) -> ResNet:
+        return build_resnet(spec, scheme, num_classes, in_chans, choose_stem(cfg.stem, image_size), cfg.width)
+
+    return build
 
 
 for _name, _spec in RESNET_SPECS.items():
@@ -57,65 +72,81 @@ for _name, _spec in RESNET_SPECS.items():
 
 def wrn_spec(depth: int, widen: int) -> ResNetSpec:
     """WRN-depth-widen: three stages of n = (depth - 4) / 6 basic blocks, 16k-32k-64k channels, 16-channel stem."""
-    if depth < 10 or (depth - 4) % 6:
-        raise ConfigError(f"model.depth={depth} is not allowed for model=wrn: must be 6n + 4 with n >= 1 (10, 16, 28, 40, ...)")
+    require(depth >= 10 and (depth - 4) % 6 == 0, "model.depth", depth,
+            "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
+    require(widen >= 1, "model.widen", widen, "must be >= 1")
     return ResNetSpec(((depth - 4) // 6,) * 3, 16, bottleneck=False, widen=widen)
 
 
 @MODELS.register("wrn")
-def wide_resnet(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> ResNet:
-    spec = wrn_spec(cfg.depth or WRN_DEPTH, cfg.widen or WRN_WIDEN)
-    return _resnet(spec, cfg, scheme, num_classes, in_chans, image_size)
+def wide_resnet(cfg: ModelConfig, scheme: ModelScheme) -> Builder:
+    return _resnet(wrn_spec(cfg.depth, cfg.widen), cfg, scheme)  # type: ignore[attr-defined]  # WideResNetConfig
 
 
-def _timm_nf(name: str, cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
-             image_size: int) -> ResNet:
+def _timm_nf(name: str, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
+    """timm's NF-ResNet: its blocks are the nf scheme's, its stem the ImageNet one, its identity start timm's."""
+    if scheme.name != "nf":
+        raise ConfigError(
+            f"model={name} is timm's NF-ResNet, whose blocks are the nf scheme's (scaled weight-standardised "
+            f"convs, alpha/beta residuals); use init=nf with it, or a pre-activation ResNet such as "
+            f"model=resnet50 with init={scheme.name}")
+    if cfg.stem == "cifar":
+        raise ConfigError(f"model.stem=cifar is not available for model={name}: timm's NF-ResNets have the "
+                          f"ImageNet stem only; use model.stem=auto or imagenet")
+    if scheme.cfg.skip_gain != 0.0:
+        raise ConfigError(f"init.skip_gain applies to nfbench's own ResNets; model={name} starts every "
+                          f"block as the identity through timm's zero-initialised gain of its last conv")
     # model.width scales every stage as timm's width_factor does (channels rounded to multiples of 8).
     extra = {"width_factor": cfg.width / TIMM_NF_STAGE1_WIDTH} if cfg.width else {}
-    alpha = scheme.alpha  # type: ignore[attr-defined]  # the nf scheme's: check_compatible admits no other
-    return timm_nf_resnet(name, num_classes, in_chans, alpha=alpha, **extra)
+
+    def build(num_classes: int, in_chans: int, image_size: int) -> ResNet:
+        return timm_nf_resnet(name, num_classes, in_chans, alpha=scheme.cfg.alpha, **extra)
+
+    return build
 
 
 for _name in TIMM_NF_MODELS:
     MODELS.register(_name)(partial(_timm_nf, _name))
 
 
-def check_compatible(cfg: ModelConfig, scheme: ModelScheme) -> None:
-    """Raise ConfigError, naming the fix, for a (model, init) pair that cannot be built."""
-    if cfg.name in TIMM_NF_MODELS:
-        if scheme.name != "nf":
-            raise ConfigError(
-                f"model={cfg.name} is timm's NF-ResNet, whose blocks are the nf scheme's (scaled weight-standardised "
-                f"convs, alpha/beta residuals); use init=nf with it, or a pre-activation ResNet such as "
-                f"model=resnet50 with init={scheme.name}")
-        if cfg.stem == "cifar":
-            raise ConfigError(f"model.stem=cifar is not available for model={cfg.name}: timm's NF-ResNets have the "
-                              f"ImageNet stem only; use model.stem=auto or imagenet")
-        if getattr(scheme.cfg, "skip_gain", None) not in (None, 0.0):
-            raise ConfigError(f"init.skip_gain applies to nfbench's own ResNets; model={cfg.name} starts every "
-                              f"block as the identity through timm's zero-initialised gain of its last conv")
-    if getattr(scheme, "reference", False):
-        spec = RESNET_SPECS.get(cfg.name)
-        if cfg.name != "wrn" and (spec is None or spec.bottleneck):
-            raise ConfigError(f"init.reference_block=true builds Fixup's post-activation basic CIFAR block; "
-                              f"model={cfg.name} has no basic blocks: choose resnet20/32/44/56/110, resnet18/34 or wrn")
+@dataclass(frozen=True)
+class ModelPlan:
+    """A model config and scheme that passed every rule of the pair: only construction is left, which
+    needs the data set's shape.  Planned once per run, before any data loads; trained from."""
+
+    cfg: ModelConfig
+    scheme: ModelScheme
+    builder: Builder
+
+    def construct(self, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+        """The network with the scheme's blocks, uninitialised (e.g. on the meta device)."""
+        return self.builder(num_classes, in_chans, image_size)
+
+    def build(self, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+        """The network, started by the scheme's initialisation."""
+        net = self.construct(num_classes, in_chans, image_size)
+        self.scheme.initialise(net)
+        return net
+
+
+def plan_model(cfg: ModelConfig, scheme: ModelScheme) -> ModelPlan:
+    """The model's name against the registry, then the rules of (model, scheme), each in the planner
+    of the model it guards; ConfigError, naming the fix, for a pair that cannot be built."""
+    return ModelPlan(cfg, scheme, MODELS.get(cfg.name)(cfg, scheme))
 
 
 def construct_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
                     image_size: int) -> nn.Module:
-    """Build the configured architecture with the scheme's blocks, uninitialised (e.g. on the meta device)."""
-    check_compatible(cfg, scheme)
-    return MODELS.get(cfg.name)(cfg, scheme, num_classes, in_chans, image_size)
+    """Plan and build the configured architecture with the scheme's blocks, uninitialised."""
+    return plan_model(cfg, scheme).construct(num_classes, in_chans, image_size)
 
 
 def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-    """Build the configured architecture with the scheme's blocks, then apply the scheme's init."""
-    net = construct_model(cfg, scheme, num_classes, in_chans, image_size)
-    scheme.initialise(net)
-    return net
+    """Plan and build the configured architecture with the scheme's blocks, then apply the scheme's init."""
+    return plan_model(cfg, scheme).build(num_classes, in_chans, image_size)
 
 
-__all__ = ["MODELS", "build_model", "construct_model", "check_compatible", "choose_stem", "ResNet", "Block",
+__all__ = ["MODELS", "ModelPlan", "plan_model", "build_model", "construct_model", "choose_stem", "ResNet", "Block",
            "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "Head", "Scalar", "ScalarGain", "ScalarBias",
            "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut", "ZeroPadShortcut",
            "ModelScheme", "RESNET_SPECS", "TIMM_NF_MODELS", "split_stages", "wrn_spec"]
