@@ -156,13 +156,20 @@ def read_config(run_dir: Path) -> Optional[dict]:
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
+    def keep_hydra(x):  # ${hydra:...} escaped: a literal here, whatever Hydra state this process holds
+        if isinstance(x, dict):
+            return {k: keep_hydra(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [keep_hydra(v) for v in x]
+        return x.replace("${hydra:", "\\${hydra:") if isinstance(x, str) else x
+
     for path in (Path(run_dir) / "config.yaml", Path(run_dir) / ".hydra" / "config.yaml"):
         if path.is_file():
-            cfg = OmegaConf.load(path)
+            raw = keep_hydra(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
             try:
-                return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+                return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)  # type: ignore[return-value]
             except InterpolationResolutionError:
-                return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+                return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
     return None
 
 
