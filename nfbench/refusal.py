@@ -102,10 +102,15 @@ def refuse(error: Exception) -> NoReturn:
     """End the command on ``error``: ``nfbench: error: MESSAGE`` on stderr (recorded in the job log,
     not repeated on the console), the run directory as :func:`_clean_up` leaves it, exit code 2."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     log.error("%s", error, extra={PRINTED: True})
     if HydraConfig.initialized():
+        # A Hydra config without a job (one composed, or left by an earlier in-process run) has no
+        # output directory: then there is nothing to clean up, and the refusal still ends in one line.
         hydra = HydraConfig.get()
-        _clean_up(Path(hydra.runtime.output_dir), f"{hydra.job.name}.log")
+        output_dir = OmegaConf.select(hydra, "runtime.output_dir", default=None, throw_on_missing=False)
+        if output_dir:
+            _clean_up(Path(output_dir), f"{hydra.job.name}.log")
     print(f"nfbench: error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -46,12 +46,17 @@ def documented_commands() -> set[str]:
 
 
 def nfbench(args: list[str], capsys) -> tuple[int, str]:
-    """The real ``nfbench`` entry point, in this process: exit code and everything printed."""
+    """The real ``nfbench`` entry point, in this process: exit code and everything printed.  Hydra's
+    global config is cleared afterwards, so no later test runs under this command's job."""
+    from hydra.core.hydra_config import HydraConfig
+
     try:
         cli.main(args)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        HydraConfig.instance().cfg = None
     out = capsys.readouterr()
     return code, out.out + out.err
 

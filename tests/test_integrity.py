@@ -285,6 +285,27 @@ def test_cli_reports_run_directory_errors_in_one_line(capsys):
     assert e.value.code == 2 and capsys.readouterr().err == f"nfbench: error: {message}\n"
 
 
+def test_refusal_is_one_line_under_a_hydra_config_without_a_job(capsys):
+    """A Hydra config left by an earlier in-process command (its output_dir missing, '???') made the refusal
+    itself crash with MissingMandatoryValue; it ends in the one line and exit 2."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from nfbench.cli import CONF_DIR, _user_errors
+    from nfbench.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose("config", return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with pytest.raises(SystemExit) as e:
+            _user_errors(lambda _: (_ for _ in ()).throw(RunDirectoryError("disk full")))(None)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert e.value.code == 2 and capsys.readouterr().err == "nfbench: error: disk full\n"
+
+
 @pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.weight_decay=inf"])
 def test_non_finite_hyperparameters_are_refused(make_cfg, override):
     from nfbench.validation import validate
