@@ -55,6 +55,7 @@ def load_run(run_dir: Union[str, Path], which: Literal["best", "last"] = "best",
     shape = data_shape(cfg.data)
     net = construct_model(cfg.model, build_scheme(cfg.init), shape.num_classes, shape.in_chans, shape.image_size)
     if isinstance(weights, Path):
+        rundir.verify_weights(weights)
         load_model(net, weights, strict=True)
     else:
         net.load_state_dict(weights)

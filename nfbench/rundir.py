@@ -108,7 +108,18 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, co
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metrics.items()
             if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     data = save(_unaliased(tensors), metadata={**meta, "config": json.dumps(strict_json(config), sort_keys=True)})
-    atomic_write_bytes(path, data)
+    write_with_checksum(path, data)
+
+
+def verify_weights(path: Path) -> None:
+    """Refuse a ``model.safetensors`` whose sha256 is not the one written beside it (bit-rot, a partial
+    copy), in one line naming the file and the fix; one written before the checksum loads as it is."""
+    digests = _recorded_digests(path)
+    if digests is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() not in digests:
+        raise CorruptCheckpointError(
+            f"weights {path} cannot be read (its sha256 does not match the checksum in "
+            f"{checksum_path(path).name}: the file changed after it was written). Fix: load best.pt or "
+            f"last.pt instead (nfbench.load_run(..., which='last')), or copy the file again.")
 
 
 def save_best(ckpt_dir: Path, state: dict, metrics: dict) -> None:
@@ -186,17 +197,21 @@ def _recorded_digests(path: Path) -> Optional[list[str]]:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` with its sha256 in ``PATH.sha256`` (sha256sum's format).
-
-    The checksum file is written before the checkpoint is renamed into place and accepts the old
-    and the new digest until the rename is done; then it names the new one alone.  A kill at any
-    moment leaves a checkpoint that verifies.
-    """
+    """Write ``state`` with its sha256 in ``PATH.sha256`` (sha256sum's format)."""
     import torch
 
     buf = io.BytesIO()
     torch.save({**state, "version": CHECKPOINT_VERSION}, buf)
-    data = buf.getvalue()
+    write_with_checksum(path, buf.getvalue())
+
+
+def write_with_checksum(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and its sha256 to ``PATH.sha256`` (sha256sum's format).
+
+    The checksum file is written before the file is renamed into place and accepts the old and the
+    new digest until the rename is done; then it names the new one alone.  A kill at any moment
+    leaves a file that verifies.
+    """
     digest = hashlib.sha256(data).hexdigest()
     side = checksum_path(path)
     old: list[str] = []

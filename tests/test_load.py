@@ -204,3 +204,20 @@ def test_tied_weights_are_saved_once_and_load_back(tmp_path):
     fresh = tied()
     load_model(fresh, path, strict=True)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_model_safetensors_has_a_checksum_and_a_flipped_byte_is_refused(make_cfg, tmp_path):
+    """model.safetensors gets a sha256 sidecar as the checkpoints do; a byte flipped in its tensor data (the
+    file still parses, so safetensors alone would load wrong weights) is refused by load_run in one line
+    that names the file and the fix, and which="last" still loads."""
+    train(make_cfg(ONE_EPOCH, tmp_path))
+    weights = tmp_path / "checkpoints" / rundir.WEIGHTS
+    side = rundir.checksum_path(weights)
+    assert side.read_text() == f"{hashlib.sha256(weights.read_bytes()).hexdigest()}  {weights.name}\n"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # the last tensor's bytes: a valid file with one weight changed
+    weights.write_bytes(bytes(data))
+    with pytest.raises(rundir.CorruptCheckpointError, match="model.safetensors.*sha256.*Fix: load best.pt") as e:
+        nfbench.load_run(tmp_path)
+    assert "\n" not in str(e.value)
+    nfbench.load_run(tmp_path, which="last")
