@@ -12,9 +12,10 @@ nothing else of nfbench's but its errors.
 
 from __future__ import annotations
 
+
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from enum import Enum
 from typing import Any, Mapping, Optional
 
@@ -422,6 +423,30 @@ def typed(tree: Mapping[str, Any]) -> DictConfig:
                     if group in OPTION_SCHEMAS and isinstance(values, Mapping) else values)
             for group, values in tree.items()}
     return OmegaConf.merge(cfg, kept)  # type: ignore[return-value]
+
+
+def check_keys(cfg: DictConfig | Config) -> None:
+    """Refuse a key the schema of the selected options does not have.  Hydra refuses one given as
+    ``key=value``, but ``+key=value`` adds any key (that is what ``+`` is for), and nfbench would then
+    run without ever reading it: a typo such as ``+trainer.epoch=5`` trained the default budget."""
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else OmegaConf.to_container(
+        OmegaConf.structured(cfg), resolve=False)
+    ref = schema(tree)  # type: ignore[arg-type]
+    unknown: list[str] = []
+
+    def walk(values: Mapping[str, Any], node: DictConfig, prefix: str) -> None:
+        if not is_dataclass(OmegaConf.get_type(node)):
+            return  # a free-form mapping: any key is the user's
+        for key, value in values.items():
+            if key not in node:
+                unknown.append(prefix + str(key))
+            elif isinstance(value, Mapping) and isinstance(child := node._get_node(key), DictConfig):
+                walk(value, child, f"{prefix}{key}.")
+
+    walk(tree, ref, "")  # type: ignore[arg-type]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a key nfbench reads (a '+' override adds any key, and this "
+                          f"one would be ignored); remove it, or see `nfbench train --help` for the keys")
 
 
 def plain(cfg: DictConfig) -> dict:

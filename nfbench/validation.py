@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from nfbench.config import Config, check_values
+from nfbench.config import Config, check_keys, check_values
 
 if TYPE_CHECKING:
     from nfbench.models import ModelPlan
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 def validate(cfg: DictConfig | Config) -> "ModelPlan":
     """Fail before any data loads on a value or name that cannot work, naming the key and what is
     allowed; return the checked model plan (its scheme built)."""
+    check_keys(cfg)
     check_values(cfg)
     from nfbench.data import DATASETS
     from nfbench.models import plan_model

@@ -199,3 +199,15 @@ def test_hydra_full_error_still_gives_the_whole_traceback(tmp_path):
                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert out.returncode == 1 and "Traceback" in out.stderr and "ConfigCompositionException" in out.stderr
+
+
+@pytest.mark.parametrize("override,key", [("+trainer.epoch=5", "trainer.epoch"), ("+init.alpha=0.1", "init.alpha"),
+                                          ("+foo=1", "foo")])
+def test_a_key_added_with_plus_that_nfbench_never_reads_is_refused(override, key, tmp_path):
+    """`+key=value` makes Hydra add any key; a typo (`+trainer.epoch=5`) then trained the default budget in
+    silence.  Now one line names the key, exit 2, and no run directory is left."""
+    run_dir = tmp_path / "run"
+    out = nfbench_train(override, "init=bn", run_dir=run_dir)
+    assert refusal(out) == (f"{key}: not a key nfbench reads (a '+' override adds any key, and this one would be "
+                            "ignored); remove it, or see `nfbench train --help` for the keys")
+    assert not run_dir.exists()
