@@ -114,12 +114,12 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, co
 def verify_weights(path: Path) -> None:
     """Refuse a ``model.safetensors`` whose sha256 is not the one written beside it (bit-rot, a partial
     copy), in one line naming the file and the fix; one written before the checksum loads as it is."""
-    digests = _recorded_digests(path)
-    if digests is not None and hashlib.sha256(Path(path).read_bytes()).hexdigest() not in digests:
+    try:
+        _verified_bytes(Path(path))
+    except ValueError as e:
         raise CorruptCheckpointError(
-            f"weights {path} cannot be read (its sha256 does not match the checksum in "
-            f"{checksum_path(path).name}: the file changed after it was written). Fix: load best.pt or "
-            f"last.pt instead (nfbench.load_run(..., which='last')), or copy the file again.")
+            f"weights {path} cannot be read ({e}). Fix: load best.pt or last.pt instead "
+            f"(nfbench.load_run(..., which='last')), or copy the file again.") from e
 
 
 def save_best(ckpt_dir: Path, state: dict, metrics: dict) -> None:
@@ -188,6 +188,17 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _verified_bytes(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes, and whether a checksum file vouched for them; ValueError when its sha256 is not
+    one the checksum file accepts."""
+    data = Path(path).read_bytes()
+    digests = _recorded_digests(path)
+    if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
+        raise ValueError(f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
+                         f"changed after it was written")
+    return data, digests is not None
+
+
 def _recorded_digests(path: Path) -> Optional[list[str]]:
     """The digests the checksum file accepts for ``path`` (sha256sum format), None when it has none."""
     side = checksum_path(path)
@@ -215,7 +226,7 @@ def write_with_checksum(path: Path, data: bytes) -> None:
     digest = hashlib.sha256(data).hexdigest()
     side = checksum_path(path)
     old: list[str] = []
-    if path.exists():  # a checkpoint of an older nfbench has no checksum file: hash it once
+    if path.exists():  # a file of an older nfbench has no checksum file: hash it once
         old = _recorded_digests(path) or [hashlib.sha256(path.read_bytes()).hexdigest()]
     atomic_write_bytes(side, "".join(f"{d}  {path.name}\n" for d in dict.fromkeys([digest, *old])).encode())
     atomic_write_bytes(path, data)
@@ -258,11 +269,7 @@ def load_checkpoint(path: Path, fix: Optional[str] = None) -> dict:
     a damaged or foreign file raises with advice (``fix``, else how to go on in its run directory).
     A checkpoint of an nfbench that wrote no checksum, or pickled NumPy arrays, loads with a warning."""
     try:
-        data = Path(path).read_bytes()
-        digests = _recorded_digests(path)
-        if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
-            raise ValueError(f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
-                             f"changed after it was written")
+        data, verified = _verified_bytes(path)
         state = _torch_load(path, data)
         if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
             raise ValueError("not an nfbench checkpoint (no 'model'/'epoch' entries)")
@@ -273,7 +280,7 @@ def load_checkpoint(path: Path, fix: Optional[str] = None) -> dict:
                    f"the run again" if best.exists() and best != path else
                    f"move {path.name} away to start the run again")
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). Fix: {fix}.") from e
-    if digests is None and path not in _unverified:  # warned once it is known to be nfbench's
+    if not verified and path not in _unverified:  # warned once it is known to be nfbench's
         _unverified.add(path)
         log.warning("checkpoint %s has no checksum file %s (written by an older nfbench): loaded it unverified",
                     path, checksum_path(path).name)
