@@ -14,6 +14,11 @@ from typing import Optional
 import torch
 
 
+def top1_hits(logits: torch.Tensor, target: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """How many of the batch's top-1 logits hit the integer labels, as a device tensor (into ``out``)."""
+    return torch.sum(logits.detach().argmax(1).eq(target), dim=0, out=out)
+
+
 class EpochMetrics:
     """Running sums (loss x images, top-1 hits, images) of one epoch, as a float64 device tensor ``sums``.
 
@@ -33,7 +38,7 @@ class EpochMetrics:
     def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
         """Record step ``i`` (its mean loss, and hits of the top-1 logit on the integer labels)."""
         self.losses[i] = loss.detach()
-        torch.sum(logits.detach().argmax(1).eq(target), dim=0, out=self.hits[i])
+        top1_hits(logits, target, out=self.hits[i])
         self.sizes[i] = len(target)
 
     def record(self, i: int, loss: torch.Tensor, hits: torch.Tensor, size: int) -> None:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from nfbench.config import OptimConfig
+from nfbench.epoch_metrics import top1_hits
 from nfbench.errors import ConfigError
 from nfbench.optim import clip_gradients
 
@@ -127,7 +128,7 @@ class GraphedStep:
         if self.clip:
             clip_gradients(self.net, self.optim)
         self.opt.step()
-        return loss.detach(), logits.detach().argmax(1).eq(y).sum()
+        return loss.detach(), top1_hits(logits, y)
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A step outside the graph (a batch of another shape).  Once captured, the gradients are zeroed,
