@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from nfbench.config import OPTION_SCHEMAS, register_configs
 from nfbench.validation import validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
+from nfbench.objective import in_multirun
 from nfbench.refusal import refuse
 from nfbench.schema_help import register_help
 
@@ -40,13 +41,6 @@ class SweepTally:
 
 
 SWEEP = SweepTally()
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _record_invalid(cfg: DictConfig, error: Exception) -> None:
@@ -80,7 +74,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
     sweep goes on; :func:`main` exits 2 once the sweep is over."""
 
     def run(cfg: DictConfig) -> Optional[dict]:
-        multirun = sweep_points and _in_multirun()
+        multirun = sweep_points and in_multirun()
         SWEEP.points += multirun
         try:
             return fn(cfg)

@@ -25,16 +25,20 @@ log = logging.getLogger("nfbench")
 WORST = 0.0
 
 
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra sweep (``-m``), whichever sweeper drives it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _sweeper_reads_it() -> bool:
     """Whether this job is a trial of a sweeper that uses the returned value (Hydra's basic sweeper,
     a plain ``-m`` grid, ignores it)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized():
-        return False
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg.mode == RunMode.MULTIRUN and not str(hydra_cfg.sweeper.get("_target_")).endswith("BasicSweeper")
+    return in_multirun() and not str(HydraConfig.get().sweeper.get("_target_")).endswith("BasicSweeper")
 
 
 def objective(cfg: DictConfig, result: Optional[dict]) -> float:

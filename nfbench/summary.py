@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nfbench.validation import validate
 from nfbench.data import data_shape
 from nfbench.models import choose_stem, split_stages
+from nfbench.objective import in_multirun
 from nfbench.rundir import write_json
 from nfbench.tables import format_table
 
@@ -141,10 +141,6 @@ def format_rows(rows: Sequence[dict]) -> str:
     return format_table(pd.concat(columns, axis=1), right=COUNT_COLUMNS)
 
 
-def _multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def summary(cfg: DictConfig) -> dict:
     """``nfbench summary``: count, write summary.json into the run directory, print the table (one run)."""
     from nfbench.runtime import resolve_run_dir
@@ -154,7 +150,7 @@ def summary(cfg: DictConfig) -> dict:
         log.warning("FLOPs for data=%s's %s input; Civitelli et al. Tables 1-2 count a 3x32x32 input: add data=cifar10",
                     row["data"], "x".join(map(str, row["input"])))
     run_dir = resolve_run_dir(cfg)
-    if _multirun():
+    if in_multirun():
         write_json(run_dir / JSON_NAME, {"job": HydraConfig.get().job.num, "rows": [row]})
     else:
         write_json(run_dir / JSON_NAME, {"rows": [row]})
