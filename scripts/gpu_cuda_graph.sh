@@ -24,13 +24,7 @@ mkdir -p "$OUTDIR"
 exec > >(tee "$OUTDIR/cuda_graph.log") 2>&1
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
-if ! $PY -c "import hydra, omegaconf" 2>/dev/null && [ -d .evidence/pydeps ]; then
-    export PYTHONPATH="$PWD/.evidence/pydeps${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import nfbench.conf" 2>/dev/null; then
-    ln -sfn ../conf nfbench/conf  # without an install, nfbench.conf is conf/ (pyproject.toml's package-dir)
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. scripts/device_env.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } 2>/dev/null
 $PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
 

@@ -42,13 +42,8 @@ elapsed() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[$(elapsed) s] $*"; }
 
 # --- Dependencies and data -------------------------------------------------------------------
-if ! $PY -c "import hydra, omegaconf, hydra_plugins.hydra_joblib_launcher" 2>/dev/null && [ -d .evidence/pydeps ]; then
-    export PYTHONPATH="$PWD/.evidence/pydeps${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY -c "import nfbench.conf" 2>/dev/null; then
-    ln -sfn ../conf nfbench/conf  # without an install, nfbench.conf is conf/ (pyproject.toml's package-dir)
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+. scripts/device_env.sh
+export OMP_NUM_THREADS=2
 TARBALL=${CIFAR_JPEG:-.evidence/cifar10-jpeg.tar.gz}
 [ -f "$TARBALL" ] || TARBALL=../shared/data/cifar10-jpeg.tar.gz
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } 2>/dev/null
