@@ -9,6 +9,24 @@ Definition (the data README's): uint8 pixels, each image in height x width x cha
 images concatenated in their stored order, hashed as one byte string. nfbench holds images as
 (N, C, H, W), so they are transposed to (N, H, W, C) first: the digest of an array does not
 depend on the layout it is kept in, only on the pixels and their order.
+
+Known CIFAR-10 copies, as ``scripts/cifar_from_images.py`` converts them from ../shared/data
+(train digest, then test; measured 2026-12-03 on the 2-core development machine, Pillow 13.0.0
+with libjpeg-turbo 3.2.0, numpy 2.4.6):
+
+- original pixels, ``cifar10-lossless-webp.tar.gz`` (the data README's values):
+  61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b,
+  52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d
+- the JPEG copy, ``cifar10-jpeg.tar.gz`` decoded as is:
+  bf3aabd52be912dae02a0435296c4dab5289524b57f55cd162dc4796935a611b,
+  5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f
+- JPEG q75 from the original, the lossless tarball with ``--reencode 75``:
+  9842bafe460d3e3b865f8f49f6fb443bf4ef84e5ef85f61eeb183f9bb64c1f61,
+  f9eed0415a8698d53e40b0201a9d08c2425b81f4395dd3b62516fa0b45f3067a
+
+The two JPEG rows are what this JPEG decoder (and, for q75, encoder) gives; another libjpeg may
+round differently. The JPEG copy's files are named 0000.jpg..., not by their original names, so
+its stored order differs from the original's as well as its pixels.
 """
 
 from __future__ import annotations
