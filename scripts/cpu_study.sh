@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12, item 6: the CPU-scale CIFAR-10 study that should separate the schemes (docs/results-cifar10-cpu.md
 # was too small: its seed spread swamped every difference).  Real CIFAR-10 (the JPEGs, converted once by
-# scripts/cifar10_from_jpeg.py), ResNet-20 at its published width 16, a fixed 10,000-image training subset,
+# scripts/cifar_from_images.py), ResNet-20 at its published width 16, a fixed 10,000-image training subset,
 # the full 10,000-image test set, Civitelli et al.'s recipe (SGD lr 0.01, momentum 0.9, batch 128, cosine
 # per epoch, crop + flip), 3 seeds, one thread per run, several runs at once; then `nfbench report`.
 #
@@ -65,7 +65,7 @@ read -r -a ARMS <<< "${STUDY_ARMS:-${ORDER[*]}}"
 for a in "${ARMS[@]}"; do [[ -n ${ARM[$a]+x} ]] || { echo "unknown arm '$a'; choose from ${ORDER[*]}" >&2; exit 2; }; done
 
 if [[ ! -f $DATA/cifar-10-batches-py/test_batch ]]; then
-  $PY scripts/cifar10_from_jpeg.py "$JPEGS" "$DATA"
+  $PY scripts/cifar_from_images.py "$JPEGS" "$DATA"
 fi
 
 COMMON=(data=cifar10 "data.root=$DATA" data.download=false "data.train_subset=$TRAIN" "data.test_subset=$TEST"

@@ -50,11 +50,11 @@ TARBALL=${CIFAR_JPEG:-.evidence/cifar10-jpeg.tar.gz}
 $PY -c "import torch, torchvision, os; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
 DATA="$WORK/data"
-[ -f "$DATA/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$DATA" || exit 1
+[ -f "$DATA/cifar-10-batches-py/test_batch" ] || $PY scripts/cifar_from_images.py "$TARBALL" "$DATA" || exit 1
 HE_RUNS=${HE_RUNS:-compiled}
 for q in $(tr ' ' '\n' <<<"$HE_RUNS" | grep -o '@[0-9]*' | tr -d @ | sort -u); do
     [ -f "$WORK/data_q$q/cifar-10-batches-py/test_batch" ] ||
-        $PY scripts/cifar10_from_jpeg.py "$TARBALL" "$WORK/data_q$q" --reencode "$q" || exit 1
+        $PY scripts/cifar_from_images.py "$TARBALL" "$WORK/data_q$q" --reencode "$q" || exit 1
 done
 say "data ready in $DATA (re-encoded copies: $(ls -d "$WORK"/data_q* 2>/dev/null | tr '\n' ' '))"
 
