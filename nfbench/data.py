@@ -9,6 +9,7 @@ training set (``data.val_size``) are only normalised.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -24,10 +25,12 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.datacheck import check_images
+from nfbench.datacheck import check_images, other_size
 from nfbench.errors import ConfigError, DataError, DataNotFoundError
 from nfbench.folder_memory import hold_in_memory
 from nfbench.registry import Registry
+
+log = logging.getLogger("nfbench")
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -57,6 +60,10 @@ class DataSource:
     pil: bool = False
     # Held out of the training set for model selection (data.val_size); None without one.
     val: Optional[Dataset] = None
+    # The class names in label order, where the data set has them (image folders: the folder names).
+    classes: Optional[list[str]] = None
+    # Which pixels these are (nfbench.fingerprint): the digests of train and test as loaded, before any split.
+    fingerprint: Optional[dict] = None
 
 
 class TensorImages(Dataset):
@@ -200,13 +207,36 @@ def _unreadable(root: Path, path: str) -> DataError:
                      f"(chmod -R u+rX {root}), or point data.root at a copy you can read")
 
 
-def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig) -> tvd.ImageFolder:
+def is_image_file(path: str) -> bool:
+    """Whether ImageFolder reads the file: an image extension (torchvision's IMG_EXTENSIONS).  Anything
+    else in a class folder (``.DS_Store``, a README) is left out, and counted."""
+    return tvd.folder.has_file_allowed_extension(path, tvd.folder.IMG_EXTENSIONS)
+
+
+class _NotImages:
+    """ImageFolder's ``is_valid_file``: the image files, counting the other files it leaves out."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def __call__(self, path: str) -> bool:
+        if is_image_file(path):
+            return True
+        self.skipped.append(path)
+        return False
+
+
+def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig
+                  ) -> tuple[tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
     """The first split folder of ``names`` under ``root``, every file checked (``data.verify``)
     before any is decoded, so a damaged one is named before training starts.  A folder that cannot
-    be listed, or holds no class folders or no images, is one line naming it."""
+    be listed, or holds no class folders or no images, is one line naming it; files that are not
+    images are left out, as ImageFolder does, with a note.  Returns the folder and, when checked, every
+    image's size (W, H) as its header gives it."""
+    others = _NotImages()
     try:
         split = _folder_split(root, names)
-        folder = tvd.ImageFolder(str(split))
+        folder = tvd.ImageFolder(str(split), is_valid_file=others)
     except DataNotFoundError:
         raise
     except PermissionError as e:
@@ -220,9 +250,30 @@ def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig) -> tvd.Imag
         raise DataNotFoundError(f"image folder {split} holds no images to use ({' '.join(str(e).split())}); "
                                 f"{FOLDER_LAYOUT}. Fix: put the images there, or point data.root at the folder "
                                 f"that holds them") from None
-    if cfg.verify:
-        check_images(folder, cfg.skip_corrupt)
-    return folder
+    if others.skipped:
+        log.info("image folder %s: left out %d file(s) that are not images, e.g. %s", split, len(others.skipped),
+                 others.skipped[0])
+    return folder, check_images(folder, cfg.skip_corrupt) if cfg.verify else None
+
+
+def folder_splits(root: Path, test_names: Sequence[str], cfg: DataConfig
+                  ) -> tuple[tvd.ImageFolder, tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
+    """The training split ``root/train`` and the first of ``test_names`` of every folder data set, with
+    the one rule they share: the same class folders.  ImageFolder numbers the classes of each split in
+    sorted order, so a split that lacks one would shift every later label (its 'truck' scored as
+    train's 'ship').  Also returns every image's size when ``data.verify`` read the headers."""
+    train, train_sizes = _image_folder(root, ["train"], cfg)
+    test, test_sizes = _image_folder(root, test_names, cfg)
+    if train.classes != test.classes:
+        split = Path(test.root).name
+        missing = sorted(set(train.classes) - set(test.classes))
+        extra = sorted(set(test.classes) - set(train.classes))
+        what = "; ".join([*([f"{split}/ lacks {', '.join(map(repr, missing))} that train/ has"] if missing else []),
+                          *([f"{split}/ has {', '.join(map(repr, extra))} that train/ lacks"] if extra else [])])
+        raise DataError(f"image folder {root}: train/ and {split}/ hold different classes ({what}), so their labels "
+                        f"would not match. Fix: give both the same class folders")
+    sizes = None if train_sizes is None or test_sizes is None else {**train_sizes, **test_sizes}
+    return train, test, sizes
 
 
 def _channel_stats(image: Callable[[int], torch.Tensor], n: int,
@@ -242,14 +293,13 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     Held in memory as uint8 tensors, as CIFAR is, when ``data.on_device`` may serve it and it is small
     (nfbench/folder_memory.py); read from its files otherwise."""
     root = Path(cfg.root).expanduser()
-    train = _image_folder(root, ["train"], cfg)
-    test = _image_folder(root, ["test", "val"], cfg)
-    if train.classes != test.classes:
-        raise DataNotFoundError(f"train/ and test/ under {root} hold different classes: "
-                                f"{train.classes} vs {test.classes}")
+    train, test, sizes = folder_splits(root, ["test", "val"], cfg)
     first = train[0][0]
     w, h = first.size
-    shape = dict(num_classes=len(train.classes), in_chans=len(first.getbands()), image_size=max(w, h))
+    if cfg.image_size is None:  # data.verify read every header: each image must be the first's size
+        _same_size(sizes or {}, (w, h))
+    shape = dict(num_classes=len(train.classes), in_chans=len(first.getbands()), image_size=max(w, h),
+                 classes=list(train.classes))
     held = hold_in_memory(cfg, [train, test], (h, w))
     if held is None:
         mean, std = _channel_stats(lambda i: v2.functional.pil_to_tensor(train[i][0]), len(train))
@@ -259,15 +309,24 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     return DataSource(TensorImages(train_x, train_y), TensorImages(test_x, test_y), **shape, mean=mean, std=std)
 
 
+def _same_size(sizes: dict[str, tuple[int, int]], size: tuple[int, int]) -> None:
+    """Refuse an image folder of small images whose images are not all ``size`` (W, H), naming the first other
+    one, before any training step: its batches could not be stacked (the first evaluation would fail).  The
+    sizes are the headers ``data.verify`` read; without it the decode into memory finds such an image."""
+    for path, other in sizes.items():
+        if other != size:
+            raise other_size(path, other, size)
+
+
+
 @DATASETS.register("imagenet")
 def imagenet(cfg: DataConfig) -> DataSource:
     """ILSVRC-2012 as an ImageFolder tree ROOT/train, ROOT/val; the standard 224 px recipe."""
     root = Path(cfg.root).expanduser()
-    train = _image_folder(root, ["train"], cfg)
-    test = _image_folder(root, ["val", "test"], cfg)
+    train, test, _ = folder_splits(root, ["val", "test"], cfg)
     return DataSource(train, test, num_classes=len(train.classes), in_chans=3,
                       image_size=cfg.image_size or 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                      recipe="imagenet", pil=True)
+                      recipe="imagenet", pil=True, classes=list(train.classes))
 
 
 @dataclass(frozen=True)
@@ -301,7 +360,13 @@ def data_shape(cfg: DataConfig) -> DataShape:
 
         train = _folder_split(Path(cfg.root).expanduser(), ["train"])
         classes, _ = tvd.folder.find_classes(str(train))
-        first = next(p for p in sorted((train / classes[0]).iterdir()) if p.is_file())
+        files = sorted(p for p in (train / classes[0]).iterdir() if p.is_file())
+        first = next((p for p in files if is_image_file(str(p))), None)
+        if first is None:
+            raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
+        if first != files[0]:
+            log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
+                     files[0].name)
         with Image.open(first) as img:
             shape = DataShape(len(classes), len(img.getbands()), max(img.size))
     return DataShape(shape.num_classes, shape.in_chans, cfg.image_size or shape.image_size)
@@ -316,10 +381,11 @@ def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
     if src.recipe == "imagenet":
         ops += [v2.RandomResizedCrop(size, antialias=True)] if train else \
                [v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)]
-    elif train:
-        ops.append(v2.RandomCrop(size, padding=cfg.crop_padding or None))
-    elif size != src.image_size:
-        ops.append(v2.Resize(size, antialias=True))
+    else:  # small images: every image at one side first (data.image_size), train and test alike
+        if cfg.image_size is not None:
+            ops.append(v2.Resize((size, size), antialias=True))
+        if train:
+            ops.append(v2.RandomCrop(size, padding=cfg.crop_padding or None))
     if train:
         if cfg.hflip:
             ops.append(v2.RandomHorizontalFlip())
@@ -394,14 +460,43 @@ def build_source(cfg: DataConfig) -> DataSource:
     The validation split is held out of the whole training set first; ``data.train_subset`` then
     subsets what remains, so a smaller subset trains on fewer images against the same hold-out."""
     src = DATASETS.get(cfg.name)(cfg)
+    fingerprint = data_fingerprint(src)
     check_normalisation(cfg, src.in_chans)
+    if src.recipe == "small" and cfg.image_size is not None and cfg.image_size > src.image_size:
+        raise ConfigError(f"data.image_size={cfg.image_size} is larger than data={cfg.name}'s {src.image_size} px images: "
+                          f"the small-image recipe resizes down, never up. Fix: leave data.image_size unset, or give "
+                          f"at most {src.image_size}")
     train, val = (src.train, None) if cfg.val_size is None else split_validation(src.train, cfg.val_size, cfg.name)
     evaluation = transforms(cfg, src, train=False)
     train = with_transform(_subset(train, cfg.train_subset), transforms(cfg, src, train=True))
     test = with_transform(_subset(src.test, cfg.test_subset), evaluation)
     size = cfg.image_size or src.image_size
     return DataSource(train, test, src.num_classes, src.in_chans, size, cfg.mean or src.mean, cfg.std or src.std,
-                      src.recipe, src.pil, val=None if val is None else with_transform(val, evaluation))
+                      src.recipe, src.pil, val=None if val is None else with_transform(val, evaluation),
+                      classes=src.classes, fingerprint=fingerprint)
+
+
+def data_fingerprint(src: DataSource) -> dict:
+    """The sha256 of the training and the test images as the data set loaded them, in stored order, before
+    any validation split or subset (:func:`nfbench.fingerprint.pixels_sha256`: the data README's digest of
+    CIFAR-10's original pixels is what ``data=cifar10`` gives for them); for an image folder read from its
+    files, the digest of its file listing (kind "files")."""
+    from nfbench.fingerprint import files_sha256, pixels_sha256
+
+    def digest(ds: Dataset) -> tuple[str, str]:
+        if isinstance(ds, TensorImages):
+            return "pixels", pixels_sha256(ds.images)
+        return "files", files_sha256((path for path, _ in ds.samples), ds.root)  # type: ignore[attr-defined]
+
+    (kind, train), (_, test) = digest(src.train), digest(src.test)
+    return {"kind": kind, "train": train, "test": test}
+
+
+def identity(src: DataSource) -> dict:
+    """What a run trains on, as its checkpoints record it: a resume on other data is refused
+    (:func:`nfbench.rundir.check_data`)."""
+    return {"num_classes": src.num_classes, "in_chans": src.in_chans, "image_size": src.image_size,
+            "classes": src.classes, "fingerprint": src.fingerprint}
 
 
 def worker_context() -> BaseContext:

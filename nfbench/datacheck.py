@@ -24,33 +24,37 @@ log = logging.getLogger("nfbench")
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
 
 
-def image_problem(path: str) -> Optional[str]:
-    """Why the image at ``path`` cannot be read, in a few words; None when it can."""
+def image_problem(path: str) -> tuple[Optional[str], Optional[tuple[int, int]]]:
+    """Why the image at ``path`` cannot be read, in a few words (None when it can), and its size (W, H)
+    from the header (None when unreadable)."""
     try:
         if os.path.getsize(path) == 0:
-            return "empty file"
+            return "empty file", None
         with open(path, "rb") as f, Image.open(f) as img:
+            size = img.size
             end = END_MARKERS.get(img.format or "")
             if end is not None:
                 f.seek(-len(end), os.SEEK_END)
                 if f.read(len(end)) == end:
-                    return None
+                    return None, size
             img.load()
     except Exception as e:  # whatever the decoder raises, the loader would raise it mid-epoch
-        return " ".join(f"{type(e).__name__}: {e}".split())
-    return None
+        return " ".join(f"{type(e).__name__}: {e}".split()), None
+    return None, size
 
 
-def check_images(folder: ImageFolder, skip: bool) -> None:
+def check_images(folder: ImageFolder, skip: bool) -> dict[str, tuple[int, int]]:
     """Refuse a folder holding an unreadable image, naming it; with ``skip``, drop those files and
-    say how many (``data.skip_corrupt=true``)."""
-    bad = {}
+    say how many (``data.skip_corrupt=true``).  Returns every kept image's size (W, H)."""
+    bad, sizes = {}, {}
     for path, _ in folder.samples:
-        why = image_problem(path)
+        why, size = image_problem(path)
         if why is not None:
             bad[path] = why
+        else:
+            sizes[path] = size
     if not bad:
-        return
+        return sizes
     first, why = next(iter(bad.items()))
     if not skip:
         more = f" ({len(bad) - 1} more unreadable files under {folder.root})" if len(bad) > 1 else ""
@@ -60,3 +64,11 @@ def check_images(folder: ImageFolder, skip: bool) -> None:
     folder.targets = [t for _, t in folder.samples]
     log.warning("skipped %d unreadable image file(s) of %s (data.skip_corrupt=true), e.g. %s (%s)",
                 len(bad), folder.root, first, why)
+    return sizes
+
+
+def other_size(path: str, other: tuple[int, int], size: tuple[int, int]) -> DataError:
+    """The refusal of an image of another size than its folder's first, (W, H) each."""
+    return DataError(f"image {path} is {other[0]}x{other[1]} px where the folder's first image is {size[0]}x{size[1]}: "
+                     f"data=imagefolder trains at one size. Fix: resize or remove it, or set data.image_size to resize "
+                     f"every image, train and test alike")

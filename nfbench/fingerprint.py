@@ -32,7 +32,8 @@ its stored order differs from the original's as well as its pixels.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
@@ -53,3 +54,38 @@ def pixels_sha256(images: np.ndarray | torch.Tensor) -> str:
                          f"{tuple(images.shape)}")
     hwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
     return hashlib.sha256(hwc).hexdigest()
+
+
+# The copies above by their (train, test) digests, as the report names them.
+KNOWN_COPIES = {
+    ("61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
+     "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"): "original",
+    ("bf3aabd52be912dae02a0435296c4dab5289524b57f55cd162dc4796935a611b",
+     "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f"): "JPEG copy",
+    ("9842bafe460d3e3b865f8f49f6fb443bf4ef84e5ef85f61eeb183f9bb64c1f61",
+     "f9eed0415a8698d53e40b0201a9d08c2425b81f4395dd3b62516fa0b45f3067a"): "JPEG q75 from original",
+}
+UNKNOWN = "unknown"  # a run of an nfbench before fingerprints, or without one
+
+
+def files_sha256(paths: Iterable[str], root: str) -> str:
+    """The hex sha256 of a data set read from its files (an image folder too large to hold): each file's
+    path relative to ``root`` and its size in bytes, one line each, in stored order.  Not the pixels
+    (decoding ImageNet to hash it would take longer than an epoch): it tells two trees apart by their
+    files, not two encodings of the same files."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{os.path.relpath(path, root)}\t{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def copy_label(fingerprint: Optional[dict]) -> str:
+    """The name of a known copy ("original", "JPEG copy", ...), else the train digest's first 12 hex digits
+    (``files:`` before it for a digest of file listings), else :data:`UNKNOWN`."""
+    if not fingerprint or not fingerprint.get("train"):
+        return UNKNOWN
+    known = KNOWN_COPIES.get((fingerprint["train"], fingerprint.get("test")))
+    if known is not None and fingerprint.get("kind", "pixels") == "pixels":
+        return known
+    short = fingerprint["train"][:12]
+    return f"files:{short}" if fingerprint.get("kind") == "files" else short

@@ -22,6 +22,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from nfbench.config import DataConfig
+from nfbench.datacheck import other_size
 from nfbench.errors import ConfigError
 
 log = logging.getLogger("nfbench")
@@ -97,6 +98,8 @@ def hold_in_memory(cfg: DataConfig, folders: Sequence[ImageFolder],
     try:
         held = [decode_folder(f, size) for f in folders]
     except OtherSize as e:
+        if cfg.image_size is None:  # the files could not be batched either (data.verify=false found nothing)
+            raise other_size(e.path, e.size, (w, h)) from None
         return _refuse(cfg, f"its images are not all one size ({e.path} is {e.size[0]}x{e.size[1]} px, the "
                             f"first {w}x{h})")
     log.info("decoded the %d images of data.root=%s into memory (%.2f GB) in %.1f s", n, cfg.root, gb,
