@@ -465,10 +465,37 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """``data.batch_size`` is the global batch: each of ``world_size`` processes takes an equal share."""
+    require(batch_size % world_size == 0, "data.batch_size", batch_size,
+            f"must be divisible by the number of processes ({world_size}); choose a multiple of {world_size}")
+    return batch_size // world_size
+
+
+def _non_finite(tree: Any, prefix: str = "") -> Optional[tuple[str, float]]:
+    """The first float of a config tree (lists included) that is NaN or infinite, with its dotted key."""
+    items = tree.items() if isinstance(tree, Mapping) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(tree, Mapping) else f"{prefix[:-1]}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            return name, value
+        found = _non_finite(value, name + ".") if isinstance(value, (Mapping, list)) else None
+        if found:
+            return found
+    return None
+
+
 def check_values(cfg: DictConfig | Config) -> None:
     """Fail on any value that cannot work, naming key and range: everything that needs no registry
-    (and so no torch).  :func:`nfbench.validation.validate` runs these, then checks the names."""
+    (and so no torch).  :func:`nfbench.validation.validate` runs these, then checks the names.
+    First of all, no number is NaN or infinite: every float key has a finite range, and a NaN
+    passes every comparison of the range checks below (``nan < 0`` is false)."""
     c = cfg
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else \
+        OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    bad = _non_finite(tree)
+    if bad is not None:
+        raise ConfigError(f"{bad[0]}={bad[1]} is not allowed: must be a finite number")
     require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
     require(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
     require(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from nfbench.config import DataConfig
+from nfbench.config import DataConfig, per_rank_batch
 from nfbench.data import DataSource, worker_context
 from nfbench.device_data import device_eval_loader, device_train_loader, use_device_loader
-from nfbench.errors import ConfigError
 
 
 class SeededSampler(DistributedSampler):
@@ -76,10 +75,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     In-memory data sets are served from ``device`` (default: the CPU) by
     :class:`nfbench.device_data.DeviceLoader` when ``data.on_device`` allows it.
     """
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"data.batch_size={cfg.batch_size} must be divisible by the number of "
-                          f"processes ({world_size})")
-    per_rank = cfg.batch_size // world_size
+    per_rank = per_rank_batch(cfg.batch_size, world_size)
     on_device = use_device_loader(cfg, src)
     # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
     sampler = (DistributedSampler if on_device else SeededSampler)(

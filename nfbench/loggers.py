@@ -19,11 +19,12 @@ import hashlib
 import io
 import math
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 from omegaconf import DictConfig
 
 from nfbench import rundir
+from nfbench.errors import ConfigError
 from nfbench.config import plain
 
 
@@ -55,12 +56,17 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
 
 
 class TensorBoardLogger:
-    """Event files in ``run_dir/<dir>``; the hyperparameters go to the HParams view at the end."""
+    """Event files in ``run_dir/<dir>``; the hyperparameters go to the HParams view at the end.  A folder
+    without event files (the logger added on resume) gets the epochs of ``history`` first."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, history: Sequence[dict] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        new = not any(log_dir.glob("events.out.tfevents.*"))
         self.writer = SummaryWriter(str(log_dir))
+        if new:
+            for row in history:
+                self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
 
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
         for k, v in metrics.items():
@@ -83,21 +89,22 @@ class TensorBoardLogger:
 class CsvLogger:
     """One row per epoch, the columns of metrics.jsonl, in ``run_dir/<file>``.
 
-    The table is rewritten whole (atomically) each epoch, a few kilobytes: on resume it starts from
-    the rows of the epochs the checkpoint holds, like metrics.jsonl, so a crash after a row and
-    before its checkpoint leaves no duplicate epoch.
+    The table is rewritten whole (atomically) each epoch, a few kilobytes, from the run's history (the
+    checkpointed record, as metrics.jsonl is): on resume it holds exactly the epochs the checkpoint
+    holds, and a logger added on resume starts with all of them.
     """
 
-    def __init__(self, path: Path, start_epoch: int) -> None:
+    def __init__(self, path: Path, history: Sequence[dict] = ()) -> None:
         self.path = path
-        self.rows: list[dict] = []
-        if path.exists():
-            with open(path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit()
-                             and int(r["epoch"]) <= start_epoch]
+        self.rows: list[dict] = [dict(row) for row in history]
+        if self.rows:
+            self._write()
 
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None:
         self.rows.append({"epoch": epoch, **metrics})
+        self._write()
+
+    def _write(self) -> None:
         columns = list(dict.fromkeys(k for row in self.rows for k in row))
         text = io.StringIO()
         w = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
@@ -122,7 +129,7 @@ class WandbLogger:
     wandb run.  Epoch rows are plotted against ``epoch``, per-step curves against ``global_step``.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, config: dict) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, config: dict, history: Sequence[dict] = ()) -> None:
         import wandb
 
         resolved = str(run_dir.resolve())
@@ -133,6 +140,9 @@ class WandbLogger:
         self.run.define_metric("epoch")
         self.run.define_metric("global_step")
         self.axes: dict[str, str] = {}
+        if not self.run.resumed:  # a new wandb run of a resumed nfbench run: the epochs trained before
+            for row in history:
+                self.log_metrics({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
 
     def _define(self, keys: list[str], axis: str) -> None:
         for k in keys:
@@ -163,17 +173,17 @@ class Loggers:
         self.backends = backends or []
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, run_dir: Path, start_epoch: int) -> "Loggers":
-        """The backends ``cfg.logger`` selects, writing into ``run_dir``; ``start_epoch``: epochs the run
-        resumes after (0 for a fresh run)."""
+    def from_config(cls, cfg: DictConfig, run_dir: Path, history: Sequence[dict] = ()) -> "Loggers":
+        """The backends ``cfg.logger`` selects, writing into ``run_dir``; ``history``: the rows of the epochs
+        the run resumes after (none for a fresh run), which a backend new to the run logs first."""
         chosen = cfg.logger
         backends: list[Logger] = []
         if chosen.tensorboard is not None:
-            backends.append(TensorBoardLogger(run_dir / chosen.tensorboard.dir))
+            backends.append(TensorBoardLogger(run_dir / chosen.tensorboard.dir, history))
         if chosen.csv is not None:
-            backends.append(CsvLogger(run_dir / chosen.csv.file, start_epoch))
+            backends.append(CsvLogger(run_dir / chosen.csv.file, history))
         if chosen.wandb is not None:
-            backends.append(WandbLogger(chosen.wandb, run_dir, run_config(cfg)))
+            backends.append(WandbLogger(chosen.wandb, run_dir, run_config(cfg), history))
         return cls(backends)
 
     def __bool__(self) -> bool:
@@ -202,3 +212,22 @@ class Loggers:
     def close(self) -> None:
         for b in self.backends:
             b.close()
+
+
+def check_paths(logger: DictConfig) -> None:
+    """The files and folders the selected loggers write are paths inside the run directory that none of the
+    run's own files has (:data:`nfbench.rundir.RUN_FILES`) and that no other logger uses: a CSV table named
+    metrics.jsonl would overwrite the run's record."""
+    from nfbench.config import require
+
+    paths = {key: value for key, value in (("logger.tensorboard.dir", logger.tensorboard and logger.tensorboard.dir),
+                                           ("logger.csv.file", logger.csv and logger.csv.file)) if value is not None}
+    for key, value in paths.items():
+        path = Path(value)
+        require(bool(value) and not path.is_absolute() and ".." not in path.parts, key, value,
+                "must be a path inside the run directory (relative, without '..')")
+        require(path.parts[0] not in rundir.RUN_FILES, key, value,
+                f"the run directory's own files and folders are reserved ({', '.join(rundir.RUN_FILES)}); choose "
+                "another name")
+    if len(set(paths.values())) < len(paths):
+        raise ConfigError(f"{' and '.join(paths)} name the same path {next(iter(paths.values()))!r}: choose two names")

@@ -10,12 +10,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from nfbench.errors import ConfigError
+
 
 def pick_device(name: str) -> torch.device:
+    """``trainer.device`` as a device of this machine; a ConfigError (one line, or an invalid point of a
+    sweep) for a CUDA device it does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name[5:]) if name.startswith("cuda:") else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(f"trainer.device={name} is not on this machine ({have}): use trainer.device=cpu or auto")
     return torch.device(name)
 
 

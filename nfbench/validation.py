@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from nfbench.config import Config, check_keys, check_values
+from nfbench.config import Config, check_keys, check_values, per_rank_batch
 
 if TYPE_CHECKING:
     from nfbench.models import ModelPlan
@@ -27,8 +27,14 @@ def validate(cfg: DictConfig | Config) -> "ModelPlan":
     check_keys(cfg)
     check_values(cfg)
     from nfbench.data import DATASETS
+    from nfbench.loggers import check_paths
     from nfbench.models import plan_model
     from nfbench.schemes import build_scheme
 
+    from nfbench.distributed import detect
+
     DATASETS.get(cfg.data.name)
+    check_paths(cfg.logger)
+    env = detect()  # torchrun's or SLURM's processes, else the ones trainer.devices starts
+    per_rank_batch(cfg.data.batch_size, env.world_size if env.enabled else cfg.trainer.devices)
     return plan_model(cfg.model, build_scheme(cfg.init))
