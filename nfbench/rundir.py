@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import re
 import secrets
 import socket
 import subprocess
@@ -40,6 +41,10 @@ CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 WEIGHTS = "model.safetensors"  # the selected model's weights alone, beside best.pt
 LOG = "train.log"  # Hydra's job log of `nfbench train`
+LOCK = ".nfbench.lock"
+# Every name nfbench, Hydra and wandb write at the top of a run directory: no logger may write there.
+RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "result.json", LOG, CHECKPOINTS, ".hydra", LOCK, "wandb",
+             "report")
 # 3: tensors and plain values only (RNG states included), so torch.load(weights_only=True) opens it.
 # 2: "epoch" counts the completed epochs (metrics.jsonl numbers epochs from 1); 1 held the last one's 0-based index.
 CHECKPOINT_VERSION = 3
@@ -111,15 +116,34 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, co
     write_with_checksum(path, data)
 
 
-def verify_weights(path: Path) -> None:
+class UnverifiedFileError(RunDirectoryError):
+    """A weights or checkpoint file without the checksum file written beside it: a damaged copy would load."""
+
+
+def unverified(path: Path, allow: bool) -> None:
+    """A file without its checksum file: refused unless ``allow`` (then a warning, once per file)."""
+    if not allow:
+        raise UnverifiedFileError(
+            f"{path} has no checksum file {checksum_path(path).name} beside it, so a damaged copy would load "
+            f"without a word. Fix: copy {checksum_path(path).name} along with it, or load it unverified with "
+            f"nfbench.load_run(..., allow_unverified=True)")
+    if path not in _unverified:
+        _unverified.add(path)
+        log.warning("%s has no checksum file %s: loaded it unverified", path, checksum_path(path).name)
+
+
+def verify_weights(path: Path, allow_unverified: bool = False) -> None:
     """Refuse a ``model.safetensors`` whose sha256 is not the one written beside it (bit-rot, a partial
-    copy), in one line naming the file and the fix; one written before the checksum loads as it is."""
+    copy), in one line naming the file and the fix; one without its checksum file unless
+    ``allow_unverified`` (then with a warning)."""
     try:
-        _verified_bytes(Path(path))
+        _, verified = _verified_bytes(Path(path))
     except ValueError as e:
         raise CorruptCheckpointError(
             f"weights {path} cannot be read ({e}). Fix: load best.pt or last.pt instead "
             f"(nfbench.load_run(..., which='last')), or copy the file again.") from e
+    if not verified:
+        unverified(Path(path), allow_unverified)
 
 
 def save_best(ckpt_dir: Path, state: dict, metrics: dict) -> None:
@@ -264,10 +288,11 @@ def _torch_load(path: Path, data: bytes) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, fix: Optional[str] = None) -> dict:
+def load_checkpoint(path: Path, fix: Optional[str] = None, allow_unverified: bool = True) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``), verifying its checksum;
     a damaged or foreign file raises with advice (``fix``, else how to go on in its run directory).
-    A checkpoint of an nfbench that wrote no checksum, or pickled NumPy arrays, loads with a warning."""
+    A checkpoint of an nfbench that wrote no checksum loads with a warning where ``allow_unverified``
+    (resuming a run; :func:`nfbench.load_run` asks for the checksum), one that pickled NumPy arrays too."""
     try:
         data, verified = _verified_bytes(path)
         state = _torch_load(path, data)
@@ -280,10 +305,8 @@ def load_checkpoint(path: Path, fix: Optional[str] = None) -> dict:
                    f"the run again" if best.exists() and best != path else
                    f"move {path.name} away to start the run again")
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). Fix: {fix}.") from e
-    if not verified and path not in _unverified:  # warned once it is known to be nfbench's
-        _unverified.add(path)
-        log.warning("checkpoint %s has no checksum file %s (written by an older nfbench): loaded it unverified",
-                    path, checksum_path(path).name)
+    if not verified:  # refused or warned once it is known to be nfbench's
+        unverified(path, allow_unverified)
     if state.get("version", 1) < 2:
         state["epoch"] += 1
     return state
@@ -329,28 +352,101 @@ def read_metrics(path: Path, strict: bool = True) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                raise ValueError
+            rows.append(row)
         except ValueError:
             if strict and n < len(lines):
-                raise RunDirectoryError(f"{path}, line {n}, is not a JSON object: the file is damaged; repair or "
-                                        f"delete that line (it will be missing from the run's history)") from None
+                raise RunDirectoryError(f"{path}, line {n}, is not an epoch's metrics (a JSON object with an integer "
+                                        f"'epoch'): the file is damaged; repair or delete that line (it will be missing "
+                                        f"from the run's history)") from None
     if rows and rows[0].get("epoch") == 0:
         rows = [{**r, "epoch": r["epoch"] + 1} for r in rows]
     return rows
 
 
-def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Keep the lines of epochs 1..``last_epoch``, which a resumed checkpoint covers; drop later (lost)
-    ones and a torn final line."""
-    if not path.exists():
-        return
-    kept = [m for m in read_metrics(path) if m["epoch"] <= last_epoch]
-    atomic_write_bytes(path, "".join(json.dumps(m, allow_nan=False) + "\n" for m in kept).encode())
+def write_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl as the run's history says (one JSON line per epoch), replaced whole and atomically:
+    the file mirrors the checkpointed record, so a deleted or damaged file is whole again at the next
+    epoch, and result.json never depends on it."""
+    atomic_write_bytes(path, "".join(json.dumps(strict_json(m), allow_nan=False) + "\n" for m in history).encode())
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    with writing(path), open(path, "a") as f:
-        f.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
+def reconcile_history(path: Path, history: Optional[list[dict]], epoch: int, source: Path) -> list[dict]:
+    """The history a resumed run continues with, checked against the run directory's metrics.jsonl.
+
+    ``history`` is what the checkpoint ``source`` recorded for its ``epoch`` completed epochs (None for a
+    checkpoint of an nfbench before it recorded one: then the file's lines up to ``epoch`` are taken as
+    they are).  The file's lines up to ``epoch`` must be the start of that history: lines after it (epochs
+    no checkpoint holds) and a torn final line are dropped, missing lines are written back from the
+    checkpoint.  A line that differs is refused in one line: the file then describes another run than
+    the checkpoint, and neither may silently win."""
+    rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= epoch]
+    if history is None:
+        return rows
+    expected = [strict_json(h) for h in history]
+    bad = next((i for i, (have, want) in enumerate(zip(rows, expected)) if have != want), None)
+    if bad is None and len(rows) > len(expected):
+        bad = len(expected)
+    if bad is not None:
+        raise RunDirectoryError(
+            f"{path} disagrees with checkpoint {source} at epoch {rows[bad].get('epoch')} (the file holds "
+            f"epochs {[r.get('epoch') for r in rows]}, the checkpoint 1-{epoch}): the file is not this run's "
+            f"record. Fix: move {path.name} away and rerun; nfbench writes it again from the checkpoint")
+    if len(rows) < len(expected):
+        log.warning("%s held %d of the %d epochs checkpoint %s recorded: written again from the checkpoint",
+                    path, len(rows), len(expected), source)
+    return list(history)
+
+
+def write_result(path: Path, result: dict) -> None:
+    """result.json, never replacing a finished result with one of fewer epochs or without its test top-1
+    (a rerun that lost its history must not overwrite the record of what was trained)."""
+    old = read_json(path, strict=False) if path.exists() else None
+    if isinstance(old, dict) and old.get("status") == "finished":
+        fewer = (result.get("epochs") or 0) < (old.get("epochs") or 0)
+        if fewer or (old.get("test_top1") is not None and result.get("test_top1") is None):
+            raise RunDirectoryError(
+                f"{path} records a finished run of {old.get('epochs')} epoch(s) (test top-1 {old.get('test_top1')}); "
+                f"this run would replace it with {result.get('epochs')} epoch(s) (test top-1 "
+                f"{result.get('test_top1')}). Fix: move the run directory's files away to train it afresh, or "
+                f"give this run another hydra.run.dir")
+    write_json(path, result)
+
+
+def refuse_to_start_over(run_dir: Path) -> None:
+    """Refuse a fresh start in a run directory that records trained epochs but holds no checkpoint to
+    continue them (deleted or moved away): training again from scratch would replace that record."""
+    result = read_json(Path(run_dir) / "result.json", strict=False)
+    epochs = len(read_metrics(Path(run_dir) / "metrics.jsonl", strict=False))
+    finished = isinstance(result, dict) and result.get("status") == "finished"
+    if finished or epochs:
+        what = (f"a finished run (result.json: {result.get('epochs')} epoch(s))" if finished else
+                f"{epochs} trained epoch(s) in metrics.jsonl")
+        raise RunDirectoryError(
+            f"run directory {run_dir} records {what} but holds no checkpoint to continue "
+            f"({Path(run_dir) / CHECKPOINTS / LAST}): a fresh start would replace that record. Fix: give this run "
+            f"another hydra.run.dir, or move the directory's files away to train it afresh")
+
+
+# Temporary files of atomic_write_bytes: ``.NAME.<12 hex>.tmp``, left behind only by a killed writer.
+_TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a writer killed mid-write (``kill -9`` during a checkpoint save) left in
+    the run directory and its checkpoints; only the holder of the run directory's lock may call this."""
+    removed = []
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if _TMP.match(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    if removed:
+        log.info("removed %d temporary file(s) a killed writer left: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 def _git(args: list[str], cwd: Path) -> Optional[str]:
@@ -391,7 +487,6 @@ def environment(device: torch.device, world_size: int) -> dict:
 
 # --- Who owns a run directory --------------------------------------------------------------------
 
-LOCK = ".nfbench.lock"
 HEARTBEAT_S = 30.0
 # A lock from another machine is stale once its heartbeat is this old: ten missed beats, more than
 # NFS attribute caching (<= 60 s) and clock skew, and no longer than SLURM takes to declare a node dead.
@@ -554,19 +649,24 @@ class RunDirLock:
 def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, epoch: int,
                      partial: Optional[dict], *, best_on: str, best_top1: float, wall_s: float, config: dict,
-                     resumed_from: Optional[dict]) -> dict:
+                     resumed_from: Optional[dict], history: list[dict], best_from: int = 1,
+                     data: Optional[dict] = None) -> dict:
     """A checkpoint of a run: its objects' states and where it stands.
 
     ``epoch`` counts the epochs completed (the number of the last one, from 1); ``partial`` is how far
     into the next one a mid-epoch checkpoint is (its running sums and every rank's RNG state), None at
-    an epoch's end.  ``rng`` is this process's RNG state, for the record: an epoch reseeds from (seed,
-    epoch, rank).  :func:`restore_checkpoint` reads it back.
+    an epoch's end.  ``history`` is the run's record, one metrics row per completed epoch (what
+    metrics.jsonl and result.json are written from); ``best_from`` the first epoch best.pt is selected
+    from (1, unless a branch could not bring the weights of the best it inherited); ``data`` what the
+    run trained on (:func:`check_data`).  ``rng`` is this process's RNG state, for the record: an epoch
+    reseeds from (seed, epoch, rank).  :func:`restore_checkpoint` reads it back.
     """
     from nfbench.rng import rng_state
 
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch, "best_on": best_on, "best_top1": best_top1,
-            "wall_s": wall_s, "rng": rng_state(), "partial": partial, "config": config, "resumed_from": resumed_from}
+            "wall_s": wall_s, "rng": rng_state(), "partial": partial, "config": config, "resumed_from": resumed_from,
+            "history": history, "best_from": best_from, "data": data}
 
 
 @dataclass(frozen=True)
@@ -577,19 +677,50 @@ class Restored:
     best_top1: float  # the best selected top-1 so far (on best_on's split)
     wall_s: float  # the wall time spent before
     partial: Optional[dict]  # how far into the next epoch, or None
+    history: Optional[list[dict]] = None  # one row per completed epoch; None: written before nfbench kept it
+    best_from: int = 1  # the first epoch best.pt is selected from
 
 
 def restore_checkpoint(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler) -> Restored:
+                       scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                       source: Optional[Path] = None) -> Restored:
     """Load a checkpoint written from :func:`checkpoint_state` into the run's objects (in place), before DDP
-    and ``torch.compile`` wrap the model; return where the run stood."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    and ``torch.compile`` wrap the model; return where the run stood.  A checkpoint of another network
+    (other classes, channels or layers) is a ConfigError naming ``source``."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise ConfigError(f"cannot resume {source or 'the checkpoint'}: it holds another network than this run "
+                          f"builds ({first}); resume with the model, scheme and data it was trained with, or "
+                          f"start a fresh run in another hydra.run.dir") from None
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     # Checkpoints written before data.val_size hold the (test-selected) best under another name.
     best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
-    return Restored(state["epoch"], best_top1, state["wall_s"], state.get("partial") or None)
+    return Restored(state["epoch"], best_top1, state["wall_s"], state.get("partial") or None,
+                    state.get("history"), state.get("best_from") or 1)
+
+
+def check_data(state: dict, data: dict, source: Path) -> None:
+    """Refuse to continue ``source`` on other data than it trained on: ``data`` is what this run loaded
+    (classes, channels, image side and the pixels' fingerprints, :func:`nfbench.fingerprint`), compared
+    with what the checkpoint recorded (checkpoints of an nfbench before this record pass)."""
+    trained = state.get("data")
+    if not trained:
+        return
+    differ = [k for k in sorted(set(trained) & set(data)) if trained[k] != data[k]]
+    if differ:
+        listed = ", ".join(f"{k} {_short(trained[k])} -> {_short(data[k])}" for k in differ)
+        raise ConfigError(f"cannot resume {source} (after {state['epoch']} epoch(s)): it trained on other data than "
+                          f"data.root holds now ({listed}); point data.root at the data it trained on, or start a "
+                          f"fresh run in another hydra.run.dir")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- What a resume may change ---------------------------------------------------------------------

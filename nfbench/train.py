@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from nfbench import distributed, rundir
 from nfbench.config import plain, typed
-from nfbench.data import DataSource, build_source
+from nfbench.data import DataSource, build_source, identity
 from nfbench.distributed import DistEnv
 from nfbench.epoch_metrics import EpochMetrics
 from nfbench.graphed_step import GraphedStep, check_device
@@ -159,14 +159,19 @@ class StepSettings:
 @dataclass
 class Record:
     """What the run's checkpoints and result.json say beside the objects' states: where the run lives,
-    its resolved config, what best.pt is selected on and the best so far, its wall time, its origin."""
+    its resolved config and data, what best.pt is selected on and the best so far, its wall time, its
+    origin and its history.  result.json and metrics.jsonl are written from this record, which every
+    checkpoint holds, never read back from the files."""
 
     run_dir: Path
     config: dict  # the resolved config
     select: str  # val_top1 when there is a validation split, else test_top1 (an optimistic figure)
+    data: dict  # what it trains on (nfbench.data.identity), checked on resume
     best_top1: float = -math.inf
+    best_from: int = 1  # the first epoch best.pt is selected from (a branch that could not carry its best: later)
     wall_before: float = 0.0  # the seconds of the processes this run resumed
     resumed_from: Optional[dict] = None  # the run a branch continued (rundir.branched_from)
+    history: list[dict] = field(default_factory=list)  # one metrics row per completed epoch: the record
     t_start: float = field(default_factory=time.perf_counter)  # this process's clock, from its first epoch
 
     @property
@@ -368,12 +373,14 @@ def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.devic
 
 # --- Checkpoints ----------------------------------------------------------------------------------
 
-def _checkpoint(loop: Loop, epoch: int, progress: Optional[EpochProgress]) -> dict:
+def _checkpoint(loop: Loop, epoch: int, progress: Optional[EpochProgress], wall_s: Optional[float] = None) -> dict:
     """The run's checkpoint after ``epoch`` completed epochs and, mid-epoch, ``progress`` into the next."""
     r = loop.record
     return rundir.checkpoint_state(loop.model, loop.opt, loop.sched, loop.scaler, epoch,
                                    vars(progress) if progress else None, best_on=r.select, best_top1=r.best_top1,
-                                   wall_s=r.wall_s(), config=r.config, resumed_from=r.resumed_from)
+                                   wall_s=r.wall_s() if wall_s is None else wall_s, config=r.config,
+                                   resumed_from=r.resumed_from, history=r.history[:epoch], best_from=r.best_from,
+                                   data=r.data)
 
 
 def _save_last(loop: Loop, epoch: int, progress: EpochProgress) -> None:
@@ -385,12 +392,21 @@ def _save_last(loop: Loop, epoch: int, progress: EpochProgress) -> None:
 
 # --- Entry points ---------------------------------------------------------------------------------
 
-def best_figures(history: list[dict], select: str) -> dict:
+def best_row(history: list[dict], select: str, best_from: int = 1) -> Optional[dict]:
+    """The row best.pt is selected at: the first epoch of the highest ``select`` from epoch ``best_from`` on."""
+    rows = [row for row in history if row["epoch"] >= best_from]
+    return max(rows, key=lambda row: row[select]) if rows else None  # max keeps the first of equal values
+
+
+def best_figures(history: list[dict], select: str, best_from: int = 1) -> dict:
     """result.json's best figures, selected on ``select`` (val_top1 or test_top1) as best.pt is: the
-    first epoch of the highest value.  On validation: its best top-1, that epoch and the test top-1 there
-    (the number to report); on the test set: ``best_test_top1``, an optimistic figure, not a result."""
-    best = max(history, key=lambda row: row[select]) if history else {}  # max keeps the first of equal values
+    first epoch of the highest value (from epoch ``best_from`` on).  On validation: its best top-1, that
+    epoch and the test top-1 there (the number to report); on the test set: ``best_test_top1``, an
+    optimistic figure, not a result."""
+    best = best_row(history, select, best_from) or {}
     figures = {"best_selected_on": select, "best_epoch": best.get("epoch")}
+    if best_from > 1:  # a branch whose inherited best could not come with its weights (nfbench.train._resume)
+        figures["best_selected_from_epoch"] = best_from
     if select == "val_top1":
         return {**figures, "best_val_top1": best.get("val_top1"), "test_top1_at_best_val": best.get("test_top1")}
     return {**figures, "best_test_top1": best.get("test_top1")}
@@ -410,15 +426,16 @@ def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
     """
     plan = plan or validate(cfg)
     env = distributed.detect()
-    if cfg.trainer.cuda_graph:  # before any file or process: the device as it resolves here
-        check_device(pick_device(cfg.trainer.device), env.world_size if env.enabled else cfg.trainer.devices)
+    device = pick_device(cfg.trainer.device)  # before any file or process: a device this machine lacks is refused
+    if cfg.trainer.cuda_graph:
+        check_device(device, env.world_size if env.enabled else cfg.trainer.devices)
     # One run per run directory: rank 0 (or the launcher of trainer.devices=N) holds it until it ends.
     with rundir.RunDirLock(resolve_run_dir(cfg)) if env.is_main else contextlib.nullcontext():
         if cfg.trainer.devices > 1 and not env.enabled:
             return _spawn(cfg)
-        device = distributed.setup(env, pick_device(cfg.trainer.device).type)
+        rank_device = distributed.setup(env, device.type)
         try:
-            return _train(cfg, env, device, plan)
+            return _train(cfg, env, rank_device, plan)
         finally:
             distributed.teardown()
 
@@ -452,18 +469,22 @@ def _spawned_worker(container: dict) -> None:
 def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan) -> dict:
     """One run on this process's rank: setup, resume, epochs, result."""
     run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
-    resumed = _resume_state(cfg, run_dir, env.world_size)  # before any file is written: a refusal changes none
+    # Every check comes before any file of the run directory changes: a refusal leaves the run as it was.
+    resumed = _resume_state(cfg, run_dir, env.world_size)
+    if resumed is None:
+        rundir.refuse_to_start_over(run_dir)
     set_deterministic(cfg.trainer.deterministic)
     if not env.is_main:
         log.setLevel(logging.WARNING)
     data = _build_data(cfg, env, device)
-    if env.is_main:  # the data is there: the run's first files (a refusal before leaves nothing of nfbench's)
-        _write_run_files(run_dir, cfg, env, device)
     loop = _build_loop(cfg, env, device, data, run_dir, plan)
-    start_epoch, partial = _resume(loop, resumed)
-    if env.is_main:  # drop the lines of epochs no checkpoint holds, and a line torn by a crash
-        rundir.truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-    _wrap(loop, start_epoch)
+    start_epoch, partial, branch_best = _resume(loop, resumed)
+    if env.is_main:
+        _write_run_files(loop, device, branch_best)
+    finished = _finished_result(loop, start_epoch, partial)
+    if finished is not None:
+        return finished
+    _wrap(loop)
     _log_setup(loop, data)
     with loop.stop:
         status, divergence = _run_epochs(loop, data, start_epoch, partial)
@@ -482,10 +503,19 @@ def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     return Data(src, train_loader, test_loader, val_loader)
 
 
-def _write_run_files(run_dir: Path, cfg: DictConfig, env: DistEnv, device: torch.device) -> None:
+def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dict]) -> None:
+    """The run's files, once every check has passed: env.json, config.yaml, metrics.jsonl as the record
+    holds it, and for a branch the best it inherited (``branch_best``, :func:`_branch_best`)."""
+    run_dir, record = loop.record.run_dir, loop.record
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(run_dir / "env.json", rundir.environment(device, world_size=env.world_size))
-    rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+    rundir.remove_stale_temporaries(run_dir)  # this process holds the run directory's lock
+    rundir.write_json(run_dir / "env.json", {**rundir.environment(device, world_size=loop.env.world_size),
+                                             "data_fingerprint": record.data["fingerprint"]})
+    rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(loop.cfg, resolve=True).encode())
+    if record.history or (run_dir / "metrics.jsonl").exists():
+        rundir.write_metrics(run_dir / "metrics.jsonl", record.history)
+    if branch_best is not None:
+        rundir.save_best(record.ckpt_dir, branch_best, best_row(record.history, record.select))
 
 
 def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path,
@@ -507,7 +537,7 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
     # best.pt and the best figures: chosen on the validation split when there is one; else on the
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if data.val is not None else "test_top1"
-    record = Record(run_dir, plain(cfg), select)
+    record = Record(run_dir, plain(cfg), select, identity(data.src))
     return Loop(cfg, env, device, StepSettings.of(cfg, env), record, scheme, net, net, opt, sched, scaler, mixup,
                 criterion, amp, Progress(tcfg.progress and env.is_main, tcfg.epochs, tcfg.progress_every_s))
 
@@ -524,22 +554,55 @@ def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup]
     return None, nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
 
-def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Optional[EpochProgress]]:
-    """Continue ``resumed`` (this run directory's own last.pt, else trainer.resume): restore the objects and
-    the record; return the epoch to start from (counting from 0) and how far into it a checkpoint got."""
+def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Optional[EpochProgress], Optional[dict]]:
+    """Continue ``resumed`` (this run directory's own last.pt, else trainer.resume): check that it trained on
+    this data, restore the objects and the record (its history checked against metrics.jsonl); return the
+    epoch to start from (counting from 0), how far into it a checkpoint got, and for a branch the state to
+    save as its best.pt (:func:`_branch_best`).  Writes nothing."""
     if resumed is None:
-        return 0, None
+        return 0, None, None
     source, state = resumed
-    restored = rundir.restore_checkpoint(state, loop.model, loop.opt, loop.sched, loop.scaler)
     record = loop.record
-    record.best_top1, record.wall_before = restored.best_top1, restored.wall_s
+    rundir.check_data(state, record.data, source)
+    restored = rundir.restore_checkpoint(state, loop.model, loop.opt, loop.sched, loop.scaler, source)
+    record.best_top1, record.wall_before, record.best_from = restored.best_top1, restored.wall_s, restored.best_from
     record.resumed_from = rundir.branched_from(source, state, record.run_dir)
+    record.history = rundir.reconcile_history(record.run_dir / "metrics.jsonl", restored.history, restored.epoch,
+                                              source)
+    branch_best = _branch_best(loop, source, state, restored) if record.resumed_from and not state.get(
+        "resumed_from") else None
     partial = EpochProgress(**restored.partial) if restored.partial else None
     log.info("resumed from %s: epoch %d, step %d", source, restored.epoch + 1, partial.batches_done if partial else 0)
-    return restored.epoch, partial
+    return restored.epoch, partial, branch_best
 
 
-def _wrap(loop: Loop, start_epoch: int) -> None:
+def _branch_best(loop: Loop, source: Path, state: dict, restored: rundir.Restored) -> Optional[dict]:
+    """A branch (trainer.resume=OTHER_RUN into a new directory) inherits the history of the run it continues,
+    and so the best epoch in it; the state to save as its best.pt, so that best.pt, model.safetensors and
+    result.json name the same epoch: the checkpoint itself when it is that epoch's end, else the best.pt
+    beside it when that is the epoch.  Without either (or without an inherited history) best.pt is
+    selected afresh from the branch's first epoch, and result.json says so (``best_selected_from_epoch``)."""
+    record = loop.record
+    best = best_row(record.history, record.select, record.best_from)
+    if best is not None and best["epoch"] == restored.epoch and not restored.partial:
+        return _checkpoint(loop, restored.epoch, None)
+    beside = source.parent / rundir.BEST
+    if best is not None and beside.is_file() and beside != source:
+        try:
+            found = rundir.load_checkpoint(beside)
+        except rundir.CorruptCheckpointError as e:
+            log.warning("%s", e)
+        else:
+            if found["epoch"] == best["epoch"]:
+                return {**found, "config": record.config, "resumed_from": record.resumed_from,
+                        "history": record.history[:best["epoch"]], "data": record.data}
+    record.best_top1, record.best_from = -math.inf, restored.epoch + 1
+    log.warning("branch of %s: the best epoch of the history it continues (%s) has no checkpoint to bring along; "
+                "best.pt is selected from epoch %d on", source, best["epoch"] if best else "none", record.best_from)
+    return None
+
+
+def _wrap(loop: Loop) -> None:
     """The forward callable (DDP across ranks, torch.compile) or the captured step (trainer.cuda_graph)
     over the restored model, and the loggers."""
     tcfg = loop.cfg.trainer
@@ -552,7 +615,7 @@ def _wrap(loop: Loop, start_epoch: int) -> None:
     if loop.cfg.trainer.compile:
         loop.net = torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode)
     if loop.env.is_main:
-        loop.loggers = Loggers.from_config(loop.cfg, loop.record.run_dir, start_epoch)
+        loop.loggers = Loggers.from_config(loop.cfg, loop.record.run_dir, loop.record.history)
 
 
 def _log_setup(loop: Loop, data: Data) -> None:
@@ -628,12 +691,16 @@ def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics:
     record = loop.record
     improved = metrics[record.select] > record.best_top1
     record.best_top1 = max(record.best_top1, metrics[record.select])
-    state = _checkpoint(loop, epoch + 1, None)
+    wall = record.wall_s()
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
            "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
-           "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": state["wall_s"]}
+           "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": wall}
+    record.history.append(row)
+    state = _checkpoint(loop, epoch + 1, None, wall)
     if loop.env.is_main:
-        rundir.append_metrics(record.run_dir / "metrics.jsonl", row)
+        # metrics.jsonl is written from the record the checkpoint holds; a kill between the two leaves it one
+        # epoch ahead, and the resume drops that line (the epoch is trained again).
+        rundir.write_metrics(record.run_dir / "metrics.jsonl", record.history)
         loop.loggers.log_metrics(row, epoch + 1)
         rundir.save_checkpoint(record.ckpt_dir / rundir.LAST, state)
         if improved:
@@ -651,13 +718,54 @@ def _log_epoch(loop: Loop, row: dict) -> None:
 
 # --- Result ---------------------------------------------------------------------------------------
 
+def _finished_result(loop: Loop, start_epoch: int, partial: Optional[EpochProgress]) -> Optional[dict]:
+    """The result of a run that was already finished (a rerun or requeue of its command): result.json as it
+    is when it agrees with the checkpointed record, else written again from that record; None while there
+    are epochs to train.  Every rank takes rank 0's answer."""
+    done = start_epoch >= loop.settings.epochs and partial is None
+    stored = None
+    if done and loop.env.is_main:
+        stored = rundir.read_json(loop.record.run_dir / "result.json", strict=False)
+        history = loop.record.history
+        agrees = (isinstance(stored, dict) and stored.get("status") == "finished" and history
+                  and stored.get("epochs") == len(history)
+                  and stored.get("test_top1") == rundir.strict_json(history[-1]).get("test_top1"))
+        if agrees:
+            log.info("run %s is finished already (%d epochs): nothing to train, result.json kept",
+                     loop.record.run_dir, len(history))
+            _keep_final_weights(loop)
+        else:
+            stored = None
+    stored = distributed.broadcast_object(stored)
+    if not done:
+        return None
+    if stored is not None:
+        return stored
+    return _finish(loop, "finished", None)
+
+
+def _keep_final_weights(loop: Loop) -> None:
+    """A finished run without best.pt whose best epoch is its last (best.pt deleted, or a branch whose best is
+    selected afresh and that had no epoch left to train) leaves those weights as model.safetensors; any other
+    final weights would not be the epoch result.json calls the best."""
+    record = loop.record
+    best = best_row(record.history, record.select, record.best_from)
+    weights = record.ckpt_dir / rundir.WEIGHTS
+    if best is None or (record.ckpt_dir / rundir.BEST).exists() or weights.exists():
+        return
+    if best["epoch"] == record.history[-1]["epoch"]:
+        rundir.save_weights(weights, loop.model.state_dict(), {**best, "selected_on": record.select}, record.config)
+    else:
+        log.warning("%s: best.pt of epoch %d (the best on %s) is missing; its weights cannot be written",
+                    record.ckpt_dir, best["epoch"], record.select)
+
+
 def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
-    """result.json, the summary line and the loggers' last word; a finished branch that never improved on
-    the checkpoint it continued still leaves its final weights."""
+    """result.json (from the record, never from the files), the summary line and the loggers' last word."""
     cfg, record = loop.cfg, loop.record
-    history = rundir.read_metrics(record.run_dir / "metrics.jsonl")
-    if loop.env.is_main and status == "finished" and history and not (record.ckpt_dir / rundir.BEST).exists():
-        rundir.save_weights(record.ckpt_dir / rundir.WEIGHTS, loop.model.state_dict(), history[-1], record.config)
+    history = record.history
+    if loop.env.is_main and status == "finished":
+        _keep_final_weights(loop)
     result = {
         "status": status,
         "divergence": divergence,
@@ -668,7 +776,8 @@ def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": loop.env.world_size,
         "wall_s": record.wall_s(),
         "resumed_from": record.resumed_from,
-        **best_figures(history, record.select),
+        "data_fingerprint": record.data["fingerprint"],  # which pixels (nfbench.fingerprint)
+        **best_figures(history, record.select, record.best_from),
     }
     last = history[-1] if history else None
     if last is not None:
@@ -676,7 +785,7 @@ def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
         result.update({k: last[k] for k in final if k in last})
     result = rundir.strict_json(result)  # what result.json holds: a NaN loss is null plus "loss_str": "nan"
     if loop.env.is_main:
-        rundir.write_json(record.run_dir / "result.json", result)
+        rundir.write_result(record.run_dir / "result.json", result)
         log.info("%s", summary_line(record.run_dir, result))
     loop.loggers.log_hparams(cfg, {k: v for k, v in result.items() if k in FINAL_METRICS})
     loop.loggers.close()
