@@ -13,10 +13,13 @@ Plain functions, each usable on its own:
 The headline is the final test top-1 (the last epoch's).  Runs with a validation split
 (``data.val_size``) add the best validation top-1 and the test top-1 at that epoch (the epoch of
 ``best.pt``); a best selected on the test set (``best_test_top1``, runs without validation) is
-optimistic and is not shown.  Statistics of accuracy are over *finished* runs: a diverged run has no final
-accuracy (it is counted in ``diverged``), an unfinished one has not reached it yet (counted
-in ``unfinished``), and an invalid sweep point was refused before training (counted in ``invalid``
-and listed with its error under the table).  Curves use every run that has reached an epoch, diverged ones excepted, as
+optimistic and is not shown.  Statistics of accuracy are over *finished* runs that hold the number: a
+diverged run has no final accuracy (it is counted in ``diverged``), an unfinished one has not reached
+it yet (counted in ``unfinished``), an invalid sweep point was refused before training (counted in
+``invalid`` and listed with its error under the table), and a run whose files contradict themselves
+(a result.json that cannot be read, or that says finished without a test top-1) is counted in
+``excluded`` and listed with why.  A run directory whose config.yaml or metrics.jsonl cannot be read
+is skipped, with a line saying why.  Curves use every run that has reached an epoch, diverged ones excepted, as
 the paper leaves a diverging scheme's curve out of its figures.
 """
 
@@ -51,7 +54,8 @@ BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.v
                "trainer.resume", "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
                "trainer.compile_mode", "trainer.progress_every_s", "trainer.checkpoint_every_steps",
                "trainer.log_spp_every", "logger.")  # a key ending in "." stands for its whole group
-FINISHED, DIVERGED, UNFINISHED, INVALID = "finished", "diverged", "unfinished", "invalid"
+FINISHED, DIVERGED, UNFINISHED, INVALID, EXCLUDED = "finished", "diverged", "unfinished", "invalid", "excluded"
+STATUSES = (FINISHED, DIVERGED, UNFINISHED, INVALID, EXCLUDED)
 # The table's figures (mean and std over a group's finished runs), from the result.json keys they read.
 FIGURES = {"final_test_top1": "test_top1", "best_val_top1": "best_val_top1",
            "test_top1_at_best_val": "test_top1_at_best_val", "final_train_top1": "train_top1", "wall_s": "wall_s"}
@@ -66,11 +70,15 @@ class Run:
     config: dict
     metrics: list[dict]
     result: Optional[dict]
+    problem: Optional[str] = None  # why its files cannot be counted (:func:`read_run`)
 
     @property
     def status(self) -> str:
         """finished, diverged or invalid (a sweep point refused before training) as result.json says;
-        anything else (no result yet, a preempted job waiting for its requeue) is unfinished."""
+        excluded when its files contradict themselves (``problem``); anything else (no result yet, a
+        preempted job waiting for its requeue) is unfinished."""
+        if self.problem is not None:
+            return EXCLUDED
         status = self.result.get("status") if self.result is not None else None
         return status if status in (FINISHED, DIVERGED, INVALID) else UNFINISHED
 
@@ -112,14 +120,37 @@ def resolved_weights(run: Run) -> Optional[str]:
         return None
 
 
+class Unreadable(Exception):
+    """A run directory whose config or history cannot be read: skipped by the report, which says why."""
+
+
 def read_run(path: Path) -> Optional[Run]:
-    """Read one run directory; None when it holds no training config.  A run still going, or on
-    another node, may be caught mid-write: its files are read leniently (``strict=False``)."""
-    config = rundir.read_config(path)
+    """Read one run directory; None when it holds no training config.  Its files are written atomically,
+    so what cannot be read is damage, not a write in progress (a torn final line of metrics.jsonl, which
+    a crash leaves, is dropped): a config.yaml or a metrics line that cannot be read raises
+    :class:`Unreadable`; a result.json that cannot be read, or that says finished without a test top-1,
+    marks the run as excluded (:attr:`Run.problem`)."""
+    try:
+        config = rundir.read_config(path)
+    except Exception as e:
+        raise Unreadable(f"config.yaml cannot be read ({_why(e)})") from None
     if config is None or "trainer" not in config:
         return None
-    return Run(path, config, rundir.read_metrics(path / "metrics.jsonl", strict=False),
-               rundir.read_json(path / "result.json", strict=False))
+    try:
+        metrics = rundir.read_metrics(path / "metrics.jsonl")
+    except rundir.RunDirectoryError as e:
+        raise Unreadable(f"metrics.jsonl cannot be read ({e})") from None
+    result = rundir.read_json(path / "result.json", strict=False)
+    problem = None
+    if (path / "result.json").exists() and not isinstance(result, dict):
+        problem, result = "result.json cannot be read (truncated or damaged)", None
+    elif isinstance(result, dict) and result.get("status") == FINISHED and result.get("test_top1") is None:
+        problem = "result.json says finished but holds no test_top1"
+    return Run(path, config, metrics, result, problem)
+
+
+def _why(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
 
 
 def _natural(p: Path) -> list:
@@ -148,9 +179,23 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
 
 
 def collect(paths: Iterable[Path | str]) -> list[Run]:
-    """All training runs under ``paths``, in path order."""
-    runs = (read_run(d) for d in find_run_dirs(Path(p) for p in paths))
-    return [r for r in runs if r is not None]
+    """All training runs under ``paths`` that can be read, in path order (:func:`collect_all`)."""
+    return collect_all(paths)[0]
+
+
+def collect_all(paths: Iterable[Path | str]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """All training runs under ``paths``, in path order, and the run directories that cannot be read,
+    with why (:class:`Unreadable`)."""
+    runs, skipped = [], []
+    for d in find_run_dirs(Path(p) for p in paths):
+        try:
+            run = read_run(d)
+        except Unreadable as e:
+            skipped.append((d, str(e)))
+            continue
+        if run is not None:
+            runs.append(run)
+    return runs, skipped
 
 
 def _flatten(d: dict) -> dict[str, str]:
@@ -203,7 +248,7 @@ def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -
     per_run = runs_frame(runs, group_by)
     order = per_run["group"].unique()
     counts = (pd.crosstab(per_run["group"], per_run["status"])
-              .reindex(index=order, columns=[FINISHED, DIVERGED, UNFINISHED, INVALID], fill_value=0)
+              .reindex(index=order, columns=list(STATUSES), fill_value=0)
               .rename(columns={FINISHED: "seeds"}))
     planned = per_run[per_run["status"] != INVALID].groupby("group", sort=False)["epochs"]
     epochs = planned.first().where(planned.nunique(dropna=False) == 1).reindex(order).astype("Int64")
@@ -271,12 +316,13 @@ def _joined(values: Iterable[Any]) -> Optional[str]:
 MARKDOWN_FIGURES = {"final_test_top1": "final test top-1 (%)", "best_val_top1": "best val top-1 (%)",
                     "test_top1_at_best_val": "test top-1 at best val (%)",
                     "final_train_top1": "final train top-1 (%)"}
-COUNTS = ("seeds", "diverged", "unfinished", "invalid", "epochs")
+COUNTS = ("seeds", "diverged", "unfinished", "invalid", "excluded", "epochs")
 
 
-def markdown_table(table: pd.DataFrame, group_by: Sequence[str]) -> str:
-    """The Markdown table and, below it, the invalid runs, groups whose runs differ in other keys, and
-    the sources of the reference numbers it cites."""
+def markdown_table(table: pd.DataFrame, group_by: Sequence[str], skipped: Sequence[tuple[Path, str]] = ()) -> str:
+    """The Markdown table and, below it, the invalid and excluded runs, the run directories skipped
+    (``skipped``: path and why), groups whose runs differ in other keys, and the sources of the
+    reference numbers it cites."""
     shown = pd.concat([
         table[list(dict.fromkeys([*group_by, *COUNTS]))],
         pd.DataFrame({title: [_pm(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"])]
@@ -285,12 +331,14 @@ def markdown_table(table: pd.DataFrame, group_by: Sequence[str]) -> str:
                       "reference top-1 (%)": table["references"].map(
                           lambda refs: ", ".join(f"{r['test_top1']:.2f} [{r['id']}]" for r in refs) or None)}),
     ], axis=1)
-    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished and invalid runs "
-             "are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
+    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished, invalid and "
+             "excluded runs are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
              "over epochs on the validation split held out of the training set (data.val_size), and test "
              "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split."]
     notes += [f"- Invalid: {r.path}: {r.result['error']}"
               for runs in table["runs"] for r in runs if r.status == INVALID]
+    notes += [f"- Excluded: {r.path}: {r.problem}" for runs in table["runs"] for r in runs if r.status == EXCLUDED]
+    notes += [f"- Skipped: {path}: {why}" for path, why in skipped]
     notes += [f"- Warning: the runs of `{_label(row, group_by)}` also differ in {', '.join(row['mixed_keys'])}; "
               f"add those keys to --group-by to separate them." for _, row in table.iterrows() if row["mixed_keys"]]
     cited = {ref["id"]: ref for refs in table["references"] for ref in refs}
@@ -307,11 +355,12 @@ def csv_table(table: pd.DataFrame) -> pd.DataFrame:
         mixed_keys=table["mixed_keys"].map(_joined))
 
 
-def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path) -> dict[str, Path]:
+def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
+                skipped: Sequence[tuple[Path, str]] = ()) -> dict[str, Path]:
     """Write ``report.md`` and ``report.csv`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    md.write_text(markdown_table(table, group_by))
+    md.write_text(markdown_table(table, group_by, skipped))
     csv_table(table).to_csv(csv_path, index=False, lineterminator="\r\n")
     return {"markdown": md, "csv": csv_path}
 
@@ -319,7 +368,8 @@ def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path) -> 
 def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[float]]:
     """Per epoch (1-based): mean and std of ``key`` over the runs that reached it; diverged runs
     are left out, and so are missing and non-finite values.  A single run gives a zero-width band."""
-    points = pd.DataFrame([(int(m["epoch"]), m.get(key)) for r in runs if r.status != DIVERGED for m in r.metrics],
+    points = pd.DataFrame([(int(m["epoch"]), m.get(key)) for r in runs if r.status not in (DIVERGED, EXCLUDED)
+                           for m in r.metrics],
                           columns=["epoch", "value"]).astype({"value": float})
     curve = points[np.isfinite(points["value"])].groupby("epoch")["value"].agg(mean=_mean, std=_std)
     return curve.index.tolist(), curve["mean"].tolist(), curve["std"].fillna(0.0).tolist()
@@ -368,7 +418,7 @@ def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
                     continue
                 lo = [m - s for m, s in zip(mean, std)]
                 hi = [m + s for m, s in zip(mean, std)]
-                n = len(row["runs"]) - row["diverged"] - row["invalid"]
+                n = len(row["runs"]) - row["diverged"] - row["invalid"] - row["excluded"]
                 ax.plot(epochs, mean, color=colours(i % 10), label=f"{name} (n={n}{dead})")
                 ax.fill_between(epochs, lo, hi, color=colours(i % 10), alpha=0.2, linewidth=0)
             for ref in row["references"]:
@@ -393,14 +443,16 @@ def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
 def report(paths: Sequence[Path | str], out_dir: Path, group_by: Sequence[str] = DEFAULT_GROUP_BY,
            references: Optional[Path] = None, formats: Sequence[str] = ("png",)) -> dict[str, Any]:
     """collect -> aggregate -> attach references -> table and curves; returns the runs, the table and file paths."""
-    runs = collect(paths)
+    runs, skipped = collect_all(paths)
+    for path, why in skipped:
+        print(f"nfbench report: skipped {path}: {why}", file=sys.stderr)
     if not runs:
         raise FileNotFoundError(f"nfbench report: no training run directories under {', '.join(map(str, paths))} "
-                                f"(a run directory holds config.yaml and metrics.jsonl or result.json)")
+                                f"that can be read (a run directory holds config.yaml and metrics.jsonl or result.json)")
     table = attach_references(aggregate(runs, group_by), load_references(references))
-    files = write_table(table, group_by, out_dir)
+    files = write_table(table, group_by, out_dir, skipped)
     figures = plot_curves(table, group_by, out_dir, formats)
-    return {"runs": runs, "table": table, **files, "figures": figures}
+    return {"runs": runs, "skipped": skipped, "table": table, **files, "figures": figures}
 
 
 def parse_group_by(values: Optional[Sequence[str]]) -> list[str]:

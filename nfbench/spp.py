@@ -13,6 +13,7 @@ would and averages over ``spp.seeds`` repeats; :func:`run_spp` writes
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from nfbench import rundir
 from nfbench.validation import validate
 from nfbench.data import DataSource, build_source
 from nfbench.errors import ConfigError
@@ -146,11 +148,12 @@ def summarise(runs: list[list[BlockStats]], model: str, init: str, weights: str)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*COLUMNS, *EXTRA_COLUMNS])
-        w.writeheader()
-        w.writerows(rows)
+    """spp.csv, replaced atomically: a kill mid-write leaves the old file or the new one, never a torn one."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=[*COLUMNS, *EXTRA_COLUMNS])
+    w.writeheader()
+    w.writerows(rows)
+    rundir.atomic_write_bytes(path, text.getvalue().encode())
 
 
 def run_spp(cfg: DictConfig) -> dict:

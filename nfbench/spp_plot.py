@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from nfbench.config import FigureFormat
+from nfbench.errors import DataError
 
 log = logging.getLogger("nfbench")
 
@@ -33,12 +34,27 @@ WEIGHTS_ORDER = ("he_fanin", "he_fanout", "brock")
 WEIGHT_STYLES = {"he_fanin": (":", "s"), "he_fanout": ("-", "o"), "brock": ("--", "^")}
 
 
+NEEDED = ("model", "init", "weights", "block", "stride", "seeds", "fwd_var", "bwd_var")  # what plot_model reads
+
+
 def read_csv(path: Path) -> list[dict]:
-    """Rows of a spp.csv with numbers parsed (integers for block, stride and seeds)."""
-    ints = {"block", "stride", "seeds"}
+    """Rows of a spp.csv with numbers parsed (integers for block, stride and seeds); a truncated or damaged
+    file is a DataError naming it and the line."""
+    ints, text = {"block", "stride", "seeds"}, {"model", "init", "weights"}
+    rows = []
     with open(path, newline="") as f:
-        return [{k: (int(v) if k in ints else v if k in ("model", "init", "weights") else float(v))
-                 for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        missing = [c for c in NEEDED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path} is not a spp.csv of nfbench spp (no column {', '.join(missing)}): rerun "
+                            f"nfbench spp for it, or move it out of the folders given")
+        for row in reader:
+            try:
+                rows.append({k: (int(v) if k in ints else v if k in text else float(v)) for k, v in row.items()})
+            except (TypeError, ValueError):
+                raise DataError(f"{path}, line {reader.line_num}, is truncated or damaged ({list(row.values())}): "
+                                f"rerun nfbench spp for that job, or move its spp.csv away") from None
+    return rows
 
 
 def _curve_order(key: tuple[str, str]) -> tuple:
@@ -156,7 +172,7 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     try:
         paths = plot_dirs(args.dirs, args.out or args.dirs[0], args.formats)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataError) as e:
         parser.exit(2, f"nfbench spp-plot: error: {e}\n")
     for path in paths:
         print(path)
