@@ -11,11 +11,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NoReturn, Optional
 
 import hydra
 from omegaconf import DictConfig
@@ -38,9 +39,11 @@ class SweepTally:
 
     points: int = 0
     invalid: list[str] = field(default_factory=list)
+    started: bool = False  # a task function of this process has started (Hydra set up its run directory)
 
 
 SWEEP = SweepTally()
+INTERRUPTED = "interrupted by SIGINT (Ctrl-C); rerun the same command to start or continue the run"
 
 
 def _record_invalid(cfg: DictConfig, error: Exception) -> None:
@@ -76,6 +79,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
     def run(cfg: DictConfig) -> Optional[dict]:
         multirun = sweep_points and in_multirun()
         SWEEP.points += multirun
+        SWEEP.started = True
         try:
             return fn(cfg)
         except (ConfigError, DataError, DataNotFoundError, RunDirectoryError) as e:
@@ -83,6 +87,8 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
                 _record_invalid(cfg, e)
                 return None
             refuse(e)
+        except KeyboardInterrupt:  # SIGINT outside the epochs (training itself checkpoints and exits 130)
+            refuse(INTERRUPTED, code=128 + signal.SIGINT)
 
     run.__name__ = fn.__name__
     return run
@@ -237,10 +243,41 @@ def _config_errors_in_one_line() -> Iterator[None]:
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
         text = _key_of_another_option(cause) or (
             one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else ""))
-        print(f"nfbench: error: {text}", file=sys.stderr)
-        sys.exit(2)
+        _exit_in_one_line(text)
+    except AssertionError as e:  # OmegaConf, setting a key under a null node: an option that is not selected
+        text = _key_of_an_unselected_option(sys.argv[1:])
+        if text is None:
+            raise
+        _exit_in_one_line(f"{text} ({e})")
+    except (OSError, ValueError) as e:
+        if SWEEP.started:
+            raise
+        # Hydra making the run directory or opening its job log there, before any nfbench code ran.
+        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
+        _exit_in_one_line(f"cannot set up the run directory: {cause}. Fix: give hydra.run.dir a directory you can "
+                          f"write (not an existing file)")
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
+
+
+def _exit_in_one_line(text: str) -> NoReturn:
+    print(f"nfbench: error: {text}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _key_of_an_unselected_option(overrides: list[str]) -> Optional[str]:
+    """The message for an override like ``logger.csv.file=x`` whose option (logger=csv) is not selected, so
+    that its node is null; None when no override is of that form."""
+    from nfbench.config import LoggerConfig
+
+    backends = {f.name for f in dataclasses.fields(LoggerConfig)}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[0] == "logger" and parts[1] in backends:
+            return (f"{key} is a key of logger={parts[1]}, which is not selected: select it (logger={parts[1]}, or "
+                    f"several: logger=[tensorboard,{parts[1]}]), or leave {key} out")
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -98,9 +98,10 @@ def _clean_up(run_dir: Path, job_log: str) -> None:
         parent.rmdir()
 
 
-def refuse(error: Exception) -> NoReturn:
+def refuse(error: Exception | str, code: int = 2) -> NoReturn:
     """End the command on ``error``: ``nfbench: error: MESSAGE`` on stderr (recorded in the job log,
-    not repeated on the console), the run directory as :func:`_clean_up` leaves it, exit code 2."""
+    not repeated on the console), the run directory as :func:`_clean_up` leaves it, exit ``code`` (2: a
+    mistake the user can fix; 130 for an interruption by SIGINT, as a run stopped in training exits)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -113,4 +114,4 @@ def refuse(error: Exception) -> NoReturn:
         if output_dir:
             _clean_up(Path(output_dir), f"{hydra.job.name}.log")
     print(f"nfbench: error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
