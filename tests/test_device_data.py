@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from nfbench.data import DataSource, TensorImages, build_source, transforms, with_transform
 from nfbench.loaders import build_loaders
 from nfbench.device_data import DeviceLoader, use_device_loader
-from nfbench.errors import ConfigError
+from nfbench.errors import ConfigError, DataError
 from nfbench.train import train
 from tests.conftest import TINY
 from tests.test_data import assert_stopped_runs_resume_exactly
@@ -299,17 +299,19 @@ def small_tree(src: Path, dst: Path, per_class: int = 10) -> Path:
     return dst
 
 
-def test_a_folder_of_mixed_sizes_reads_its_files(make_cfg, tmp_path, cifar10_jpeg_subset):
+def test_a_folder_of_mixed_sizes_is_refused_before_training(make_cfg, tmp_path, cifar10_jpeg_subset):
+    """data=imagefolder trains at one size: a 40 px image among 32 px ones is named by the up-front check
+    (before, such a folder read its files and failed at the first evaluation that met one)."""
     root = small_tree(cifar10_jpeg_subset, tmp_path / "data")
     other = sorted((root / "train").rglob("*.jpg"))[7]
     with Image.open(other) as img:
         img.resize((40, 40)).save(other)
-    cfg = make_cfg(["data=imagefolder", f"data.root={root}", "data.batch_size=4"])
-    src = build_source(cfg.data)
-    assert src.pil and not isinstance(build_loaders(cfg.data, src, seed=0)[0], DeviceLoader)
-    with pytest.raises(ConfigError, match="data.on_device=true .* not all one size") as e:
-        build_source(make_cfg(["data=imagefolder", f"data.root={root}", "data.on_device=true"]).data)
-    assert f"{other} is 40x40 px" in str(e.value) and "\n" not in str(e.value)
+    for on_device in ("auto", "true", "false"):
+        with pytest.raises(DataError, match="40x40 px where the folder's first image is 32x32") as e:
+            build_source(make_cfg(["data=imagefolder", f"data.root={root}", f"data.on_device={on_device}"]).data)
+        assert str(other) in str(e.value) and "\n" not in str(e.value)
+    resized = build_source(make_cfg(["data=imagefolder", f"data.root={root}", "data.image_size=32"]).data)
+    assert resized.pil and resized.train[0][0].shape == (3, 32, 32)  # data.image_size resizes every image
 
 
 def test_a_folder_over_the_memory_cap_reads_its_files(make_cfg, tmp_path, cifar10_jpeg_subset):

@@ -139,8 +139,8 @@ def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path):
     metrics.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
     with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):
         rundir.read_metrics(metrics)
-    with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):
-        rundir.truncate_metrics(metrics, 1)
+    with pytest.raises(RunDirectoryError, match=rf"{metrics}.*line 2"):  # a resume reads it the same way
+        rundir.reconcile_history(metrics, [{"epoch": 1}], 1, tmp_path / "last.pt")
 
 
 def nfbench_train(run_dir: Path, *overrides: str, script: str = "") -> subprocess.Popen:
@@ -240,7 +240,7 @@ def test_result_json_is_strict_json_after_a_divergence(make_cfg, tmp_path):
     on_disk = json.loads((tmp_path / "result.json").read_text(), parse_constant=refuse_constant)
     assert on_disk["divergence"]["loss"] is None and on_disk["divergence"]["loss_str"] in ("nan", "inf", "-inf")
     assert on_disk == result
-    rundir.append_metrics(tmp_path / "m.jsonl", {"epoch": 1, "test_loss": math.inf})
+    rundir.write_metrics(tmp_path / "m.jsonl", [{"epoch": 1, "test_loss": math.inf}])
     line = (tmp_path / "m.jsonl").read_text()
     assert json.loads(line, parse_constant=refuse_constant) == {"epoch": 1, "test_loss": None, "test_loss_str": "inf"}
 
@@ -266,10 +266,8 @@ def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeyp
         train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     message = str(e.value)
     assert "\n" not in message and str(tmp_path) in message and os.strerror(code) in message
-    monkeypatch.undo()
-    monkeypatch.setattr(rundir, "open", fail, raising=False)  # appending to metrics.jsonl
-    with pytest.raises(RunDirectoryError, match="metrics.jsonl"):
-        rundir.append_metrics(tmp_path / "metrics.jsonl", {"epoch": 1})
+    with pytest.raises(RunDirectoryError, match="metrics.jsonl"):  # the record of epochs, rewritten each epoch
+        rundir.write_metrics(tmp_path / "metrics.jsonl", [{"epoch": 1}])
 
 
 def test_cli_reports_run_directory_errors_in_one_line(capsys):

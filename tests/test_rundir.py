@@ -298,18 +298,22 @@ def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
     net(torch.ones(4, 3)).sum().backward()
     opt.step(), sched.step()
     partial = {"batches_done": 3, "loss_sum": 1.5, "correct": 2, "seen": 12, "seconds": 0.5, "rng": []}
+    history = [{"epoch": e, "val_top1": 50.0 + e} for e in range(1, 5)]
     state = rundir.checkpoint_state(net, opt, sched, scaler, 4, partial, best_on="val_top1", best_top1=61.0,
-                                    wall_s=12.5, config={"seed": 0}, resumed_from=None)
+                                    wall_s=12.5, config={"seed": 0}, resumed_from=None, history=history,
+                                    best_from=2)
     rundir.save_checkpoint(tmp_path / rundir.LAST, state)
     loaded = rundir.load_checkpoint(tmp_path / rundir.LAST)
 
     fresh = objects(1)
     restored = rundir.restore_checkpoint(loaded, *fresh)
-    assert restored == rundir.Restored(epoch=4, best_top1=61.0, wall_s=12.5, partial=partial)
+    assert restored == rundir.Restored(epoch=4, best_top1=61.0, wall_s=12.5, partial=partial, history=history,
+                                       best_from=2)
     assert all(torch.equal(a, b) for a, b in zip(fresh[0].state_dict().values(), net.state_dict().values()))
     momentum = [o.state_dict()["state"][0]["momentum_buffer"] for o in (fresh[1], opt)]
     assert torch.equal(*momentum)
     assert fresh[2].state_dict() == sched.state_dict() and fresh[2].get_last_lr() == [0.05]
 
-    legacy = {k: v for k, v in loaded.items() if k != "best_top1"} | {"best_test_top1": 55.0, "partial": None}
-    assert rundir.restore_checkpoint(legacy, *objects(2)) == rundir.Restored(4, 55.0, 12.5, None)
+    legacy = {k: v for k, v in loaded.items() if k not in ("best_top1", "history", "best_from")} | {
+        "best_test_top1": 55.0, "partial": None}
+    assert rundir.restore_checkpoint(legacy, *objects(2)) == rundir.Restored(4, 55.0, 12.5, None)  # no history kept
