@@ -149,7 +149,9 @@ class DataConfig:
 class ModelConfig:
     """The network (conf/model/)."""
 
-    name: str = "resnet20"  # the architecture: resnet18-152, resnet20-110 (CIFAR), wrn, nf_resnet26-101
+    # The architecture: resnet18-152, resnet20-110 (CIFAR; pre-activation), wrn, nf_resnet26-101 (timm; init=nf),
+    # he_resnet20-110 (He et al. 2016a's own post-activation CIFAR ResNets with BatchNorm; init=bn).
+    name: str = "resnet20"
     # Stage-1 width; None keeps the published widths (64 or 16).
     width: Optional[int] = None
     # "auto" picks the stem from the image size: CIFAR (<= 64 px) or ImageNet.
