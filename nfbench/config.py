@@ -139,6 +139,12 @@ class DataConfig:
     test_subset: Optional[int] = None  # evaluate on the first N of a fixed permutation (null: all)
     mean: Optional[list[float]] = None  # per-channel normalisation mean (null: the data set's own)
     std: Optional[list[float]] = None  # per-channel normalisation std (null: the data set's own)
+    # He et al. 2016a's per-pixel mean subtraction in place of data.mean/data.std: x/255 minus the mean image (per
+    # pixel and channel, [0, 1] scale, no std) of the images trained on, the same for training, validation and
+    # test images, subtracted after crop and flip (in the crop's coordinates).  The mean is taken once
+    # data.val_size has held out its split and data.train_subset has subset the rest.  Needs data.mean and
+    # data.std null and the data set's own image size (data.image_size null or that size), so not data=imagenet.
+    pixel_mean: bool = False
     # Image folders: check every file's header and end before training (nfbench/datacheck.py; about
     # 25 us a file), refusing a damaged one by name; skip_corrupt drops such files and counts them.
     verify: bool = True
@@ -149,7 +155,9 @@ class DataConfig:
 class ModelConfig:
     """The network (conf/model/)."""
 
-    name: str = "resnet20"  # the architecture: resnet18-152, resnet20-110 (CIFAR), wrn, nf_resnet26-101
+    # The architecture: resnet18-152, resnet20-110 (CIFAR; pre-activation), wrn, nf_resnet26-101 (timm; init=nf),
+    # he_resnet20-110 (He et al. 2016a's own post-activation CIFAR ResNets with BatchNorm; init=bn).
+    name: str = "resnet20"
     # Stage-1 width; None keeps the published widths (64 or 16).
     width: Optional[int] = None
     # "auto" picks the stem from the image size: CIFAR (<= 64 px) or ImageNet.
@@ -514,6 +522,10 @@ def check_values(cfg: DictConfig | Config) -> None:
         v = getattr(c.data, key)
         require(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
     if c.data.mean is not None or c.data.std is not None:
+        if c.data.pixel_mean:
+            raise ConfigError(f"data.pixel_mean=true cannot run with data.mean={c.data.mean} data.std={c.data.std}: "
+                              f"it subtracts the training images' mean image and divides by no std; set data.mean="
+                              f"null data.std=null, or data.pixel_mean=false")
         require(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
                 "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
         require(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")

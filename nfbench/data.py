@@ -3,7 +3,8 @@
 Small data sets (digits, CIFAR, small image folders) are held in memory as a
 uint8 tensor; other folder trees are read with torchvision's ImageFolder.  Augmentation follows the
 papers' recipe: random crop with padding + horizontal flip (+ RandAugment),
-then normalisation; the test set and the validation split held out of the
+then normalisation (per channel, or with ``data.pixel_mean`` He et al. 2016a's mean image of the
+training images); the test set and the validation split held out of the
 training set (``data.val_size``) are only normalised.
 """
 
@@ -13,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -64,6 +65,9 @@ class DataSource:
     classes: Optional[list[str]] = None
     # Which pixels these are (nfbench.fingerprint): the digests of train and test as loaded, before any split.
     fingerprint: Optional[dict] = None
+    # data.pixel_mean: the training images' mean (C, H, W), on the [0, 1] scale, subtracted from every image
+    # in place of mean/std (He et al. 2016a); None: the per-channel mean and std normalise.
+    mean_image: Optional[torch.Tensor] = None
 
 
 class TensorImages(Dataset):
@@ -96,6 +100,18 @@ class TransformedFolder(Dataset):
     def __getitem__(self, i: int):
         img, y = self.base[i]
         return self.transform(img), y
+
+
+def held_images(ds: Dataset) -> tuple[Optional[TensorImages], Optional[torch.Tensor]]:
+    """The in-memory data set behind a data set built by ``build_source`` and the indices of it that
+    ``ds`` selects (None: all of it); (None, None) for one that reads files.  Nothing is copied."""
+    if isinstance(ds, TransformedFolder):
+        ds = ds.base
+    indices = None
+    while isinstance(ds, Subset):  # a training subset of what the validation split left, say
+        outer = torch.as_tensor(ds.indices)
+        indices, ds = (outer if indices is None else outer[indices]), ds.dataset
+    return (ds, indices) if isinstance(ds, TensorImages) else (None, None)
 
 
 DATASETS: Registry[Callable[[DataConfig], DataSource]] = Registry("data set")
@@ -347,33 +363,49 @@ SHAPES = {
 }
 
 
-def data_shape(cfg: DataConfig) -> DataShape:
-    """The configured data set's shape without loading it (``data.image_size`` overrides the side).
-
-    An image folder's shape is in its tree: the class folders of train/ and the first image's size.
-    """
+def _own_shape(cfg: DataConfig) -> DataShape:
+    """The data set's own shape, without loading it: an image folder's is in its tree (the class folders of
+    train/ and the first image's size)."""
     if cfg.name in SHAPES:
-        shape = SHAPES[cfg.name]
-    else:
-        DATASETS.get(cfg.name)
-        from PIL import Image
+        return SHAPES[cfg.name]
+    DATASETS.get(cfg.name)
+    from PIL import Image
 
-        train = _folder_split(Path(cfg.root).expanduser(), ["train"])
-        classes, _ = tvd.folder.find_classes(str(train))
-        files = sorted(p for p in (train / classes[0]).iterdir() if p.is_file())
-        first = next((p for p in files if is_image_file(str(p))), None)
-        if first is None:
-            raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
-        if first != files[0]:
-            log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
-                     files[0].name)
-        with Image.open(first) as img:
-            shape = DataShape(len(classes), len(img.getbands()), max(img.size))
+    train = _folder_split(Path(cfg.root).expanduser(), ["train"])
+    classes, _ = tvd.folder.find_classes(str(train))
+    files = sorted(p for p in (train / classes[0]).iterdir() if p.is_file())
+    first = next((p for p in files if is_image_file(str(p))), None)
+    if first is None:
+        raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
+    if first != files[0]:
+        log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
+                 files[0].name)
+    with Image.open(first) as img:
+        return DataShape(len(classes), len(img.getbands()), max(img.size))
+
+
+def data_shape(cfg: DataConfig) -> DataShape:
+    """The configured data set's shape without loading it (``data.image_size`` overrides the side)."""
+    shape = _own_shape(cfg)
     return DataShape(shape.num_classes, shape.in_chans, cfg.image_size or shape.image_size)
 
 
+class SubtractMeanImage:
+    """x - mean_image, on float images of the [0, 1] scale (He et al. 2016a's per-pixel mean subtraction).
+
+    A class rather than a lambda so that DataLoader workers started by spawning can pickle it."""
+
+    def __init__(self, mean_image: torch.Tensor) -> None:
+        self.mean_image = mean_image
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean_image
+
+
 def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
-    """The papers' augmentation: crop (pad) + flip + optional RandAugment, then normalise."""
+    """The papers' augmentation: crop (pad) + flip + optional RandAugment, then normalise: by the per-channel
+    mean and std, or, where ``src.mean_image`` is set (``data.pixel_mean``), minus that mean image, after the
+    crop and flip, so in the crop's coordinates (what the network sees)."""
     mean = list(cfg.mean) if cfg.mean is not None else list(src.mean)
     std = list(cfg.std) if cfg.std is not None else list(src.std)
     ops: list = [v2.PILToTensor()] if src.pil else []
@@ -391,7 +423,8 @@ def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
             ops.append(v2.RandomHorizontalFlip())
         if cfg.randaugment:
             ops.append(v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    normalise = v2.Normalize(mean, std) if src.mean_image is None else SubtractMeanImage(src.mean_image)
+    ops += [v2.ToDtype(torch.float32, scale=True), normalise]
     return v2.Compose(ops)
 
 
@@ -454,11 +487,56 @@ def check_normalisation(cfg: DataConfig, in_chans: int) -> None:
                               f"{in_chans} channel(s): give one per channel, or null for the data set's own")
 
 
+def check_pixel_mean(cfg: DataConfig) -> None:
+    """``data.pixel_mean`` subtracts one mean image from every image the network sees, so every image must be
+    on the data set's own pixel grid: no resize (``data.image_size``), no ImageNet recipe.  Judged from the
+    data set's shape alone, before it loads (``data.mean``/``data.std``: :func:`nfbench.config.check_values`)."""
+    if not cfg.pixel_mean:
+        return
+    if cfg.name == "imagenet":
+        raise ConfigError("data.pixel_mean=true is not available for data=imagenet: its random-resized crops have "
+                          "no fixed pixel grid to take a mean image on; set data.pixel_mean=false")
+    side = _own_shape(cfg).image_size
+    if cfg.image_size not in (None, side):
+        raise ConfigError(f"data.pixel_mean=true needs data={cfg.name}'s own image size: data.image_size="
+                          f"{cfg.image_size} resizes its {side} px images, and the mean image is theirs; set "
+                          f"data.image_size=null, or data.pixel_mean=false")
+
+
+def mean_image(ds: Dataset, in_chans: int, side: int, chunk: int = 1024) -> torch.Tensor:
+    """The mean of ``ds``'s uint8 images per pixel and channel, on the [0, 1] scale: (C, H, W) float32.
+
+    Summed exactly (integers in float64), from memory for in-memory data sets, else by decoding every image
+    once; an image that is not (in_chans, side, side) is a DataError (the mean image needs one pixel grid)."""
+    held, indices = held_images(ds)
+    total = torch.zeros(in_chans, side, side, dtype=torch.float64)
+    if held is not None:
+        index = torch.arange(len(held)) if indices is None else indices
+        if tuple(held.images.shape[1:]) != tuple(total.shape):
+            raise DataError(f"data.pixel_mean=true: the images are {tuple(held.images.shape[1:])}, not "
+                            f"{tuple(total.shape)}")
+        for part in index.split(chunk):
+            total += held.images[part].sum(0, dtype=torch.float64)
+    else:
+        for i in range(len(ds)):  # type: ignore[arg-type]
+            x = ds[i][0]
+            x = x if isinstance(x, torch.Tensor) else v2.functional.pil_to_tensor(x)
+            if tuple(x.shape) != tuple(total.shape):
+                raise DataError(f"data.pixel_mean=true needs every training image at {side}x{side} px with "
+                                f"{in_chans} channel(s); training image {i} is {tuple(x.shape)} (channels, height, "
+                                f"width): resize the images, or set data.pixel_mean=false")
+            total += x
+    return (total / (255.0 * len(ds))).float()  # type: ignore[arg-type]
+
+
 def build_source(cfg: DataConfig) -> DataSource:
     """Load the configured data set, its validation split, its subsets and its transforms.
 
     The validation split is held out of the whole training set first; ``data.train_subset`` then
-    subsets what remains, so a smaller subset trains on fewer images against the same hold-out."""
+    subsets what remains, so a smaller subset trains on fewer images against the same hold-out.
+    With ``data.pixel_mean`` the mean image is taken over exactly the images trained on (those two
+    steps done), and subtracted from the training, validation and test images alike."""
+    check_pixel_mean(cfg)
     src = DATASETS.get(cfg.name)(cfg)
     fingerprint = data_fingerprint(src)
     check_normalisation(cfg, src.in_chans)
@@ -467,13 +545,16 @@ def build_source(cfg: DataConfig) -> DataSource:
                           f"the small-image recipe resizes down, never up. Fix: leave data.image_size unset, or give "
                           f"at most {src.image_size}")
     train, val = (src.train, None) if cfg.val_size is None else split_validation(src.train, cfg.val_size, cfg.name)
+    train = _subset(train, cfg.train_subset)
+    if cfg.pixel_mean:
+        src = replace(src, mean_image=mean_image(train, src.in_chans, src.image_size))
     evaluation = transforms(cfg, src, train=False)
-    train = with_transform(_subset(train, cfg.train_subset), transforms(cfg, src, train=True))
+    train = with_transform(train, transforms(cfg, src, train=True))
     test = with_transform(_subset(src.test, cfg.test_subset), evaluation)
     size = cfg.image_size or src.image_size
     return DataSource(train, test, src.num_classes, src.in_chans, size, cfg.mean or src.mean, cfg.std or src.std,
                       src.recipe, src.pil, val=None if val is None else with_transform(val, evaluation),
-                      classes=src.classes, fingerprint=fingerprint)
+                      classes=src.classes, fingerprint=fingerprint, mean_image=src.mean_image)
 
 
 def data_fingerprint(src: DataSource) -> dict:

@@ -26,29 +26,17 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.data import DataSource, TensorImages, TransformedFolder, worker_context
+from nfbench.data import DataSource, held_images, worker_context
 from nfbench.errors import ConfigError
-
-
-def _held(ds: Dataset) -> tuple[Optional[TensorImages], Optional[torch.Tensor]]:
-    """The in-memory data set behind a data set built by ``build_source`` and the indices of it that
-    ``ds`` selects (None: all of it); (None, None) for one that reads files.  Nothing is copied."""
-    if isinstance(ds, TransformedFolder):
-        ds = ds.base
-    indices = None
-    while isinstance(ds, Subset):  # a training subset of what the validation split left, say
-        outer = torch.as_tensor(ds.indices)
-        indices, ds = (outer if indices is None else outer[indices]), ds.dataset
-    return (ds, indices) if isinstance(ds, TensorImages) else (None, None)
 
 
 def in_memory(ds: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """The (uint8 images, labels) behind a data set built by ``build_source``, or None if it reads files."""
-    held, indices = _held(ds)
+    held, indices = held_images(ds)
     if held is None:
         return None
     if indices is None:
@@ -237,6 +225,9 @@ class _Spans:
 class DeviceLoader:
     """Batches (x, y) of in-memory uint8 images: normalised float32 x and int64 y on ``device``.
 
+    ``mean`` and ``std`` normalise (x / 255 - mean) / std: per channel, or ``mean`` a (C, H, W) mean image
+    (``data.pixel_mean``, He et al. 2016a; std 1), subtracted after the crop and flip, so in the crop's
+    coordinates, as :func:`nfbench.data.transforms` does.
     Iterates in the order of ``sampler`` (a ``DistributedSampler`` for training, so
     ``loader.sampler.set_epoch`` and the rank shards work as with a ``DataLoader``; this rank's
     indices for testing), ``batch_size`` samples at a time, dropping a ragged last batch when
@@ -247,7 +238,7 @@ class DeviceLoader:
     """
 
     def __init__(self, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 mean: Sequence[float] | torch.Tensor, std: Sequence[float], device: torch.device,
                  sampler: Sampler | Sequence[int], drop_last: bool = False, augment: Optional[Augment] = None,
                  num_workers: int = 0, pin_memory: bool = False) -> None:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
@@ -263,9 +254,11 @@ class DeviceLoader:
                                        sampler=self._spans, num_workers=num_workers, pin_memory=pin_memory,
                                        persistent_workers=True, multiprocessing_context=worker_context())
         # (v/255 - mean) / std as one multiply-add per pixel, straight from uint8.
-        std_t = torch.tensor(std, dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(device)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(device)
+        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32)
+        mean_t = mean_t.view(-1, 1, 1) if mean_t.ndim == 1 else mean_t
+        self._scale = (1.0 / (255.0 * std_t)).unsqueeze(0).to(device)
+        self._shift = (-mean_t / std_t).unsqueeze(0).to(device)
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
@@ -342,7 +335,7 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     if cfg.on_device is False:
         return False
     # Which splits are held, judged without gathering their images (this runs for every loader built).
-    held = [_held(split)[0] for split in (src.train, src.test, *([] if src.val is None else [src.val]))]
+    held = [held_images(split)[0] for split in (src.train, src.test, *([] if src.val is None else [src.val]))]
     why = None
     if any(split is None for split in held) or src.recipe != "small":
         why = "it reads image files"
@@ -355,6 +348,14 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     return why is None
 
 
+def normalisation(src: DataSource) -> tuple[Sequence[float] | torch.Tensor, Sequence[float]]:
+    """The (mean, std) a :class:`DeviceLoader` normalises ``src``'s images with: the mean image and std 1
+    with ``data.pixel_mean`` (``src.mean_image``), else the per-channel mean and std."""
+    if src.mean_image is not None:
+        return src.mean_image, [1.0] * src.in_chans
+    return src.mean, src.std
+
+
 def device_train_loader(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
                         drop_last: bool, device: torch.device, pin_memory: bool = False) -> DeviceLoader:
     """The training loader: the papers' augmentation, batched. ``data.num_workers`` processes build
@@ -363,7 +364,7 @@ def device_train_loader(cfg: DataConfig, src: DataSource, sampler: DistributedSa
     ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
         if cfg.randaugment and cfg.randaugment_n > 0 else None
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
-    return DeviceLoader(src.train, train_x, train_y, per_rank, src.mean, src.std, device, sampler,
+    return DeviceLoader(src.train, train_x, train_y, per_rank, *normalisation(src), device, sampler,
                         drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)
 
 
@@ -371,4 +372,4 @@ def device_eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, shard: Seq
                        device: torch.device) -> DeviceLoader:
     """A test or validation loader (normalised only) over this rank's ``shard`` of ``ds``'s images."""
     x, y = in_memory(ds)  # type: ignore[misc]
-    return DeviceLoader(ds, x, y, cfg.test_batch_size, src.mean, src.std, device, shard)
+    return DeviceLoader(ds, x, y, cfg.test_batch_size, *normalisation(src), device, shard)

@@ -26,6 +26,8 @@ def test_every_group_file_composes_and_validates(make_cfg, group, option):
         overrides.append("data.root=/nonexistent")  # the only mandatory value
     if option.startswith("nf_resnet"):
         overrides.append("init=nf")  # timm's NF-ResNets are built with the nf scheme only
+    if option.startswith("he_resnet"):
+        overrides.append("init=bn")  # He et al. 2016a's network has its BatchNorm built in
     cfg = make_cfg(overrides)
     if group != "trainer":
         # A variant file names the option it varies (init=fixup_reference: name fixup).

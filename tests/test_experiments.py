@@ -138,6 +138,44 @@ def test_fixup_cifar10_recipe():
     assert (cfg.sched.name, list(cfg.sched.milestones), cfg.sched.gamma) == ("multistep", [100, 150], 0.1)
 
 
+def test_he_cifar10_recipe():
+    """SPEC sections 1 and 4, He et al. 2016a section 4.2: their ResNet-20 (post-activation, option A) with
+    BatchNorm and He et al. 2015's init drawn without Civitelli et al.'s standardisation, per-pixel mean
+    subtraction (no std), SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, crop 32 pad 4 + flip, lr / 10 at
+    epochs 82 and 123 of 164 (390 steps each: 31,980 / 47,970 / 63,960 iterations, for 32k / 48k / 64k)."""
+    cfg = preset("he_cifar10_resnet20")
+    assert (cfg.data.name, cfg.model.name, cfg.model.width) == ("cifar10", "he_resnet20", None)
+    assert (cfg.init.name, cfg.init.weights, cfg.init.standardize, cfg.init.conv_shortcut) == ("bn", "he_fanin",
+                                                                                                False, False)
+    assert cfg.data.pixel_mean and cfg.data.mean is None and cfg.data.std is None and cfg.data.image_size is None
+    assert (cfg.data.crop_padding, cfg.data.hflip, cfg.data.randaugment, cfg.data.val_size) == (4, True, False, None)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, False, 1e-4)
+    assert cfg.data.batch_size == 128 and cfg.trainer.mixup_alpha == 0 and cfg.trainer.label_smoothing == 0
+    assert (cfg.sched.name, cfg.sched.per_step, list(cfg.sched.milestones), cfg.sched.gamma) == (
+        "multistep", False, [82, 123], 0.1)
+    steps = 50_000 // 128
+    assert (steps, 82 * steps, 123 * steps, cfg.trainer.epochs * steps) == (390, 31_980, 47_970, 63_960)
+    keys, points = grid("he_cifar10_resnet20")
+    assert keys == ["seed"] and [p[0] for p in points] == ["0", "1", "2"]
+
+
+def test_he_cifar10_preset_starts_he_et_al_network_unstandardised(make_cfg):
+    """The preset's network is He et al.'s 269,722-parameter ResNet-20, its convs drawn N(0, 2/n_in) and left
+    as drawn (no empirical standardisation: the layer variances differ from 2/n_in)."""
+    import torch
+    from torch import nn
+
+    from nfbench.models import PostActivationBasicBlock
+
+    torch.manual_seed(0)
+    net = validate(make_cfg(["experiment=he_cifar10_resnet20"])).build(10, 3, 32)
+    assert sum(p.numel() for p in net.parameters()) == 269_722
+    assert all(isinstance(b, PostActivationBasicBlock) for b in net.blocks)
+    ratios = [m.weight.var(unbiased=False).item() * m.weight[0].numel() / 2 for m in net.modules()
+              if isinstance(m, nn.Conv2d)]
+    assert all(0.7 < r < 1.3 for r in ratios) and not any(abs(r - 1) < 1e-6 for r in ratios)
+
+
 def test_fixup_imagenet_recipe():
     """SPEC section 4: 90 epochs, batch 256, lr 0.1 x 256/256, wd 1e-4, mixup 0.7, /10 every 30 epochs."""
     cfg = preset("fixup_imagenet_resnet50")

@@ -50,7 +50,7 @@ def same_outputs(a: torch.nn.Module, b: torch.nn.Module, shape: tuple[int, ...])
         assert torch.equal(a(x), b(x))
 
 
-CASES = [("resnet20", s) for s in SCHEMES.names()] + [("nf_resnet26", "nf")]
+CASES = [("resnet20", s) for s in SCHEMES.names()] + [("nf_resnet26", "nf"), ("he_resnet20", "bn")]
 
 
 @pytest.mark.parametrize("model,init", CASES)

@@ -11,8 +11,9 @@ from torch.nn import functional as F
 from nfbench.config import Config, ModelConfig, OptimConfig, option_config
 from nfbench.validation import validate
 from nfbench.errors import ConfigError
-from nfbench.models import (MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, ResidualBlock, TimmNFBlock,
-                            ZeroPadShortcut, build_model, construct_model)
+from nfbench.models import (HE_CIFAR_MODELS, MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, IdentityShortcut,
+                            PostActivationBasicBlock, ResidualBlock, TimmNFBlock, ZeroPadShortcut, build_model,
+                            construct_model)
 from nfbench.models.nf_resnet import timm_nf_resnet
 from nfbench.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
@@ -76,6 +77,30 @@ def test_fixup_reference_cifar_resnets_match_he_et_al_table_6(depth):
     convs = 3 * 16 * 9 + sum(ci * co * 9 + co * co * 9 + (n - 1) * 2 * co * co * 9
                              for ci, co in ((16, 16), (16, 32), (32, 64)))
     assert params == convs + 5 * 3 * n + 2 + 64 * 10 + 10
+
+
+def he_table6_params(depth: int) -> int:
+    """He et al. 2016a's CIFAR ResNet-depth counted by hand: the stem's 3x3 conv (3 -> 16) and BN, per block two
+    bias-free 3x3 convs (9 c_in c_out each) and two BNs (2 c each), option-A shortcuts without parameters, then
+    the 64 -> 10 linear layer with its bias."""
+    n = (depth - 2) // 6
+    params, chans = 9 * 3 * 16 + 2 * 16, 16
+    for width in (16, 32, 64):
+        for _ in range(n):
+            params += 9 * chans * width + 2 * width + 9 * width * width + 2 * width
+            chans = width
+    return params + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("depth", list(HE_CIFAR_PARAMS_M))
+def test_he_resnets_match_he_et_al_table_6(depth):
+    """He et al. 2016a's own network (model=he_resnet<depth>, init=bn): Table 6's count at its rounding, and
+    exactly the hand count; ResNet-20 is the 269,722 of the well-known public re-implementations (SPEC sec. 1)."""
+    params = n_params(f"he_resnet{depth}", "bn")
+    assert round(params / 1e6, 1 if depth == 110 else 2) == HE_CIFAR_PARAMS_M[depth]
+    assert params == he_table6_params(depth)
+    if depth == 20:
+        assert params == 269_722
 
 
 # Zagoruyko & Komodakis 2016 (Wide ResNets), CIFAR results: WRN-40-4 8.9 M, WRN-16-8 11.0 M, WRN-28-10 36.5 M
@@ -266,12 +291,116 @@ def test_fixup_reference_block_is_post_activation_with_option_a_shortcut():
     assert (net.blocks[0](torch.randn(2, 4, 16, 16)) >= 0).all()
 
 
+def test_he_resnet_structure_and_option_a_shortcuts():
+    """He et al. 2016a section 4.2: a 3x3 conv -> BN -> ReLU stem to 16 channels, three stages of n blocks at
+    16-32-64, each block two 3x3 convs with BN after each; where the shape changes an option-A shortcut
+    (stride-2 subsampling, zero channels appended, no parameters), elsewhere the identity; pool -> linear."""
+    with torch.device("meta"):
+        net = construct_model(option_config("model", "he_resnet56"), build_scheme(option_config("init", "bn")),
+                              10, 3, 32)
+    assert [type(m) for m in net.stem] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert (net.stem[0].in_channels, net.stem[0].out_channels, net.stem[0].kernel_size) == (3, 16, (3, 3))
+    assert len(net.blocks) == 27 and stage_widths(net) == [16, 32, 64]
+    assert all(isinstance(b, PostActivationBasicBlock) for b in net.blocks)
+    for block in net.blocks:
+        assert [c.kernel_size for c in block.branch] == [(3, 3), (3, 3)]
+        assert [c.stride[0] for c in block.branch] == [block.stride, 1]
+        assert all(c.bias is None for c in block.branch)
+        assert isinstance(block.shortcut, ZeroPadShortcut if block.transition else IdentityShortcut)
+        assert not list(block.shortcut.parameters())
+    assert [i for i, b in enumerate(net.blocks) if b.transition] == [9, 18]
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 27  # no conv outside the stem and the branches
+    assert isinstance(net.head.norm, nn.Identity) and isinstance(net.head.act, nn.Identity)
+    assert (net.head.fc.in_features, net.head.fc.out_features, net.head.fc.bias is not None) == (64, 10, True)
+    # Option A on real tensors: subsample by 2, then zero channels appended.
+    block = build("he_resnet20", "bn").blocks[3]  # width 4: 4 -> 8 channels, stride 2
+    x = torch.randn(2, 4, 8, 8)
+    h = block.skip(x)
+    assert h.shape == (2, 8, 4, 4) and torch.equal(h[:, :4], x[:, :, ::2, ::2]) and not h[:, 4:].any()
+
+
+def _bn_by_hand(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Eval-mode BatchNorm from its tensors: (x - running mean) / sqrt(running var + eps) * gamma + beta."""
+    shape = (1, -1, 1, 1)
+    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+            * bn.weight.view(shape) + bn.bias.view(shape))
+
+
+@pytest.mark.parametrize("index", [1, 3])  # an identity block and the first block of stage 2
+def test_he_resnet_block_is_post_activation(index):
+    """relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x)) computed from the block's tensors, BN in eval mode
+    with statistics and affines drawn at random so that no term can hide."""
+    torch.manual_seed(0)
+    net = build("he_resnet20", "bn", width=4)
+    block = net.blocks[index]
+    with torch.no_grad():
+        for bn in block.norms:
+            bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    block.eval()
+    chans = block.in_chans
+    x = torch.randn(2, chans, 8, 8)
+    conv1, conv2 = block.branch
+    out = F.relu(_bn_by_hand(F.conv2d(x, conv1.weight, stride=block.stride, padding=1), block.norms[0]))
+    out = _bn_by_hand(F.conv2d(out, conv2.weight, padding=1), block.norms[1])
+    shortcut = x if block.stride == 1 else F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, chans))
+    expected = F.relu(out + shortcut)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(block.skip(x), shortcut, rtol=0, atol=0)
+    assert (expected == 0).any() and (expected > 0).any()  # the final ReLU acted
+
+
+def test_he_resnet_trains_a_step_and_seeded_builds_are_identical():
+    """Full width at 32x32: forward, backward and one SGD step of He et al.'s recipe (lr 0.1, momentum 0.9,
+    wd 1e-4); the same seed builds the same network, another seed another one."""
+    def seeded(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build("he_resnet20", "bn", width=None, image_size=32)
+
+    net = seeded(0)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), seeded(0).state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), seeded(1).state_dict().values()))
+    opt = build_optimizer(net, OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-4), torch.device("cpu"))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.any() for p in net.parameters())
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    *[([f"init={s}"], f"model=he_resnet20 is He et al. 2016a's BatchNorm network.*use init=bn with it, or the "
+                      f"pre-activation model=resnet20 with init={s}") for s in SCHEMES.names() if s != "bn"],
+    (["init=bn_conv_shortcut"], "init.conv_shortcut=true.*use init=bn without init.conv_shortcut, or model=resnet20"),
+    (["init=bn", "model.stem=imagenet"], "model.stem=imagenet is not available for model=he_resnet20.*CIFAR stem"),
+])
+def test_he_resnet_needs_init_bn_and_the_cifar_stem(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message) as refusal:
+        validate(make_cfg(["model=he_resnet20", *overrides]))
+    assert "\n" not in str(refusal.value)
+
+
+@pytest.mark.parametrize("stem", ["auto", "cifar"])
+def test_he_resnet_width_scales_every_stage(stem):
+    net = build("he_resnet32", "bn", width=8, stem=stem, image_size=32)
+    assert net.stem[0].out_channels == 8 and stage_widths(net) == [8, 16, 32] and len(net.blocks) == 15
+
+
 # --- every registered (model, init) pair -------------------------------------------------------
 
 # Every registered scheme, and the one scheme option that builds other blocks (Fixup's reference block).
 SCHEME_VARIANTS = [(s, {}) for s in SCHEMES.names()] + [("fixup", {"reference_block": True})]
 # Past this many residual blocks a model's row of the grid is marked slow (resnet44/56/101/110/152, nf_resnet101).
 FAST_MAX_BLOCKS = 16
+
+
+def buildable_scheme(model: str) -> str:
+    """A scheme that builds ``model``: nf for timm's NF-ResNets, bn for He et al.'s network, plain elsewhere."""
+    return "nf" if model in TIMM_NF_MODELS else "bn" if model in HE_CIFAR_MODELS else "plain"
 
 
 def grid_cfg(model: str, init: str, init_kw: dict) -> Config:
@@ -281,7 +410,7 @@ def grid_cfg(model: str, init: str, init_kw: dict) -> Config:
 
 def n_blocks(model: str) -> int:
     with torch.device("meta"):
-        scheme = "nf" if model in TIMM_NF_MODELS else "plain"
+        scheme = buildable_scheme(model)
         return len(construct_model(grid_cfg(model, scheme, {}).model, build_scheme(option_config("init", scheme)),
                                    10, 3, 8).blocks)
 
@@ -295,9 +424,12 @@ def grid() -> list:
 
 def refused(model: str, init: str, init_kw: dict) -> bool:
     """The pairs that cannot be built, by SPEC sections 1-2: timm's NF-ResNets are the nf scheme's blocks,
-    and Fixup's reference block is a basic block (a bottleneck branch has 3 convs)."""
+    He et al. 2016a's network is a BatchNorm network (init=bn only), and Fixup's reference block is a basic
+    block (a bottleneck branch has 3 convs)."""
     if model in TIMM_NF_MODELS:
         return init != "nf"
+    if model in HE_CIFAR_MODELS:
+        return init != "bn"
     with torch.device("meta"):
         plain = build_scheme(option_config("init", "plain"))
         bottleneck = len(construct_model(grid_cfg(model, "plain", {}).model, plain, 10, 3, 8).blocks[0].branch) == 3
@@ -351,9 +483,9 @@ def test_every_registered_pair_trains_and_round_trips_a_checkpoint_or_is_refused
 
 def test_blocks_expose_branch_shortcut_and_scalars_for_every_block_type():
     for net in (build("resnet20", "learnscalar"), build("resnet20", "fixup", reference_block=True),
-                build("nf_resnet26", "nf", width=8)):
+                build("nf_resnet26", "nf", width=8), build("he_resnet20", "bn")):
         for block in net.blocks:
-            assert isinstance(block, (ResidualBlock, FixupBasicBlock, TimmNFBlock))
+            assert isinstance(block, (ResidualBlock, FixupBasicBlock, TimmNFBlock, PostActivationBasicBlock))
             assert all(isinstance(c, nn.Conv2d) for c in block.branch) and len(block.branch) >= 2
             assert block.shortcut is not None and block.stride in (1, 2)
     assert [len(b.scalars()) for b in build("resnet20", "learnscalar").blocks] == [1, 1, 1, 0, 1, 1, 0, 1, 1]

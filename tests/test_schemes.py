@@ -64,9 +64,10 @@ def convs_by_role(net: nn.Module) -> tuple[list[nn.Conv2d], list[nn.Conv2d], lis
 PLAIN_RULE_SCHEMES = ("bn", "plain", "idshort", "learnscalar", "convshort", "skipinit", "rezero")
 
 
-@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
+# He et al. 2016a's network (BatchNorm built in) is started by init=bn's initialise, unchanged.
+@pytest.mark.parametrize("init,model", [(i, m) for m in ("resnet20", "resnet50") for i in PLAIN_RULE_SCHEMES]
+                         + [("bn", "he_resnet20")])
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("init", PLAIN_RULE_SCHEMES)
 def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
     net = build(model, init, weights=rule)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
@@ -185,8 +186,8 @@ def test_the_init_table_covers_every_registered_scheme():
     assert sorted(INIT_TABLE) == SCHEMES.names()
 
 
-@pytest.mark.parametrize("model", ["resnet20", "resnet50"])
-@pytest.mark.parametrize("name", SCHEMES.names())
+@pytest.mark.parametrize("name,model", [(n, m) for m in ("resnet20", "resnet50") for n in SCHEMES.names()]
+                         + [("bn", "he_resnet20")])
 def test_every_tensor_starts_as_the_table_says(name, model):
     """Every parameter and buffer of a built network is checked against one row of INIT_TABLE."""
     from nfbench.models import split_stages

@@ -80,6 +80,25 @@ def test_hand_count_of_a_narrow_resnet20_on_digits(make_cfg):
     assert row["input"] == [1, 8, 8]
 
 
+def test_hand_count_of_he_et_al_resnet20(make_cfg):
+    """He et al. 2016a's ResNet-20 (model=he_resnet20), 3x32x32: the stem's conv and BN, two 3x3 convs and two
+    BNs per block, no shortcut parameters (option A), the 64 -> 10 classifier; 269,722 parameters in all."""
+    row = summarize(make_cfg([*NO_DATA, "model=he_resnet20", "init=bn"]))
+    bn = lambda c: (2 * c, 0)  # noqa: E731 (gamma, beta; torch counts no FLOPs for BN)
+    add = lambda *parts: tuple(sum(v) for v in zip(*parts))  # noqa: E731
+    block = lambda h, c_in, c: add(conv(h, 3, c_in, c), bn(c), conv(h, 3, c, c), bn(c))  # noqa: E731
+    stem = add(conv(32, 3, 3, 16), bn(16))
+    stage1 = add(*[block(32, 16, 16)] * 3)
+    stage2 = add(block(16, 16, 32), *[block(16, 32, 32)] * 2)
+    stage3 = add(block(8, 32, 64), *[block(8, 64, 64)] * 2)
+    head = (64 * 10 + 10, 2 * 64 * 10)
+    expected = [stem, stage1, stage2, stage3, head]
+    assert [(p["params"], p["flops"]) for p in row["parts"]] == expected
+    assert row["params"] == sum(p for p, _ in expected) == 269_722
+    assert row["flops"] == sum(f for _, f in expected) == 81_102_080
+    assert row["bn_params"] == 2 * (16 + 6 * 16 + 6 * 32 + 6 * 64) and row["paper"] is None
+
+
 def test_batchnorm_rows_of_the_paper_are_not_a_standard_preactivation_resnet(make_cfg):
     """docs/schemes.md: the paper's BatchNorm rows repeat ConvShort's counts; a standard pre-activation
     ResNet-18 with BN has IdShort's convs plus 2 affine parameters per normalised channel."""
@@ -190,6 +209,15 @@ def test_cli_list_of_models_and_schemes_prints_one_table(tmp_path):
 def test_cli_reports_an_impossible_pair(tmp_path):
     out = nfbench("model=nf_resnet50", "init=fixup", cwd=tmp_path)
     assert out.returncode == 2 and "use init=nf" in out.stderr
+    out = nfbench("model=he_resnet20", "init=idshort", cwd=tmp_path)
+    assert out.returncode == 2 and "use init=bn with it" in out.stderr
+
+
+def test_cli_lists_he_et_al_resnet20(tmp_path):
+    out = nfbench(*NO_DATA, "model=he_resnet20", "init=bn", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("he_resnet20 / bn (he_fanin weights), input 3x32x32, 10 classes")
+    assert out.stdout.splitlines()[-1].split()[:3] == ["total", "269,722", "0.27"]
 
 
 PAPER_INPUT_NOTE = "Civitelli et al. Tables 1-2 count a 3x32x32 input"

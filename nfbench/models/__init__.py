@@ -2,8 +2,9 @@
 
 Each registered model is a planner: given its config and the scheme, it applies the rules that
 guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
-with init=nf only) and returns a builder for the data set's shape.  :func:`plan_model` runs it once
-per run, before any data loads (:func:`nfbench.validation.validate`), and training builds from that.
+with init=nf only, He et al. 2016a's BatchNorm network with init=bn only) and returns a builder for
+the data set's shape.  :func:`plan_model` runs it once per run, before any data loads
+(:func:`nfbench.validation.validate`), and training builds from that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from nfbench.config import ModelConfig, require
 from nfbench.errors import ConfigError
+from nfbench.models.he_resnet import PostActivationBasicBlock, he_cifar_resnet, he_cifar_spec
 from nfbench.models.nf_resnet import TimmNFBlock, timm_nf_resnet
 from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ModelScheme,
                                    ResidualBlock, ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain,
@@ -46,6 +48,11 @@ RESNET_SPECS = {
 # timm's NF-ResNets (Brock et al. 2021a): their blocks *are* the nf scheme, so only init=nf builds them.
 TIMM_NF_MODELS = ("nf_resnet26", "nf_resnet50", "nf_resnet101")
 TIMM_NF_STAGE1_WIDTH = 64
+
+# He et al. 2016a's own CIFAR networks (section 4.2, Table 6): post-activation, option-A shortcuts, BatchNorm
+# built in, so only init=bn builds them.  nfbench's resnet20..resnet110 are the pre-activation ResNets.
+HE_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+HE_CIFAR_MODELS = tuple(f"he_resnet{d}" for d in HE_CIFAR_DEPTHS)
 
 
 def choose_stem(stem: str, image_size: int) -> str:
@@ -109,6 +116,33 @@ for _name in TIMM_NF_MODELS:
     MODELS.register(_name)(partial(_timm_nf, _name))
 
 
+def _he_resnet(depth: int, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
+    """He et al. 2016a's CIFAR network: its BatchNorm and option-A shortcuts are architecture, so it is started
+    by init=bn alone (every conv by init.weights, BN reset, the classifier's default) and has the CIFAR stem."""
+    name = cfg.name
+    if scheme.name != "bn":
+        raise ConfigError(
+            f"model={name} is He et al. 2016a's BatchNorm network (post-activation blocks, BatchNorm built in); "
+            f"use init=bn with it, or the pre-activation model=resnet{depth} with init={scheme.name}")
+    if scheme.cfg.conv_shortcut:
+        raise ConfigError(f"init.conv_shortcut=true puts a 1x1 conv shortcut in nfbench's pre-activation ResNets; "
+                          f"model={name} has He et al. 2016a's parameter-free option-A shortcuts: use init=bn "
+                          f"without init.conv_shortcut, or model=resnet{depth}")
+    if cfg.stem == "imagenet":
+        raise ConfigError(f"model.stem=imagenet is not available for model={name}: He et al. 2016a's CIFAR "
+                          f"network has the CIFAR stem only (one 3x3 conv); use model.stem=auto or cifar")
+    spec = he_cifar_spec(depth)
+
+    def build(num_classes: int, in_chans: int, image_size: int) -> ResNet:
+        return he_cifar_resnet(spec, num_classes, in_chans, cfg.width)
+
+    return build
+
+
+for _depth, _name in zip(HE_CIFAR_DEPTHS, HE_CIFAR_MODELS):
+    MODELS.register(_name)(partial(_he_resnet, _depth))
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """A model config and scheme that passed every rule of the pair: only construction is left, which
@@ -147,6 +181,6 @@ def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chan
 
 
 __all__ = ["MODELS", "ModelPlan", "plan_model", "build_model", "construct_model", "choose_stem", "ResNet", "Block",
-           "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "Head", "Scalar", "ScalarGain", "ScalarBias",
-           "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut", "ZeroPadShortcut",
-           "ModelScheme", "RESNET_SPECS", "TIMM_NF_MODELS", "split_stages", "wrn_spec"]
+           "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "PostActivationBasicBlock", "Head", "Scalar", "ScalarGain",
+           "ScalarBias", "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut",
+           "ZeroPadShortcut", "ModelScheme", "RESNET_SPECS", "TIMM_NF_MODELS", "HE_CIFAR_MODELS", "split_stages", "wrn_spec"]
