@@ -10,43 +10,48 @@ Why: the training step is captured in a CUDA graph, and a graph replays fixed ke
 shapes. So ``__call__`` makes no host round trip (no ``.item()``, ``.tolist()``, ``bool`` of a
 tensor, ``nonzero`` or shape that depends on the draws) and has no Python branch on data: each
 layer computes every op's result for the whole batch and each sample picks its own
-(compute-and-select, one gather). The draws, the per-sample magnitudes and the affine matrices are
-tensors; only the magnitude bin, fixed when the transform is built, enters as Python numbers.
-The tables a call reads are built once per device (a host-to-device copy, so make the first call on
-a device before capturing, as the usual warm-up does).
+(compute-and-select, one gather). The draws are tensors, and so is everything indexed by them:
+per (op, sign) key, a map of where each output pixel comes from (the five geometric ops) and a map
+of what each of the 256 levels becomes (Brightness, Posterize, Solarize), one of the two the
+identity; both are applied to every sample, in one gather each. The magnitude bin is fixed when the
+transform is built. The tables are computed once per device on first use, so make the first call
+on a device before capturing, as the usual warm-up does.
 
 Exactness, against ``torchvision.transforms.v2.functional`` applied to each image alone with the
-arguments ``v2.RandAugment`` passes (``tests/test_batch_augment.py`` checks each on real CIFAR-10
-images, every bin and sign, and the edge cases):
+arguments ``v2.RandAugment`` passes (``tests/test_batch_augment.py`` checks each bit for bit on real
+CIFAR-10 images, every bin and sign, mixed batches, and the edge cases):
 
-- Magnitudes: the tables are torchvision's: ``torch.linspace`` in float32, read as doubles, for
-  the linear ones; ``round(8 - k / ((bins - 1) / 4))`` bits for Posterize.
-- ShearX/Y, TranslateX/Y, Rotate: bit-exact. One affine grid for all five: per (op, sign) the
-  inverse pixel map is computed in double precision in the order ``F.affine``/``F.rotate``
-  evaluate it (shear about pixel (0, 0) by ``degrees(atan(m))``, translation by ``int(m)`` pixels,
-  rotation by ``-(m % 360)`` about the centre), cast to float32, divided by half the image size
-  and multiplied into the same grid of pixel centres by the same ``bmm``, then sampled with
-  ``grid_sample`` (nearest, zeros), as torchvision does per image. Where a source coordinate is
-  exactly a nearest-neighbour .5 boundary (shear 0.2 at row 2, say) the float32 arithmetic decides,
-  and it is the same arithmetic. Rotate by 0 degrees (bin 0), which torchvision copies, is the
-  identity grid: its coordinates land within float error of whole pixels.
-- Brightness: bit-exact; ``x * float32(1 + m)`` per sample is torchvision's product.
-- Color, Contrast, Sharpness: bit-exact. torchvision blends with ``add_(other, alpha=1 - f)``,
-  which is one fused multiply-add on the CPU's vector path (and on CUDA), so a per-sample factor
-  tensor would round differently; each sign's blend is therefore computed with the same call and
-  Python factor, and selected. Contrast's mean sums whole grey values (exact in float32 in any
-  order). Sharpness's 3x3 blur is rounded to whole values, and (8 neighbours + 5 centre) / 13 is at
-  least 1/26 from a .5 boundary, so no summation order changes it; the border stays as it was.
-- Posterize (``x & mask``), Solarize (``x >= 255 * m`` compared in float32, as torchvision's
-  comparison of a uint8 image with a Python float is; pixels at the threshold are inverted),
-  AutoContrast (per channel, a flat channel left as it is), Equalize (PIL's look-up table in integer
-  arithmetic, per channel; a channel of one value left as it is): bit-exact, integer or correctly
-  rounded float32 arithmetic.
+- Magnitudes: torchvision's tables: ``torch.linspace`` in float32, read as doubles, for the linear
+  ops; ``round(8 - k / ((bins - 1) / 4))`` bits for Posterize.
+- ShearX/Y, TranslateX/Y, Rotate: bit-exact by construction. Each key's pixel map is what
+  ``F.affine``/``F.rotate`` compute for one image on the same device: the inverse matrix in double
+  precision in their order of operations (shear about pixel (0, 0) by ``degrees(atan(m))``,
+  translation by ``int(m)`` pixels, rotation by ``-(m % 360)`` about the centre), cast to float32,
+  the same grid of pixel centres through the same ``bmm`` of one image, then ``grid_sample``
+  (nearest, zeros) of an image of pixel numbers. Nearest sampling picks pixels without touching
+  their values, so gathering through that map is ``grid_sample`` of any image, .5 boundaries
+  included (e.g. shear 0.2 lands on one at row 2: the float32 arithmetic decides, and it is the
+  same arithmetic). Rotate by 0 degrees (bin 0), which torchvision copies, is the identity map.
+- Brightness, Posterize, Solarize: bit-exact by construction; the level map is torchvision's
+  operation applied to the levels 0..255 (Solarize compares with ``255 * m`` in float32, as its
+  comparison of a uint8 image with a Python float does, so at bin 6, 255 * float32(0.8) =
+  204.000003 inverts pixel 204).
+- Color, Contrast, Sharpness: bit-exact. torchvision blends with ``add_(other, alpha=1 - f)``, one
+  fused multiply-add per element (on the CPU's vector path and on CUDA), so a factor tensor
+  (multiply, then add) would round differently: each sign's blend is computed with the same calls
+  and Python factor, and selected. Contrast's mean sums whole grey levels (exact in float32 in any
+  order). Sharpness's 3x3 blur is rounded to whole levels, and (3x3 sum + 4 * centre) / 13 is at
+  least 1/26 from a .5, so it is computed here from the exact sum and one division (no convolution,
+  so no TF32 either); the border stays as it was.
+- AutoContrast (per channel; a flat channel left as it is) and Equalize (PIL's look-up table in
+  integer arithmetic, per channel; a channel with fewer than 255 pixels below its brightest level,
+  a flat one among them, left as it is): bit-exact, torchvision's operations on each level of a
+  per-channel look-up table instead of on each pixel.
 
-Measured on the CPU; on CUDA the same claims rest on ``bmm`` computing each sample's grid like a
-batch of one, and on ``conv2d`` not using TF32 for the blur (``tests`` compare there too when a GPU
-is present). The draws follow ``v2.RandAugment``'s distribution (each op uniformly, each signed op
-negated with probability 0.5), not its random stream.
+Measured on the CPU, where Color, Contrast and Sharpness also rest on the fused add being used
+whatever the tensors' layout (tested); on CUDA the tests compare there too when a GPU is present.
+The draws follow ``v2.RandAugment``'s distribution (each op uniformly, each signed op negated with
+probability 0.5), not its random stream.
 """
 
 from __future__ import annotations
@@ -68,9 +73,11 @@ NUM_MAGNITUDE_BINS = 31
 _LINEAR_TOP = {"ShearX": 0.3, "ShearY": 0.3, "Rotate": 30.0, "Brightness": 0.9, "Color": 0.9,
                "Contrast": 0.9, "Sharpness": 0.9}
 
-# What each layer computes for the whole batch, in order; a sample takes one of them.
-_SLOTS = ("identity", "warp", "brightness", "color+", "color-", "contrast+", "contrast-",
-          "sharpness+", "sharpness-", "posterize", "solarize", "autocontrast", "equalize")
+# What each layer computes for the whole batch; a sample takes one of them. "pixels" serves the ops
+# that move pixels or map each level alone: Identity, Shear, Translate, Rotate, Brightness,
+# Posterize, Solarize (each key's pixel map, then its level map, one of them the identity).
+_SLOTS = ("pixels", "color+", "color-", "contrast+", "contrast-", "sharpness+", "sharpness-",
+          "autocontrast", "equalize")
 
 
 def magnitudes(op: str, num_bins: int, height: int, width: int) -> Optional[list[float]]:
@@ -126,17 +133,32 @@ def _op_matrix(op: str, m: float, height: int, width: int) -> list[float]:
     return [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
+def _source_pixels(matrix: list[float], height: int, width: int, device: torch.device) -> torch.Tensor:
+    """For each output pixel, 1 + the flat index of the input pixel F.affine/F.rotate take it from
+    (NEAREST), 0 where they fill: their grid arithmetic for one image (same float32 matrix, same
+    transposed layout and bmm of one, same grid_sample) run on an image of pixel numbers."""
+    theta = torch.tensor(matrix, dtype=torch.float32, device=device).view(1, 2, 3)
+    half_size = torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32, device=device)
+    # Pixel centres from the image centre: torchvision's linspace((1 - w) / 2, (w - 1) / 2, w) has step 1.
+    xs = torch.arange(width, dtype=torch.float32, device=device) - (width - 1) * 0.5
+    ys = torch.arange(height, dtype=torch.float32, device=device) - (height - 1) * 0.5
+    base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
+                        torch.ones(height, width, device=device)], dim=-1).view(1, height * width, 3)
+    grid = base.bmm(theta.transpose(1, 2).div(half_size)).view(1, height, width, 2)
+    numbers = torch.arange(1, height * width + 1, dtype=torch.float32, device=device).view(1, 1, height, width)
+    picked = F.grid_sample(numbers, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return picked.view(height * width).long()  # whole numbers below 2**24: exact in float32
+
+
 @dataclass(frozen=True)
 class _Tables:
     """What a call reads on one device, indexed by key = op index * 2 + (1 if negated)."""
 
     signed: torch.Tensor  # (ops,) bool
-    slot: torch.Tensor  # (2 * ops,) int64: which of _SLOTS the key takes
-    theta: torch.Tensor  # (2 * ops, 2, 3) float32 inverse pixel maps
-    half_size: torch.Tensor  # (2,) float32: half the width and height (the grid's normalisation)
-    base: torch.Tensor  # (1, H * W, 3) float32 output pixel centres from the image centre, and 1
-    brightness: torch.Tensor  # (2 * ops,) float32 factor 1 + m (1 for the other ops)
-    blur: torch.Tensor  # (1, 1, 3, 3) float32 kernel of adjust_sharpness's degenerate image
+    slot: torch.Tensor  # (keys,) int64: which of _SLOTS the key takes
+    source: torch.Tensor  # (keys, H * W) int64: 1 + the input pixel each output pixel takes, 0: fill
+    lut: torch.Tensor  # (keys, 256) uint8: what each level becomes
+    levels: torch.Tensor  # (256,) uint8: 0..255
 
 
 class BatchRandAugment:
@@ -162,57 +184,55 @@ class BatchRandAugment:
             table = magnitudes(op, num_magnitude_bins, h, w)
             if table is not None:
                 self.magnitudes[op] = table[magnitude]
-        # The blends' factors per sign (see the module docstring: Python numbers, as torchvision's).
+        # The blends' factors per sign, 1 + m and 1 + (-m), as Python numbers like torchvision's.
         self.factors = {op: (1.0 + self.magnitudes[op], 1.0 + -self.magnitudes[op])
                         for op in ("Color", "Contrast", "Sharpness")}
-        bits = int(self.magnitudes["Posterize"])
-        self.posterize_mask = 255 if bits >= 8 else ((1 << bits) - 1) << (8 - bits)
-        self.solarize_threshold = 255.0 * self.magnitudes["Solarize"]
-        self._cpu = self._build_tables()
-        self._on: dict[torch.device, _Tables] = {torch.device("cpu"): self._cpu}
+        self.keys = [(op, negated) for op in OPS for negated in (False, True)]
+        self._on: dict[torch.device, _Tables] = {}
 
     def _signed_magnitude(self, op: str, negated: bool) -> float:
         m = self.magnitudes.get(op, 0.0)
         return -m if negated and op in SIGNED else m
 
-    def _build_tables(self) -> _Tables:
-        h, w = self.image_size
-        keys = [(op, negated) for op in OPS for negated in (False, True)]
-        slot_of = {"Identity": "identity", "Brightness": "brightness", "Posterize": "posterize",
-                   "Solarize": "solarize", "AutoContrast": "autocontrast", "Equalize": "equalize"}
-        slots = []
-        for op, negated in keys:
-            if op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"):
-                slots.append("warp")
-            elif op in self.factors:
-                slots.append(op.lower() + ("-" if negated else "+"))
-            else:
-                slots.append(slot_of[op])
-        matrices = [_op_matrix(op, self._signed_magnitude(op, negated), h, w) for op, negated in keys]
-        bright = [1.0 + self._signed_magnitude(op, negated) if op == "Brightness" else 1.0
-                  for op, negated in keys]
-        # Pixel centres: torchvision's linspace((1 - w) / 2, (w - 1) / 2, w) has step exactly 1.
-        xs = torch.arange(w, dtype=torch.float32) - (w - 1) * 0.5
-        ys = torch.arange(h, dtype=torch.float32) - (h - 1) * 0.5
-        base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w)], dim=-1)
-        a, b = 1.0 / 13.0, 5.0 / 13.0
-        return _Tables(
-            signed=torch.tensor([op in SIGNED for op in OPS]),
-            slot=torch.tensor([_SLOTS.index(s) for s in slots]),
-            theta=torch.tensor(matrices, dtype=torch.float32).view(len(keys), 2, 3),
-            half_size=torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32),
-            base=base.reshape(1, h * w, 3),
-            brightness=torch.tensor(bright, dtype=torch.float32),
-            blur=torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32).view(1, 1, 3, 3))
-
     def tables(self, device: torch.device) -> _Tables:
-        """This transform's tables on ``device``, copied there on first use."""
+        """This transform's tables on ``device``, computed there on first use (before any capture)."""
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         if device not in self._on:
-            self._on[device] = _Tables(**{k: v.to(device) for k, v in vars(self._cpu).items()})
+            self._on[device] = self._build_tables(device)
         return self._on[device]
+
+    def _build_tables(self, device: torch.device) -> _Tables:
+        """Each key's pixel map and level map, computed on ``device`` by the operations torchvision
+        runs there on one image, applied to every pixel position or level, so that a lookup is their
+        result."""
+        h, w = self.image_size
+        levels = torch.arange(256, dtype=torch.uint8, device=device)
+        bits = int(self.magnitudes["Posterize"])
+        keep = 255 if bits >= 8 else ((1 << bits) - 1) << (8 - bits)
+        threshold = 255.0 * self.magnitudes["Solarize"]  # compared with uint8 pixels in float32, as torchvision does
+        slots, sources, luts = [], [], []
+        for op, negated in self.keys:
+            m = self._signed_magnitude(op, negated)
+            if op in self.factors:
+                slots.append(op.lower() + ("-" if negated else "+"))
+            else:
+                slots.append(op.lower() if op in ("AutoContrast", "Equalize") else "pixels")
+            moves = op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+            sources.append(_source_pixels(_op_matrix(op, m, h, w), h, w, device) if moves
+                           else torch.arange(1, h * w + 1, device=device))
+            if op == "Brightness":
+                luts.append(levels.mul(1.0 + m).clamp_(0, 255).to(torch.uint8))
+            elif op == "Posterize":
+                luts.append(levels.bitwise_and(keep))
+            elif op == "Solarize":
+                luts.append(torch.where(levels >= threshold, levels.bitwise_not(), levels))
+            else:
+                luts.append(levels)
+        return _Tables(signed=torch.tensor([op in SIGNED for op in OPS], device=device),
+                       slot=torch.tensor([_SLOTS.index(s) for s in slots], device=device),
+                       source=torch.stack(sources), lut=torch.stack(luts), levels=levels)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Each of ``n`` samples' (op, sign) for each of ``num_ops`` layers, as v2.RandAugment draws
@@ -236,7 +256,7 @@ class BatchRandAugment:
             raise ValueError(f"BatchRandAugment takes uint8 images (N, 1 or 3, H, W); got {x.dtype} {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(f"images are {tuple(x.shape[-2:])} but this BatchRandAugment was built for "
-                             f"{self.image_size} (Translate's magnitudes and the grid depend on it)")
+                             f"{self.image_size} (Translate's magnitudes and the pixel maps depend on it)")
         if ops.shape != signs.shape or ops.dim() != 2 or ops.shape[0] != x.shape[0]:
             raise ValueError(f"ops and signs must both be (N, layers) with N = {x.shape[0]}; "
                              f"got {tuple(ops.shape)} and {tuple(signs.shape)}")
@@ -247,82 +267,83 @@ class BatchRandAugment:
     def _layer(self, x: torch.Tensor, key: torch.Tensor, t: _Tables) -> torch.Tensor:
         """One RandAugment layer: every slot's result for the whole batch, then each sample's own."""
         n, c, h, w = x.shape
+        out = torch.empty((len(_SLOTS), n, c, h, w), dtype=torch.uint8, device=x.device)
+        slot = {name: out[i] for i, name in enumerate(_SLOTS)}
+        levels = x.reshape(n, c, h * w).long()
+        # Identity, the geometric ops and the point ops: each level mapped, then each pixel moved (one
+        # of the two maps is the identity for any key, so the order is free and the fill stays 0).
+        mapped = t.lut[key].gather(1, levels.view(n, c * h * w)).view(n, c, h * w)
+        torch.gather(F.pad(mapped, (1, 0)), 2, t.source[key].unsqueeze(1).expand(n, c, h * w),
+                     out=slot["pixels"].view(n, c, h * w))
         xf = x.float()
-        # The grey image of Color and Contrast (torchvision's rgb_to_grayscale, floored for uint8).
+        # The grey image of Color and Contrast: torchvision's rgb_to_grayscale in float32, floored.
         if c == 3:
             r, g, b = x.unbind(1)
             grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).floor_().unsqueeze(1)
         else:
             grey = xf
-        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
-        results = {
-            "identity": x,
-            "warp": _warp(xf, t.theta[key], t.half_size, t.base),
-            "brightness": xf.mul(t.brightness[key].view(n, 1, 1, 1)).clamp_(0, 255).to(torch.uint8),
-            "posterize": x.bitwise_and(self.posterize_mask),
-            "solarize": torch.where(x >= self.solarize_threshold, x.bitwise_not(), x),
-            "autocontrast": _autocontrast(xf),
-            "equalize": _equalize(x),
-        }
-        for sign, i in (("+", 0), ("-", 1)):
-            # Color leaves a one-channel image as it is (adjust_saturation matches PIL there).
-            results["color" + sign] = _blend(x, grey, self.factors["Color"][i]) if c == 3 else x
-            results["contrast" + sign] = _blend(x, mean, self.factors["Contrast"][i])
-        results["sharpness+"], results["sharpness-"] = _sharpen(xf, t.blur, self.factors["Sharpness"])
-        stacked = torch.stack([results[s] for s in _SLOTS])
-        return stacked[t.slot[key], torch.arange(n, device=x.device)]
+        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)  # whole grey levels summed: exact in any order
+        for i, sign in enumerate("+-"):
+            if c == 3:
+                _blend(xf, grey, self.factors["Color"][i], out=slot["color" + sign])
+            else:  # adjust_saturation leaves a one-channel image as it is (as PIL does)
+                slot["color" + sign].copy_(x)
+            _blend(xf, mean, self.factors["Contrast"][i], out=slot["contrast" + sign])
+        _sharpen(x, xf, self.factors["Sharpness"], out=(slot["sharpness+"], slot["sharpness-"]))
+        torch.gather(_autocontrast_lut(x, t.levels), 2, levels, out=slot["autocontrast"].view(n, c, h * w))
+        torch.gather(_equalize_lut(levels, t.levels), 2, levels, out=slot["equalize"].view(n, c, h * w))
+        return out[t.slot[key], torch.arange(n, device=x.device)]
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: float) -> torch.Tensor:
-    """``factor * x + (1 - factor) * other`` with torchvision's two calls (mul, fused add)."""
-    return x.mul(factor).add_(other, alpha=1.0 - factor).clamp_(0, 255).to(torch.uint8)
+def _blend(xf: torch.Tensor, other: torch.Tensor, factor: float, out: torch.Tensor) -> None:
+    """``factor * x + (1 - factor) * other`` into uint8 ``out`` with torchvision's two calls (mul,
+    fused add); the conversion on copy truncates, as its ``.to(uint8)`` does."""
+    out.copy_(xf.mul(factor).add_(other, alpha=1.0 - factor).clamp_(0, 255))
 
 
-def _warp(xf: torch.Tensor, theta: torch.Tensor, half_size: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour resampling of each image through its own inverse pixel map (N, 2, 3),
-    zeros outside: torchvision's affine grid and grid_sample, a batch of maps at once."""
-    n, _, h, w = xf.shape
-    # Transposed then divided, as torchvision lays the grid's matrix out for its bmm.
-    grid = base.expand(n, -1, -1).bmm(theta.transpose(1, 2).div(half_size)).view(n, h, w, 2)
-    out = F.grid_sample(xf, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return out.to(torch.uint8)  # nearest samples are whole pixel values or the zero fill
+def _sharpen(x: torch.Tensor, xf: torch.Tensor, factors: tuple[float, float],
+             out: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """adjust_sharpness at each factor into ``out``: inside the border, x + (1 - f) * (blur - x) (one
+    fused add, torchvision's) with blur the 3x3 mean of weights 1/13 (5/13 at the centre) rounded to
+    a whole level; the border as it is.
 
-
-def _sharpen(xf: torch.Tensor, blur: torch.Tensor, factors: tuple[float, float]) -> tuple[torch.Tensor, ...]:
-    """adjust_sharpness at each factor: the interior blended with its rounded 3x3 blur, border kept."""
-    n, c, h, w = xf.shape
+    Exactly, that blur is (3x3 sum + 4 * centre) / 13, which lies j/13 past a whole number and so
+    never within 1/26 of a .5; torchvision's float32 convolution and the one division here are both
+    within 1e-3 of it, so both round to the same level."""
+    h, w = x.shape[-2:]
+    for o in out:
+        o.copy_(x)
     if h <= 2 or w <= 2:  # no interior: torchvision returns the image (a static shape, not data)
-        return tuple(xf.to(torch.uint8) for _ in factors)
-    diff = F.conv2d(xf, blur.expand(c, 1, 3, 3), groups=c).round_().sub_(xf[..., 1:-1, 1:-1])
-    outs = []
-    for factor in factors:
-        out = xf.clone()
-        out[..., 1:-1, 1:-1].add_(diff, alpha=1.0 - factor)
-        outs.append(out.clamp_(0, 255).to(torch.uint8))
-    return tuple(outs)
+        return
+    rows = xf[..., :-2, :] + xf[..., 1:-1, :] + xf[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # whole numbers, exact
+    centre = xf[..., 1:-1, 1:-1]
+    diff = (box + 4 * centre).div_(13).round_().sub_(centre)
+    for o, factor in zip(out, factors):
+        o[..., 1:-1, 1:-1].copy_(torch.add(centre, diff, alpha=1.0 - factor).clamp_(0, 255))
 
 
-def _autocontrast(xf: torch.Tensor) -> torch.Tensor:
-    """Each channel stretched to 0..255 from its own min and max; a flat channel is left as it is."""
-    low = xf.amin(dim=(-2, -1), keepdim=True)
-    high = xf.amax(dim=(-2, -1), keepdim=True)
+def _autocontrast_lut(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """(N, C, 256): each channel's levels stretched to 0..255 from its own min and max, with
+    torchvision's float32 operations per level; a flat channel's levels stay as they are."""
+    low = x.amin(dim=(-2, -1)).float().unsqueeze(-1)
+    high = x.amax(dim=(-2, -1)).float().unsqueeze(-1)
     flat = high == low
     scale = (high - low).mul_(1.0 / 255)
     low = torch.where(flat, 0.0, low)
     scale = torch.where(flat, 1.0, scale)
-    return (xf - low).div_(scale).clamp_(0, 255).to(torch.uint8)
+    return (levels.float() - low).div_(scale).clamp_(0, 255).to(torch.uint8)
 
 
-def _equalize(x: torch.Tensor) -> torch.Tensor:
-    """PIL's histogram equalisation per channel (torchvision's tensor version of it): the look-up
-    table (cumulative count + step // 2) // step with step = (pixels below the channel's brightest
-    value) // 255, shifted one level up; a channel with step 0 (one value, or nearly) is left as it is."""
-    n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w).long()
-    hist = torch.zeros(n, c, 256, dtype=torch.int64, device=x.device)
-    hist.scatter_add_(2, flat, flat.new_ones(()).expand_as(flat))
-    step = (h * w - hist.gather(2, flat.amax(dim=2, keepdim=True))) // 255  # (n, c, 1)
+def _equalize_lut(pixels: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """(N, C, 256) from int64 pixels (N, C, H * W): PIL's histogram equalisation per channel (as
+    torchvision's tensor version computes it), (cumulative count + step // 2) // step shifted one
+    level up, with step = (pixels below the channel's brightest level) // 255; where step is 0 (one
+    level, or nearly) the channel's levels stay as they are."""
+    n, c, size = pixels.shape
+    hist = torch.zeros(n, c, 256, dtype=torch.int64, device=pixels.device)
+    hist.scatter_add_(2, pixels, pixels.new_ones(()).expand_as(pixels))
+    step = (size - hist.gather(2, pixels.amax(dim=2, keepdim=True))) // 255  # (n, c, 1)
     lut = (hist.cumsum(2)[..., :-1] + step // 2) // step.clamp(min=1)
     lut = F.pad(lut.clamp_(0, 255), (1, 0)).to(torch.uint8)  # level 0 maps to 0
-    equalized = lut.gather(2, flat).view(n, c, h, w)
-    return torch.where(step.unsqueeze(-1) > 0, equalized, x)
+    return torch.where(step > 0, lut, levels)

@@ -298,6 +298,22 @@ def test_unsigned_ops_ignore_the_sign_and_bin_0_of_signed_ops_is_the_identity(ci
             assert torch.equal(plus, x), op
 
 
+def test_the_fused_add_rounds_alike_whatever_the_layout():
+    """Color, Contrast and Sharpness call torchvision's add_(other, alpha) on other shapes than it does
+    (a batch; a contiguous interior). That is exact only if every element gets the same fused
+    multiply-add: on a strided row of 30, a long contiguous run, and one element alone."""
+    rng = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (64, 32), generator=rng).float()
+    b = torch.randint(-255, 256, (64, 32), generator=rng).float()
+    for alpha in (-0.27000001072883606, 0.6299999952316284, 1.899999976158142):
+        strided = a.clone()
+        strided[:, 1:-1].add_(b[:, 1:-1], alpha=alpha)
+        contiguous = torch.add(a[:, 1:-1].contiguous().flatten(), b[:, 1:-1].contiguous().flatten(), alpha=alpha)
+        alone = torch.stack([torch.add(a[i, j:j + 1], b[i, j:j + 1], alpha=alpha)[0]
+                             for i in range(64) for j in range(1, 31)])
+        assert torch.equal(strided[:, 1:-1].flatten(), contiguous) and torch.equal(contiguous, alone)
+
+
 # -- the draws -------------------------------------------------------------------------------------------
 
 def key_counts(ops: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
