@@ -155,7 +155,7 @@ def test_a_batch_of_mixed_draws_equals_each_image_alone(num_ops, magnitude, cifa
 
 @pytest.mark.parametrize("size", [(28, 20), (17, 32)], ids=["28x20", "17x32"])
 def test_non_square_and_odd_sizes_equal_torchvision(size, cifar):
-    """The grid's centre and normalisation and Translate's magnitudes depend on height and width."""
+    """The pixel maps' centre and normalisation and Translate's magnitudes depend on height and width."""
     h, w = size
     x = cifar[:, :, :h, :w].contiguous()
     for magnitude in (9, 30):
@@ -177,25 +177,25 @@ def test_one_channel_images_equal_torchvision(cifar):
                                         for i, img in enumerate(x[:8])]), f"grey {op}")
 
 
-def test_equals_v2_randaugment_itself(cifar):
+@pytest.mark.parametrize("magnitude", [9, 30])
+def test_equals_v2_randaugment_itself(magnitude, cifar):
     """Through v2.RandAugment's public interface: with torch's RNG seeded alike, replaying the draws
     its forward makes (an op index, then rand() <= 0.5 for a signed op) gives its output exactly."""
-    t = v2.RandAugment(num_ops=2, magnitude=9)
+    t = v2.RandAugment(num_ops=2, magnitude=magnitude)
     ops, signs, want = [], [], []
     with torch.random.fork_rng():
         for i, img in enumerate(cifar):
             torch.manual_seed(i)
             want.append(t(img))
             torch.manual_seed(i)
-            layer_ops = []
+            ops.append([])
+            signs.append([])
             for _ in range(2):
                 op = int(torch.randint(len(OPS), ()))
-                negated = OPS[op] in SIGNED and bool(torch.rand(()) <= 0.5)
-                layer_ops.append((op, -1 if negated else 1))
-            ops.append([op for op, _ in layer_ops])
-            signs.append([sign for _, sign in layer_ops])
-    got = BatchRandAugment(2, 9, (32, 32))(cifar, torch.tensor(ops), torch.tensor(signs))
-    assert_same_images(got, torch.stack(want), "v2.RandAugment(num_ops=2, magnitude=9)")
+                ops[-1].append(op)
+                signs[-1].append(-1 if OPS[op] in SIGNED and torch.rand(()) <= 0.5 else 1)
+    got = BatchRandAugment(2, magnitude, (32, 32))(cifar, torch.tensor(ops), torch.tensor(signs))
+    assert_same_images(got, torch.stack(want), f"v2.RandAugment(num_ops=2, magnitude={magnitude})")
 
 
 # -- the ops' edge cases ---------------------------------------------------------------------------------
@@ -456,33 +456,32 @@ def test_cuda_equals_torchvision_on_cuda_per_image(magnitude, cifar):
 @pytest.mark.gpu
 @needs_cuda
 def test_captured_in_a_cuda_graph_it_replays_new_draws_without_a_sync(cifar):
-    """Draw and apply captured once; replays with new images and a reseeded generator give the eager results."""
-    x = cifar.cuda()
+    """The apply captured once; replays with new images and new draws copied into its inputs give the
+    eager results, which are torchvision's, and make no host sync."""
     ra = BatchRandAugment(2, 9, (32, 32))
     gen = torch.Generator("cuda").manual_seed(0)
-    static_x = x.clone()
+    x = cifar.cuda()
+    static = [x.clone(), *ra.draw(len(x), gen)]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(2):  # warm-up: tables copied, kernels chosen
-            ra(static_x, *ra.draw(len(x), gen))
+        for _ in range(2):  # warm-up, PyTorch's recipe: the tables are built here, outside the capture
+            ra(*static)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(gen)
     with torch.cuda.graph(graph):
-        static_ops, static_signs = ra.draw(len(x), gen)
-        static_out = ra(static_x, static_ops, static_signs)
+        static_out = ra(*static)
     replays = []
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for seed, images in ((1, x), (2, x.flip(0))):
-            gen.manual_seed(seed)
-            static_x.copy_(images)
+        for images in (x, x.flip(0)):
+            for held, new in zip(static, (images, *ra.draw(len(x), gen)), strict=True):
+                held.copy_(new)
             graph.replay()
-            replays.append([t.clone() for t in (static_x, static_ops, static_signs, static_out)])
+            replays.append([t.clone() for t in (*static, static_out)])
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert not torch.equal(replays[0][1], replays[1][1])  # new draws on each replay
+    assert not torch.equal(replays[0][1], replays[1][1])  # each replay had its own draws
     for images, ops, signs, out in replays:
         assert torch.equal(out, ra(images, ops, signs))
         assert_same_images(out.cpu(), references(images, ops, signs, 9).cpu(), "graph replay")
