@@ -40,9 +40,9 @@ CIFAR-10 images, every bin and sign, mixed batches, and the edge cases):
   fused multiply-add per element (on the CPU's vector path and on CUDA), so a factor tensor
   (multiply, then add) would round differently: each sign's blend is computed with the same calls
   and Python factor, and selected. Contrast's mean sums whole grey levels (exact in float32 in any
-  order). Sharpness's 3x3 blur is rounded to whole levels, and (3x3 sum + 4 * centre) / 13 is at
-  least 1/26 from a .5, so it is computed here from the exact sum and one division (no convolution,
-  so no TF32 either); the border stays as it was.
+  order, for images up to 256 x 256). Sharpness's 3x3 blur is rounded to whole levels, and
+  (3x3 sum + 4 * centre) / 13 is at least 1/26 from a .5, so it is computed here from the exact sum
+  and one division (no convolution, so no TF32 either); the border stays as it was.
 - AutoContrast (per channel; a flat channel left as it is) and Equalize (PIL's look-up table in
   integer arithmetic, per channel; a channel with fewer than 255 pixels below its brightest level,
   a flat one among them, left as it is): bit-exact, torchvision's operations on each level of a
@@ -269,10 +269,10 @@ class BatchRandAugment:
         n, c, h, w = x.shape
         out = torch.empty((len(_SLOTS), n, c, h, w), dtype=torch.uint8, device=x.device)
         slot = {name: out[i] for i, name in enumerate(_SLOTS)}
-        levels = x.reshape(n, c, h * w).long()
+        pixels = x.reshape(n, c, h * w).long()
         # Identity, the geometric ops and the point ops: each level mapped, then each pixel moved (one
         # of the two maps is the identity for any key, so the order is free and the fill stays 0).
-        mapped = t.lut[key].gather(1, levels.view(n, c * h * w)).view(n, c, h * w)
+        mapped = t.lut[key].gather(1, pixels.view(n, c * h * w)).view(n, c, h * w)
         torch.gather(F.pad(mapped, (1, 0)), 2, t.source[key].unsqueeze(1).expand(n, c, h * w),
                      out=slot["pixels"].view(n, c, h * w))
         xf = x.float()
@@ -282,7 +282,8 @@ class BatchRandAugment:
             grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).floor_().unsqueeze(1)
         else:
             grey = xf
-        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)  # whole grey levels summed: exact in any order
+        # A sum of whole grey levels, exact in float32 in any order up to 2**24 / 255 pixels (256 x 256).
+        mean = grey.mean(dim=(-3, -2, -1), keepdim=True)
         for i, sign in enumerate("+-"):
             if c == 3:
                 _blend(xf, grey, self.factors["Color"][i], out=slot["color" + sign])
@@ -290,8 +291,8 @@ class BatchRandAugment:
                 slot["color" + sign].copy_(x)
             _blend(xf, mean, self.factors["Contrast"][i], out=slot["contrast" + sign])
         _sharpen(x, xf, self.factors["Sharpness"], out=(slot["sharpness+"], slot["sharpness-"]))
-        torch.gather(_autocontrast_lut(x, t.levels), 2, levels, out=slot["autocontrast"].view(n, c, h * w))
-        torch.gather(_equalize_lut(levels, t.levels), 2, levels, out=slot["equalize"].view(n, c, h * w))
+        torch.gather(_autocontrast_lut(x, t.levels), 2, pixels, out=slot["autocontrast"].view(n, c, h * w))
+        torch.gather(_equalize_lut(pixels, t.levels), 2, pixels, out=slot["equalize"].view(n, c, h * w))
         return out[t.slot[key], torch.arange(n, device=x.device)]
 
 
