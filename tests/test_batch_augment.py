@@ -449,7 +449,8 @@ def test_cuda_equals_torchvision_on_cuda_per_image(magnitude, cifar):
     for op in OPS:  # each op alone, both signs
         negated = [i % 2 == 1 for i in range(len(x))]
         o, s = one_op(op, negated)
-        want = torch.stack([reference(img, op, tv_magnitude(op, magnitude, 32, 32, neg)) for img, neg in zip(x, negated)])
+        want = torch.stack([reference(img, op, tv_magnitude(op, magnitude, 32, 32, neg))
+                            for img, neg in zip(x, negated)])
         assert_same_images(ra(x, o.cuda(), s.cuda()).cpu(), want.cpu(), f"CUDA {op} at {magnitude}")
 
 
