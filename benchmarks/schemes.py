@@ -20,6 +20,7 @@ from common import amp_context, base_parser, device_of, footer, header, median, 
 
 from nfbench.config import ModelConfig, OptimConfig, option_config
 from nfbench.errors import ConfigError
+from nfbench.graphed_step import GraphedStep
 from nfbench.models import build_model
 from nfbench.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
@@ -29,10 +30,12 @@ MIB = 2**20
 
 
 class Bench:
-    """One scheme's network, optimiser and batch, and its step."""
+    """One scheme's network, optimiser and batch, and its step: eager (optionally compiled), or with
+    ``graph`` the step ``trainer.cuda_graph=true`` trains with (nfbench.graphed_step: captured after its
+    warm-up steps on CUDA, the same code run eagerly on a CPU)."""
 
     def __init__(self, scheme: str, model: ModelConfig, batch: int, device: torch.device, precision: str,
-                 channels_last: bool, compile_: bool) -> None:
+                 channels_last: bool, compile_: bool, graph: bool = False) -> None:
         seed_all(0)
         self.net = build_model(model, build_scheme(option_config("init", scheme)), 10, 3, 32).to(device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -42,8 +45,14 @@ class Bench:
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=self.fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.device, self.precision = device, precision
+        self.graphed = GraphedStep(self.net, self.opt, torch.nn.CrossEntropyLoss(),
+                                   dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
+                                   OptimConfig(), channels_last=channels_last) if graph else None
 
     def step(self) -> None:
+        if self.graphed is not None:
+            self.graphed(self.x, self.y)
+            return
         with amp_context(self.device, self.precision):
             loss = F.cross_entropy(self.fwd(self.x).float(), self.y)
         self.opt.zero_grad(set_to_none=True)
