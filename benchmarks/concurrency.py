@@ -73,7 +73,8 @@ def main() -> None:
           f"channels_last={args.channels_last}, {step} step, schemes cycled: {', '.join(args.schemes)}")
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
-    queues = [ctx.Queue() for _ in range(max(args.jobs))]
+    # --each-alone times every scheme alone, so there is a process for each even beyond the largest job count.
+    queues = [ctx.Queue() for _ in range(max(*args.jobs, len(args.schemes) if args.each_alone else 0))]
     procs = [ctx.Process(target=_worker, args=(r, args, q, results), daemon=True) for r, q in enumerate(queues)]
     for proc in procs:
         proc.start()

@@ -254,7 +254,7 @@ $PY scripts/gpu_plan.py status "$WORK/runs"
 for f in "$WORK"/logs/*.out; do echo "== tail of $f"; tail -n 3 "$f"; done
 
 timeout 60 $PY -m nfbench.cli report "$WORK/runs" --out "$WORK/report" --group-by +data.root
-cat "$WORK/report/report.md" 2>/dev/null && cp "$WORK/report/report.md" "$OUTDIR/he_report.md"
+cp "$WORK/report/report.md" "$OUTDIR/he_report.md" 2>/dev/null  # its table is in the log above
 $PY - "$WORK/runs" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -12,7 +12,8 @@ What call 1 measures, and what the plans rest on:
 - ``concurrency``: benchmarks/concurrency.py's aggregate images/s of 1, 2, ... processes training the
   same step side by side (trainer.cuda_graph's captured step on a random batch), so A(n) = aggregate(n) /
   aggregate(1) is how much n runs sharing the GPU gain over one; with ``--each-alone``, each scheme's own
-  rate too.
+  rate too, and A(n) is then against the mean of the n schemes' own rates (a mix of fast and slow
+  schemes is not counted as a gain).
 - ``calibration``: one real ``nfbench train`` of the run's preset with the same step on CIFAR-shaped
   random pixels (every image of a real epoch, the full test set): its steady epoch's wall time (training,
   evaluation, checkpoint: the differences of metrics.jsonl's wall_s after epoch 1) and the fixed cost
@@ -60,13 +61,20 @@ def calibrate(run_dir: Path, process_wall: float) -> dict:
 
 
 def gain(concurrency: dict, n: float) -> float:
-    """A(n): the aggregate of n processes over one's, interpolated between the measured counts (flat
-    beyond the largest, never below 1/n of one process's rate times n, i.e. never worse than measured)."""
+    """A(n): n processes' aggregate images/s over what they would do taking turns on the GPU with no
+    overlap (the mean of their schemes' rates alone, from --each-alone; else one process's rate),
+    interpolated between the measured counts and flat beyond the largest."""
+    alone = {a["scheme"]: a["images_per_s"] for a in concurrency.get("alone", [])}
     rows = sorted(concurrency["rows"], key=lambda r: r["jobs"])
-    one = rows[0]["images_per_s"] / rows[0]["jobs"]
-    points = [(r["jobs"], r["images_per_s"] / one) for r in rows]
+
+    def base(row: dict) -> float:
+        if alone and all(s in alone for s in row.get("schemes", [None])):
+            return statistics.mean(alone[s] for s in row["schemes"])
+        return rows[0]["images_per_s"] / rows[0]["jobs"]
+
+    points = [(r["jobs"], r["images_per_s"] / base(r)) for r in rows]
     if n <= points[0][0]:
-        return points[0][1] * n / points[0][0]
+        return points[0][1]
     for (n0, a0), (n1, a1) in zip(points, points[1:]):
         if n <= n1:
             return a0 + (a1 - a0) * (n - n0) / (n1 - n0)
@@ -110,15 +118,15 @@ def scheme_epoch_s(call1: dict) -> dict[str, float]:
 
 
 def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], min_epochs: int, max_epochs: int,
-             short_epochs: int, optional: list[str], slots: int) -> tuple[int, list[str], list[str]]:
+             short_epochs: int, optional: list[str], slots: int) -> tuple[int, list[str], list[str], dict]:
     """The epochs E of every main arm (the same for all, at least ``min_epochs``) and the runs kept.
 
     ``shorts`` are short runs (NAME = [r101_]SCHEME) of ``short_epochs`` each. The GPU's work is every
     run's steady epochs alone; ``slots`` processes share it at A(slots), one of them the short runs' lane
     (scripts/gpu_civitelli_r50.sh). Runs are dropped, lowest priority
     first, until E reaches ``min_epochs``: the ``optional`` arms, then the ResNet-101 short runs, then the
-    ResNet-50 ones; if E still falls short it is ``min_epochs`` anyway, and the deadline checkpoints
-    what is left (resumed by a rerun with KEEP_RUNS=1)."""
+    ResNet-50 ones; if E still falls short it is ``min_epochs`` anyway, the short runs are all kept, and
+    the deadline checkpoints what is left (resumed by a rerun with KEEP_RUNS=1)."""
     per = scheme_epoch_s(call1)
     fixed = call1["calibration"]["fixed_s"]
     a = gain(call1["concurrency"], slots)
@@ -138,23 +146,33 @@ def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], mi
           + ", ".join(f"{s} {per[s]:.2f}" for s in [*arms, *optional] if s in per)
           + f"; fixed {fixed:.1f} s per run; {slots} processes at A = {a:.2f}; {seconds:.0f} s available")
     main, short = [*arms, *optional], list(shorts)
-    drops = [[o] for o in reversed(optional)] + [[s for s in short if s.startswith("r101_")],
-                                                 [s for s in short if not s.startswith("r101_")]]
+    # What goes first when E falls short: each optional arm (last first), then the ResNet-101 short runs,
+    # then the ResNet-50 ones (short runs and arms share scheme names: each drop says which list it is).
+    drops = [("main", [o]) for o in reversed(optional)] + [
+        ("short", [s for s in short if s.startswith("r101_")]), ("short", [s for s in short if not s.startswith("r101_")])]
     epochs = epochs_for(main, short)
-    for drop in drops:
+    for which, names in drops:
         if epochs >= min_epochs:
             break
-        if drop:
-            main = [m for m in main if m not in drop]
-            short = [s for s in short if s not in drop]
+        if names:
+            if which == "main":
+                main = [m for m in main if m not in names]
+            else:
+                short = [s for s in short if s not in names]
             epochs = epochs_for(main, short)
-            print(f"  dropped {' '.join(drop)}: {epochs} epochs fit")
-    if epochs < min_epochs:
-        print(f"  only {epochs} epochs fit: running {min_epochs} anyway (the deadline may stop the last runs)")
+            print(f"  dropped {which} {' '.join(names)}: {epochs} epochs fit")
+    if epochs < min_epochs:  # the drops did not buy the floor: keep the short runs, which finish first
+        short = list(shorts)
+        print(f"  only {epochs} epochs fit: running {min_epochs} anyway, with every short run (the deadline "
+              "may stop the main arms, checkpointed for KEEP_RUNS=1)")
     epochs = max(min_epochs, min(max_epochs, epochs))
     print(f"  plan: {epochs} epochs each for {' '.join(main)}; {short_epochs} epoch(s) each for "
           f"{' '.join(short) or 'no short runs'}")
-    return epochs, main, short
+    # Each run's wall time alone on the GPU: a run is not started with less than that left (the plan above
+    # fits them all; this catches a pace far below the measured one).
+    alone = {**{m: epochs * per[m] for m in main}, **{f"short_{s}": short_s(s) for s in short}}
+    estimates = {k: MARGIN * (fixed + v) for k, v in alone.items()}
+    return epochs, main, short, estimates
 
 
 def project(seconds: float, specs: list[str]) -> list[tuple[str, int, int, float]]:
@@ -203,7 +221,7 @@ def main(argv: list[str]) -> None:
                                                     "r101_convshort", "r101_idshort", "r101_learnscalar"])
     r.add_argument("--min-epochs", type=int, default=30)
     r.add_argument("--max-epochs", type=int, default=200)
-    r.add_argument("--short-epochs", type=int, default=2)
+    r.add_argument("--short-epochs", type=int, default=1)
     r.add_argument("--slots", type=int, default=3)
     j = sub.add_parser("project")
     j.add_argument("--seconds", type=float, required=True, help="seconds left before the deadline")
@@ -223,9 +241,10 @@ def main(argv: list[str]) -> None:
     elif a.cmd == "he":
         print(f"HE_RUNS={he_plan(json.loads(a.call1.read_text()), a.seconds, a.epochs, a.max_runs)}")
     elif a.cmd == "r50":
-        epochs, main_arms, shorts = r50_plan(json.loads(a.call1.read_text()), a.seconds, a.arms, a.shorts,
-                                             a.min_epochs, a.max_epochs, a.short_epochs, a.optional, a.slots)
-        print(f"R50_EPOCHS={epochs}\nR50_ARMS='{' '.join(main_arms)}'\nR50_SHORTS='{' '.join(shorts)}'")
+        epochs, main_arms, shorts, est = r50_plan(json.loads(a.call1.read_text()), a.seconds, a.arms, a.shorts,
+                                                  a.min_epochs, a.max_epochs, a.short_epochs, a.optional, a.slots)
+        print(f"R50_EPOCHS={epochs}\nR50_ARMS='{' '.join(main_arms)}'\nR50_SHORTS='{' '.join(shorts)}'\n"
+              f"R50_EST='{' '.join(f'{k}:{v:.0f}' for k, v in est.items())}'")
     elif a.cmd == "project":
         for path, done, planned, need in project(a.seconds, a.specs):
             verdict = "pace unknown" if math.isnan(need) else "over" if need > a.seconds else "ok"

@@ -54,8 +54,9 @@ from common import write_fake_cifar10; write_fake_cifar10(Path(sys.argv[1]), int
 }
 
 runs_pack() {  # runs_pack TGZ PATH...: the small files of WORK's PATHs (no checkpoints, no event files)
-    local tgz=$1
+    local tgz=$1 p paths=()
     shift
-    tar -czf "$tgz" -C "$WORK" --exclude=checkpoints --exclude=tb --exclude='*.pt' "$@"
+    for p in "$@"; do [ -e "$WORK/$p" ] && paths+=("$p"); done
+    tar -czf "$tgz" -C "$WORK" --exclude=checkpoints --exclude=tb --exclude='*.pt' "${paths[@]}"
     say "packed $(du -h "$tgz" | cut -f1) into $tgz"
 }
