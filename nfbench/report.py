@@ -10,6 +10,11 @@ Plain functions, each usable on its own:
 - :func:`plot_curves` draws Civitelli et al.'s Fig. 3/4: train and test top-1 per epoch,
   the seeds' mean as a line and their std as a band, one colour per scheme.
 
+Which pixels each row trained and tested on is its ``data_copy`` (the run's data fingerprint, named
+when it is a known copy: "original", "JPEG copy", ...; nfbench/fingerprint.py): it is always a group
+key, so seeds on different pixels are never averaged together, and the published CIFAR-10 numbers
+stand only beside runs on the original pixels.
+
 The headline is the final test top-1 (the last epoch's).  Runs with a validation split
 (``data.val_size``) add the best validation top-1 and the test top-1 at that epoch (the epoch of
 ``best.pt``); a best selected on the test set (``best_test_top1``, runs without validation) is
@@ -41,12 +46,15 @@ import pandas as pd
 import yaml
 
 from nfbench import rundir
+from nfbench.fingerprint import UNKNOWN, copy_label
 from nfbench.tables import format_table
 
 # Short names for the axes a sweep varies; any other dotted config key works as well.
 ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
            "weights": "init.weights", "epochs": "trainer.epochs"}
-DEFAULT_GROUP_BY = ("experiment", "data", "model", "width", "init", "weights")
+# ``data_copy``: which pixels (nfbench.fingerprint.copy_label); a group never mixes copies (:func:`group_keys`).
+DATA_COPY = "data_copy"
+DEFAULT_GROUP_BY = ("experiment", "data", DATA_COPY, "model", "width", "init", "weights")
 # The config key each scheme alias also reads (:func:`scheme_label`): its groups are kept apart by it already.
 VARIANT_KEYS = {"init": "init.conv_shortcut", "weights": "init.stem_weights"}
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
@@ -71,6 +79,7 @@ class Run:
     metrics: list[dict]
     result: Optional[dict]
     problem: Optional[str] = None  # why its files cannot be counted (:func:`read_run`)
+    fingerprint: Optional[dict] = None  # the data it trained on: result.json's, else env.json's (a run going)
 
     @property
     def status(self) -> str:
@@ -87,6 +96,8 @@ class Run:
         and ``weights`` name the scheme's variant too (:func:`scheme_label`), so the groups keep it apart."""
         if key in ("init", "weights"):
             return scheme_label(self, key)
+        if key == DATA_COPY:
+            return copy_label(self.fingerprint)
         node: Any = self.config
         for part in ALIASES.get(key, key).split("."):
             if not isinstance(node, dict) or part not in node:
@@ -146,7 +157,10 @@ def read_run(path: Path) -> Optional[Run]:
         problem, result = "result.json cannot be read (truncated or damaged)", None
     elif isinstance(result, dict) and result.get("status") == FINISHED and result.get("test_top1") is None:
         problem = "result.json says finished but holds no test_top1"
-    return Run(path, config, metrics, result, problem)
+    env = rundir.read_json(path / "env.json", strict=False)
+    fingerprint = next((f.get("data_fingerprint") for f in (result, env) if isinstance(f, dict)
+                        and f.get("data_fingerprint")), None)
+    return Run(path, config, metrics, result, problem, fingerprint)
 
 
 def _why(e: Exception) -> str:
@@ -239,12 +253,22 @@ def runs_frame(runs: Sequence[Run], group_by: Sequence[str]) -> pd.DataFrame:
     })
 
 
+def group_keys(group_by: Sequence[str]) -> list[str]:
+    """``group_by`` with ``data_copy`` after ``data`` when it is missing: seeds are never averaged over runs
+    on different pixels (other data fingerprints), whatever keys are asked for."""
+    keys = list(group_by)
+    if DATA_COPY not in keys:
+        keys.insert(keys.index("data") + 1 if "data" in keys else 0, DATA_COPY)
+    return keys
+
+
 def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -> pd.DataFrame:
     """Group runs by the values of ``group_by`` (in the order they first appear) and summarise each
     group over its seeds: one row per group with its key values, ``seeds`` (finished runs), ``diverged``,
-    ``unfinished``, ``invalid``, ``epochs`` (planned, when the runs agree), FIGURE_mean and FIGURE_std
+    ``unfinished``, ``invalid``, ``excluded``, ``epochs`` (planned, when the runs agree), FIGURE_mean and FIGURE_std
     over the finished runs, ``seed_values``, ``mixed_keys`` (see :func:`_mixed`), ``references``
     (empty until :func:`attach_references`) and ``runs``."""
+    group_by = group_keys(group_by)
     per_run = runs_frame(runs, group_by)
     order = per_run["group"].unique()
     counts = (pd.crosstab(per_run["group"], per_run["status"])
@@ -323,6 +347,7 @@ def markdown_table(table: pd.DataFrame, group_by: Sequence[str], skipped: Sequen
     """The Markdown table and, below it, the invalid and excluded runs, the run directories skipped
     (``skipped``: path and why), groups whose runs differ in other keys, and the sources of the
     reference numbers it cites."""
+    group_by = group_keys(group_by)
     shown = pd.concat([
         table[list(dict.fromkeys([*group_by, *COUNTS]))],
         pd.DataFrame({title: [_pm(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"])]
@@ -376,14 +401,17 @@ def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], 
 
 
 SCHEME_KEYS = ("init", "weights", "init.name", "init.weights")
+# Keys that tell the curves of one figure apart: the scheme, and the data copy (the original pixels beside a
+# JPEG copy of the same recipe, in one panel).
+CURVE_KEYS = (DATA_COPY, *SCHEME_KEYS)
 
 
 def _figure_groups(table: pd.DataFrame,
                    group_by: Sequence[str]) -> Iterator[tuple[list[tuple[str, Any]], pd.DataFrame]]:
-    """One figure per combination of the group keys other than the scheme (init, weights):
+    """One figure per combination of the group keys other than the scheme (init, weights) and the data copy:
     Civitelli et al. draw one panel per architecture with every scheme in it.  Yields the figure's
     (key, value) pairs and its rows of ``table``."""
-    fig_keys = [k for k in group_by if k not in SCHEME_KEYS]
+    fig_keys = [k for k in group_by if k not in CURVE_KEYS]
     labels = pd.Series([json.dumps([row[k] for k in fig_keys]) for _, row in table.iterrows()], index=table.index)
     for label, rows in table.groupby(labels, sort=False):
         yield list(zip(fig_keys, json.loads(label))), rows
@@ -405,12 +433,13 @@ def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    scheme_keys = [k for k in group_by if k in SCHEME_KEYS]
+    group_by = group_keys(group_by)
+    curve_keys = [k for k in group_by if k in CURVE_KEYS]
     for fig_key, fig_rows in _figure_groups(table, group_by):
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
         colours = plt.get_cmap("tab10")
         for i, (_, row) in enumerate(fig_rows.iterrows()):
-            name = " + ".join(str(row[k]) for k in scheme_keys if row[k] is not None) or _label(row, group_by)
+            name = " + ".join(str(row[k]) for k in curve_keys if row[k] not in (None, UNKNOWN)) or _label(row, group_by)
             dead = f", {row['diverged']} diverged" if row["diverged"] else ""
             for ax, metric in zip(axes, ("train_top1", "test_top1")):
                 epochs, mean, std = epoch_curve(row["runs"], metric)
