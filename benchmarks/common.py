@@ -41,7 +41,7 @@ def compose(overrides: list[str]) -> DictConfig:
     """The config ``nfbench train OVERRIDES`` would run."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from nfbench.cli import CONF_DIR
+    from nfbench.cli.main import CONF_DIR
     from nfbench.config import register_configs
 
     register_configs()

@@ -65,10 +65,10 @@ def overrides(args: argparse.Namespace, model: str, mode: str, run_dir: Path) ->
 def pure_replay(cfg, steps: int) -> float:
     """Images/s of the captured step replayed back to back: the model's own compute, no runner around it
     (on a CPU, the smoke rehearsal: the graphed step's code run eagerly on one batch)."""
-    from nfbench.graphed_step import GraphedStep
+    from nfbench.engine.graph import GraphedStep
     from nfbench.models import build_model
-    from nfbench.optim import build_optimizer
-    from nfbench.runtime import seed_all
+    from nfbench.engine.optim import build_optimizer
+    from nfbench.engine.runtime import seed_all
     from nfbench.schemes import build_scheme
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,11 +93,11 @@ def pure_replay(cfg, steps: int) -> float:
 
 def run_one(args: argparse.Namespace) -> None:
     """Child process: one configuration, its figures as JSON on the last line of stdout."""
-    import nfbench.epoch_metrics as em
-    from nfbench.train import train
+    import nfbench.engine.metrics as em
+    from nfbench.engine.loop import train
 
     if args.smoke and args.mode == "cuda_graph":  # no CUDA here: the graphed step's code, run eagerly
-        import nfbench.train as nt
+        import nfbench.engine.loop as nt
 
         nt.check_device = lambda device, world_size: None
     first: list = []

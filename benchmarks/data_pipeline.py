@@ -36,11 +36,11 @@ from torch.nn import functional as F
 from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, timed,
                     write_fake_cifar10)
 
-from nfbench.data import build_source
-from nfbench.loaders import build_loaders
-from nfbench.device_data import BatchRandAugment, DeviceLoader
+from nfbench.data.source import build_source
+from nfbench.data.loaders import build_loaders
+from nfbench.data.device import BatchRandAugment, DeviceLoader
 from nfbench.models import build_model
-from nfbench.optim import build_optimizer
+from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import build_scheme
 
 

@@ -1,5 +1,5 @@
-"""RandAugment on one batch: nfbench.batch_augment (whole-batch ops, graph-capturable) against
-nfbench.device_data's grouped version (the batch sorted by draw, torchvision's op per group).
+"""RandAugment on one batch: nfbench.data.augment (whole-batch ops, graph-capturable) against
+nfbench.data.device's grouped version (the batch sorted by draw, torchvision's op per group).
 
 Both on the same images (real CIFAR-10 test images from ../shared/data when present, random
 pixels otherwise), the same num_ops and magnitude, interleaved rounds, medians. Per batch:
@@ -27,7 +27,8 @@ from torchvision.transforms import v2
 
 from common import device_of, footer, header, median, timed
 
-from nfbench import batch_augment, device_data
+from nfbench.data import augment as batch_augment
+from nfbench.data import device as device_data
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

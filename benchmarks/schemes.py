@@ -21,9 +21,9 @@ from common import amp_context, base_parser, device_of, footer, header, median, 
 from nfbench.config import ModelConfig, OptimConfig, option_config
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
-from nfbench.optim import build_optimizer
+from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
-from nfbench.runtime import seed_all
+from nfbench.engine.runtime import seed_all
 
 MIB = 2**20
 

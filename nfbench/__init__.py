@@ -11,7 +11,7 @@ __all__ = ["load_run"]
 def __getattr__(name: str) -> Any:
     """``nfbench.load_run`` imported on first use: ``import nfbench`` (the CLI's first step) stays light."""
     if name == "load_run":
-        from nfbench.load import load_run
+        from nfbench.rundir.load import load_run
 
         return load_run
     raise AttributeError(f"module 'nfbench' has no attribute {name!r}")

@@ -6,7 +6,7 @@ sets are :class:`Choice` enums) and an unknown key.  A key that belongs to one o
 option's schema (:data:`OPTION_SCHEMAS`: ``init.alpha`` in :class:`NFInitConfig`, the schema of
 conf/init/nf.yaml), so the same key under another option is Hydra's unknown-key error too.  Values that
 are well typed but impossible (``optim.lr=-1``) are refused by :func:`check_values`; the rules of a
-scheme or a model where that is built (:func:`nfbench.validation.validate`).  This module imports
+scheme or a model where that is built (:func:`nfbench.engine.validation.validate`).  This module imports
 nothing else of nfbench's but its errors.
 """
 
@@ -112,7 +112,7 @@ class DataConfig:
     test_batch_size: int = 256  # images per evaluation batch (test set and validation split)
     num_workers: int = 0  # DataLoader worker processes (on the device: RandAugment's, when it is on)
     # Hold an in-memory data set (digits, CIFAR, a small image folder) on the training device and augment it
-    # there in batches (nfbench/device_data.py): true, false or "auto" (whenever the data set allows it).
+    # there in batches (nfbench/data/device.py): true, false or "auto" (whenever the data set allows it).
     on_device: Any = "auto"
     # An image folder is decoded into memory for on_device when all its images are one square size and take
     # at most this many GB as uint8 pixels (CIFAR-10's 60,000: 0.18 GB); a larger one reads its files.
@@ -131,7 +131,7 @@ class DataConfig:
     # null: none (best.pt is then selected on the test set, an optimistic figure); an int: that many
     # images; a float in (0, 1): that fraction of the training set, rounded to the nearest image.
     # Per class where labels are known (in-memory sets, image folders), from a permutation seeded by
-    # nfbench.data.SPLIT_SEED, not the run's seed: every run of a sweep holds out the same images.
+    # nfbench.data.sets.SPLIT_SEED, not the run's seed: every run of a sweep holds out the same images.
     # It is taken first, from the whole training set; data.train_subset then subsets the rest.
     val_size: Any = None
     # Optional subsets (first N of a seeded permutation) for quick experiments and tests.
@@ -145,7 +145,7 @@ class DataConfig:
     # data.val_size has held out its split and data.train_subset has subset the rest.  Needs data.mean and
     # data.std null and the data set's own image size (data.image_size null or that size), so not data=imagenet.
     pixel_mean: bool = False
-    # Image folders: check every file's header and end before training (nfbench/datacheck.py; about
+    # Image folders: check every file's header and end before training (nfbench/data/folders.py; about
     # 25 us a file), refusing a damaged one by name; skip_corrupt drops such files and counts them.
     verify: bool = True
     skip_corrupt: bool = False  # with verify, train without the unreadable files (counted in the log)
@@ -259,7 +259,7 @@ class TrainerConfig:
     # for launch-bound small networks on a GPU), max-autotune, max-autotune-no-cudagraphs.
     compile_mode: Optional[str] = None
     # Capture the whole training step (forward, loss, backward, clipping, SGD, the epoch metrics' sums) once
-    # in a CUDA graph and replay it per batch (nfbench/graphed_step.py): for launch-bound small networks on a
+    # in a CUDA graph and replay it per batch (nfbench/engine/graph.py): for launch-bound small networks on a
     # GPU.  CUDA only, one process, fp32 or bf16, no mixup/CutMix, not with trainer.compile; evaluation stays eager.
     cuda_graph: bool = False
     deterministic: bool = False  # deterministic algorithms only (torch.use_deterministic_algorithms)
@@ -495,7 +495,7 @@ def _non_finite(tree: Any, prefix: str = "") -> Optional[tuple[str, float]]:
 
 def check_values(cfg: DictConfig | Config) -> None:
     """Fail on any value that cannot work, naming key and range: everything that needs no registry
-    (and so no torch).  :func:`nfbench.validation.validate` runs these, then checks the names.
+    (and so no torch).  :func:`nfbench.engine.validation.validate` runs these, then checks the names.
     First of all, no number is NaN or infinite: every float key has a finite range, and a NaN
     passes every comparison of the range checks below (``nan < 0`` is false)."""
     c = cfg
@@ -555,7 +555,7 @@ def check_values(cfg: DictConfig | Config) -> None:
             c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
     require(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
             "applies with trainer.compile=true only")
-    if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.graphed_step.check_device
+    if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.engine.graph.check_device
         t = c.trainer
         for bad, setting, why in (
                 (t.precision == "fp16", "trainer.precision=fp16",

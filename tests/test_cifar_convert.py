@@ -1,6 +1,6 @@
 """scripts/cifar_from_images.py: image trees become CIFAR-10's or CIFAR-100's python release, bit for bit, in
 sorted order, with CIFAR-100's published superclasses; every bad input is one line naming it; and
-nfbench.fingerprint, the pixel digest the converter checks."""
+nfbench.data.fingerprint, the pixel digest the converter checks."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from nfbench.data import build_source
-from nfbench.fingerprint import pixels_sha256
+from nfbench.data.source import build_source
+from nfbench.data.fingerprint import pixels_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cifar_from_images.py"
@@ -322,7 +322,7 @@ def test_a_run_records_the_fingerprint_of_the_pixels_it_loaded(make_cfg, tmp_pat
     on other pixels (same shapes, same classes) is refused."""
     import json
 
-    from nfbench.train import train
+    from nfbench.engine.loop import train
     from tests.test_train import train_killed_after
 
     expected = write_tree(tmp_path / "tree", conv.CIFAR10_CLASSES, {"train": 3, "test": 1})

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import typing
 
-from nfbench.cli import COMMANDS
+from nfbench.cli.main import COMMANDS
 from nfbench.config import OPTION_SCHEMAS, Config
 
 

@@ -1,4 +1,4 @@
-"""The on-device loader (nfbench/device_data.py): its batches against hand computations and against
+"""The on-device loader (nfbench/data/device.py): its batches against hand computations and against
 the DataLoader path, its rank shards, its reproducibility, and training through it."""
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
-from nfbench.data import DataSource, TensorImages, build_source, transforms, with_transform
-from nfbench.loaders import build_loaders
-from nfbench.device_data import DeviceLoader, use_device_loader
+from nfbench.data.sets import DataSource, TensorImages
+from nfbench.data.source import build_source, with_transform
+from nfbench.data.transforms.transforms import transforms
+from nfbench.data.loaders import build_loaders
+from nfbench.data.device import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError, DataError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_data import assert_stopped_runs_resume_exactly
 
@@ -223,7 +225,7 @@ def test_on_device_true_refuses_what_it_cannot_serve(make_cfg):
 
 @pytest.mark.parametrize("value", ["yes", "1"])
 def test_on_device_values_are_validated(make_cfg, value):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match="data.on_device"):
         validate(make_cfg([f"data.on_device={value}"]))

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from nfbench import cli
+from nfbench.cli.main import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

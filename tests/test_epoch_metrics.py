@@ -1,4 +1,4 @@
-"""EpochMetrics (nfbench/epoch_metrics.py): the sums and the first non-finite loss, by hand."""
+"""EpochMetrics (nfbench/engine/metrics.py): the sums and the first non-finite loss, by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from nfbench.epoch_metrics import EpochMetrics
+from nfbench.engine.metrics import EpochMetrics
 
 
 def test_folds_give_the_running_sums_and_the_first_non_finite_loss():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from nfbench import rundir
 from nfbench.errors import ConfigError, DataError, RunDirectoryError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_train import train_killed_after
 from tests.test_user_errors import UNPRIVILEGED, nfbench_train, refusal
@@ -49,7 +49,7 @@ def result(run: Path) -> dict:
 @pytest.mark.parametrize("data", ["imagenet", "imagefolder"])
 def test_a_split_lacking_a_class_is_refused_before_training(make_cfg, tmp_path, data):
     """val/ without 'truck' would number train's 'truck' as another index: every folder data set refuses it."""
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     test = "val" if data == "imagenet" else "test"
     image_tree(tmp_path, {"train": ("cat", "ship", "truck"), test: ("cat", "truck")})
@@ -214,7 +214,7 @@ def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg
 @pytest.mark.parametrize("overrides", [["sched.min_lr=inf"], ["init=nf", "init.alpha=nan"], ["trainer.mixup_alpha=inf"],
                                        ["data.mean=[0.5]", "data.std=[nan]"], ["trainer.progress_every_s=inf"]])
 def test_non_finite_values_are_refused(make_cfg, overrides):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     key = overrides[-1].split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}.*must be a finite number"):
@@ -235,7 +235,7 @@ def test_non_finite_value_is_one_line_from_the_cli(tmp_path):
     (["logger=csv", "logger.csv.file=../elsewhere.csv"], "inside the run directory"),
 ])
 def test_a_logger_cannot_write_the_run_directorys_own_files(make_cfg, overrides, match):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match=match):
         validate(make_cfg(overrides))
@@ -269,7 +269,7 @@ def finished_runs(make_cfg, root: Path, seeds: int = 3) -> list[Path]:
 
 
 def test_report_counts_only_runs_with_a_test_top1_and_lists_the_rest(make_cfg, tmp_path):
-    from nfbench import report as rep
+    from nfbench.analysis import report as rep
 
     runs = finished_runs(make_cfg, tmp_path)
     lost = result(runs[1])
@@ -376,7 +376,7 @@ def test_an_image_of_another_size_is_found_before_the_first_step(tmp_path):
 
 
 def test_an_image_of_another_size_is_found_without_verify_too(make_cfg, tmp_path):
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     data = image_tree(tmp_path, {"train": ("a", "b"), "test": ("a", "b")}, size=32, odd={"train/a/2.png": 40})
     with pytest.raises(DataError, match="is 40x40 px"):
@@ -388,7 +388,7 @@ def test_image_size_prepares_train_and_test_alike(make_cfg):
     training crop then pads and crops at 6 px); before, training cropped and testing resized."""
     from torchvision.transforms import v2
 
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     cfg = make_cfg(["data=digits", "data.image_size=6", "data.crop_padding=0", "data.hflip=false"])
     src = build_source(cfg.data)
@@ -409,20 +409,21 @@ def test_an_image_size_larger_than_the_data_set_is_one_line(tmp_path):
 
 
 def test_devices_that_do_not_divide_the_batch_are_refused_at_validation(make_cfg):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match=r"data.batch_size=32 .*divisible by the number of processes \(3\)"):
         validate(make_cfg([*TINY, "trainer.devices=3"]))
 
 
 def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys):
-    from nfbench import cli, data
+    from nfbench.cli.main import main as cli
+    from nfbench.data import folders
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")})
-    monkeypatch.setattr(data, "check_images", interrupted)
+    monkeypatch.setattr(folders, "check_images", interrupted)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     with pytest.raises(SystemExit) as e:
         cli.main(["train", *TINY, "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4",
@@ -437,7 +438,7 @@ def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys)
 
 
 def test_sigint_during_imports_is_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "nfbench.console", "train", *TINY,
+    proc = subprocess.Popen([sys.executable, "-m", "nfbench.cli.console", "train", *TINY,
                              f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -466,7 +467,7 @@ def test_spp_plot_on_a_truncated_csv_is_one_line(tmp_path):
 
 def test_a_file_that_is_not_an_image_is_left_out_by_summary_and_load_run(make_cfg, tmp_path, caplog):
     from nfbench import load_run
-    from nfbench.data import DataShape, data_shape
+    from nfbench.data.sets import DataShape, data_shape
 
     data = image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")})
     for split in ("train", "test"):

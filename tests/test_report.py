@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from nfbench.fingerprint import KNOWN_COPIES
+from nfbench.data.fingerprint import KNOWN_COPIES
 
-from nfbench import report as rep
-from nfbench.cli import main as cli_main
-from nfbench.train import train
+from nfbench.analysis import report as rep
+from nfbench.cli.main import main as cli_main
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +32,7 @@ def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_to
     """A run directory as nfbench train writes it: config.yaml, env.json, metrics.jsonl and (unless the run
     is still going, status=None) result.json with the last epoch's numbers; with ``val_top1``, a run with a
     validation split (data.val_size), its best epoch selected on it; ``copy``: a known CIFAR-10 copy
-    (nfbench.fingerprint.KNOWN_COPIES) whose fingerprint env.json and result.json record."""
+    (nfbench.data.fingerprint.KNOWN_COPIES) whose fingerprint env.json and result.json record."""
     path.mkdir(parents=True)
     config = {"data": {"name": data, "root": f"/data/{seed}"}, "model": {"name": model, "width": 8},
               "init": {"name": init, "weights": weights}, "optim": {"lr": lr},

@@ -18,7 +18,7 @@ import torch
 
 from nfbench import rundir
 from nfbench.errors import ConfigError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_distributed import nfbench_train, wait_for
 from tests.test_train import load_weights, train_killed_after

@@ -139,7 +139,7 @@ def test_config_error_is_shown_once_and_leaves_no_run_directory(tmp_path):
 
 def test_config_error_does_not_import_torch(tmp_path):
     """A bad value is refused before torch (seconds to import) is loaded."""
-    probe = ("import sys\nfrom nfbench.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+    probe = ("import sys\nfrom nfbench.cli.main import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
              "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", probe, "train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=120)

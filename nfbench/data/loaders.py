@@ -1,6 +1,6 @@
 """The loaders that feed training and evaluation, over the data sets of :mod:`nfbench.data`.
 
-In-memory data sets are served and augmented on the training device (:mod:`nfbench.device_data`);
+In-memory data sets are served and augmented on the training device (:mod:`nfbench.data.device`);
 the others go through DataLoader workers, each sample's augmentation seeded from (seed, epoch,
 index) so that a resumed run sees the same images as an uninterrupted one.
 """
@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from nfbench.config import DataConfig, per_rank_batch
-from nfbench.data import DataSource, worker_context
-from nfbench.device_data import device_eval_loader, device_train_loader, use_device_loader
+from nfbench.data.sets import DataSource
+from nfbench.data.source import worker_context
+from nfbench.data.device import device_eval_loader, device_train_loader, use_device_loader
 
 
 class SeededSampler(DistributedSampler):
@@ -73,7 +74,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
-    :class:`nfbench.device_data.DeviceLoader` when ``data.on_device`` allows it.
+    :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it.
     """
     per_rank = per_rank_batch(cfg.batch_size, world_size)
     on_device = use_device_loader(cfg, src)

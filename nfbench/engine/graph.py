@@ -38,9 +38,9 @@ import torch
 from torch import nn
 
 from nfbench.config import OptimConfig
-from nfbench.epoch_metrics import top1_hits
+from nfbench.engine.metrics import top1_hits
 from nfbench.errors import ConfigError
-from nfbench.optim import clip_gradients
+from nfbench.engine.optim import clip_gradients
 
 WARMUP_STEPS = 3  # PyTorch's examples warm up 3 iterations before capturing
 
@@ -80,7 +80,7 @@ class GraphedStep:
         self.device = next(net.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
         if self.capture and not all(group.get("fused") for group in opt.param_groups):
-            raise ValueError("a captured step needs fused SGD (nfbench.optim.build_optimizer on CUDA)")
+            raise ValueError("a captured step needs fused SGD (nfbench.engine.optim.build_optimizer on CUDA)")
         self.warmup_left = warmup_steps
         self.stream = torch.cuda.Stream(self.device) if self.capture else None
         self.graph: Optional[torch.cuda.CUDAGraph] = None
@@ -119,7 +119,7 @@ class GraphedStep:
         return self.loss, self.hits  # type: ignore[return-value]
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward, clipping and the optimiser's step: what nfbench.train's eager step does
+        """Forward, loss, backward, clipping and the optimiser's step: what nfbench.engine.loop's eager step does
         (with GradScaler disabled, as it is without fp16), in the order it does it."""
         with torch.autocast(**self.amp):
             logits = self.net(x)

@@ -24,12 +24,12 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nfbench.validation import validate
-from nfbench.data import data_shape
+from nfbench.engine.validation import validate
+from nfbench.data.sets import data_shape
 from nfbench.models import choose_stem, split_stages
-from nfbench.objective import in_multirun
-from nfbench.rundir import write_json
-from nfbench.tables import format_table
+from nfbench.engine.runtime import in_multirun
+from nfbench.rundir.files import write_json
+from nfbench.analysis.tables import format_table
 
 log = logging.getLogger("nfbench")
 
@@ -143,7 +143,7 @@ def format_rows(rows: Sequence[dict]) -> str:
 
 def summary(cfg: DictConfig) -> dict:
     """``nfbench summary``: count, write summary.json into the run directory, print the table (one run)."""
-    from nfbench.runtime import resolve_run_dir
+    from nfbench.engine.runtime import resolve_run_dir
 
     row = summarize(cfg)
     if row["input"] != PAPER_INPUT:

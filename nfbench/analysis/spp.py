@@ -24,13 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nfbench import rundir
-from nfbench.validation import validate
-from nfbench.data import DataSource, build_source
+from nfbench.engine.validation import validate
+from nfbench.data.sets import DataSource
+from nfbench.data.source import build_source
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
-from nfbench.runtime import pick_device, resolve_run_dir, seed_all
-from nfbench.spp_plot import CSV_NAME, plot_model
+from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
+from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 
 log = logging.getLogger("nfbench")
 
@@ -107,7 +108,7 @@ def measure(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> list[dict]:
 
     Repeat k re-seeds with ``seed + k`` and then builds the network exactly as ``nfbench train`` does,
     so repeat 0 measures the very network a training run with the same seed starts from.
-    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg`` when the caller validated already.
+    ``plan`` is :func:`nfbench.engine.validation.validate`'s for ``cfg`` when the caller validated already.
     Returns the rows of spp.csv (:data:`COLUMNS` then :data:`EXTRA_COLUMNS`).
     """
     plan = plan or validate(cfg)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from nfbench.preemption import SIGNALS
+from nfbench.engine.preemption import SIGNALS
 
 
 @dataclass(frozen=True)

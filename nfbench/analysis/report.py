@@ -11,7 +11,7 @@ Plain functions, each usable on its own:
   the seeds' mean as a line and their std as a band, one colour per scheme.
 
 Which pixels each row trained and tested on is its ``data_copy`` (the run's data fingerprint, named
-when it is a known copy: "original", "JPEG copy", ...; nfbench/fingerprint.py): it is always a group
+when it is a known copy: "original", "JPEG copy", ...; nfbench/data/fingerprint.py): it is always a group
 key, so seeds on different pixels are never averaged together, and the published CIFAR-10 numbers
 stand only beside runs on the original pixels.
 
@@ -46,13 +46,13 @@ import pandas as pd
 import yaml
 
 from nfbench import rundir
-from nfbench.fingerprint import UNKNOWN, copy_label
-from nfbench.tables import format_table
+from nfbench.data.fingerprint import UNKNOWN, copy_label
+from nfbench.analysis.tables import format_table
 
 # Short names for the axes a sweep varies; any other dotted config key works as well.
 ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
            "weights": "init.weights", "epochs": "trainer.epochs"}
-# ``data_copy``: which pixels (nfbench.fingerprint.copy_label); a group never mixes copies (:func:`group_keys`).
+# ``data_copy``: which pixels (nfbench.data.fingerprint.copy_label); a group never mixes copies (:func:`group_keys`).
 DATA_COPY = "data_copy"
 DEFAULT_GROUP_BY = ("experiment", "data", DATA_COPY, "model", "width", "init", "weights")
 # The config key each scheme alias also reads (:func:`scheme_label`): its groups are kept apart by it already.

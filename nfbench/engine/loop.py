@@ -8,418 +8,60 @@ progress bars.  What a checkpoint holds, and how it is restored, is :mod:`nfbenc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
-
+from typing import Optional
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
-
-from nfbench import distributed, rundir
-from nfbench.config import plain, typed
-from nfbench.data import DataSource, build_source, identity
-from nfbench.distributed import DistEnv
-from nfbench.epoch_metrics import EpochMetrics
-from nfbench.graphed_step import GraphedStep, check_device
-from nfbench.loaders import build_loaders, eval_loader
+from nfbench.engine import distributed
+from nfbench import rundir
+from nfbench.config import plain
+from nfbench.config import typed
+from nfbench.data.source import build_source
+from nfbench.data.source import identity
+from nfbench.engine.distributed import DistEnv
+from nfbench.engine.graph import GraphedStep
+from nfbench.engine.graph import check_device
+from nfbench.data.loaders import build_loaders
+from nfbench.data.loaders import eval_loader
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
-from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
-from nfbench.preemption import StopSignal
-from nfbench.progress import Progress, summary_line
-from nfbench.rng import rng_state, set_rng_state
-from nfbench.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
-from nfbench.schemes import Scheme
-from nfbench.validation import validate
+from nfbench.engine.optim import build_optimizer
+from nfbench.engine.optim import build_scheduler
+from nfbench.engine.progress import Progress
+from nfbench.engine.progress import summary_line
+from nfbench.rng import rng_state
+from nfbench.engine.runtime import pick_device
+from nfbench.engine.runtime import resolve_run_dir
+from nfbench.engine.runtime import seed_all
+from nfbench.engine.runtime import set_deterministic
+from nfbench.engine.validation import validate
+from nfbench.engine.epoch import Diverged, checkpoint_of, gather_rng, save_last, train_one_epoch
+from nfbench.engine.evaluate import StopPoll, evaluate
+from nfbench.engine.state import Data, EpochProgress, Loop, Record, StepSettings, best_figures, best_row, count_params
+from nfbench.engine.step import AMP_DTYPES
 
 if TYPE_CHECKING:
     from timm.data import Mixup
 
 log = logging.getLogger("nfbench")
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 # The result.json numbers a logger's hyperparameter table shows beside each run's config.
 FINAL_METRICS = ("test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "train_top1", "train_loss",
                  "best_val_top1", "test_top1_at_best_val", "best_test_top1", "best_epoch", "epochs", "wall_s")
 
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
-    """Number of samples whose target is among the top-k logits, for each k (device tensors)."""
-    kmax = min(max(ks), logits.shape[1])
-    hit = logits.topk(kmax, dim=1).indices.eq(target[:, None])
-    return [hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-def _logits(net: nn.Module, x: torch.Tensor, amp: dict) -> torch.Tensor:
-    """The forward pass, under the run's autocast (``trainer.precision``): the one place it is entered.
-    Losses are taken outside, on float32 logits."""
-    with torch.autocast(**amp):
-        return net(x)
-
-
-@dataclass(frozen=True)
-class StopPoll:
-    """Where a loop over batches looks for a stop signal: at every batch in one process (``every`` 1);
-    with several, at every ``every``-th of the first ``until`` batches (those every rank has), all ranks
-    agreeing in one small all-reduce, so that they leave at the same batch."""
-
-    signal: StopSignal
-    every: int
-    until: int
-    device: torch.device
-
-    def asks(self, i: int) -> bool:
-        """Whether the signal asks to leave before batch ``i`` (the same answer on every rank)."""
-        return (i < self.until and i % self.every == 0
-                and distributed.any_rank(self.signal.received is not None, self.device))
-
-
-@torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool,
-             stop: Optional[StopPoll] = None, split: str = "test") -> Optional[dict]:
-    """Loss (plain cross-entropy), top-1 and top-5 in percent on ``split`` (test or val), summed exactly
-    over all ranks; None when ``stop`` asks to leave (a stop signal: an evaluation can outlast SLURM's grace)."""
-    net.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1 hits, top-5 hits, images
-    for i, (x, y) in enumerate(loader):
-        if stop is not None and stop.asks(i):
-            return None
-        x, y = _to_device(x, y, device, channels_last)
-        logits = _logits(net, x, amp)
-        c1, c5 = topk_correct(logits, y, (1, 5))
-        sums[:3] += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
-                                 c1.double(), c5.double()])
-        sums[3] += len(y)  # a Python number: no blocking host-to-device copy per batch
-    distributed.all_reduce_sum(sums)
-    loss, c1, c5, n = sums.tolist()
-    return {f"{split}_loss": loss / n, f"{split}_top1": 100.0 * c1 / n, f"{split}_top5": 100.0 * c5 / n}
-
-
-class Diverged(Exception):
-    """A non-finite loss, or non-finite weights before a checkpoint; ``info`` goes to result.json."""
-
-    def __init__(self, info: dict) -> None:
-        super().__init__(info)
-        self.info = info
-
-
-def weights_finite(net: nn.Module) -> bool:
-    """Whether every floating parameter and buffer is finite: one device read, run before each save."""
-    flags = [torch.isfinite(t).all() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-# --- The run's state --------------------------------------------------------------------------------
-
-@dataclass
-class EpochProgress:
-    """Running sums of one epoch: where a mid-epoch checkpoint stopped and what it had seen."""
-
-    batches_done: int = 0
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    rng: list = field(default_factory=list)  # per-rank RNG states at batches_done
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """The config the batch loop reads, read once: a DictConfig lookup per step costs as much host time
-    as a kernel launch."""
-
-    channels_last: bool
-    log_every: int
-    checkpoint_every: int  # trainer.checkpoint_every_steps; 0: at epochs' ends only
-    stop_every: int  # look for a stop signal every step in one process, at log steps with several
-    clip: bool  # optim.clip_grad_norm or optim.agc
-    per_step: bool  # the scheduler steps every step (else every epoch)
-    epochs: int
-
-    @classmethod
-    def of(cls, cfg: DictConfig, env: DistEnv) -> "StepSettings":
-        t = cfg.trainer
-        return cls(t.channels_last, t.log_every, t.checkpoint_every_steps, t.log_every if env.enabled else 1,
-                   cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0, cfg.sched.per_step, t.epochs)
-
-
-@dataclass
-class Record:
-    """What the run's checkpoints and result.json say beside the objects' states: where the run lives,
-    its resolved config and data, what best.pt is selected on and the best so far, its wall time, its
-    origin and its history.  result.json and metrics.jsonl are written from this record, which every
-    checkpoint holds, never read back from the files."""
-
-    run_dir: Path
-    config: dict  # the resolved config
-    select: str  # val_top1 when there is a validation split, else test_top1 (an optimistic figure)
-    data: dict  # what it trains on (nfbench.data.identity), checked on resume
-    best_top1: float = -math.inf
-    best_from: int = 1  # the first epoch best.pt is selected from (a branch that could not carry its best: later)
-    wall_before: float = 0.0  # the seconds of the processes this run resumed
-    resumed_from: Optional[dict] = None  # the run a branch continued (rundir.branched_from)
-    history: list[dict] = field(default_factory=list)  # one metrics row per completed epoch: the record
-    t_start: float = field(default_factory=time.perf_counter)  # this process's clock, from its first epoch
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / rundir.CHECKPOINTS
-
-    def wall_s(self) -> float:
-        return self.wall_before + time.perf_counter() - self.t_start
-
-
-@dataclass
-class Data:
-    """The run's data source and loaders; ``data.batch_size`` is the global batch, split over the ranks."""
-
-    src: DataSource
-    train: DataLoader
-    test: DataLoader
-    val: Optional[DataLoader]
-
-
-@dataclass
-class Loop:
-    """The state training works on, built once by :func:`_build_loop`; each step, log step and
-    checkpoint is a plain function of it."""
-
-    cfg: DictConfig
-    env: DistEnv
-    device: torch.device
-    settings: StepSettings
-    record: Record
-    scheme: Scheme
-    model: nn.Module  # the network whose state is checkpointed
-    net: nn.Module  # its forward callable: DDP-wrapped and/or compiled after a resume (:func:`_wrap`)
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    mixup: Optional[Mixup]  # mixup and cutmix draws, or None
-    criterion: nn.Module
-    amp: dict  # torch.autocast's arguments
-    progress: Progress
-    loggers: Loggers = field(default_factory=Loggers)
-    stop: StopSignal = field(default_factory=StopSignal)
-    graphed: Optional[GraphedStep] = None  # trainer.cuda_graph: the step captured and replayed
-
-
-@dataclass
-class Pass:
-    """One epoch's pass over the training set, under way: its number (from 0) and steps, the loss and
-    accuracy on the device, its clock (a resumed pass counts the seconds before) and its stop poll."""
-
-    epoch: int
-    steps: int
-    metrics: EpochMetrics
-    t0: float
-    poll: StopPoll
-
-    @property
-    def first_step(self) -> int:
-        return self.epoch * self.steps
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-# --- One epoch of training ------------------------------------------------------------------------
-
-def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
-    """One pass over the training set, from where ``resume`` (a mid-epoch checkpoint) left it.  Loss and
-    accuracy accumulate on the device and are read once per ``trainer.log_every`` steps, where a
-    non-finite loss and a stop signal are also checked."""
-    p = resume or EpochProgress()
-    loop.net.train()
-    steps = len(loader)
-    if p.batches_done == steps:  # stopped during the evaluation: the training of this epoch is done
-        set_rng_state(p.rng[loop.env.rank])
-        return EpochProgress(steps, p.loss_sum, p.correct, p.seen, p.seconds)
-    run = _start_pass(loop, epoch, steps, p)
-    s = loop.settings
-    for i, (x, y) in _batches_after(loop.progress.wrap(loader, epoch), p, loop.env.rank):
-        if loop.graphed is not None:  # the same step, one replay (nfbench/graphed_step.py)
-            loss, hits = loop.graphed(x, y)
-            run.metrics.record(i, loss, hits, len(y))
-        else:
-            x, y = _to_device(x, y, loop.device, s.channels_last)
-            x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
-            loss, logits = _eager_step(loop, x, target)
-            run.metrics.add(i, loss, logits, y)
-        if s.per_step:
-            loop.sched.step()
-        done = i + 1
-        if done % s.log_every == 0 or done == steps:
-            _log_step(loop, run, done, loss)
-        if done == steps:
-            break
-        _between_steps(loop, run, done)
-    loop.progress.close()
-    return _end_pass(loop, run)
-
-
-def _eager_step(loop: Loop, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on a batch on the device (mixed, if mixup is on): forward, loss, backward,
-    gradient clipping, step.  Returns the loss and the logits, unread (reading them would wait for the device)."""
-    logits = _logits(loop.net, x, loop.amp)
-    loss = loop.criterion(logits.float(), target)
-    loop.opt.zero_grad(set_to_none=True)
-    loop.scaler.scale(loss).backward()
-    if loop.settings.clip:
-        loop.scaler.unscale_(loop.opt)
-        clip_gradients(loop.net, loop.cfg.optim)
-    loop.scaler.step(loop.opt)
-    loop.scaler.update()
-    return loss, logits
-
-
-def _start_pass(loop: Loop, epoch: int, steps: int, p: EpochProgress) -> Pass:
-    # Loss, top-1 hits and images on the device, four kernels per step (nfbench/epoch_metrics.py).
-    # A mid-epoch checkpoint holds the sums over all ranks: rank 0 carries them on, so the
-    # all-reduce at the epoch's end counts them once.
-    carried = (p.loss_sum, p.correct, p.seen) if loop.env.is_main else (0.0, 0, 0)
-    metrics = EpochMetrics(steps, loop.device, *carried, start=p.batches_done)
-    poll = StopPoll(loop.stop, loop.settings.stop_every, steps, loop.device)
-    return Pass(epoch, steps, metrics, time.perf_counter() - p.seconds, poll)
-
-
-def _batches_after(batches: Iterable, p: EpochProgress, rank: int) -> Iterator[tuple[int, Any]]:
-    """``enumerate(batches)`` from batch ``p.batches_done`` on.  The skipped batches are drawn, so the
-    loader's own RNG advances as it did; after the last of them, the rest of the RNG is set as it was."""
-    for i, batch in enumerate(batches):
-        if i < p.batches_done:
-            if i == p.batches_done - 1:
-                set_rng_state(p.rng[rank])
-            continue
-        yield i, batch
-
-
-def _log_step(loop: Loop, run: Pass, done: int, loss: torch.Tensor) -> None:
-    """At a log step: stop on a non-finite loss so far, show progress when it is due, log the step's loss."""
-    _check_finite(loop, run, done, weights=False)
-    if loop.progress.due():
-        loss_sum, _, seen = run.metrics.sums.tolist()
-        elapsed = run.seconds()
-        loop.progress.show(run.epoch, done, run.steps, loss_sum / seen, loop.opt.param_groups[0]["lr"],
-                           seen * loop.env.world_size / elapsed, (run.steps - done) * elapsed / done)
-    if loop.loggers:
-        loop.loggers.log_scalars({"train/loss_step": loss.detach().item()}, run.first_step + done - 1)
-
-
-def _between_steps(loop: Loop, run: Pass, done: int) -> None:
-    """After step ``done`` (not the last): a mid-epoch checkpoint every ``trainer.checkpoint_every_steps``
-    and on a stop signal, which then exits so the job can be requeued and resumed."""
-    stopping = run.poll.asks(done)
-    every = loop.settings.checkpoint_every
-    if stopping or (every and done % every == 0):
-        _check_finite(loop, run, done, weights=True)  # never save a diverged state
-        _save_last(loop, run.epoch, _snapshot(run.metrics.sums, done, run.seconds(), loop.device))
-    if stopping:
-        log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
-                    "requeued and resumed", loop.stop.received, run.epoch + 1, done, run.steps)
-        loop.stop.exit()
-
-
-def _end_pass(loop: Loop, run: Pass) -> EpochProgress:
-    """The epoch's sums over all ranks, once its losses and the weights are known finite (it is saved)."""
-    if loop.device.type == "cuda":
-        torch.cuda.synchronize(loop.device)
-    _check_finite(loop, run, run.steps, weights=True)
-    distributed.all_reduce_sum(run.metrics.sums)
-    loss_sum, correct, seen = run.metrics.sums.tolist()
-    return EpochProgress(run.steps, loss_sum, int(correct), int(seen), run.seconds())
-
-
-def _check_finite(loop: Loop, run: Pass, done: int, weights: bool) -> None:
-    """Raise :class:`Diverged` on every rank if any rank saw a non-finite loss in steps [0, ``done``)
-    or, with ``weights``, holds a non-finite weight (a step's update can overflow after a finite loss)."""
-    bad = run.metrics.fold(done)
-    broken = bad is None and weights and not weights_finite(loop.net)
-    if distributed.any_rank(bad is not None or broken, loop.device):
-        raise Diverged({"epoch": run.epoch + 1, "step": run.first_step + (bad[0] if bad else done - 1),
-                        "loss": bad[1] if bad else None, "weights_finite": not broken,
-                        "lr": loop.opt.param_groups[0]["lr"]})
-
-
-def _gather_rng(state: dict) -> list:
-    """Every rank's RNG ``state``, gathered to all ranks."""
-    if not distributed.dist.is_initialized():
-        return [state]
-    states: list = [None] * distributed.dist.get_world_size()
-    distributed.dist.all_gather_object(states, state)
-    return states
-
-
-def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.device) -> EpochProgress:
-    """Epoch progress summed over ranks, with every rank's RNG state (gathered to all ranks)."""
-    total = sums.clone()
-    distributed.all_reduce_sum(total)
-    loss_sum, correct, seen = total.tolist()
-    return EpochProgress(done, loss_sum, int(correct), int(seen), seconds, _gather_rng(rng_state()))
-
-
-# --- Checkpoints ----------------------------------------------------------------------------------
-
-def _checkpoint(loop: Loop, epoch: int, progress: Optional[EpochProgress], wall_s: Optional[float] = None) -> dict:
-    """The run's checkpoint after ``epoch`` completed epochs and, mid-epoch, ``progress`` into the next."""
-    r = loop.record
-    return rundir.checkpoint_state(loop.model, loop.opt, loop.sched, loop.scaler, epoch,
-                                   vars(progress) if progress else None, best_on=r.select, best_top1=r.best_top1,
-                                   wall_s=r.wall_s() if wall_s is None else wall_s, config=r.config,
-                                   resumed_from=r.resumed_from, history=r.history[:epoch], best_from=r.best_from,
-                                   data=r.data)
-
-
-def _save_last(loop: Loop, epoch: int, progress: EpochProgress) -> None:
-    """A mid-epoch last.pt of ``epoch`` (from 0), trained as far as ``progress`` says; every rank waits for it."""
-    if loop.env.is_main:
-        rundir.save_checkpoint(loop.record.ckpt_dir / rundir.LAST, _checkpoint(loop, epoch, progress))
-    distributed.barrier()
-
-
-# --- Entry points ---------------------------------------------------------------------------------
-
-def best_row(history: list[dict], select: str, best_from: int = 1) -> Optional[dict]:
-    """The row best.pt is selected at: the first epoch of the highest ``select`` from epoch ``best_from`` on."""
-    rows = [row for row in history if row["epoch"] >= best_from]
-    return max(rows, key=lambda row: row[select]) if rows else None  # max keeps the first of equal values
-
-
-def best_figures(history: list[dict], select: str, best_from: int = 1) -> dict:
-    """result.json's best figures, selected on ``select`` (val_top1 or test_top1) as best.pt is: the
-    first epoch of the highest value (from epoch ``best_from`` on).  On validation: its best top-1, that
-    epoch and the test top-1 there (the number to report); on the test set: ``best_test_top1``, an
-    optimistic figure, not a result."""
-    best = best_row(history, select, best_from) or {}
-    figures = {"best_selected_on": select, "best_epoch": best.get("epoch")}
-    if best_from > 1:  # a branch whose inherited best could not come with its weights (nfbench.train._resume)
-        figures["best_selected_from_epoch"] = best_from
-    if select == "val_top1":
-        return {**figures, "best_val_top1": best.get("val_top1"), "test_top1_at_best_val": best.get("test_top1")}
-    return {**figures, "best_test_top1": best.get("test_top1")}
-
-
-def count_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
     """Train and evaluate the configured model; return the final metrics (also written to result.json).
 
-    ``plan`` is :func:`nfbench.validation.validate`'s for ``cfg`` when the caller validated already
+    ``plan`` is :func:`nfbench.engine.validation.validate`'s for ``cfg`` when the caller validated already
     (the ``nfbench`` command, to refuse a bad value before torch loads); else it is made here.
     With ``trainer.devices=N > 1`` (and no launcher around), starts N processes on this machine
     and returns rank 0's result.
@@ -465,7 +107,6 @@ def _spawned_worker(container: dict) -> None:
     train(cfg)  # type: ignore[arg-type]
 
 
-
 def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan) -> dict:
     """One run on this process's rank: setup, resume, epochs, result."""
     run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
@@ -490,8 +131,6 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan)
         status, divergence = _run_epochs(loop, data, start_epoch, partial)
     return _finish(loop, status, divergence)
 
-
-# --- Setup ----------------------------------------------------------------------------------------
 
 def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     src = build_source(cfg.data)
@@ -585,7 +224,7 @@ def _branch_best(loop: Loop, source: Path, state: dict, restored: rundir.Restore
     record = loop.record
     best = best_row(record.history, record.select, record.best_from)
     if best is not None and best["epoch"] == restored.epoch and not restored.partial:
-        return _checkpoint(loop, restored.epoch, None)
+        return checkpoint_of(loop, restored.epoch, None)
     beside = source.parent / rundir.BEST
     if best is not None and beside.is_file() and beside != source:
         try:
@@ -626,8 +265,6 @@ def _log_setup(loop: Loop, data: Data) -> None:
              len(src.test), loop.env.world_size, loop.device)
 
 
-# --- Epochs ---------------------------------------------------------------------------------------
-
 def _run_epochs(loop: Loop, data: Data, start_epoch: int,
                 partial: Optional[EpochProgress]) -> tuple[str, Optional[dict]]:
     """Train, evaluate, record and checkpoint each epoch from ``start_epoch`` on (``partial``: how far into it
@@ -656,7 +293,7 @@ def _begin_epoch(loop: Loop, data: Data, epoch: int) -> None:
     data.train.sampler.set_epoch(epoch)
     every = loop.cfg.trainer.log_spp_every
     if loop.env.is_main and every and epoch % every == 0:
-        from nfbench.spp import log_spp  # leaves weights, buffers and RNG as they were
+        from nfbench.analysis.spp import log_spp# leaves weights, buffers and RNG as they were
 
         log_spp(loop.loggers, loop.model, loop.cfg, data.test, data.src.num_classes, epoch * len(data.train))
 
@@ -676,7 +313,7 @@ def _evaluate_epoch(loop: Loop, evaluations: list, epoch: int, stats: EpochProgr
         poll = StopPoll(loop.stop, loop.settings.stop_every, batches, loop.device)
         found = evaluate(loop.net, loader, loop.device, loop.amp, loop.settings.channels_last, poll, split=split)
         if found is None:
-            _save_last(loop, epoch, EpochProgress(**{**vars(stats), "rng": _gather_rng(after_training)}))
+            save_last(loop, epoch, EpochProgress(**{**vars(stats), "rng": gather_rng(after_training)}))
             log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
                         "so the job can be requeued and resumed", loop.stop.received, epoch + 1)
             loop.stop.exit()
@@ -696,7 +333,7 @@ def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics:
            "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
            "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": wall}
     record.history.append(row)
-    state = _checkpoint(loop, epoch + 1, None, wall)
+    state = checkpoint_of(loop, epoch + 1, None, wall)
     if loop.env.is_main:
         # metrics.jsonl is written from the record the checkpoint holds; a kill between the two leaves it one
         # epoch ahead, and the resume drops that line (the epoch is trained again).
@@ -715,8 +352,6 @@ def _log_epoch(loop: Loop, row: dict) -> None:
              row["epoch"], loop.settings.epochs, row["lr"], row["train_loss"], row["train_top1"], val,
              row["test_loss"], row["test_top1"], row["test_top5"], row["images_per_s"])
 
-
-# --- Result ---------------------------------------------------------------------------------------
 
 def _finished_result(loop: Loop, start_epoch: int, partial: Optional[EpochProgress]) -> Optional[dict]:
     """The result of a run that was already finished (a rerun or requeue of its command): result.json as it
@@ -776,7 +411,7 @@ def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
         "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": loop.env.world_size,
         "wall_s": record.wall_s(),
         "resumed_from": record.resumed_from,
-        "data_fingerprint": record.data["fingerprint"],  # which pixels (nfbench.fingerprint)
+        "data_fingerprint": record.data["fingerprint"],  # which pixels (nfbench.data.fingerprint)
         **best_figures(history, record.select, record.best_from),
     }
     last = history[-1] if history else None

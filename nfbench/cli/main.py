@@ -22,11 +22,11 @@ import hydra
 from omegaconf import DictConfig
 
 from nfbench.config import OPTION_SCHEMAS, register_configs
-from nfbench.validation import validate
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
-from nfbench.objective import in_multirun
-from nfbench.refusal import refuse
-from nfbench.schema_help import register_help
+from nfbench.engine.runtime import in_multirun
+from nfbench.cli.refusal import refuse
+from nfbench.cli.help import register_help
 
 log = logging.getLogger("nfbench")
 
@@ -97,7 +97,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def _train(cfg: DictConfig) -> float:
     """Returns the run's optimized_metric, the value a sweeper such as Optuna optimises."""
-    from nfbench.objective import objective
+    from nfbench.cli.objective import objective
 
     return objective(cfg, _user_errors(_validated_train, sweep_points=True)(cfg))
 
@@ -106,33 +106,33 @@ def _validated_train(cfg: DictConfig) -> dict:
     """A bad value is refused before torch loads (seconds): validate, then import the training code,
     which trains from the plan validation made."""
     plan = validate(cfg)
-    from nfbench.train import train
+    from nfbench.engine.loop import train
 
     return train(cfg, plan)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)
 def _spp(cfg: DictConfig) -> Optional[dict]:
-    from nfbench.spp import run_spp
+    from nfbench.analysis.spp import run_spp
 
     return _user_errors(run_spp)(cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="summary_command", version_base=None)
 def _summary(cfg: DictConfig) -> Optional[dict]:
-    from nfbench.summary import summary
+    from nfbench.analysis.summary import summary
 
     return _user_errors(summary)(cfg)
 
 
 def _spp_plot() -> None:
-    from nfbench.spp_plot import main as spp_plot
+    from nfbench.analysis.spp_plot import main as spp_plot
 
     spp_plot(sys.argv[1:])
 
 
 def _report() -> None:
-    from nfbench.report import main as report
+    from nfbench.analysis.report import main as report
 
     report(sys.argv[1:])
 
@@ -295,7 +295,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif cmd in COMMANDS:
         rest = args[1:]
         if cmd == "summary":
-            from nfbench.summary import wants_multirun
+            from nfbench.analysis.summary import wants_multirun
 
             # A list of models or schemes is a sweep: run it as one, so one table comes out.
             rest = ["--multirun", *rest] if wants_multirun(rest) else rest

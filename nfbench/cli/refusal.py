@@ -9,7 +9,7 @@ run whether its directory exists; :func:`refuse` then removes a directory this c
 while it holds nothing but Hydra's files (and the now empty folders above it that this command
 also created), or puts back the ``.hydra/`` files of a directory that was there before.  Nothing
 else that was there before the command is touched.  A multirun records a refused point in its job
-directory instead (nfbench.cli).
+directory instead (nfbench.cli.main).
 
 The message goes to stderr as ``nfbench: error: ...``, once: the job log records it too, but Hydra's
 console handler leaves it out (:class:`NotOnConsole`).

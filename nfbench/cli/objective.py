@@ -19,18 +19,12 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from nfbench.config import optimized_metric
+from nfbench.engine.runtime import in_multirun
 
 log = logging.getLogger("nfbench")
 
 WORST = 0.0
 
-
-def in_multirun() -> bool:
-    """Whether this process runs a job of a Hydra sweep (``-m``), whichever sweeper drives it."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _sweeper_reads_it() -> bool:

@@ -1,4 +1,4 @@
-"""The ``nfbench`` console script: :func:`nfbench.cli.main`, with Ctrl-C during its imports (Hydra, torch)
+"""The ``nfbench`` console script: :func:`nfbench.cli.main.main`, with Ctrl-C during its imports (Hydra, torch)
 ending in one line instead of a traceback.  Kept free of heavy imports so that it is in place at once."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 def main() -> None:
     try:
-        from nfbench.cli import INTERRUPTED, main as cli_main
+        from nfbench.cli.main import INTERRUPTED, main as cli_main
     except KeyboardInterrupt:
         print("nfbench: error: interrupted by SIGINT (Ctrl-C) while starting; nothing was run", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

@@ -26,12 +26,12 @@ def validate(cfg: DictConfig | Config) -> "ModelPlan":
     allowed; return the checked model plan (its scheme built)."""
     check_keys(cfg)
     check_values(cfg)
-    from nfbench.data import DATASETS
+    from nfbench.data.sets import DATASETS
     from nfbench.loggers import check_paths
     from nfbench.models import plan_model
     from nfbench.schemes import build_scheme
 
-    from nfbench.distributed import detect
+    from nfbench.engine.distributed import detect
 
     DATASETS.get(cfg.data.name)
     check_paths(cfg.logger)

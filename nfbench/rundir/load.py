@@ -1,7 +1,7 @@
 """``nfbench.load_run(RUN_DIR) -> (model, cfg)``: a trained network back from its run directory.
 
 The network is rebuilt from the run's ``config.yaml`` through the scheme and model registries (the
-data set's shape from :func:`nfbench.data.data_shape`, without loading it) and given the selected
+data set's shape from :func:`nfbench.data.sets.data_shape`, without loading it) and given the selected
 weights: ``checkpoints/model.safetensors`` for the best model (else best.pt's), or last.pt's.
 """
 
@@ -46,7 +46,7 @@ def load_run(run_dir: Union[str, Path], which: Literal["best", "last"] = "best",
     """
     from safetensors.torch import load_model
 
-    from nfbench.data import data_shape
+    from nfbench.data.sets import data_shape
     from nfbench.models import construct_model
     from nfbench.schemes import build_scheme
 

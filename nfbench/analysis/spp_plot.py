@@ -25,7 +25,7 @@ from nfbench.errors import DataError
 
 log = logging.getLogger("nfbench")
 
-CSV_NAME = "spp.csv"  # what nfbench spp writes into its run directory (nfbench.spp.write_csv)
+CSV_NAME = "spp.csv"  # what nfbench spp writes into its run directory (nfbench.analysis.spp.write_csv)
 
 # The paper's schemes first and in its order; any other registered scheme follows alphabetically.
 PAPER_SCHEMES = ("plain", "bn", "idshort", "learnscalar", "convshort")

@@ -1,10 +1,10 @@
 """In-memory data sets served from the training device, augmented a batch at a time there.
 
 CIFAR-sized data (CIFAR, or a small image folder decoded once by
-nfbench/folder_memory.py) fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
+nfbench/data/folders.py) fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
 training loop needs no host-to-device copies: each batch is gathered, cropped,
 flipped and normalised on the device in a handful of kernels, with the same
-recipe as :func:`nfbench.data.transforms`.  RandAugment is applied to whole
+recipe as :func:`nfbench.data.transforms.transforms`.  RandAugment is applied to whole
 groups of samples at a time, on the device, or, with ``data.num_workers`` > 0,
 in worker processes on the CPU so that its many small kernels do not compete
 with the model's for the training process's time.
@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.data import DataSource, held_images, worker_context
+from nfbench.data.sets import DataSource, held_images
+from nfbench.data.source import worker_context
 from nfbench.errors import ConfigError
 
 
@@ -227,7 +228,7 @@ class DeviceLoader:
 
     ``mean`` and ``std`` normalise (x / 255 - mean) / std: per channel, or ``mean`` a (C, H, W) mean image
     (``data.pixel_mean``, He et al. 2016a; std 1), subtracted after the crop and flip, so in the crop's
-    coordinates, as :func:`nfbench.data.transforms` does.
+    coordinates, as :func:`nfbench.data.transforms.transforms` does.
     Iterates in the order of ``sampler`` (a ``DistributedSampler`` for training, so
     ``loader.sampler.set_epoch`` and the rank shards work as with a ``DataLoader``; this rank's
     indices for testing), ``batch_size`` samples at a time, dropping a ragged last batch when
@@ -331,7 +332,7 @@ class DeviceLoader:
 def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
     """``data.on_device``: true, false, or auto (whenever every split is held in memory and
     trained at their native size; the DataLoader path serves image folders read from their files,
-    such as ImageNet's, and resizing). Small image folders are held in memory by nfbench/folder_memory.py."""
+    such as ImageNet's, and resizing). Small image folders are held in memory by nfbench/data/folders.py."""
     if cfg.on_device is False:
         return False
     # Which splits are held, judged without gathering their images (this runs for every loader built).
