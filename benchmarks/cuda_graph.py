@@ -66,6 +66,7 @@ def pure_replay(cfg, steps: int) -> float:
     """Images/s of the captured step replayed back to back: the model's own compute, no runner around it
     (on a CPU, the smoke rehearsal: the graphed step's code run eagerly on one batch)."""
     from nfbench.engine.graph import GraphedStep
+    from nfbench.engine.step import StepObjects
     from nfbench.models import build_model
     from nfbench.engine.optim import build_optimizer
     from nfbench.engine.runtime import seed_all
@@ -76,7 +77,8 @@ def pure_replay(cfg, steps: int) -> float:
     net = build_model(cfg.model, build_scheme(cfg.init), 10, 3, 32).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net, cfg.optim, device)
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.trainer.precision == "bf16")
-    step = GraphedStep(net, opt, torch.nn.CrossEntropyLoss(), amp, cfg.optim, channels_last=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    step = GraphedStep(StepObjects(net, opt, torch.nn.CrossEntropyLoss(), amp, scaler, cfg.optim), channels_last=True)
     x = torch.randn(cfg.data.batch_size, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (cfg.data.batch_size,), device=device)
     net.train()

@@ -17,6 +17,7 @@ from torch import nn
 from nfbench import rundir
 from nfbench.config import OptimConfig, SchedConfig, check_values, option_config
 from nfbench.errors import ConfigError
+from nfbench.engine.step import StepObjects
 from nfbench.engine.graph import WARMUP_STEPS, GraphedStep, check_device
 from nfbench.models import build_model
 from nfbench.engine.optim import build_optimizer, build_scheduler, clip_gradients
@@ -54,7 +55,7 @@ def _net_and_opt(optim: OptimConfig, per_step_epochs: int = 4, steps: int = 10):
 
 
 def _eager_step(net, opt, criterion, optim, x, y):
-    """nfbench.engine.loop's eager step (fp32: GradScaler disabled), as it reads there."""
+    """An eager training step written out by hand (fp32: no GradScaler): forward, loss, backward, clip, step."""
     logits = net(x)
     loss = criterion(logits.float(), y)
     opt.zero_grad(set_to_none=True)
@@ -81,7 +82,7 @@ def test_graphed_step_trains_as_the_eager_step_on_cpu(clip):
     net_b, opt_b, sched_b = _net_and_opt(optim)
     net_a.train()
     net_b.train()
-    step = GraphedStep(net_b, opt_b, criterion, amp, optim)
+    step = GraphedStep(StepObjects(net_b, opt_b, criterion, amp, torch.amp.GradScaler("cpu", enabled=False), optim))
     assert not step.capture
     lrs = []
     for x, y in batches:
@@ -172,7 +173,8 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), 4, steps // 4)
     criterion = nn.CrossEntropyLoss()
     amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
-    step = GraphedStep(net, opt, criterion, amp, optim, channels_last=True) if graphed else None
+    objects = StepObjects(net, opt, criterion, amp, torch.amp.GradScaler("cuda", enabled=False), optim)
+    step = GraphedStep(objects, channels_last=True) if graphed else None
     net.train()
     losses = []
     for i in range(steps):

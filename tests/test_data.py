@@ -346,7 +346,7 @@ def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_c
     """data.val_size=0.1 of digits' 1,438 training images: 144 held out (0.1 * 1438 = 143.8, rounded), the other
     1,294 trained on; the same images whatever the run's seed and the global RNGs; taken before data.train_subset."""
     from nfbench.data.sets import DATASETS
-    from nfbench.data.transforms.transforms import transforms
+    from nfbench.data.transforms import transforms
 
     splits = []
     for seed in (0, 1):

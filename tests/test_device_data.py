@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from nfbench.data.sets import DataSource, TensorImages
 from nfbench.data.source import build_source, with_transform
-from nfbench.data.transforms.transforms import transforms
+from nfbench.data.transforms import transforms
 from nfbench.data.loaders import build_loaders
 from nfbench.data.device import DeviceLoader, use_device_loader
 from nfbench.errors import ConfigError, DataError

@@ -112,7 +112,7 @@ def test_interrupted_checkpoint_save_keeps_the_old_one_loadable(tmp_path, monkey
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(rundir.os, "replace", die_on_checkpoint)
+    monkeypatch.setattr(os, "replace", die_on_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 2})
     monkeypatch.undo()
@@ -261,7 +261,7 @@ def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(rundir.os, "fsync", fail)
+    monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(RunDirectoryError) as e:
         train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     message = str(e.value)

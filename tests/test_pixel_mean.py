@@ -1,5 +1,5 @@
 """data.pixel_mean (He et al. 2016a): x/255 minus the training images' mean image, the same on the DataLoader
-path (nfbench.data.transforms.transforms) and the on-device path (DeviceLoader.normalise), subtracted after crop and flip."""
+path (nfbench.data.transforms) and the on-device path (DeviceLoader.normalise), subtracted after crop and flip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from nfbench.data.sets import DataSource, TensorImages
 from nfbench.data.source import build_source, with_transform
-from nfbench.data.transforms.transforms import mean_image, transforms
+from nfbench.data.transforms import mean_image, transforms
 from nfbench.data.device import DeviceLoader, in_memory
 from nfbench.errors import ConfigError
 from nfbench.data.loaders import build_loaders

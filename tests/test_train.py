@@ -4,6 +4,7 @@ divergence, schedules, parameter groups and the device switches (on the CPU)."""
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rundir.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
     assert target.read_bytes() == before

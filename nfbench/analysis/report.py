@@ -46,6 +46,7 @@ import pandas as pd
 import yaml
 
 from nfbench import rundir
+from nfbench.errors import RunDirectoryError
 from nfbench.data.fingerprint import UNKNOWN, copy_label
 from nfbench.analysis.tables import format_table
 
@@ -149,7 +150,7 @@ def read_run(path: Path) -> Optional[Run]:
         return None
     try:
         metrics = rundir.read_metrics(path / "metrics.jsonl")
-    except rundir.RunDirectoryError as e:
+    except RunDirectoryError as e:
         raise Unreadable(f"metrics.jsonl cannot be read ({e})") from None
     result = rundir.read_json(path / "result.json", strict=False)
     problem = None

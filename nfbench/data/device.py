@@ -4,7 +4,7 @@ CIFAR-sized data (CIFAR, or a small image folder decoded once by
 nfbench/data/folders.py) fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
 training loop needs no host-to-device copies: each batch is gathered, cropped,
 flipped and normalised on the device in a handful of kernels, with the same
-recipe as :func:`nfbench.data.transforms.transforms`.  RandAugment is applied to whole
+recipe as :func:`nfbench.data.transforms`.  RandAugment is applied to whole
 groups of samples at a time, on the device, or, with ``data.num_workers`` > 0,
 in worker processes on the CPU so that its many small kernels do not compete
 with the model's for the training process's time.
@@ -228,7 +228,7 @@ class DeviceLoader:
 
     ``mean`` and ``std`` normalise (x / 255 - mean) / std: per channel, or ``mean`` a (C, H, W) mean image
     (``data.pixel_mean``, He et al. 2016a; std 1), subtracted after the crop and flip, so in the crop's
-    coordinates, as :func:`nfbench.data.transforms.transforms` does.
+    coordinates, as :func:`nfbench.data.transforms` does.
     Iterates in the order of ``sampler`` (a ``DistributedSampler`` for training, so
     ``loader.sampler.set_epoch`` and the rank shards work as with a ``DataLoader``; this rank's
     indices for testing), ``batch_size`` samples at a time, dropping a ragged last batch when

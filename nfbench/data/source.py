@@ -16,7 +16,7 @@ from torchvision import datasets as tvd
 from nfbench.config import DataConfig
 from nfbench.errors import ConfigError
 from nfbench.data.sets import DATASETS, DataSource, SPLIT_SEED, TensorImages, TransformedFolder
-from nfbench.data.transforms.transforms import check_normalisation, check_pixel_mean, mean_image, transforms
+from nfbench.data.transforms import check_normalisation, check_pixel_mean, mean_image, transforms
 
 
 def subset(ds: Dataset, n: Optional[int]) -> Dataset:

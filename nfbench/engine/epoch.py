@@ -16,12 +16,10 @@ from torch.utils.data import DataLoader
 from nfbench.engine import distributed
 from nfbench import rundir
 from nfbench.engine.metrics import EpochMetrics
-from nfbench.engine.optim import clip_gradients
 from nfbench.rng import rng_state
 from nfbench.rng import set_rng_state
 from nfbench.engine.evaluate import StopPoll
-from nfbench.engine.state import EpochProgress, Loop, Pass
-from nfbench.engine.step import forward, to_device
+from nfbench.engine.state import EpochProgress, Loop, Pass, checkpoint_state
 
 log = logging.getLogger("nfbench")
 
@@ -53,14 +51,8 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
     run = _start_pass(loop, epoch, steps, p)
     s = loop.settings
     for i, (x, y) in _batches_after(loop.progress.wrap(loader, epoch), p, loop.env.rank):
-        if loop.graphed is not None:  # the same step, one replay (nfbench/engine/graph.py)
-            loss, hits = loop.graphed(x, y)
-            run.metrics.record(i, loss, hits, len(y))
-        else:
-            x, y = to_device(x, y, loop.device, s.channels_last)
-            x, target = loop.mixup(x, y) if loop.mixup is not None else (x, y)
-            loss, logits = eager_step(loop, x, target)
-            run.metrics.add(i, loss, logits, y)
+        loss, hits = loop.step(x, y)  # eager or one replay of its graph: nfbench/engine/step.py
+        run.metrics.record(i, loss, hits, len(y))
         if s.per_step:
             loop.sched.step()
         done = i + 1
@@ -71,21 +63,6 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         _between_steps(loop, run, done)
     loop.progress.close()
     return _end_pass(loop, run)
-
-
-def eager_step(loop: Loop, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step on a batch on the device (mixed, if mixup is on): forward, loss, backward,
-    gradient clipping, step.  Returns the loss and the logits, unread (reading them would wait for the device)."""
-    logits = forward(loop.net, x, loop.amp)
-    loss = loop.criterion(logits.float(), target)
-    loop.opt.zero_grad(set_to_none=True)
-    loop.scaler.scale(loss).backward()
-    if loop.settings.clip:
-        loop.scaler.unscale_(loop.opt)
-        clip_gradients(loop.net, loop.cfg.optim)
-    loop.scaler.step(loop.opt)
-    loop.scaler.update()
-    return loss, logits
 
 
 def _start_pass(loop: Loop, epoch: int, steps: int, p: EpochProgress) -> Pass:
@@ -175,12 +152,7 @@ def _snapshot(sums: torch.Tensor, done: int, seconds: float, device: torch.devic
 
 def checkpoint_of(loop: Loop, epoch: int, progress: Optional[EpochProgress], wall_s: Optional[float] = None) -> dict:
     """The run's checkpoint after ``epoch`` completed epochs and, mid-epoch, ``progress`` into the next."""
-    r = loop.record
-    return rundir.checkpoint_state(loop.model, loop.opt, loop.sched, loop.scaler, epoch,
-                                   vars(progress) if progress else None, best_on=r.select, best_top1=r.best_top1,
-                                   wall_s=r.wall_s() if wall_s is None else wall_s, config=r.config,
-                                   resumed_from=r.resumed_from, history=r.history[:epoch], best_from=r.best_from,
-                                   data=r.data)
+    return checkpoint_state(loop.stateful(), loop.record, epoch, vars(progress) if progress else None, wall_s)
 
 
 def save_last(loop: Loop, epoch: int, progress: EpochProgress) -> None:

@@ -32,15 +32,13 @@ and are captured.  On a CPU the same object runs every step eagerly, through the
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Iterator, Optional
 
 import torch
-from torch import nn
 
-from nfbench.config import OptimConfig
-from nfbench.engine.metrics import top1_hits
+from nfbench.engine.step import StepObjects, train_step
 from nfbench.errors import ConfigError
-from nfbench.engine.optim import clip_gradients
 
 WARMUP_STEPS = 3  # PyTorch's examples warm up 3 iterations before capturing
 
@@ -68,16 +66,14 @@ class GraphedStep:
     tensor learning rate on the device; the foreach kernel would read it on the host).
     """
 
-    def __init__(self, net: nn.Module, opt: torch.optim.Optimizer, criterion: nn.Module, amp: dict,
-                 optim: OptimConfig, channels_last: bool = False, warmup_steps: int = WARMUP_STEPS,
+    def __init__(self, objects: StepObjects, channels_last: bool = False, warmup_steps: int = WARMUP_STEPS,
                  capture: Optional[bool] = None) -> None:
-        self.net, self.opt, self.criterion, self.optim = net, opt, criterion, optim
         # Autocast's cache of cast weights must not live across a capture (PyTorch's CUDA graph notes);
         # casting again gives the same values.
-        self.amp = {**amp, "cache_enabled": False}
-        self.clip = optim.clip_grad_norm > 0 or optim.agc > 0
+        self.objects = replace(objects, amp={**objects.amp, "cache_enabled": False})
+        self.opt = opt = objects.opt
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.device = next(net.parameters()).device
+        self.device = next(objects.net.parameters()).device
         self.capture = self.device.type == "cuda" if capture is None else capture
         if self.capture and not all(group.get("fused") for group in opt.param_groups):
             raise ValueError("a captured step needs fused SGD (nfbench.engine.optim.build_optimizer on CUDA)")
@@ -119,16 +115,8 @@ class GraphedStep:
         return self.loss, self.hits  # type: ignore[return-value]
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, loss, backward, clipping and the optimiser's step: what nfbench.engine.loop's eager step does
-        (with GradScaler disabled, as it is without fp16), in the order it does it."""
-        with torch.autocast(**self.amp):
-            logits = self.net(x)
-            loss = self.criterion(logits.float(), y)
-        loss.backward()
-        if self.clip:
-            clip_gradients(self.net, self.optim)
-        self.opt.step()
-        return loss.detach(), top1_hits(logits, y)
+        """The one training step (:func:`nfbench.engine.step.train_step`), on integer labels: what is captured."""
+        return train_step(self.objects, x, y, y)
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A step outside the graph (a batch of another shape).  Once captured, the gradients are zeroed,

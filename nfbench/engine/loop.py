@@ -27,6 +27,7 @@ from nfbench.data.source import build_source
 from nfbench.data.source import identity
 from nfbench.engine.distributed import DistEnv
 from nfbench.engine.graph import GraphedStep
+from nfbench.engine.step import EagerStep, StepObjects
 from nfbench.engine.graph import check_device
 from nfbench.data.loaders import build_loaders
 from nfbench.data.loaders import eval_loader
@@ -44,7 +45,8 @@ from nfbench.engine.runtime import set_deterministic
 from nfbench.engine.validation import validate
 from nfbench.engine.epoch import Diverged, checkpoint_of, gather_rng, save_last, train_one_epoch
 from nfbench.engine.evaluate import StopPoll, evaluate
-from nfbench.engine.state import Data, EpochProgress, Loop, Record, StepSettings, best_figures, best_row, count_params
+from nfbench.engine.state import (Data, EpochProgress, Loop, Record, Restored, StepSettings, best_figures, best_row,
+                                  count_params, restore_checkpoint)
 from nfbench.engine.step import AMP_DTYPES
 
 if TYPE_CHECKING:
@@ -203,8 +205,7 @@ def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Opti
     source, state = resumed
     record = loop.record
     rundir.check_data(state, record.data, source)
-    restored = rundir.restore_checkpoint(state, loop.model, loop.opt, loop.sched, loop.scaler, source)
-    record.best_top1, record.wall_before, record.best_from = restored.best_top1, restored.wall_s, restored.best_from
+    restored = restore_checkpoint(state, loop.stateful(), record, source)
     record.resumed_from = rundir.branched_from(source, state, record.run_dir)
     record.history = rundir.reconcile_history(record.run_dir / "metrics.jsonl", restored.history, restored.epoch,
                                               source)
@@ -215,7 +216,7 @@ def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Opti
     return restored.epoch, partial, branch_best
 
 
-def _branch_best(loop: Loop, source: Path, state: dict, restored: rundir.Restored) -> Optional[dict]:
+def _branch_best(loop: Loop, source: Path, state: dict, restored: Restored) -> Optional[dict]:
     """A branch (trainer.resume=OTHER_RUN into a new directory) inherits the history of the run it continues,
     and so the best epoch in it; the state to save as its best.pt, so that best.pt, model.safetensors and
     result.json name the same epoch: the checkpoint itself when it is that epoch's end, else the best.pt
@@ -234,7 +235,7 @@ def _branch_best(loop: Loop, source: Path, state: dict, restored: rundir.Restore
         else:
             if found["epoch"] == best["epoch"]:
                 return {**found, "config": record.config, "resumed_from": record.resumed_from,
-                        "history": record.history[:best["epoch"]], "data": record.data}
+                        "history": record.history[:best["epoch"]], "data": record.data}  # the record at that epoch
     record.best_top1, record.best_from = -math.inf, restored.epoch + 1
     log.warning("branch of %s: the best epoch of the history it continues (%s) has no checkpoint to bring along; "
                 "best.pt is selected from epoch %d on", source, best["epoch"] if best else "none", record.best_from)
@@ -245,14 +246,18 @@ def _wrap(loop: Loop) -> None:
     """The forward callable (DDP across ranks, torch.compile) or the captured step (trainer.cuda_graph)
     over the restored model, and the loggers."""
     tcfg = loop.cfg.trainer
-    if tcfg.cuda_graph:  # refuses DDP and compile (config.check_values): the step replays the model itself
-        loop.graphed = GraphedStep(loop.model, loop.opt, loop.criterion, loop.amp, loop.cfg.optim, tcfg.channels_last)
     if loop.env.enabled:
         device = loop.device
         loop.net = nn.parallel.DistributedDataParallel(loop.net,
                                                        device_ids=[device.index] if device.type == "cuda" else None)
     if loop.cfg.trainer.compile:
         loop.net = torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode)
+    if tcfg.cuda_graph:  # refuses DDP and compile (config.check_values): the graph replays the model itself
+        objects = StepObjects(loop.model, loop.opt, loop.criterion, loop.amp, loop.scaler, loop.cfg.optim)
+        loop.step = GraphedStep(objects, tcfg.channels_last)
+    else:
+        objects = StepObjects(loop.net, loop.opt, loop.criterion, loop.amp, loop.scaler, loop.cfg.optim)
+        loop.step = EagerStep(objects, loop.device, tcfg.channels_last, loop.mixup)
     if loop.env.is_main:
         loop.loggers = Loggers.from_config(loop.cfg, loop.record.run_dir, loop.record.history)
 

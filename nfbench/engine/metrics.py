@@ -35,15 +35,9 @@ class EpochMetrics:
         self.folded = start
         self.first_bad: Optional[tuple[int, float]] = None
 
-    def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Record step ``i`` (its mean loss, and hits of the top-1 logit on the integer labels)."""
-        self.losses[i] = loss.detach()
-        top1_hits(logits, target, out=self.hits[i])
-        self.sizes[i] = len(target)
-
     def record(self, i: int, loss: torch.Tensor, hits: torch.Tensor, size: int) -> None:
-        """Record step ``i`` from figures already counted on the device (a captured step's outputs:
-        two copies, where :meth:`add` would count again)."""
+        """Record step ``i``: its mean loss and its top-1 hits, as the step counted them on the device
+        (:func:`nfbench.engine.step.train_step`), and its batch size."""
         self.losses[i] = loss
         self.hits[i] = hits
         self.sizes[i] = size

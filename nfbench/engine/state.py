@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import math
 import time
-from dataclasses import dataclass
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -19,6 +18,9 @@ from nfbench.data.sets import DataSource
 from nfbench.engine.distributed import DistEnv
 from nfbench.engine.metrics import EpochMetrics
 from nfbench.engine.graph import GraphedStep
+from nfbench.engine.step import EagerStep
+from nfbench.errors import ConfigError
+from nfbench.rng import rng_state
 from nfbench.loggers import Loggers
 from nfbench.engine.preemption import StopSignal
 from nfbench.engine.progress import Progress
@@ -50,7 +52,6 @@ class StepSettings:
     log_every: int
     checkpoint_every: int  # trainer.checkpoint_every_steps; 0: at epochs' ends only
     stop_every: int  # look for a stop signal every step in one process, at log steps with several
-    clip: bool  # optim.clip_grad_norm or optim.agc
     per_step: bool  # the scheduler steps every step (else every epoch)
     epochs: int
 
@@ -58,7 +59,7 @@ class StepSettings:
     def of(cls, cfg: DictConfig, env: DistEnv) -> "StepSettings":
         t = cfg.trainer
         return cls(t.channels_last, t.log_every, t.checkpoint_every_steps, t.log_every if env.enabled else 1,
-                   cfg.optim.clip_grad_norm > 0 or cfg.optim.agc > 0, cfg.sched.per_step, t.epochs)
+                   cfg.sched.per_step, t.epochs)
 
 
 @dataclass
@@ -85,6 +86,74 @@ class Record:
 
     def wall_s(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_start
+
+    def state_dict(self, wall_s: Optional[float] = None) -> dict:
+        """What a checkpoint holds of the record (``wall_s``: the figure an epoch's row already has)."""
+        return {"best_on": self.select, "best_top1": self.best_top1,
+                "wall_s": self.wall_s() if wall_s is None else wall_s, "config": self.config,
+                "resumed_from": self.resumed_from, "history": self.history, "best_from": self.best_from,
+                "data": self.data}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The standing of the checkpointed run: its best so far, its seconds, where best.pt is selected from.
+        The history and the origin are not taken as they are: :func:`nfbench.engine.loop._resume` checks the
+        one against metrics.jsonl and works the other out (:func:`nfbench.rundir.branched_from`)."""
+        # Checkpoints written before data.val_size hold the (test-selected) best under another name.
+        self.best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
+        self.wall_before, self.best_from = state["wall_s"], state.get("best_from") or 1
+
+
+class Stateful(Protocol):
+    """What a checkpoint is made of: torch's modules, optimisers, schedulers and grad scalers, and the run's
+    :class:`Record`, each saved and restored through its own pair."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+# The entries of a checkpoint, in the order every nfbench since checkpoint version 3 writes them.
+CHECKPOINT_ORDER = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_on", "best_top1", "wall_s", "rng",
+                    "partial", "config", "resumed_from", "history", "best_from", "data")
+
+
+def checkpoint_state(objects: Mapping[str, Stateful], record: Record, epoch: int, partial: Optional[dict],
+                     wall_s: Optional[float] = None) -> dict:
+    """A checkpoint of a run: every object's ``state_dict`` under its name, the record's, and where it stands.
+
+    ``epoch`` counts the epochs completed (the number of the last one, from 1); ``partial`` is how far into
+    the next one a mid-epoch checkpoint is (its running sums and every rank's RNG state), None at an epoch's
+    end.  ``rng`` is this process's RNG state, for the record: an epoch reseeds from (seed, epoch, rank).
+    :func:`restore_checkpoint` reads it back."""
+    entries = {**{name: obj.state_dict() for name, obj in objects.items()}, **record.state_dict(wall_s),
+               "epoch": epoch, "rng": rng_state(), "partial": partial}
+    return {key: entries[key] for key in (*CHECKPOINT_ORDER, *(k for k in entries if k not in CHECKPOINT_ORDER))}
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Where a restored checkpoint left its run (see :func:`checkpoint_state`)."""
+
+    epoch: int  # the epochs completed
+    partial: Optional[dict]  # how far into the next epoch, or None
+    history: Optional[list[dict]] = None  # one row per completed epoch; None: written before nfbench kept it
+
+
+def restore_checkpoint(state: dict, objects: Mapping[str, Stateful], record: Record,
+                       source: Optional[Path] = None) -> Restored:
+    """Load a checkpoint written from :func:`checkpoint_state` into the run's objects (in place, before DDP and
+    ``torch.compile`` wrap the model) and its record; return where the run stood.  A checkpoint of another
+    network (other classes, channels or layers) is a ConfigError naming ``source``."""
+    for name, obj in objects.items():
+        try:
+            obj.load_state_dict(state[name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ConfigError(f"cannot resume {source or 'the checkpoint'}: it holds another network than this run "
+                              f"builds ({first}); resume with the model, scheme and data it was trained with, or "
+                              f"start a fresh run in another hydra.run.dir") from None
+    record.load_state_dict(state)
+    return Restored(state["epoch"], state.get("partial") or None, state.get("history"))
 
 
 @dataclass
@@ -119,7 +188,13 @@ class Loop:
     progress: Progress
     loggers: Loggers = field(default_factory=Loggers)
     stop: StopSignal = field(default_factory=StopSignal)
-    graphed: Optional[GraphedStep] = None  # trainer.cuda_graph: the step captured and replayed
+    # The training step, built over the restored model (nfbench.engine.loop._wrap): eager, or captured in a
+    # CUDA graph (trainer.cuda_graph); either is step(x, y) -> (loss, top-1 hits) over nfbench.engine.step.
+    step: Optional[EagerStep | GraphedStep] = None
+
+    def stateful(self) -> dict[str, Stateful]:
+        """The objects a checkpoint holds the states of, by the names it holds them under."""
+        return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched, "scaler": self.scaler}
 
 
 @dataclass

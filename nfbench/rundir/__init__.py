@@ -7,9 +7,9 @@ patches ``rundir.save_checkpoint`` patches what training calls).  ``load`` is no
 the models and data sets.
 """
 
-from nfbench.rundir.checkpoints import (CHECKPOINT_VERSION, CorruptCheckpointError, Restored, UnverifiedFileError,
-                                        checkpoint_state, checksum_path, find_checkpoint, kept_checkpoint,
-                                        load_checkpoint, restore_checkpoint, save_best, save_checkpoint, save_weights,
+from nfbench.rundir.checkpoints import (CHECKPOINT_VERSION, CorruptCheckpointError, UnverifiedFileError,
+                                        checksum_path, find_checkpoint, kept_checkpoint,
+                                        load_checkpoint, save_best, save_checkpoint, save_weights,
                                         verify_weights, write_with_checksum)
 from nfbench.rundir.environment import environment
 from nfbench.rundir.files import (BEST, CHECKPOINTS, LAST, LOCK, LOG, RUN_FILES, WEIGHTS, atomic_write_bytes, flatten,
@@ -20,8 +20,7 @@ from nfbench.rundir.lock import RunDirInUseError, RunDirLock
 from nfbench.rundir.resume import (RESUME_SAFE, branched_from, check_data, check_resume, config_changes,
                                    load_resume_state, reconcile_history)
 
-__all__ = ["CHECKPOINT_VERSION", "CorruptCheckpointError", "Restored", "UnverifiedFileError", "checkpoint_state",
-           "checksum_path", "find_checkpoint", "kept_checkpoint", "load_checkpoint", "restore_checkpoint", "save_best",
+__all__ = ["CHECKPOINT_VERSION", "CorruptCheckpointError", "UnverifiedFileError", "checksum_path", "find_checkpoint", "kept_checkpoint", "load_checkpoint", "save_best",
            "save_checkpoint", "save_weights", "verify_weights", "write_with_checksum", "environment", "BEST",
            "CHECKPOINTS", "LAST", "LOCK", "LOG", "RUN_FILES", "WEIGHTS", "atomic_write_bytes", "flatten",
            "log_to_file", "read_config", "read_json", "read_metrics", "refuse_to_start_over",

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import hashlib
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from nfbench.errors import ConfigError
@@ -218,60 +217,3 @@ def find_checkpoint(resume: str) -> Path:
             return cand
     raise ConfigError(f"trainer.resume={resume}: no checkpoint there (looked for {p}, "
                       f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory")
-
-
-def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, epoch: int,
-                     partial: Optional[dict], *, best_on: str, best_top1: float, wall_s: float, config: dict,
-                     resumed_from: Optional[dict], history: list[dict], best_from: int = 1,
-                     data: Optional[dict] = None) -> dict:
-    """A checkpoint of a run: its objects' states and where it stands.
-
-    ``epoch`` counts the epochs completed (the number of the last one, from 1); ``partial`` is how far
-    into the next one a mid-epoch checkpoint is (its running sums and every rank's RNG state), None at
-    an epoch's end.  ``history`` is the run's record, one metrics row per completed epoch (what
-    metrics.jsonl and result.json are written from); ``best_from`` the first epoch best.pt is selected
-    from (1, unless a branch could not bring the weights of the best it inherited); ``data`` what the
-    run trained on (:func:`check_data`).  ``rng`` is this process's RNG state, for the record: an epoch
-    reseeds from (seed, epoch, rank).  :func:`restore_checkpoint` reads it back.
-    """
-    from nfbench.rng import rng_state
-
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "best_on": best_on, "best_top1": best_top1,
-            "wall_s": wall_s, "rng": rng_state(), "partial": partial, "config": config, "resumed_from": resumed_from,
-            "history": history, "best_from": best_from, "data": data}
-
-
-@dataclass(frozen=True)
-class Restored:
-    """Where a restored checkpoint left its run (see :func:`checkpoint_state`)."""
-
-    epoch: int  # the epochs completed
-    best_top1: float  # the best selected top-1 so far (on best_on's split)
-    wall_s: float  # the wall time spent before
-    partial: Optional[dict]  # how far into the next epoch, or None
-    history: Optional[list[dict]] = None  # one row per completed epoch; None: written before nfbench kept it
-    best_from: int = 1  # the first epoch best.pt is selected from
-
-
-def restore_checkpoint(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
-                       source: Optional[Path] = None) -> Restored:
-    """Load a checkpoint written from :func:`checkpoint_state` into the run's objects (in place), before DDP
-    and ``torch.compile`` wrap the model; return where the run stood.  A checkpoint of another network
-    (other classes, channels or layers) is a ConfigError naming ``source``."""
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = " ".join(str(e).split())[:300]
-        raise ConfigError(f"cannot resume {source or 'the checkpoint'}: it holds another network than this run "
-                          f"builds ({first}); resume with the model, scheme and data it was trained with, or "
-                          f"start a fresh run in another hydra.run.dir") from None
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    # Checkpoints written before data.val_size hold the (test-selected) best under another name.
-    best_top1 = state["best_top1"] if "best_top1" in state else state["best_test_top1"]
-    return Restored(state["epoch"], best_top1, state["wall_s"], state.get("partial") or None,
-                    state.get("history"), state.get("best_from") or 1)
