@@ -13,13 +13,11 @@ nothing else of nfbench's but its errors.
 from __future__ import annotations
 
 
-import importlib.util
 import math
 from dataclasses import dataclass, field, is_dataclass
 from enum import Enum
 from typing import Any, Mapping, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench.errors import ConfigError
@@ -82,12 +80,6 @@ class FigureFormat(Choice):
     png = "png"
     pdf = "pdf"
     svg = "svg"
-
-
-class WandbMode(Choice):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
 
 
 class OptimizedMetric(Choice):
@@ -304,46 +296,6 @@ class SppConfig:
 
 
 @dataclass
-class TensorBoardLoggerConfig:
-    """logger=tensorboard: TensorBoard event files, hyperparameters included."""
-
-    # Folder of the event files, inside the run directory.
-    dir: str = "tb"
-
-
-@dataclass
-class CsvLoggerConfig:
-    """logger=csv: a CSV table of the per-epoch metrics."""
-
-    # The per-epoch table (metrics.jsonl's columns), inside the run directory.
-    file: str = "metrics.csv"
-
-
-@dataclass
-class WandbLoggerConfig:
-    """logger=wandb: Weights & Biases (pip install 'nfbench[wandb]')."""
-
-    project: str = "nfbench"  # wandb project
-    entity: Optional[str] = None  # wandb entity (user or team; null: your default)
-    group: Optional[str] = None  # wandb group, e.g. one sweep
-    # Null: the run directory's name.
-    name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)  # wandb tags
-    # online, offline or disabled; null: wandb's own choice (the WANDB_MODE variable, else online).
-    mode: Optional[WandbMode] = None
-
-
-@dataclass
-class LoggerConfig:
-    """Where metrics go besides metrics.jsonl (conf/logger/): each selected option fills its key,
-    ``logger=[tensorboard,csv]`` selects several, ``logger=none`` none."""
-
-    tensorboard: Optional[TensorBoardLoggerConfig] = None
-    csv: Optional[CsvLoggerConfig] = None
-    wandb: Optional[WandbLoggerConfig] = None
-
-
-@dataclass
 class Config:
     """The run as a whole: its seed and its experiment tag; a section per config group follows."""
 
@@ -354,7 +306,11 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     spp: SppConfig = field(default_factory=SppConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The loggers selected (conf/logger/), each under its name with its own keys (nfbench/loggers.py): metrics go
+    # there besides metrics.jsonl.
+    logger: dict[str, Any] = field(default_factory=dict)
+    # Per-epoch hooks selected (conf/hooks/), each under its name with its own keys (nfbench/engine/hooks.py).
+    hooks: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # seeds the network's initialisation, the data order and the augmentation
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
@@ -400,17 +356,6 @@ def option_schema(group: str, name: Optional[str]) -> type:
 def option_config(group: str, name: str, **values: Any) -> Any:
     """Option ``name``'s config with ``values`` (``option_config("init", "nf", alpha=0.1)``), outside Hydra."""
     return option_schema(group, name)(name=name, **values)
-
-
-def register_configs() -> None:
-    """Put the schema in Hydra's config store (conf/config.yaml names it first), each option's own
-    (:data:`OPTION_SCHEMAS`), and the resolver the SLURM launcher preset derives its tasks from."""
-    store = ConfigStore.instance()
-    store.store(name="nfbench_schema", node=Config)
-    for group, options in OPTION_SCHEMAS.items():
-        for name, schema in options.items():
-            store.store(name=f"nfbench_schema_{group}_{name}", node=schema)
-    OmegaConf.register_new_resolver("nfbench.tasks_per_node", tasks_per_node, replace=True)
 
 
 def schema(tree: Mapping[str, Any]) -> DictConfig:
@@ -592,7 +537,3 @@ def check_values(cfg: DictConfig | Config) -> None:
     require(len(c.spp.formats) >= 1, "spp.formats", [], f"a non-empty list from {', '.join(FigureFormat)}")
     require(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
             "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
-    if c.logger.wandb is not None:
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
-                              "logger=tensorboard, csv or none)")

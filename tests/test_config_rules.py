@@ -41,7 +41,7 @@ def counting(monkeypatch, obj, name: str) -> list:
 def test_a_run_builds_its_scheme_and_plans_its_model_once(make_cfg, tmp_path, monkeypatch):
     """validate() builds the scheme and plans the model; training builds the network from that plan,
     so neither the scheme nor the pairing rules run a second time (they did: validation, then training)."""
-    from nfbench.cli.main import main as cli
+    from nfbench.cli import main as cli
 
     schemes = counting(monkeypatch, nfbench.schemes.SCHEMES.get("bn"), "__init__")
     plans = counting(monkeypatch, nfbench.models, "plan_model")

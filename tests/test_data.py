@@ -42,6 +42,10 @@ def write_cifar(root: Path, hundred: bool, n_per_file: int = 6) -> dict[str, np.
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
         written[name] = (data, np.array(labels))
+    # The release's class names: batches.meta's label_names (CIFAR-10), meta's fine_label_names (CIFAR-100).
+    meta, names_key = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
+    with open(folder / meta, "wb") as f:
+        pickle.dump({names_key: [f"class{k:03d}" for k in range(100 if hundred else 10)]}, f)
     return written
 
 
@@ -360,7 +364,7 @@ def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_c
         splits.append(val_idx)
     assert splits[0] == splits[1]
     # The validation images get the test transform: normalised only, no crop or flip.
-    raw = DATASETS.get("digits")(cfg.data).train
+    raw = DATASETS.get("digits").load(cfg.data).train
     normalise = transforms(cfg.data, src, train=False)
     for i in (0, 77, 143):
         assert torch.equal(src.val[i][0], normalise(raw.images[splits[0][i]]))

@@ -290,7 +290,7 @@ def test_refusal_is_one_line_under_a_hydra_config_without_a_job(capsys):
     from hydra.core.hydra_config import HydraConfig
 
     from nfbench.cli.main import CONF_DIR, _user_errors
-    from nfbench.config import register_configs
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -326,7 +326,7 @@ def test_slurm_preset_refuses_zero_gpus_per_node():
     from omegaconf.errors import InterpolationResolutionError
 
     from nfbench.cli.main import CONF_DIR
-    from nfbench.config import register_configs
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

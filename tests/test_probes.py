@@ -416,7 +416,7 @@ def test_devices_that_do_not_divide_the_batch_are_refused_at_validation(make_cfg
 
 
 def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys):
-    from nfbench.cli.main import main as cli
+    from nfbench.cli import main as cli
     from nfbench.data import folders
 
     def interrupted(*args, **kwargs):

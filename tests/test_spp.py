@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nfbench.cli.main import CONF_DIR, main
-from nfbench.config import register_configs
+from nfbench.configstore import register_configs
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.schemes import SCHEMES, build_scheme
@@ -344,7 +344,7 @@ import json, resource, torch
 torch.set_num_threads(2)
 from hydra import compose, initialize_config_dir
 from nfbench.cli.main import CONF_DIR
-from nfbench.config import register_configs
+from nfbench.configstore import register_configs
 from nfbench.analysis.spp import measure
 register_configs()
 with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

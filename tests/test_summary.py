@@ -21,7 +21,7 @@ from nfbench.models import construct_model
 from nfbench.schemes import build_scheme
 from nfbench.analysis.summary import format_parts, format_rows, summarize
 
-# CIFAR-10 needs no files: the summary takes its shape from nfbench.data.sets.SHAPES.
+# CIFAR-10 needs no files: the summary takes the shape it was registered with (nfbench.data.sets.register_dataset).
 NO_DATA = ["data=cifar10", "data.root=/nonexistent", "data.download=false"]
 
 # Civitelli et al. Table 1 (ResNet-50/101) and Table 2 (ResNet-18), 32x32x3 input: (params M, GFLOPs).

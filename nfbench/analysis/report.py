@@ -245,13 +245,32 @@ def runs_frame(runs: Sequence[Run], group_by: Sequence[str]) -> pd.DataFrame:
     """One row per run: ``group`` (its values of ``group_by`` as JSON text, so that null and lists
     group too), status, seed, planned epochs, result.json's figures (NaN where absent) and the Run."""
     return pd.DataFrame({
-        "group": [json.dumps([r.get(k) for k in group_by]) for r in runs],
+        "group": [json.dumps(values) for values in _group_values(runs, group_by)],
         "status": [r.status for r in runs],
         "seed": pd.Series([r.get("seed") for r in runs], dtype=object),
         "epochs": pd.Series([r.get("epochs") for r in runs], dtype=object),
         **{name: pd.Series([(r.result or {}).get(key) for r in runs], dtype=float) for name, key in FIGURES.items()},
         "run": pd.Series(list(runs), dtype=object),
     })
+
+
+def _group_values(runs: Sequence[Run], group_by: Sequence[str]) -> list[list]:
+    """Each run's values of ``group_by``.  An invalid sweep point loaded no data, so it has no data copy of its
+    own: it takes the one copy of the runs that agree with it on every other key (where there is one copy),
+    and is listed beside them."""
+    values = [[r.get(k) for k in group_by] for r in runs]
+    if DATA_COPY not in group_by:
+        return values
+    at = list(group_by).index(DATA_COPY)
+    copies: dict[str, set] = {}
+    for r, v in zip(runs, values):
+        if r.status != INVALID:
+            copies.setdefault(json.dumps(v[:at] + v[at + 1:]), set()).add(v[at])
+    for r, v in zip(runs, values):
+        found = copies.get(json.dumps(v[:at] + v[at + 1:]), set())
+        if r.status == INVALID and len(found) == 1:
+            v[at] = next(iter(found))
+    return values
 
 
 def group_keys(group_by: Sequence[str]) -> list[str]:

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nfbench.engine.validation import validate
 from nfbench.data.sets import data_shape
 from nfbench.models import choose_stem, split_stages
-from nfbench.engine.runtime import in_multirun
+from nfbench.engine.sweep import in_multirun
 from nfbench.rundir.files import write_json
 from nfbench.analysis.tables import format_table
 

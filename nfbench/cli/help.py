@@ -24,6 +24,8 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench.config import OPTION_SCHEMAS, Config
+from nfbench.engine.hooks import HOOKS
+from nfbench.loggers import LOGGERS
 
 RESOLVER = "nfbench.keys_help"
 # A sentence ends at a full stop and a space, but not after "e.g.", "i.e." or "et al.".
@@ -117,6 +119,10 @@ def sections(cls: type = Config, prefix: str = "", name: str = "") -> Iterator[S
         group = sub_prefix.rstrip(".")
         for option, schema in OPTION_SCHEMAS.get(group, {}).items() if not prefix else ():
             yield from sections(schema, sub_prefix, f"{group}={option} only")
+    if not prefix:  # each registered logger's and hook's own keys (nfbench/loggers.py, nfbench/engine/hooks.py)
+        for group, registry in (("logger", LOGGERS), ("hooks", HOOKS)):
+            for option in registry.names():
+                yield from sections(registry.get(option).config, f"{group}.{option}.")
 
 
 def _format(value: Any) -> str:

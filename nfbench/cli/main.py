@@ -21,10 +21,11 @@ from typing import Callable, Iterator, NoReturn, Optional
 import hydra
 from omegaconf import DictConfig
 
-from nfbench.config import OPTION_SCHEMAS, register_configs
+from nfbench.config import OPTION_SCHEMAS
+from nfbench.configstore import register_configs
 from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
-from nfbench.engine.runtime import in_multirun
+from nfbench.engine.sweep import in_multirun
 from nfbench.cli.refusal import refuse
 from nfbench.cli.help import register_help
 
@@ -241,14 +242,9 @@ def _config_errors_in_one_line() -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-        text = _key_of_another_option(cause) or (
+        text = _key_of_another_option(cause) or _key_of_an_unselected_option(e, sys.argv[1:]) or (
             one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else ""))
         _exit_in_one_line(text)
-    except AssertionError as e:  # OmegaConf, setting a key under a null node: an option that is not selected
-        text = _key_of_an_unselected_option(sys.argv[1:])
-        if text is None:
-            raise
-        _exit_in_one_line(f"{text} ({e})")
     except (OSError, ValueError) as e:
         if SWEEP.started:
             raise
@@ -265,18 +261,20 @@ def _exit_in_one_line(text: str) -> NoReturn:
     sys.exit(2)
 
 
-def _key_of_an_unselected_option(overrides: list[str]) -> Optional[str]:
-    """The message for an override like ``logger.csv.file=x`` whose option (logger=csv) is not selected, so
-    that its node is null; None when no override is of that form."""
-    from nfbench.config import LoggerConfig
+def _key_of_an_unselected_option(error: Exception, overrides: list[str]) -> Optional[str]:
+    """The message for an override like ``logger.csv.file=x`` that Hydra could not apply because its option
+    (logger=csv, a registered logger or hook) is not selected; None for any other error."""
+    from nfbench.engine.hooks import HOOKS
+    from nfbench.loggers import LOGGERS
 
-    backends = {f.name for f in dataclasses.fields(LoggerConfig)}
+    registries = {"logger": LOGGERS, "hooks": HOOKS}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        parts = key.split(".")
-        if len(parts) >= 3 and parts[0] == "logger" and parts[1] in backends:
-            return (f"{key} is a key of logger={parts[1]}, which is not selected: select it (logger={parts[1]}, or "
-                    f"several: logger=[tensorboard,{parts[1]}]), or leave {key} out")
+        group, _, rest = key.partition(".")
+        option = rest.split(".")[0]
+        if group in registries and "." in rest and option in registries[group] and f"'{key}'" in str(error):
+            return (f"{key} is a key of {group}={option}, which is not selected: select it ({group}={option}, or "
+                    f"several: {group}=[...,{option}]), or leave {key} out")
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from nfbench.config import optimized_metric
-from nfbench.engine.runtime import in_multirun
+from nfbench.engine.sweep import in_multirun
 
 log = logging.getLogger("nfbench")
 

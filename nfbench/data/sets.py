@@ -4,25 +4,21 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-from typing import Optional
-from typing import Sequence
+from typing import Callable, Optional, Sequence
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
+
 from nfbench.config import DataConfig
-from nfbench.data.folders import other_size
-from nfbench.errors import DataError
-from nfbench.errors import DataNotFoundError
-from nfbench.data.folders import hold_in_memory
+from nfbench.data.folders import (FOLDER_LAYOUT, data_not_found, folder_splits, hold_in_memory, is_image_file,
+                                  other_size, split_folder)
+from nfbench.errors import DataError, DataNotFoundError
 from nfbench.registry import Registry
-from nfbench.data.folders import FOLDER_LAYOUT, data_not_found, folder_splits, is_image_file, split_folder
 
 log = logging.getLogger("nfbench")
 
@@ -120,10 +116,61 @@ def held_images(ds: Dataset) -> tuple[Optional[TensorImages], Optional[torch.Ten
     return (ds, indices) if isinstance(ds, TensorImages) else (None, None)
 
 
-DATASETS: Registry[Callable[[DataConfig], DataSource]] = Registry("data set")
+@dataclass(frozen=True)
+class DataShape:
+    """What a data set feeds the model: classes, channels, image side."""
+
+    num_classes: int
+    in_chans: int
+    image_size: int
 
 
-@DATASETS.register("digits")
+@dataclass(frozen=True)
+class DataSet:
+    """A registered data set: the function that loads it, and its shape: a fixed one, or one read from the
+    configured files without loading them (an image folder's tree), so that ``nfbench summary`` and
+    ``nfbench.load_run`` know it without the data."""
+
+    load: Callable[[DataConfig], DataSource]
+    shape: DataShape | Callable[[DataConfig], DataShape]
+
+    def shape_of(self, cfg: DataConfig) -> DataShape:
+        return self.shape(cfg) if callable(self.shape) else self.shape
+
+
+DATASETS: Registry[DataSet] = Registry("data set")
+
+
+def register_dataset(name: str, shape: DataShape | Callable[[DataConfig], DataShape]
+                     ) -> Callable[[Callable[[DataConfig], DataSource]], Callable[[DataConfig], DataSource]]:
+    """Register the decorated ``load(cfg: DataConfig) -> DataSource`` as ``data=name``, with its ``shape``
+    (docs/extending.md, "A new data set"): a fixed :class:`DataShape`, or a function of the config."""
+    def add(load: Callable[[DataConfig], DataSource]) -> Callable[[DataConfig], DataSource]:
+        DATASETS.register(name)(DataSet(load, shape))
+        return load
+
+    return add
+
+
+def folder_shape(cfg: DataConfig) -> DataShape:
+    """An image folder's shape, from its tree alone: the class folders of train/ and the first image's bands
+    and size (files that are not images left out, with a note)."""
+    from PIL import Image
+
+    train = split_folder(Path(cfg.root).expanduser(), ["train"])
+    classes, _ = tvd.folder.find_classes(str(train))
+    files = sorted(p for p in (train / classes[0]).iterdir() if p.is_file())
+    first = next((p for p in files if is_image_file(str(p))), None)
+    if first is None:
+        raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
+    if first != files[0]:
+        log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
+                 files[0].name)
+    with Image.open(first) as img:
+        return DataShape(len(classes), len(img.getbands()), max(img.size))
+
+
+@register_dataset("digits", DataShape(10, 1, 8))
 def digits(cfg: DataConfig) -> DataSource:
     """scikit-learn's 8x8 handwritten digits (UCI, 1,797 images), shipped inside the package.
 
@@ -144,64 +191,65 @@ def digits(cfg: DataConfig) -> DataSource:
                       num_classes=10, in_chans=1, image_size=8, mean=mean, std=std)
 
 
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
-    """One python-pickle batch of the official CIFAR release; a damaged file is named, with the fix."""
-    try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        missing = [k for k in ("data", label_key) if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise ValueError(f"no {' or '.join(map(repr, missing))} entry")
-        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = [int(y) for y in entry[label_key]]
-        if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    except Exception as e:  # truncated, another pickle, another format: the same fix
-        why = " ".join(f"{type(e).__name__}: {e}".split())
-        raise DataError(f"{path} is truncated or not a CIFAR python batch ({why}). Fix: delete {path.parent} "
-                        f"and run once with data.download=true to download it again") from e
-    return images, labels
+def _release_reader(cls: type, name: str, train: bool) -> type:
+    """torchvision's reader ``cls`` (CIFAR10 or CIFAR100) for one file of the python release, with the md5
+    checks off: torchvision compares every file with the official release's md5 and refuses any other, so
+    the release as scripts/cifar_from_images.py writes it could not be read.  The reading is torchvision's
+    unchanged (``check_integrity(path, None)``: the file exists); one file at a time, so that a damaged one
+    is named."""
+    entry = [[name, None]]
+    return type(f"{cls.__name__}File", (cls,), {"train_list": entry if train else [], "test_list": [] if train else entry,
+                                                "meta": {**cls.meta, "md5": None}})
 
 
-def _read_cifar_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read the python-pickle batches of the official CIFAR release (what torchvision downloads)."""
-    images, labels = [], []
-    for name in files:
-        x, y = _read_cifar_batch(folder / name, label_key)
-        images.append(x)
-        labels.extend(y)
-    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
+def _read_release(cls: type, root: Path, names: Sequence[str], train: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """The images (uint8 N x 3 x 32 x 32, the files' order), labels and class names of ``names``."""
+    images, labels, classes = [], [], []
+    for name in names:
+        path = root / cls.base_folder / name
+        try:
+            part = _release_reader(cls, name, train)(str(root), train=train, download=False)
+        except Exception as e:  # truncated, another pickle, another format: the same fix
+            why = " ".join(f"{type(e).__name__}: {e}".split())
+            label_key = "fine_labels" if cls is tvd.CIFAR100 else "labels"
+            raise DataError(f"{path} is truncated or not a CIFAR python batch ({why}; a batch holds 'data' and "
+                            f"{label_key!r}). Fix: delete {path.parent} and run once with data.download=true to "
+                            f"download it again") from e
+        images.append(torch.from_numpy(part.data).permute(0, 3, 1, 2))
+        labels.extend(part.targets)
+        classes = part.classes
+    return torch.cat(images).contiguous(), torch.tensor(labels, dtype=torch.int64), classes
 
 
-def _cifar(cfg: DataConfig, tv_cls: type, train_files: Sequence[str], test_file: str,
-           label_key: str, num_classes: int, mean, std) -> DataSource:
+def _cifar(cfg: DataConfig, cls: type, mean: Sequence[float], std: Sequence[float]) -> DataSource:
+    """CIFAR-10 or CIFAR-100, the python release in ``data.root`` (downloaded there with ``data.download``),
+    read by torchvision's own CIFAR10/CIFAR100 code."""
     root = Path(cfg.root).expanduser()
-    folder = root / tv_cls.base_folder
-    needed = [*train_files, test_file]
-    if not all((folder / f).is_file() for f in needed):
+    folder = root / cls.base_folder
+    train_files, test_files = [n for n, _ in cls.train_list], [n for n, _ in cls.test_list]
+    if not all((folder / f).is_file() for f in (*train_files, *test_files, cls.meta["filename"])):
         if not cfg.download:
-            raise data_not_found(tv_cls.__name__, folder, "data.download=false")
+            raise data_not_found(cls.__name__, folder, "data.download=false")
         try:
             from torchvision.datasets.utils import download_and_extract_archive
 
-            download_and_extract_archive(tv_cls.url, str(root), filename=tv_cls.filename, md5=tv_cls.tgz_md5)
+            download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
         except Exception as e:  # no network, proxy, disk full: all end the same way for the user
-            raise data_not_found(tv_cls.__name__, folder, f"download failed: {type(e).__name__}: {e}") from e
-    xtr, ytr = _read_cifar_batches(folder, train_files, label_key)
-    xte, yte = _read_cifar_batches(folder, [test_file], label_key)
-    return DataSource(TensorImages(xtr, ytr), TensorImages(xte, yte), num_classes=num_classes,
-                      in_chans=3, image_size=32, mean=mean, std=std)
+            raise data_not_found(cls.__name__, folder, f"download failed: {type(e).__name__}: {e}") from e
+    xtr, ytr, classes = _read_release(cls, root, train_files, train=True)
+    xte, yte, _ = _read_release(cls, root, test_files, train=False)
+    return DataSource(TensorImages(xtr, ytr), TensorImages(xte, yte), num_classes=len(classes), in_chans=3,
+                      image_size=32, mean=mean, std=std, classes=list(classes))
 
 
-@DATASETS.register("cifar10")
+@register_dataset("cifar10", DataShape(10, 3, 32))
 def cifar10(cfg: DataConfig) -> DataSource:
-    files = [f"data_batch_{i}" for i in range(1, 6)]
-    return _cifar(cfg, tvd.CIFAR10, files, "test_batch", "labels", 10, CIFAR_MEAN, CIFAR_STD)
+    return _cifar(cfg, tvd.CIFAR10, CIFAR_MEAN, CIFAR_STD)
 
 
-@DATASETS.register("cifar100")
+@register_dataset("cifar100", DataShape(100, 3, 32))
 def cifar100(cfg: DataConfig) -> DataSource:
-    return _cifar(cfg, tvd.CIFAR100, ["train"], "test", "fine_labels", 100, CIFAR100_MEAN, CIFAR100_STD)
+    return _cifar(cfg, tvd.CIFAR100, CIFAR100_MEAN, CIFAR100_STD)
 
 
 def _channel_stats(image: Callable[[int], torch.Tensor], n: int,
@@ -214,7 +262,7 @@ def _channel_stats(image: Callable[[int], torch.Tensor], n: int,
     return xs.mean(dim=1).tolist(), xs.std(dim=1).tolist()
 
 
-@DATASETS.register("imagefolder")
+@register_dataset("imagefolder", folder_shape)
 def imagefolder(cfg: DataConfig) -> DataSource:
     """Any tree ROOT/{train,test|val}/<class>/<image> of same-size small images (e.g. CIFAR-10 as JPEGs).
 
@@ -246,7 +294,14 @@ def _same_size(sizes: dict[str, tuple[int, int]], size: tuple[int, int]) -> None
             raise other_size(path, other, size)
 
 
-@DATASETS.register("imagenet")
+def _imagenet_shape(cfg: DataConfig) -> DataShape:
+    """ILSVRC-2012's 1,000 classes at 224 px; a tree at ``data.root`` gives its own class count (a subset)."""
+    if (Path(cfg.root).expanduser() / "train").is_dir():
+        return DataShape(folder_shape(cfg).num_classes, 3, 224)
+    return DataShape(1000, 3, 224)
+
+
+@register_dataset("imagenet", _imagenet_shape)
 def imagenet(cfg: DataConfig) -> DataSource:
     """ILSVRC-2012 as an ImageFolder tree ROOT/train, ROOT/val; the standard 224 px recipe."""
     root = Path(cfg.root).expanduser()
@@ -256,43 +311,9 @@ def imagenet(cfg: DataConfig) -> DataSource:
                       recipe="imagenet", pil=True, classes=list(train.classes))
 
 
-@dataclass(frozen=True)
-class DataShape:
-    """What a data set feeds the model: classes, channels, image side."""
-
-    num_classes: int
-    in_chans: int
-    image_size: int
-
-
-# The shapes the loaders above produce, known without reading any file (``nfbench summary``).
-SHAPES = {
-    "digits": DataShape(10, 1, 8),
-    "cifar10": DataShape(10, 3, 32),
-    "cifar100": DataShape(100, 3, 32),
-    "imagenet": DataShape(1000, 3, 224),
-}
-
-
 def own_shape(cfg: DataConfig) -> DataShape:
-    """The data set's own shape, without loading it: an image folder's is in its tree (the class folders of
-    train/ and the first image's size)."""
-    if cfg.name in SHAPES:
-        return SHAPES[cfg.name]
-    DATASETS.get(cfg.name)
-    from PIL import Image
-
-    train = split_folder(Path(cfg.root).expanduser(), ["train"])
-    classes, _ = tvd.folder.find_classes(str(train))
-    files = sorted(p for p in (train / classes[0]).iterdir() if p.is_file())
-    first = next((p for p in files if is_image_file(str(p))), None)
-    if first is None:
-        raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
-    if first != files[0]:
-        log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
-                 files[0].name)
-    with Image.open(first) as img:
-        return DataShape(len(classes), len(img.getbands()), max(img.size))
+    """The configured data set's own shape, without loading it (:class:`DataSet`)."""
+    return DATASETS.get(cfg.name).shape_of(cfg)
 
 
 def data_shape(cfg: DataConfig) -> DataShape:

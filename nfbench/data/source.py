@@ -77,7 +77,7 @@ def build_source(cfg: DataConfig) -> DataSource:
     With ``data.pixel_mean`` the mean image is taken over exactly the images trained on (those two
     steps done), and subtracted from the training, validation and test images alike."""
     check_pixel_mean(cfg)
-    src = DATASETS.get(cfg.name)(cfg)
+    src = DATASETS.get(cfg.name).load(cfg)
     fingerprint = data_fingerprint(src)
     check_normalisation(cfg, src.in_chans)
     if src.recipe == "small" and cfg.image_size is not None and cfg.image_size > src.image_size:

@@ -31,6 +31,7 @@ from nfbench.engine.step import EagerStep, StepObjects
 from nfbench.engine.graph import check_device
 from nfbench.data.loaders import build_loaders
 from nfbench.data.loaders import eval_loader
+from nfbench.engine.hooks import build_hooks
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
 from nfbench.engine.optim import build_optimizer
@@ -260,6 +261,7 @@ def _wrap(loop: Loop) -> None:
         loop.step = EagerStep(objects, loop.device, tcfg.channels_last, loop.mixup)
     if loop.env.is_main:
         loop.loggers = Loggers.from_config(loop.cfg, loop.record.run_dir, loop.record.history)
+    loop.hooks = build_hooks(loop.cfg.hooks, loop.record.run_dir)
 
 
 def _log_setup(loop: Loop, data: Data) -> None:
@@ -327,7 +329,8 @@ def _evaluate_epoch(loop: Loop, evaluations: list, epoch: int, stats: EpochProgr
 
 
 def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics: dict) -> None:
-    """Step a per-epoch scheduler, keep the best, and on rank 0 write the epoch's metrics and checkpoints."""
+    """Step a per-epoch scheduler, keep the best, on rank 0 write the epoch's metrics and checkpoints, then
+    call the per-epoch hooks."""
     if not loop.settings.per_step:
         loop.sched.step()
     record = loop.record
@@ -348,6 +351,8 @@ def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics:
         if improved:
             rundir.save_best(record.ckpt_dir, state, row)
         _log_epoch(loop, row)
+    for hook in loop.hooks:  # every rank, once the epoch is on record (nfbench/engine/hooks.py)
+        hook.after_epoch(epoch + 1, row, loop)
     distributed.barrier()
 
 

@@ -50,11 +50,3 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     raise ValueError("no run directory: set trainer.run_dir=PATH when calling train() outside Hydra")
-
-
-def in_multirun() -> bool:
-    """Whether this process runs a job of a Hydra sweep (``-m``), whichever sweeper drives it."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -18,6 +18,7 @@ from nfbench.data.sets import DataSource
 from nfbench.engine.distributed import DistEnv
 from nfbench.engine.metrics import EpochMetrics
 from nfbench.engine.graph import GraphedStep
+from nfbench.engine.hooks import Hook
 from nfbench.engine.step import EagerStep
 from nfbench.errors import ConfigError
 from nfbench.rng import rng_state
@@ -191,6 +192,7 @@ class Loop:
     # The training step, built over the restored model (nfbench.engine.loop._wrap): eager, or captured in a
     # CUDA graph (trainer.cuda_graph); either is step(x, y) -> (loss, top-1 hits) over nfbench.engine.step.
     step: Optional[EagerStep | GraphedStep] = None
+    hooks: list[Hook] = field(default_factory=list)  # the per-epoch hooks selected (nfbench/engine/hooks.py)
 
     def stateful(self) -> dict[str, Stateful]:
         """The objects a checkpoint holds the states of, by the names it holds them under."""

@@ -27,14 +27,16 @@ def validate(cfg: DictConfig | Config) -> "ModelPlan":
     check_keys(cfg)
     check_values(cfg)
     from nfbench.data.sets import DATASETS
-    from nfbench.loggers import check_paths
+    from nfbench import loggers
+    from nfbench.engine import hooks
     from nfbench.models import plan_model
     from nfbench.schemes import build_scheme
 
     from nfbench.engine.distributed import detect
 
     DATASETS.get(cfg.data.name)
-    check_paths(cfg.logger)
+    loggers.check(cfg.logger)
+    hooks.check(cfg.hooks)
     env = detect()  # torchrun's or SLURM's processes, else the ones trainer.devices starts
     per_rank_batch(cfg.data.batch_size, env.world_size if env.enabled else cfg.trainer.devices)
     return plan_model(cfg.model, build_scheme(cfg.init))

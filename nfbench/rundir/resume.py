@@ -16,7 +16,8 @@ from nfbench.rundir.files import CHECKPOINTS, LAST, flatten, read_metrics, stric
 log = logging.getLogger("nfbench")
 
 
-# Keys that cannot change the weights a run ends with: progress bars, logging, checkpoint frequency,
+# Keys that cannot change the weights a run ends with: progress bars, logging, per-epoch hooks (they observe
+# the run: nfbench/engine/hooks.py), checkpoint frequency,
 # TensorBoard's signal-propagation logging (it leaves weights, buffers and RNG as they were), where
 # the data and the run directory are, and the number of processes (data.batch_size is the global
 # batch; see check_resume).  Everything else is refused, deliberately including data.num_workers (on
@@ -28,7 +29,7 @@ log = logging.getLogger("nfbench")
 # the learning rate the fused SGD kernel reads from a float32 tensor (a relative 6e-8 from the float).
 RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
                "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.",
-               "logger.", "optimized_metric", "trainer.cuda_graph")
+               "logger.", "hooks.", "optimized_metric", "trainer.cuda_graph")
 
 
 def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
