@@ -77,15 +77,10 @@ def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
     and returns rank 0's result.
     """
     start = start_of(cfg, plan)
-    # One run per run directory: rank 0 (or the launcher of trainer.devices=N) holds it until it ends.
-    with rundir.RunDirLock(start.run_dir) if start.env.is_main else contextlib.nullcontext():
-        if cfg.trainer.devices > 1 and not start.env.enabled:
+    if cfg.trainer.devices > 1 and not start.env.enabled:
+        with rundir.RunDirLock(start.run_dir):  # the launcher of the N processes holds it for them
             return _spawn(cfg)
-        rank_device = distributed.setup(start.env, start.device.type)
-        try:
-            return run_alone(run_steps(start, rank_device))
-        finally:
-            distributed.teardown()
+    return run_alone(held_steps(start))
 
 
 @dataclass(frozen=True)
@@ -109,6 +104,17 @@ def start_of(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> RunStart:
     if cfg.trainer.cuda_graph:
         check_device(device, env.world_size if env.enabled else cfg.trainer.devices)
     return RunStart(cfg, plan, env, device, resolve_run_dir(cfg))
+
+
+def held_steps(start: RunStart, host: Optional[Host] = None) -> Generator[None, None, dict]:
+    """The run's steps (:func:`run_steps`) on this rank's device, its run directory held all along: one run
+    per run directory, rank 0 holding it until the run ends."""
+    with rundir.RunDirLock(start.run_dir) if start.env.is_main else contextlib.nullcontext():
+        rank_device = distributed.setup(start.env, start.device.type)
+        try:
+            return (yield from run_steps(start, rank_device, host))
+        finally:
+            distributed.teardown()
 
 
 def run_alone(steps: Generator[None, None, dict]) -> dict:
