@@ -266,3 +266,52 @@ def test_a_graphed_pack_on_cuda_streams_trains_each_run_as_alone(make_cfg, tmp_p
     assert [o["status"] for o in outcomes] == ["finished", "finished"]
     for k in range(len(runs)):
         assert_same_run(tmp_path / "alone" / str(k), tmp_path / "packed" / str(k))
+
+
+def test_the_stacked_alternative_matches_separate_steps_to_float_rounding():
+    """benchmarks/stacked.py: K copies trained as one vmapped network through nfbench's own (graphed) step.
+    The first step's losses and top-1 hits equal K separate steps' bit for bit; after four steps the weights
+    agree to float32 rounding only (a grouped convolution sums its weight gradient in another order), which is
+    why the runner packs with streams, exact by construction, and the stacked step stays a benchmark mode."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from stacked import StackedLoss, StackedNet, stacked_optimizer
+
+    from nfbench.config import OptimConfig, option_config
+    from nfbench.engine.graph import GraphedStep
+    from nfbench.engine.optim import build_optimizer
+    from nfbench.engine.runtime import seed_all
+    from nfbench.engine.step import StepObjects
+    from nfbench.models import build_model
+    from nfbench.schemes import build_scheme
+
+    k, batch, cpu = 3, 16, torch.device("cpu")
+    optim = OptimConfig(lr=0.1, weight_decay=5e-4)
+    amp = dict(device_type="cpu", dtype=torch.float32, enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    criterion = torch.nn.CrossEntropyLoss()
+    nets = []
+    for seed in range(k):
+        seed_all(seed)
+        nets.append(build_model(option_config("model", "resnet20", width=4),
+                                build_scheme(option_config("init", "convshort")), 10, 3, 8))
+    stacked = StackedNet(nets)
+    alone = [GraphedStep(StepObjects(net, build_optimizer(net, optim, cpu), criterion, amp, scaler, optim))
+             for net in nets]
+    loss = StackedLoss(criterion, k)
+    together = GraphedStep(StepObjects(stacked, stacked_optimizer(stacked, nets[0], optim, cpu), loss, amp, scaler,
+                                       optim))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        xs, ys = torch.randn(k * batch, 3, 8, 8, generator=gen), torch.randint(0, 10, (k * batch,), generator=gen)
+        with torch.no_grad():
+            per_copy = loss.per_copy(stacked(xs), ys)
+        separate = [alone[i](xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(k)]
+        _, hits = together(xs, ys)
+        if step == 0:
+            assert torch.equal(per_copy, torch.stack([s[0] for s in separate]))
+            assert int(hits) == sum(int(s[1]) for s in separate)
+        assert torch.allclose(per_copy, torch.stack([s[0] for s in separate]), rtol=1e-5, atol=0)
+    for i, net in enumerate(nets):
+        copy = stacked.copy_weights(i)
+        for name, p in net.named_parameters():
+            assert torch.allclose(p.detach(), copy[name].detach(), rtol=0, atol=1e-6 * float(p.abs().max())), name
