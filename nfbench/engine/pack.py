@@ -56,8 +56,8 @@ def pack_key(cfg: DictConfig) -> tuple[Optional[str], str]:
     per epoch) and the same epochs.  Everything else may differ between them: the seed, ``init.*``
     values, ``optim.*``, ``sched.*``, loggers, hooks, the run directory, resuming.
     """
-    t = cfg.trainer
-    processes = distributed.detect().world_size if distributed.detect().enabled else t.devices
+    t, env = cfg.trainer, distributed.detect()
+    processes = env.world_size if env.enabled else t.devices
     if processes > 1:
         return None, f"it trains on {processes} processes (DDP)"
     if t.compile:
