@@ -68,13 +68,15 @@ def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, rank: int = 0, wo
 
 
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
-                  pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
+                  pin_memory: bool = False, device: Optional[torch.device] = None,
+                  capture: bool = False) -> tuple[Iterable, Iterable]:
     """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader
     (:func:`eval_loader`, which also serves the validation split).
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
-    :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it.
+    :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it, their batches built in a CUDA
+    graph with ``capture`` (``trainer.cuda_graph``).
     """
     per_rank = per_rank_batch(cfg.batch_size, world_size)
     on_device = use_device_loader(cfg, src)
@@ -85,7 +87,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     drop_last = len(sampler) >= per_rank
     if on_device:
         train: Iterable = device_train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"),
-                                              pin_memory)
+                                              pin_memory, capture=capture)
     else:
         train = DataLoader(SeededSamples(src.train), batch_size=per_rank, sampler=sampler, drop_last=drop_last,
                            **_loader_options(cfg, pin_memory))

@@ -182,8 +182,10 @@ def run_steps(start: RunStart, device: torch.device, host: Optional[Host] = None
 def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     src = build_source(cfg.data)
     pin = device.type == "cuda"
+    # trainer.cuda_graph on CUDA: the batches too are built in a graph, RandAugment on the device.
+    capture = cfg.trainer.cuda_graph and device.type == "cuda"
     train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size, pin_memory=pin,
-                                              device=device)
+                                              device=device, capture=capture)
     val_loader = None if src.val is None else eval_loader(cfg.data, src, src.val, env.rank, env.world_size,
                                                           pin_memory=pin, device=device)
     return Data(src, train_loader, test_loader, val_loader)
