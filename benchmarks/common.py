@@ -34,6 +34,8 @@ def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> 
                  "labels": rng.integers(0, 10, size=len(rows)).tolist()}
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
+    with open(folder / "batches.meta", "wb") as f:  # the release's class names, which torchvision reads
+        pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, f)
     return root
 
 
@@ -41,8 +43,8 @@ def compose(overrides: list[str]) -> DictConfig:
     """The config ``nfbench train OVERRIDES`` would run."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from nfbench.cli import CONF_DIR
-    from nfbench.config import register_configs
+    from nfbench.cli.main import CONF_DIR
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

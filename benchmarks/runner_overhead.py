@@ -26,13 +26,13 @@ from torch.nn import functional as F
 from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, sync,
                     timed, write_fake_cifar10)
 
-from nfbench.data import build_source
-from nfbench.device_data import in_memory
+from nfbench.data.source import build_source
+from nfbench.data.device import in_memory
 from nfbench.models import build_model
-from nfbench.optim import build_optimizer
+from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import build_scheme
-from nfbench.runtime import seed_all
-from nfbench.train import train
+from nfbench.engine.runtime import seed_all
+from nfbench.engine.loop import train
 
 
 def minimal_loop(cfg, device: torch.device, epochs: int, precision: str, channels_last: bool,

@@ -20,18 +20,19 @@ from common import amp_context, base_parser, device_of, footer, header, median, 
 
 from nfbench.config import ModelConfig, OptimConfig, option_config
 from nfbench.errors import ConfigError
-from nfbench.graphed_step import GraphedStep
+from nfbench.engine.graph import GraphedStep
+from nfbench.engine.step import StepObjects
 from nfbench.models import build_model
-from nfbench.optim import build_optimizer
+from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
-from nfbench.runtime import seed_all
+from nfbench.engine.runtime import seed_all
 
 MIB = 2**20
 
 
 class Bench:
     """One scheme's network, optimiser and batch, and its step: eager (optionally compiled), or with
-    ``graph`` the step ``trainer.cuda_graph=true`` trains with (nfbench.graphed_step: captured after its
+    ``graph`` the step ``trainer.cuda_graph=true`` trains with (nfbench.engine.graph: captured after its
     warm-up steps on CUDA, the same code run eagerly on a CPU)."""
 
     def __init__(self, scheme: str, model: ModelConfig, batch: int, device: torch.device, precision: str,
@@ -45,9 +46,10 @@ class Bench:
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=self.fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.device, self.precision = device, precision
-        self.graphed = GraphedStep(self.net, self.opt, torch.nn.CrossEntropyLoss(),
-                                   dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"),
-                                   OptimConfig(), channels_last=channels_last) if graph else None
+        amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        objects = StepObjects(self.net, self.opt, torch.nn.CrossEntropyLoss(), amp,
+                              torch.amp.GradScaler(device.type, enabled=False), OptimConfig())
+        self.graphed = GraphedStep(objects, channels_last=channels_last) if graph else None
 
     def step(self) -> None:
         if self.graphed is not None:

@@ -6,20 +6,18 @@ sets are :class:`Choice` enums) and an unknown key.  A key that belongs to one o
 option's schema (:data:`OPTION_SCHEMAS`: ``init.alpha`` in :class:`NFInitConfig`, the schema of
 conf/init/nf.yaml), so the same key under another option is Hydra's unknown-key error too.  Values that
 are well typed but impossible (``optim.lr=-1``) are refused by :func:`check_values`; the rules of a
-scheme or a model where that is built (:func:`nfbench.validation.validate`).  This module imports
+scheme or a model where that is built (:func:`nfbench.engine.validation.validate`).  This module imports
 nothing else of nfbench's but its errors.
 """
 
 from __future__ import annotations
 
 
-import importlib.util
 import math
 from dataclasses import dataclass, field, is_dataclass
 from enum import Enum
 from typing import Any, Mapping, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench.errors import ConfigError
@@ -84,12 +82,6 @@ class FigureFormat(Choice):
     svg = "svg"
 
 
-class WandbMode(Choice):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
 class OptimizedMetric(Choice):
     """Accuracies in percent, higher is better: train()'s result.json keys a sweeper may maximise."""
 
@@ -112,7 +104,7 @@ class DataConfig:
     test_batch_size: int = 256  # images per evaluation batch (test set and validation split)
     num_workers: int = 0  # DataLoader worker processes (on the device: RandAugment's, when it is on)
     # Hold an in-memory data set (digits, CIFAR, a small image folder) on the training device and augment it
-    # there in batches (nfbench/device_data.py): true, false or "auto" (whenever the data set allows it).
+    # there in batches (nfbench/data/device.py): true, false or "auto" (whenever the data set allows it).
     on_device: Any = "auto"
     # An image folder is decoded into memory for on_device when all its images are one square size and take
     # at most this many GB as uint8 pixels (CIFAR-10's 60,000: 0.18 GB); a larger one reads its files.
@@ -131,7 +123,7 @@ class DataConfig:
     # null: none (best.pt is then selected on the test set, an optimistic figure); an int: that many
     # images; a float in (0, 1): that fraction of the training set, rounded to the nearest image.
     # Per class where labels are known (in-memory sets, image folders), from a permutation seeded by
-    # nfbench.data.SPLIT_SEED, not the run's seed: every run of a sweep holds out the same images.
+    # nfbench.data.sets.SPLIT_SEED, not the run's seed: every run of a sweep holds out the same images.
     # It is taken first, from the whole training set; data.train_subset then subsets the rest.
     val_size: Any = None
     # Optional subsets (first N of a seeded permutation) for quick experiments and tests.
@@ -145,7 +137,7 @@ class DataConfig:
     # data.val_size has held out its split and data.train_subset has subset the rest.  Needs data.mean and
     # data.std null and the data set's own image size (data.image_size null or that size), so not data=imagenet.
     pixel_mean: bool = False
-    # Image folders: check every file's header and end before training (nfbench/datacheck.py; about
+    # Image folders: check every file's header and end before training (nfbench/data/folders.py; about
     # 25 us a file), refusing a damaged one by name; skip_corrupt drops such files and counts them.
     verify: bool = True
     skip_corrupt: bool = False  # with verify, train without the unreadable files (counted in the log)
@@ -259,7 +251,7 @@ class TrainerConfig:
     # for launch-bound small networks on a GPU), max-autotune, max-autotune-no-cudagraphs.
     compile_mode: Optional[str] = None
     # Capture the whole training step (forward, loss, backward, clipping, SGD, the epoch metrics' sums) once
-    # in a CUDA graph and replay it per batch (nfbench/graphed_step.py): for launch-bound small networks on a
+    # in a CUDA graph and replay it per batch (nfbench/engine/graph.py): for launch-bound small networks on a
     # GPU.  CUDA only, one process, fp32 or bf16, no mixup/CutMix, not with trainer.compile; evaluation stays eager.
     cuda_graph: bool = False
     deterministic: bool = False  # deterministic algorithms only (torch.use_deterministic_algorithms)
@@ -304,46 +296,6 @@ class SppConfig:
 
 
 @dataclass
-class TensorBoardLoggerConfig:
-    """logger=tensorboard: TensorBoard event files, hyperparameters included."""
-
-    # Folder of the event files, inside the run directory.
-    dir: str = "tb"
-
-
-@dataclass
-class CsvLoggerConfig:
-    """logger=csv: a CSV table of the per-epoch metrics."""
-
-    # The per-epoch table (metrics.jsonl's columns), inside the run directory.
-    file: str = "metrics.csv"
-
-
-@dataclass
-class WandbLoggerConfig:
-    """logger=wandb: Weights & Biases (pip install 'nfbench[wandb]')."""
-
-    project: str = "nfbench"  # wandb project
-    entity: Optional[str] = None  # wandb entity (user or team; null: your default)
-    group: Optional[str] = None  # wandb group, e.g. one sweep
-    # Null: the run directory's name.
-    name: Optional[str] = None
-    tags: list[str] = field(default_factory=list)  # wandb tags
-    # online, offline or disabled; null: wandb's own choice (the WANDB_MODE variable, else online).
-    mode: Optional[WandbMode] = None
-
-
-@dataclass
-class LoggerConfig:
-    """Where metrics go besides metrics.jsonl (conf/logger/): each selected option fills its key,
-    ``logger=[tensorboard,csv]`` selects several, ``logger=none`` none."""
-
-    tensorboard: Optional[TensorBoardLoggerConfig] = None
-    csv: Optional[CsvLoggerConfig] = None
-    wandb: Optional[WandbLoggerConfig] = None
-
-
-@dataclass
 class Config:
     """The run as a whole: its seed and its experiment tag; a section per config group follows."""
 
@@ -354,7 +306,11 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     spp: SppConfig = field(default_factory=SppConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The loggers selected (conf/logger/), each under its name with its own keys (nfbench/loggers.py): metrics go
+    # there besides metrics.jsonl.
+    logger: dict[str, Any] = field(default_factory=dict)
+    # Per-epoch hooks selected (conf/hooks/), each under its name with its own keys (nfbench/engine/hooks.py).
+    hooks: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # seeds the network's initialisation, the data order and the augmentation
     # Free-form tag that experiment presets set; shows up in result.json.
     experiment: Optional[str] = None
@@ -400,17 +356,6 @@ def option_schema(group: str, name: Optional[str]) -> type:
 def option_config(group: str, name: str, **values: Any) -> Any:
     """Option ``name``'s config with ``values`` (``option_config("init", "nf", alpha=0.1)``), outside Hydra."""
     return option_schema(group, name)(name=name, **values)
-
-
-def register_configs() -> None:
-    """Put the schema in Hydra's config store (conf/config.yaml names it first), each option's own
-    (:data:`OPTION_SCHEMAS`), and the resolver the SLURM launcher preset derives its tasks from."""
-    store = ConfigStore.instance()
-    store.store(name="nfbench_schema", node=Config)
-    for group, options in OPTION_SCHEMAS.items():
-        for name, schema in options.items():
-            store.store(name=f"nfbench_schema_{group}_{name}", node=schema)
-    OmegaConf.register_new_resolver("nfbench.tasks_per_node", tasks_per_node, replace=True)
 
 
 def schema(tree: Mapping[str, Any]) -> DictConfig:
@@ -495,7 +440,7 @@ def _non_finite(tree: Any, prefix: str = "") -> Optional[tuple[str, float]]:
 
 def check_values(cfg: DictConfig | Config) -> None:
     """Fail on any value that cannot work, naming key and range: everything that needs no registry
-    (and so no torch).  :func:`nfbench.validation.validate` runs these, then checks the names.
+    (and so no torch).  :func:`nfbench.engine.validation.validate` runs these, then checks the names.
     First of all, no number is NaN or infinite: every float key has a finite range, and a NaN
     passes every comparison of the range checks below (``nan < 0`` is false)."""
     c = cfg
@@ -555,7 +500,7 @@ def check_values(cfg: DictConfig | Config) -> None:
             c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
     require(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
             "applies with trainer.compile=true only")
-    if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.graphed_step.check_device
+    if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.engine.graph.check_device
         t = c.trainer
         for bad, setting, why in (
                 (t.precision == "fp16", "trainer.precision=fp16",
@@ -592,7 +537,3 @@ def check_values(cfg: DictConfig | Config) -> None:
     require(len(c.spp.formats) >= 1, "spp.formats", [], f"a non-empty list from {', '.join(FigureFormat)}")
     require(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
             "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
-    if c.logger.wandb is not None:
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
-                              "logger=tensorboard, csv or none)")

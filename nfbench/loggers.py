@@ -1,4 +1,4 @@
-"""Where a run's metrics go besides metrics.jsonl: the ``logger`` config group (conf/logger/).
+"""Where a run's metrics go besides metrics.jsonl: the ``logger`` config group (conf/logger/) and its registry.
 
 The training loop talks to one :class:`Loggers` object and never to a backend: TensorBoard
 (``tb/``), a per-epoch CSV table for spreadsheets, Weights & Biases (``nfbench[wandb]``), any
@@ -10,25 +10,41 @@ curves against the optimiser step (:meth:`Loggers.log_scalars`: the training los
 signal propagation), and at the end the hyperparameters with the final metrics
 (:meth:`Loggers.log_hparams`), which TensorBoard's HParams view and wandb's run table show a
 sweep by.
+
+Each backend is a class registered with :func:`register_logger` under the name ``logger=NAME`` selects, with
+the dataclass of its keys (``config``, Hydra's schema of ``logger.NAME.*``: nfbench.configstore) and which of
+them are paths inside the run directory (``paths``, checked once for all backends: :func:`check`).  A new
+backend is that class and its conf/logger/NAME.yaml (docs/extending.md).  This module imports no torch.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence
 
 from omegaconf import DictConfig
 
 from nfbench import rundir
+from nfbench.config import Choice, plain, require
 from nfbench.errors import ConfigError
-from nfbench.config import plain
+from nfbench.registry import Registry
 
 
 class Logger(Protocol):
+    """A backend: built from its ``logger.NAME`` node, the run directory, the run's config and the history of
+    the epochs it resumes after (which a backend new to the run logs first)."""
+
+    config: ClassVar[type]  # the dataclass of its keys
+    paths: ClassVar[tuple[str, ...]]  # its keys that name a file or folder inside the run directory
+
+    def __init__(self, node: DictConfig, run_dir: Path, cfg: DictConfig, history: Sequence[dict]) -> None: ...
+
     def log_metrics(self, metrics: dict[str, float], epoch: int) -> None: ...
 
     def log_scalars(self, scalars: dict[str, float], step: int) -> None: ...
@@ -55,13 +71,34 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, list) else v for k, v in rundir.flatten(run_config(cfg)).items()}
 
 
+LOGGERS: Registry[type] = Registry("logger")
+
+
+def register_logger(name: str) -> Callable[[type], type]:
+    """Register the decorated backend class as ``logger=name`` (see :class:`Logger`)."""
+    return LOGGERS.register(name)
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """logger=tensorboard: TensorBoard event files, hyperparameters included."""
+
+    # Folder of the event files, inside the run directory.
+    dir: str = "tb"
+
+
+@register_logger("tensorboard")
 class TensorBoardLogger:
     """Event files in ``run_dir/<dir>``; the hyperparameters go to the HParams view at the end.  A folder
     without event files (the logger added on resume) gets the epochs of ``history`` first."""
 
-    def __init__(self, log_dir: Path, history: Sequence[dict] = ()) -> None:
+    config = TensorBoardLoggerConfig
+    paths = ("dir",)
+
+    def __init__(self, node: DictConfig, run_dir: Path, cfg: DictConfig, history: Sequence[dict] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        log_dir = run_dir / node.dir
         new = not any(log_dir.glob("events.out.tfevents.*"))
         self.writer = SummaryWriter(str(log_dir))
         if new:
@@ -86,6 +123,15 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+@dataclass
+class CsvLoggerConfig:
+    """logger=csv: a CSV table of the per-epoch metrics."""
+
+    # The per-epoch table (metrics.jsonl's columns), inside the run directory.
+    file: str = "metrics.csv"
+
+
+@register_logger("csv")
 class CsvLogger:
     """One row per epoch, the columns of metrics.jsonl, in ``run_dir/<file>``.
 
@@ -94,8 +140,11 @@ class CsvLogger:
     holds, and a logger added on resume starts with all of them.
     """
 
-    def __init__(self, path: Path, history: Sequence[dict] = ()) -> None:
-        self.path = path
+    config = CsvLoggerConfig
+    paths = ("file",)
+
+    def __init__(self, node: DictConfig, run_dir: Path, cfg: DictConfig, history: Sequence[dict] = ()) -> None:
+        self.path = run_dir / node.file
         self.rows: list[dict] = [dict(row) for row in history]
         if self.rows:
             self._write()
@@ -122,6 +171,27 @@ class CsvLogger:
         pass
 
 
+class WandbMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class WandbLoggerConfig:
+    """logger=wandb: Weights & Biases (pip install 'nfbench[wandb]')."""
+
+    project: str = "nfbench"  # wandb project
+    entity: Optional[str] = None  # wandb entity (user or team; null: your default)
+    group: Optional[str] = None  # wandb group, e.g. one sweep
+    # Null: the run directory's name.
+    name: Optional[str] = None
+    tags: list[str] = field(default_factory=list)  # wandb tags
+    # online, offline or disabled; null: wandb's own choice (the WANDB_MODE variable, else online).
+    mode: Optional[WandbMode] = None
+
+
+@register_logger("wandb")
 class WandbLogger:
     """A Weights & Biases run, files under ``run_dir/wandb``; WANDB_MODE=offline works without a network.
 
@@ -129,14 +199,23 @@ class WandbLogger:
     wandb run.  Epoch rows are plotted against ``epoch``, per-step curves against ``global_step``.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, config: dict, history: Sequence[dict] = ()) -> None:
+    config = WandbLoggerConfig
+    paths = ()
+
+    @staticmethod
+    def check(node: DictConfig) -> None:
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
+                              "logger=tensorboard, csv or none)")
+
+    def __init__(self, node: DictConfig, run_dir: Path, cfg: DictConfig, history: Sequence[dict] = ()) -> None:
         import wandb
 
         resolved = str(run_dir.resolve())
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
-                              name=cfg.name or run_dir.name, mode=cfg.mode, dir=str(run_dir),
+        self.run = wandb.init(project=node.project, entity=node.entity, group=node.group, tags=list(node.tags),
+                              name=node.name or run_dir.name, mode=node.mode, dir=str(run_dir),
                               id=hashlib.sha256(resolved.encode()).hexdigest()[:16], resume="allow",
-                              config=config)
+                              config=run_config(cfg))
         self.run.define_metric("epoch")
         self.run.define_metric("global_step")
         self.axes: dict[str, str] = {}
@@ -176,15 +255,7 @@ class Loggers:
     def from_config(cls, cfg: DictConfig, run_dir: Path, history: Sequence[dict] = ()) -> "Loggers":
         """The backends ``cfg.logger`` selects, writing into ``run_dir``; ``history``: the rows of the epochs
         the run resumes after (none for a fresh run), which a backend new to the run logs first."""
-        chosen = cfg.logger
-        backends: list[Logger] = []
-        if chosen.tensorboard is not None:
-            backends.append(TensorBoardLogger(run_dir / chosen.tensorboard.dir, history))
-        if chosen.csv is not None:
-            backends.append(CsvLogger(run_dir / chosen.csv.file, history))
-        if chosen.wandb is not None:
-            backends.append(WandbLogger(chosen.wandb, run_dir, run_config(cfg), history))
-        return cls(backends)
+        return cls([LOGGERS.get(name)(node, run_dir, cfg, history) for name, node in cfg.logger.items()])
 
     def __bool__(self) -> bool:
         """Whether anything is logged: the loop reads the device for a logger only when there is one."""
@@ -214,14 +285,17 @@ class Loggers:
             b.close()
 
 
-def check_paths(logger: DictConfig) -> None:
-    """The files and folders the selected loggers write are paths inside the run directory that none of the
-    run's own files has (:data:`nfbench.rundir.RUN_FILES`) and that no other logger uses: a CSV table named
+def check(logger: DictConfig) -> None:
+    """The selected loggers, once, before any data loads: each a registered backend (and its own check, where
+    it has one), and the files and folders they write paths inside the run directory that none of the run's
+    own files has (:data:`nfbench.rundir.RUN_FILES`) and that no other logger uses: a CSV table named
     metrics.jsonl would overwrite the run's record."""
-    from nfbench.config import require
-
-    paths = {key: value for key, value in (("logger.tensorboard.dir", logger.tensorboard and logger.tensorboard.dir),
-                                           ("logger.csv.file", logger.csv and logger.csv.file)) if value is not None}
+    paths: dict[str, str] = {}
+    for name, node in logger.items():
+        backend = LOGGERS.get(name)
+        if hasattr(backend, "check"):
+            backend.check(node)
+        paths.update({f"logger.{name}.{key}": node[key] for key in backend.paths if node[key] is not None})
     for key, value in paths.items():
         path = Path(value)
         require(bool(value) and not path.is_absolute() and ".." not in path.parts, key, value,

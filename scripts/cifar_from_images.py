@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nfbench from this checkout, installed or not
-from nfbench.fingerprint import pixels_sha256  # noqa: E402
+from nfbench.data.fingerprint import pixels_sha256# noqa: E402
 
 PROG = "cifar_from_images"
 SPLITS = ("train", "test")
@@ -348,7 +348,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--dataset", choices=sorted(RELEASES),
                         help="the release to write (default: the one whose class names train/'s folders carry)")
     parser.add_argument("--expect-sha256", nargs=2, type=_sha256, metavar=("TRAIN", "TEST"),
-                        help="refuse unless the stored pixels have these digests (nfbench.fingerprint; the data "
+                        help="refuse unless the stored pixels have these digests (nfbench.data.fingerprint; the data "
                              "README gives the original CIFAR-10's)")
     parser.add_argument("--reencode", type=_quality, metavar="QUALITY",
                         help="pass every image once more through JPEG at this quality (1-95), 4:2:0 chroma: at 75, "

@@ -34,10 +34,10 @@
 # (benchmarks/README.md, section 6): over ~30 epochs (~90 s of compute per arm) the 15% saves about what
 # the compilation costs, so the graph, which starts in under 3 s, is chosen. The graphed step runs at 1.02x
 # its pure compute, so side by side buys little; call 1 measures 1, 2 and 3 processes to say how little.
-# RandAugment: built from the epoch's plan in data.num_workers CPU processes per run (RA_WORKERS, 4: 12
-# of the 16 cores for three runs; 8 workers delivered 90,352 img/s, 5.45x a ResNet-18's step, section 2),
-# since nfbench's whole-batch RandAugment (nfbench/batch_augment.py) is not yet wired into the captured
-# step; RA_WORKERS=0 builds it on the GPU in the training process instead (0.5x of the model's rate there).
+# RandAugment: with trainer.cuda_graph=true on CUDA, each batch (crop, flip, RandAugment N=2 M=9, normalise)
+# is built on the GPU in a CUDA graph of its own beside the captured step (issue 22, nfbench/data/device.py);
+# data.num_workers (RA_WORKERS) then only matters for the CPU rehearsal, where the step is eager and the
+# workers build RandAugment. Call 1 measures the step with this batch build, so E accounts for it.
 # Sizing before call 1: four arms at ~13-20k img/s alone (bn's step is ~1.5x convshort's: section 3) need
 # ~12-15 s per epoch of all four, so ~30 epochs fit call 2's ~8 minutes with the short runs; call 1
 # decides E.
@@ -61,8 +61,8 @@
 #       # main arms, e.g. to rehearse the deadline with BUDGET_S=70)
 #
 # Environment: PHASE (1 or 2; or --call 1|2), OUT (default outputs/gpu_civitelli_r50), R50_WORK (default
-# /tmp/nfbench-r50), BUDGET_S (call 2's wall seconds; default 570), RA_WORKERS (RandAugment's CPU
-# processes per run; 0: on the GPU; default 4), SHORT_EPOCHS (the Brock runs' fixed budget; default 1),
+# /tmp/nfbench-r50), BUDGET_S (call 2's wall seconds; default 570), RA_WORKERS (data.num_workers:
+# RandAugment's CPU processes per run in the CPU rehearsal; unused by the graphed GPU runs), SHORT_EPOCHS (the Brock runs' fixed budget; default 1),
 # MIN_EPOCHS (default 30), KEEP_RUNS (1: call 2 keeps an earlier call 2's plan and runs, resumes the
 # unfinished ones and starts those not started, time allowing).
 set -uo pipefail
@@ -117,7 +117,7 @@ if [ "$PHASE" = 1 ]; then
         --schemes "${SCHEMES[@]}" --json "$WORK/concurrency_r50.json") || { say "concurrency benchmark failed"; exit 1; }
     cp "$WORK/concurrency_r50.json" "$OUTDIR/"
     fake_cifar10 "$WORK/fake" "${FAKE[@]}" || exit 1
-    say "2. one real run of the preset (convshort, RandAugment in $RA_WORKERS workers), 3 epochs of ${FAKE[0]} random images"
+    say "2. one real run of the preset (convshort, RandAugment built on the device), 3 epochs of ${FAKE[0]} random images"
     rm -rf "$WORK/calibration"
     t=$(date +%s.%N)
     timeout 75 $PY -m nfbench.cli train experiment=civitelli_cifar10_resnet50 init=convshort data.root="$WORK/fake" \

@@ -23,7 +23,7 @@ nfbench spp-plot "$OUT/baselines" "$OUT/proposed" --out docs/figures
 python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
-from nfbench.spp import read_csv
+from nfbench.analysis.spp import read_csv
 print("| model | scheme | weights | fwd first ... last (max/min) | bwd first ... last (max/min) |")
 print("| --- | --- | --- | --- | --- |")
 rows = [read_csv(p) for p in sorted(Path(sys.argv[1]).rglob("spp.csv"))]

@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from nfbench.cli import CONF_DIR
-from nfbench.config import register_configs
+from nfbench.cli.main import CONF_DIR
+from nfbench.configstore import register_configs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -1,4 +1,4 @@
-"""nfbench.batch_augment against torchvision, image by image, bit for bit, on real CIFAR-10 images.
+"""nfbench.data.augment against torchvision, image by image, bit for bit, on real CIFAR-10 images.
 
 The reference of each op is ``torchvision.transforms.v2.functional`` called on one image with the
 arguments ``v2.RandAugment`` passes it, at the magnitude torchvision's own table gives (read from
@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from nfbench.batch_augment import OPS, SIGNED, BatchRandAugment, magnitudes
+from nfbench.data.augment import OPS, SIGNED, BatchRandAugment, magnitudes
 from tests.conftest import SHARED_DATA
 
 NEAREST = v2.InterpolationMode.NEAREST

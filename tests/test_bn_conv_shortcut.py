@@ -9,9 +9,9 @@ from torch import nn
 
 from nfbench.config import option_config
 from nfbench.models import ConvShortcut, IdentityShortcut, build_model
-from nfbench.report import aggregate, collect, markdown_table
+from nfbench.analysis.report import aggregate, collect, markdown_table
 from nfbench.schemes import build_scheme
-from nfbench.summary import format_parts, format_rows, summarize
+from nfbench.analysis.summary import format_parts, format_rows, summarize
 from tests.test_experiments import grid
 from tests.test_schemes import assert_rule
 from tests.test_user_errors import nfbench_train, refusal
@@ -124,7 +124,7 @@ def test_the_cli_refuses_in_one_line(tmp_path):
 
 def test_the_report_keeps_the_two_baselines_apart(make_cfg, tmp_path):
     """Both train; the report's init column names the variant, so they are two rows, not one mixed group."""
-    from nfbench.train import train
+    from nfbench.engine.loop import train
     from tests.conftest import TINY
 
     for i, init in enumerate(["init=bn", "init=bn_conv_shortcut"]):

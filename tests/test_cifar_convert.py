@@ -1,6 +1,6 @@
 """scripts/cifar_from_images.py: image trees become CIFAR-10's or CIFAR-100's python release, bit for bit, in
 sorted order, with CIFAR-100's published superclasses; every bad input is one line naming it; and
-nfbench.fingerprint, the pixel digest the converter checks."""
+nfbench.data.fingerprint, the pixel digest the converter checks."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from nfbench.data import build_source
-from nfbench.fingerprint import pixels_sha256
+from nfbench.data.source import build_source
+from nfbench.data.fingerprint import pixels_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cifar_from_images.py"
@@ -313,3 +313,32 @@ def test_real_lossless_cifar10_has_the_readme_digests_and_means(make_cfg, tmp_pa
     assert pixels_sha256(src.train.images) == LOSSLESS_SHA256[0]
     mean = (src.train.images.double() / 255).mean(dim=(0, 2, 3))
     assert np.allclose(mean.numpy(), LOSSLESS_MEAN, atol=1e-6)
+
+
+def test_a_run_records_the_fingerprint_of_the_pixels_it_loaded(make_cfg, tmp_path, monkeypatch):
+    """Issue 20 item 2: result.json and env.json carry the sha256 of the uint8 arrays as loaded, train and
+    test, in stored order and before any split: for converted files the digest the converter checks
+    (computed here without nfbench), so the lossless tree gives the data README's two values. A resume
+    on other pixels (same shapes, same classes) is refused."""
+    import json
+
+    from nfbench.engine.loop import train
+    from tests.test_train import train_killed_after
+
+    expected = write_tree(tmp_path / "tree", conv.CIFAR10_CLASSES, {"train": 3, "test": 1})
+    assert convert(tmp_path / "tree", tmp_path / "data").returncode == 0
+    cfg = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.download=false", "data.val_size=10",
+           "data.batch_size=10", "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false"]
+    run = tmp_path / "run"
+    train_killed_after(1, make_cfg(cfg, run), monkeypatch)
+    digests = {"kind": "pixels", "train": sha256_of(expected["train"]), "test": sha256_of(expected["test"])}
+    assert json.loads((run / "env.json").read_text())["data_fingerprint"] == digests
+    other = write_tree(tmp_path / "other", conv.CIFAR10_CLASSES, {"train": 3, "test": 1}, seed=1)
+    assert sha256_of(other["train"]) != digests["train"]
+    assert convert(tmp_path / "other", tmp_path / "data2").returncode == 0
+    from nfbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trained on other data .*fingerprint"):
+        train(make_cfg([*cfg, f"data.root={tmp_path / 'data2'}"], run))
+    assert train(make_cfg(cfg, run))["data_fingerprint"] == digests
+    assert json.loads((run / "result.json").read_text())["data_fingerprint"] == digests

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import typing
 
-from nfbench.cli import COMMANDS
+from nfbench.cli.main import COMMANDS
+from nfbench.engine.hooks import HOOKS
+from nfbench.loggers import LOGGERS
 from nfbench.config import OPTION_SCHEMAS, Config
 
 
@@ -53,6 +55,10 @@ def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
         keys += schema_keys(nested[0], f"{prefix}{f.name}.") if nested else [prefix + f.name]
         for option in OPTION_SCHEMAS.get(f.name, {}).values() if not prefix else ():
             keys += [k for k in schema_keys(option, f"{f.name}.") if k not in keys]
+    if not prefix:  # every registered logger's and hook's keys
+        for group, registry in (("logger", LOGGERS), ("hooks", HOOKS)):
+            for name in registry.names():
+                keys += schema_keys(registry.get(name).config, f"{group}.{name}.")
     return keys
 
 

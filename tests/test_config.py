@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
 
-from nfbench.cli import CONF_DIR
-from nfbench.validation import validate
+from nfbench.cli.main import CONF_DIR
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 
 GROUPS = ["data", "model", "init", "optim", "sched", "trainer"]

@@ -13,7 +13,7 @@ import nfbench.schemes
 from nfbench import rundir
 from nfbench.config import NFInitConfig, WideResNetConfig, option_config, plain, typed
 from nfbench.errors import ConfigError
-from nfbench.validation import validate
+from nfbench.engine.validation import validate
 from tests.conftest import TINY
 
 # TINY without its model, for the tests that choose one.
@@ -41,7 +41,7 @@ def counting(monkeypatch, obj, name: str) -> list:
 def test_a_run_builds_its_scheme_and_plans_its_model_once(make_cfg, tmp_path, monkeypatch):
     """validate() builds the scheme and plans the model; training builds the network from that plan,
     so neither the scheme nor the pairing rules run a second time (they did: validation, then training)."""
-    from nfbench import cli
+    from nfbench.cli import main as cli
 
     schemes = counting(monkeypatch, nfbench.schemes.SCHEMES.get("bn"), "__init__")
     plans = counting(monkeypatch, nfbench.models, "plan_model")
@@ -62,14 +62,14 @@ def test_a_run_builds_its_scheme_and_plans_its_model_once(make_cfg, tmp_path, mo
 ])
 def test_every_rule_refuses_before_any_data_loads(make_cfg, tmp_path, monkeypatch, overrides, message):
     """The rules applied where scheme and model are built still come before the data set is opened."""
-    import nfbench.train
+    import nfbench.engine.loop
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data set was loaded before the config was refused")
 
-    monkeypatch.setattr(nfbench.train, "build_source", no_data)
+    monkeypatch.setattr(nfbench.engine.loop, "build_source", no_data)
     with pytest.raises(ConfigError, match=message):
-        nfbench.train.train(make_cfg([*TINY_DATA, *overrides], run_dir=tmp_path / "run"))
+        nfbench.engine.loop.train(make_cfg([*TINY_DATA, *overrides], run_dir=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -77,16 +77,16 @@ def test_the_wrn_rule_has_one_home_that_every_entry_point_uses(make_cfg, monkeyp
     """Patch wrn_spec, the one place of the WRN depth and widen rules, to refuse with its own error:
     validation, `nfbench summary`, `nfbench spp` and training all surface the patched refusal for a
     depth the rule forbids, so none checks depth on its own first."""
-    import nfbench.train
-    from nfbench.spp import run_spp
-    from nfbench.summary import summarize
+    import nfbench.engine.loop
+    from nfbench.analysis.spp import run_spp
+    from nfbench.analysis.summary import summarize
 
     def refuse(depth: int, widen: int):
         raise Sentinel(f"patched rule for WRN-{depth}-{widen}")
 
     monkeypatch.setattr(nfbench.models, "wrn_spec", refuse)
     cfg = make_cfg([*TINY_DATA, "model=wrn", "model.depth=12", "model.widen=0"], run_dir=tmp_path / "run")
-    for entry in (validate, summarize, run_spp, nfbench.train.train):
+    for entry in (validate, summarize, run_spp, nfbench.engine.loop.train):
         with pytest.raises(Sentinel, match="WRN-12-0"):
             entry(cfg)
 
@@ -94,7 +94,7 @@ def test_the_wrn_rule_has_one_home_that_every_entry_point_uses(make_cfg, monkeyp
 def test_the_weight_rule_has_one_resolution(monkeypatch, tmp_path):
     """init.weights is resolved by schemes.weight_rule alone: the scheme's ``weights`` (the run's log,
     result.json, spp.csv, summary) and the report's grouping of a run without a result read it."""
-    from nfbench import report
+    from nfbench.analysis import report
 
     monkeypatch.setattr(nfbench.schemes, "weight_rule", lambda name, weights: f"patched-{name}")
     assert nfbench.schemes.build_scheme(option_config("init", "idshort")).weights == "patched-idshort"
@@ -112,7 +112,7 @@ def test_option_keys_are_their_options_own():
 
 
 def test_help_lists_each_options_keys_under_it():
-    from nfbench.schema_help import keys_help
+    from nfbench.cli.help import keys_help
 
     text = keys_help()
     nf = text[text.index("init=nf only:"):]

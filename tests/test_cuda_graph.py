@@ -1,4 +1,4 @@
-"""trainer.cuda_graph (nfbench/graphed_step.py): the captured step trains as the eager step does.
+"""trainer.cuda_graph (nfbench/engine/graph.py): the captured step trains as the eager step does.
 
 On a CPU the graphed step runs eagerly through the same code (warm-up steps, static buffers, the
 learning rates as tensors the scheduler's floats are written into, the partial-batch fallback),
@@ -17,11 +17,12 @@ from torch import nn
 from nfbench import rundir
 from nfbench.config import OptimConfig, SchedConfig, check_values, option_config
 from nfbench.errors import ConfigError
-from nfbench.graphed_step import WARMUP_STEPS, GraphedStep, check_device
+from nfbench.engine.step import StepObjects
+from nfbench.engine.graph import WARMUP_STEPS, GraphedStep, check_device
 from nfbench.models import build_model
-from nfbench.optim import build_optimizer, build_scheduler, clip_gradients
+from nfbench.engine.optim import build_optimizer, build_scheduler, clip_gradients
 from nfbench.schemes import build_scheme
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -54,7 +55,7 @@ def _net_and_opt(optim: OptimConfig, per_step_epochs: int = 4, steps: int = 10):
 
 
 def _eager_step(net, opt, criterion, optim, x, y):
-    """nfbench.train's eager step (fp32: GradScaler disabled), as it reads there."""
+    """An eager training step written out by hand (fp32: no GradScaler): forward, loss, backward, clip, step."""
     logits = net(x)
     loss = criterion(logits.float(), y)
     opt.zero_grad(set_to_none=True)
@@ -81,7 +82,7 @@ def test_graphed_step_trains_as_the_eager_step_on_cpu(clip):
     net_b, opt_b, sched_b = _net_and_opt(optim)
     net_a.train()
     net_b.train()
-    step = GraphedStep(net_b, opt_b, criterion, amp, optim)
+    step = GraphedStep(StepObjects(net_b, opt_b, criterion, amp, torch.amp.GradScaler("cpu", enabled=False), optim))
     assert not step.capture
     lrs = []
     for x, y in batches:
@@ -106,7 +107,7 @@ def test_train_with_the_graphed_step_equals_eager_training(make_cfg, tmp_path, m
     common = [*TINY, "init=bn", "sched.per_step=true", "sched.warmup_epochs=0.5", "optim.clip_grad_norm=1.0",
               "trainer.log_every=3"]
     eager = train(make_cfg(common, tmp_path / "eager"))
-    monkeypatch.setattr("nfbench.train.check_device", lambda device, world_size: None)
+    monkeypatch.setattr("nfbench.engine.loop.check_device", lambda device, world_size: None)
     graphed = train(make_cfg([*common, "trainer.cuda_graph=true"], tmp_path / "graphed"))
     for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
         assert graphed[key] == eager[key], key
@@ -172,7 +173,8 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), 4, steps // 4)
     criterion = nn.CrossEntropyLoss()
     amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
-    step = GraphedStep(net, opt, criterion, amp, optim, channels_last=True) if graphed else None
+    objects = StepObjects(net, opt, criterion, amp, torch.amp.GradScaler("cuda", enabled=False), optim)
+    step = GraphedStep(objects, channels_last=True) if graphed else None
     net.train()
     losses = []
     for i in range(steps):

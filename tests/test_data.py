@@ -16,10 +16,11 @@ import torch
 from torchvision import datasets as tvd
 
 from nfbench import rundir
-from nfbench.data import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED, build_source
-from nfbench.loaders import build_loaders
+from nfbench.data.sets import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED
+from nfbench.data.source import build_source
+from nfbench.data.loaders import build_loaders
 from nfbench.errors import DataError, DataNotFoundError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.test_train import Killed, load_weights
 
 
@@ -41,6 +42,10 @@ def write_cifar(root: Path, hundred: bool, n_per_file: int = 6) -> dict[str, np.
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
         written[name] = (data, np.array(labels))
+    # The release's class names: batches.meta's label_names (CIFAR-10), meta's fine_label_names (CIFAR-100).
+    meta, names_key = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
+    with open(folder / meta, "wb") as f:
+        pickle.dump({names_key: [f"class{k:03d}" for k in range(100 if hundred else 10)]}, f)
     return written
 
 
@@ -331,7 +336,7 @@ def root_indices(ds) -> list[int]:
     """The indices into the data set's own training images behind ``ds`` (Subsets unwrapped)."""
     from torch.utils.data import Subset
 
-    from nfbench.data import TransformedFolder
+    from nfbench.data.sets import TransformedFolder
 
     ds = ds.base if isinstance(ds, TransformedFolder) else ds
     idx = None
@@ -344,7 +349,8 @@ def root_indices(ds) -> list[int]:
 def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_cfg):
     """data.val_size=0.1 of digits' 1,438 training images: 144 held out (0.1 * 1438 = 143.8, rounded), the other
     1,294 trained on; the same images whatever the run's seed and the global RNGs; taken before data.train_subset."""
-    from nfbench.data import DATASETS, transforms
+    from nfbench.data.sets import DATASETS
+    from nfbench.data.transforms import transforms
 
     splits = []
     for seed in (0, 1):
@@ -358,7 +364,7 @@ def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_c
         splits.append(val_idx)
     assert splits[0] == splits[1]
     # The validation images get the test transform: normalised only, no crop or flip.
-    raw = DATASETS.get("digits")(cfg.data).train
+    raw = DATASETS.get("digits").load(cfg.data).train
     normalise = transforms(cfg.data, src, train=False)
     for i in (0, 77, 143):
         assert torch.equal(src.val[i][0], normalise(raw.images[splits[0][i]]))
@@ -374,7 +380,8 @@ def test_validation_split_is_disjoint_fixed_and_seen_without_augmentation(make_c
 def test_validation_split_is_stratified(val_size, per_class):
     """Classes of 47, 33 and 20 images: 10% is 4.7, 3.3, 2.0 images; the largest remainder gets the tenth
     image: 5, 3, 2.  20 images: 9.4, 6.6, 4.0 -> 9, 7, 4."""
-    from nfbench.data import TensorImages, split_validation
+    from nfbench.data.sets import TensorImages
+    from nfbench.data.source import split_validation
 
     labels = torch.tensor([0] * 47 + [1] * 33 + [2] * 20)
     images = torch.zeros(100, 1, 2, 2, dtype=torch.uint8)
@@ -395,7 +402,7 @@ def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subs
 
 @pytest.mark.parametrize("value", ["0", "-3", "1.0", "1.5", "true", "abc"])
 def test_impossible_val_size_is_refused_before_loading(make_cfg, value):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
     from nfbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match="data.val_size"):

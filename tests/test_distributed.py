@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfbench import distributed, rundir
-from nfbench.data import build_source
-from nfbench.loaders import build_loaders
+from nfbench.engine import distributed
+from nfbench import rundir
+from nfbench.data.source import build_source
+from nfbench.data.loaders import build_loaders
 from nfbench.errors import ConfigError
-from nfbench.train import train
+from nfbench.engine.loop import train
 
 # No augmentation, so that one process and two see the same images (only the split differs).
 DDP = ["data=digits", "data.train_subset=256", "data.test_subset=120", "data.batch_size=32", "data.crop_padding=0",
@@ -58,7 +59,7 @@ def test_shards_cover_every_sample_once(make_cfg):
 def test_validation_shards_cover_every_image_once(make_cfg, on_device):
     """The validation set is sharded as the test set is: rank r takes images r, r + 2, ... of the one-process
     order, so the ranks' images are disjoint and together exactly the set; the device path serves the same."""
-    from nfbench.loaders import eval_loader
+    from nfbench.data.loaders import eval_loader
 
     cfg = make_cfg(["data=digits", "data.val_size=101", "data.test_batch_size=16", f"data.on_device={on_device}"])
     src = build_source(cfg.data)

@@ -14,9 +14,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from nfbench import rundir
-from nfbench.cli import CONF_DIR
-from nfbench.validation import validate
-from nfbench.train import train
+from nfbench.cli.main import CONF_DIR
+from nfbench.engine.validation import validate
+from nfbench.engine.loop import train
 
 # Presets that select hydra/sweeper=optuna compose only where the nfbench[tune] extra is installed.
 NEEDS_OPTUNA = {"lr_search"}

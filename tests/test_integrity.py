@@ -21,7 +21,7 @@ import torch
 
 from nfbench import rundir
 from nfbench.errors import ConfigError, RunDirectoryError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_train import train_killed_after
 
@@ -112,7 +112,7 @@ def test_interrupted_checkpoint_save_keeps_the_old_one_loadable(tmp_path, monkey
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(rundir.os, "replace", die_on_checkpoint)
+    monkeypatch.setattr(os, "replace", die_on_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 2})
     monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path):
 
 def nfbench_train(run_dir: Path, *overrides: str, script: str = "") -> subprocess.Popen:
     """`nfbench train OVERRIDES` in a new process; ``script`` runs first (e.g. to slow something down)."""
-    code = f"{script}\nimport sys\nfrom nfbench.cli import main\nmain(sys.argv[1:])"
+    code = f"{script}\nimport sys\nfrom nfbench.cli.main import main\nmain(sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, "train", *overrides, f"hydra.run.dir={run_dir}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -173,7 +173,7 @@ def same_run(a: Path, b: Path) -> None:
 SLOW_EVAL = """
 import sys, time
 from pathlib import Path
-import nfbench.train as t
+import nfbench.engine.evaluate as t
 _topk = t.topk_correct
 def slow(*args):
     with open(Path(sys.argv[-1].split("=", 1)[1], "evaluating"), "a") as f:
@@ -261,7 +261,7 @@ def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(rundir.os, "fsync", fail)
+    monkeypatch.setattr(os, "fsync", fail)
     with pytest.raises(RunDirectoryError) as e:
         train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     message = str(e.value)
@@ -271,7 +271,7 @@ def test_full_or_read_only_run_directory_is_one_line(make_cfg, tmp_path, monkeyp
 
 
 def test_cli_reports_run_directory_errors_in_one_line(capsys):
-    from nfbench.cli import _user_errors
+    from nfbench.cli.main import _user_errors
 
     message = "cannot write /x/result.json: No space left on device; free space"
 
@@ -289,8 +289,8 @@ def test_refusal_is_one_line_under_a_hydra_config_without_a_job(capsys):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from nfbench.cli import CONF_DIR, _user_errors
-    from nfbench.config import register_configs
+    from nfbench.cli.main import CONF_DIR, _user_errors
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -306,7 +306,7 @@ def test_refusal_is_one_line_under_a_hydra_config_without_a_job(capsys):
 
 @pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=nan", "optim.weight_decay=inf"])
 def test_non_finite_hyperparameters_are_refused(make_cfg, override):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         validate(make_cfg([override]))
@@ -325,8 +325,8 @@ def test_slurm_preset_refuses_zero_gpus_per_node():
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
-    from nfbench.cli import CONF_DIR
-    from nfbench.config import register_configs
+    from nfbench.cli.main import CONF_DIR
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):

@@ -19,7 +19,7 @@ import pytest
 
 from nfbench import rundir
 from nfbench.errors import ConfigError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 # 256 training images in batches of 32: 8 steps an epoch; a fold point every 2 steps.
@@ -121,7 +121,7 @@ def test_progress_false_silences_bar_and_lines(tmp_path):
 
 
 def test_summary_line_labels_the_validation_top1():
-    from nfbench.progress import summary_line
+    from nfbench.engine.progress import summary_line
 
     result = {"status": "finished", "test_top1": 91.234, "best_val_top1": 93.456, "best_test_top1": 94.0,
               "wall_s": 3723.44}

@@ -9,13 +9,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from nfbench.config import Config, ModelConfig, OptimConfig, option_config
-from nfbench.validation import validate
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.models import (HE_CIFAR_MODELS, MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, IdentityShortcut,
                             PostActivationBasicBlock, ResidualBlock, TimmNFBlock, ZeroPadShortcut, build_model,
                             construct_model)
 from nfbench.models.nf_resnet import timm_nf_resnet
-from nfbench.optim import build_optimizer
+from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
 
 SMALL_WRN = {"depth": 10, "widen": 2}
@@ -544,7 +544,7 @@ def test_every_registered_model_has_a_config_file(make_cfg):
 
     from omegaconf import OmegaConf
 
-    from nfbench.cli import CONF_DIR
+    from nfbench.cli.main import CONF_DIR
 
     assert sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")) == MODELS.names()
     # Every scheme has its file; a variant file (fixup_reference, bn_conv_shortcut) is a registered scheme

@@ -9,11 +9,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from nfbench.data import DataSource, TensorImages, build_source, mean_image, transforms, with_transform
-from nfbench.device_data import DeviceLoader, in_memory
+from nfbench.data.sets import DataSource, TensorImages
+from nfbench.data.source import build_source, with_transform
+from nfbench.data.transforms import mean_image, transforms
+from nfbench.data.device import DeviceLoader, in_memory
 from nfbench.errors import ConfigError
-from nfbench.loaders import build_loaders
-from nfbench.validation import validate
+from nfbench.data.loaders import build_loaders
+from nfbench.engine.validation import validate
 
 SIZE, PAD = 6, 2
 
@@ -134,7 +136,7 @@ def test_the_mean_is_of_the_images_trained_on_only(make_cfg, split):
     host_src = build_source(host.data)
     for run_cfg, run_src in ((cfg, src), (host, host_src)):
         _, test_loader = build_loaders(run_cfg.data, run_src, seed=0)
-        from nfbench.loaders import eval_loader
+        from nfbench.data.loaders import eval_loader
 
         val_loader = eval_loader(run_cfg.data, run_src, run_src.val)
         for loader, images in ((test_loader, test_x), (val_loader, val_x)):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from nfbench import rundir
 from nfbench.errors import ConfigError, DataError, RunDirectoryError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_train import train_killed_after
 from tests.test_user_errors import UNPRIVILEGED, nfbench_train, refusal
@@ -49,7 +49,7 @@ def result(run: Path) -> dict:
 @pytest.mark.parametrize("data", ["imagenet", "imagefolder"])
 def test_a_split_lacking_a_class_is_refused_before_training(make_cfg, tmp_path, data):
     """val/ without 'truck' would number train's 'truck' as another index: every folder data set refuses it."""
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     test = "val" if data == "imagenet" else "test"
     image_tree(tmp_path, {"train": ("cat", "ship", "truck"), test: ("cat", "truck")})
@@ -167,10 +167,23 @@ def test_a_checkpoint_of_another_network_is_one_line(make_cfg, tmp_path, monkeyp
 
 # --- 4. A branched resume names one best epoch everywhere ---------------------------------------------
 
-# On these 256 digits at a constant lr of 2 the BatchNorm network reaches its best test top-1 at epoch 3 and
-# falls at epoch 5 (measured: 10.94, 10.94, 11.72, 11.72, 5.47): the best (the first of the highest, as best.pt's
-# rule has it) is epoch 3, and a run that knew only epochs 4-5 would call epoch 4 or 5 its best.
-FLAT = [*TINY, "init=bn", "optim.lr=2.0", "sched=constant", "trainer.epochs=5", "logger=none"]
+# The test top-1 of each epoch is scripted, not trained for: a real curve at a high learning rate peaks at a
+# different epoch on another CPU (CI's did), and these tests are about bookkeeping, not about the curve. The
+# scripted curve peaks at epochs 3 and 4 and falls at 5: the best (the first of the highest, as best.pt's rule
+# has it) is epoch 3, and a run that knew only epochs 4-5 would call epoch 4 its best.
+FLAT = [*TINY, "init=bn", "sched=constant", "trainer.epochs=5", "logger=none"]
+CURVE = (10.0, 10.0, 12.5, 12.5, 5.0)  # test top-1 after epochs 1..5
+
+
+@pytest.fixture
+def scripted_curve(monkeypatch):
+    """Every evaluation reports CURVE's value for the epoch just trained (and no validation split)."""
+    import nfbench.engine.loop as loop_module
+
+    def scripted(loop, evaluations, epoch, stats):
+        return {"test_loss": 100.0 - CURVE[epoch], "test_top1": CURVE[epoch], "test_top5": 50.0}
+
+    monkeypatch.setattr(loop_module, "_evaluate_epoch", scripted)
 
 
 def best_everywhere(run: Path) -> tuple:
@@ -182,25 +195,25 @@ def best_everywhere(run: Path) -> tuple:
     return result(run)["best_epoch"], rundir.load_checkpoint(run / "checkpoints" / rundir.BEST)["epoch"], weights_epoch
 
 
-def test_branch_inherits_the_history_and_best_of_the_run_it_continues(make_cfg, tmp_path, monkeypatch):
+def test_branch_inherits_the_history_and_best_of_the_run_it_continues(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(4, make_cfg(FLAT, source), monkeypatch)
     done = train(make_cfg([*FLAT, f"trainer.resume={source}"], branch))
     whole = train(make_cfg(FLAT, tmp_path / "whole"))  # the same run, never interrupted
-    assert whole["best_epoch"] == 3 and whole["test_top1"] < whole["best_test_top1"]  # what the test relies on
+    assert (whole["best_epoch"], whole["best_test_top1"], whole["test_top1"]) == (3, 12.5, 5.0)
     assert done["epochs"] == 5 and [r["epoch"] for r in rundir.read_metrics(branch / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert best_everywhere(branch) == (3, 3, 3)
     assert (done["best_test_top1"], done["test_top1"]) == (whole["best_test_top1"], whole["test_top1"])
 
 
-def test_branch_from_the_best_epochs_own_checkpoint_saves_it_as_best(make_cfg, tmp_path, monkeypatch):
+def test_branch_from_the_best_epochs_own_checkpoint_saves_it_as_best(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(3, make_cfg(FLAT, source), monkeypatch)
     train(make_cfg([*FLAT, f"trainer.resume={source}"], branch))
     assert best_everywhere(branch) == (3, 3, 3)
 
 
-def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg, tmp_path, monkeypatch):
+def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(4, make_cfg(FLAT, source), monkeypatch)
     (source / "checkpoints" / rundir.BEST).unlink()  # the best epoch's weights are gone
@@ -214,7 +227,7 @@ def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg
 @pytest.mark.parametrize("overrides", [["sched.min_lr=inf"], ["init=nf", "init.alpha=nan"], ["trainer.mixup_alpha=inf"],
                                        ["data.mean=[0.5]", "data.std=[nan]"], ["trainer.progress_every_s=inf"]])
 def test_non_finite_values_are_refused(make_cfg, overrides):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     key = overrides[-1].split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}.*must be a finite number"):
@@ -235,7 +248,7 @@ def test_non_finite_value_is_one_line_from_the_cli(tmp_path):
     (["logger=csv", "logger.csv.file=../elsewhere.csv"], "inside the run directory"),
 ])
 def test_a_logger_cannot_write_the_run_directorys_own_files(make_cfg, overrides, match):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match=match):
         validate(make_cfg(overrides))
@@ -269,7 +282,7 @@ def finished_runs(make_cfg, root: Path, seeds: int = 3) -> list[Path]:
 
 
 def test_report_counts_only_runs_with_a_test_top1_and_lists_the_rest(make_cfg, tmp_path):
-    from nfbench import report as rep
+    from nfbench.analysis import report as rep
 
     runs = finished_runs(make_cfg, tmp_path)
     lost = result(runs[1])
@@ -376,7 +389,7 @@ def test_an_image_of_another_size_is_found_before_the_first_step(tmp_path):
 
 
 def test_an_image_of_another_size_is_found_without_verify_too(make_cfg, tmp_path):
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     data = image_tree(tmp_path, {"train": ("a", "b"), "test": ("a", "b")}, size=32, odd={"train/a/2.png": 40})
     with pytest.raises(DataError, match="is 40x40 px"):
@@ -388,7 +401,7 @@ def test_image_size_prepares_train_and_test_alike(make_cfg):
     training crop then pads and crops at 6 px); before, training cropped and testing resized."""
     from torchvision.transforms import v2
 
-    from nfbench.data import build_source
+    from nfbench.data.source import build_source
 
     cfg = make_cfg(["data=digits", "data.image_size=6", "data.crop_padding=0", "data.hflip=false"])
     src = build_source(cfg.data)
@@ -409,20 +422,21 @@ def test_an_image_size_larger_than_the_data_set_is_one_line(tmp_path):
 
 
 def test_devices_that_do_not_divide_the_batch_are_refused_at_validation(make_cfg):
-    from nfbench.validation import validate
+    from nfbench.engine.validation import validate
 
     with pytest.raises(ConfigError, match=r"data.batch_size=32 .*divisible by the number of processes \(3\)"):
         validate(make_cfg([*TINY, "trainer.devices=3"]))
 
 
 def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys):
-    from nfbench import cli, data
+    from nfbench.cli import main as cli
+    from nfbench.data import folders
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")})
-    monkeypatch.setattr(data, "check_images", interrupted)
+    monkeypatch.setattr(folders, "check_images", interrupted)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     with pytest.raises(SystemExit) as e:
         cli.main(["train", *TINY, "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4",
@@ -437,7 +451,7 @@ def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys)
 
 
 def test_sigint_during_imports_is_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "nfbench.console", "train", *TINY,
+    proc = subprocess.Popen([sys.executable, "-m", "nfbench.cli.console", "train", *TINY,
                              f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -466,7 +480,7 @@ def test_spp_plot_on_a_truncated_csv_is_one_line(tmp_path):
 
 def test_a_file_that_is_not_an_image_is_left_out_by_summary_and_load_run(make_cfg, tmp_path, caplog):
     from nfbench import load_run
-    from nfbench.data import DataShape, data_shape
+    from nfbench.data.sets import DataShape, data_shape
 
     data = image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")})
     for split in ("train", "test"):

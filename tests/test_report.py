@@ -15,9 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from nfbench import report as rep
-from nfbench.cli import main as cli_main
-from nfbench.train import train
+from nfbench.data.fingerprint import KNOWN_COPIES
+
+from nfbench.analysis import report as rep
+from nfbench.cli.main import main as cli_main
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -26,16 +28,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_top1: list[float] | None = None,
               status: str | None = "finished", epochs: int = 3, weights: str | None = None,
               model: str = "resnet20", data: str = "cifar10", lr: float = 0.01,
-              val_top1: list[float] | None = None) -> Path:
+              val_top1: list[float] | None = None, copy: str | None = None) -> Path:
     """A run directory as nfbench train writes it: config.yaml, env.json, metrics.jsonl and (unless the run
     is still going, status=None) result.json with the last epoch's numbers; with ``val_top1``, a run with a
-    validation split (data.val_size), its best epoch selected on it."""
+    validation split (data.val_size), its best epoch selected on it; ``copy``: a known CIFAR-10 copy
+    (nfbench.data.fingerprint.KNOWN_COPIES) whose fingerprint env.json and result.json record."""
     path.mkdir(parents=True)
     config = {"data": {"name": data, "root": f"/data/{seed}"}, "model": {"name": model, "width": 8},
               "init": {"name": init, "weights": weights}, "optim": {"lr": lr},
               "trainer": {"epochs": epochs, "run_dir": str(path)}, "seed": seed, "experiment": "synthetic"}
     (path / "config.yaml").write_text(yaml.safe_dump(config))
-    (path / "env.json").write_text("{}")
+    fingerprint = None
+    if copy is not None:
+        (train, test), = [k for k, label in KNOWN_COPIES.items() if label == copy]
+        fingerprint = {"kind": "pixels", "train": train, "test": test}
+    (path / "env.json").write_text(json.dumps({"data_fingerprint": fingerprint} if copy else {}))
     train_top1 = train_top1 or [t - 1.0 for t in test_top1]
     rows = [{"epoch": e, "lr": lr, "train_loss": 1.0, "train_top1": tr, "test_loss": 1.0, "test_top1": te,
              "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * e}
@@ -49,7 +56,7 @@ def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_to
                   "weights": weights or rep.resolved_weights(rep.Run(path, config, rows, None)),
                   "seed": seed, "experiment": "synthetic", "best_test_top1": max(test_top1),
                   "wall_s": 10.0 * len(rows), "test_top1": test_top1[-1], "test_top5": 99.0, "test_loss": 1.0,
-                  "train_loss": 1.0, "train_top1": train_top1[-1]}
+                  "train_loss": 1.0, "train_top1": train_top1[-1], "data_fingerprint": fingerprint}
         if val_top1:
             best = max(rows, key=lambda r: r["val_top1"])
             result.update({"best_selected_on": "val_top1", "best_val_top1": best["val_top1"],
@@ -408,14 +415,32 @@ def test_fixup_imagenet_reference_attaches_to_fixup_resnet50_runs_with_its_mixup
 def test_he_reference_attaches_only_to_runs_on_the_whole_training_set(tmp_path):
     """He et al.'s ResNet-20 number (references.yaml He16a-R20) stands beside their BatchNorm ResNet-20
     (model=he_resnet20) trained on all of CIFAR-10, not beside a study run on a 10,000-image subset, whose
-    plot it would squash, nor beside nfbench's pre-activation ResNet-20, another network."""
-    write_run(tmp_path / "full", "bn", 0, [90.0], model="he_resnet20")
-    subset = write_run(tmp_path / "subset", "bn", 0, [40.0], lr=0.02, model="he_resnet20")
-    write_run(tmp_path / "preact", "bn", 0, [90.0], lr=0.03)
+    plot it would squash, nor beside nfbench's pre-activation ResNet-20, another network, nor beside a run on
+    the JPEG copy of CIFAR-10 (its data fingerprint), other pixels."""
+    write_run(tmp_path / "full", "bn", 0, [90.0], model="he_resnet20", copy="original")
+    subset = write_run(tmp_path / "subset", "bn", 0, [40.0], lr=0.02, model="he_resnet20", copy="original")
+    write_run(tmp_path / "preact", "bn", 0, [90.0], lr=0.03, copy="original")
+    write_run(tmp_path / "jpeg", "bn", 0, [90.0], lr=0.04, model="he_resnet20", copy="JPEG copy")
     config = yaml.safe_load((subset / "config.yaml").read_text())
     config["data"]["train_subset"] = 10000
     (subset / "config.yaml").write_text(yaml.safe_dump(config))
     table = rep.attach_references(rep.aggregate(rep.collect([tmp_path]), [*rep.DEFAULT_GROUP_BY, "optim.lr"]),
                                   rep.load_references())
     refs = {row["optim.lr"]: [r["id"] for r in row["references"]] for _, row in table.iterrows()}
-    assert refs == {0.01: ["He16a-R20"], 0.02: [], 0.03: []}
+    assert refs == {0.01: ["He16a-R20"], 0.02: [], 0.03: [], 0.04: []}
+
+
+def test_seeds_on_different_pixels_are_never_averaged(tmp_path):
+    """Issue 20 item 2: the report names each row's data copy by its fingerprint and keeps copies apart,
+    even when the keys asked for would merge them."""
+    for seed in (0, 1):
+        write_run(tmp_path / f"original{seed}", "bn", seed, [90.0 + seed], copy="original")
+        write_run(tmp_path / f"jpeg{seed}", "bn", seed, [80.0 + seed], copy="JPEG copy")
+    write_run(tmp_path / "old", "bn", 0, [70.0])  # before fingerprints: unknown
+    for group_by in (rep.DEFAULT_GROUP_BY, ["model", "init"]):
+        table = rep.aggregate(rep.collect([tmp_path]), group_by)
+        means = dict(zip(table["data_copy"], table["final_test_top1_mean"]))
+        assert means == {"original": 90.5, "JPEG copy": 80.5, "unknown": 70.0}
+        assert dict(zip(table["data_copy"], table["seeds"])) == {"original": 2, "JPEG copy": 2, "unknown": 1}
+    other = {"kind": "pixels", "train": "ab" * 32, "test": "cd" * 32}
+    assert rep.copy_label(other) == "ab" * 6 and rep.copy_label({**other, "kind": "files"}) == "files:" + "ab" * 6

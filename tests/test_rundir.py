@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from nfbench import rundir
+from nfbench.errors import RunDirectoryError
+from nfbench.rundir.lock import STALE_AFTER_S
 from nfbench.errors import ConfigError
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_distributed import nfbench_train, wait_for
 from tests.test_train import load_weights, train_killed_after
@@ -121,7 +123,7 @@ def test_lock_from_another_host_with_a_fresh_heartbeat_refuses(make_cfg, tmp_pat
 
 def test_lock_from_another_host_with_an_old_heartbeat_is_taken_over(make_cfg, tmp_path):
     """A node that failed stops its heartbeat; after STALE_AFTER_S its lock is taken over."""
-    forge_lock(tmp_path, age_s=rundir.STALE_AFTER_S + 60)
+    forge_lock(tmp_path, age_s=STALE_AFTER_S + 60)
     assert train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))["status"] == "finished"
     assert not (tmp_path / rundir.LOCK).exists()
 
@@ -264,7 +266,7 @@ def test_readers_of_another_jobs_files_are_lenient_and_ours_strict(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n{"epoch"')
     assert [m["epoch"] for m in rundir.read_metrics(metrics, strict=False)] == [1, 3]
-    with pytest.raises(rundir.RunDirectoryError, match="line 2"):
+    with pytest.raises(RunDirectoryError, match="line 2"):
         rundir.read_metrics(metrics)
     assert rundir.read_metrics(tmp_path / "none.jsonl", strict=False) == []
 
@@ -285,35 +287,46 @@ def test_config_reader_prefers_the_resolved_config_and_falls_back_to_hydras(tmp_
 # --- issue 14: what a checkpoint holds, and its restore, in one place ------------------------------
 
 def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
-    """checkpoint_state -> save_checkpoint -> load_checkpoint -> restore_checkpoint gives fresh objects
-    the trained ones' states and the run's standing; a checkpoint written before data.val_size names its
-    best best_test_top1."""
+    """checkpoint_state -> save_checkpoint -> load_checkpoint -> restore_checkpoint gives fresh objects the
+    trained ones' states and a fresh record the run's standing, each through its state_dict protocol; the
+    entries keep the order every checkpoint since version 3 has; a checkpoint written before data.val_size
+    names its best best_test_top1."""
+    from nfbench.engine.state import CHECKPOINT_ORDER, Record, Restored, checkpoint_state, restore_checkpoint
+
     def objects(seed: int):
         torch.manual_seed(seed)
         net = torch.nn.Linear(3, 2)
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-        return net, opt, torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5), torch.amp.GradScaler("cpu", enabled=False)
+        return {"model": net, "optimizer": opt, "scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+                "scaler": torch.amp.GradScaler("cpu", enabled=False)}
 
-    net, opt, sched, scaler = objects(0)
-    net(torch.ones(4, 3)).sum().backward()
-    opt.step(), sched.step()
+    def record() -> Record:
+        return Record(tmp_path, {"seed": 0}, "val_top1", {"num_classes": 2})
+
+    trained = objects(0)
+    trained["model"](torch.ones(4, 3)).sum().backward()
+    trained["optimizer"].step(), trained["scheduler"].step()
     partial = {"batches_done": 3, "loss_sum": 1.5, "correct": 2, "seen": 12, "seconds": 0.5, "rng": []}
     history = [{"epoch": e, "val_top1": 50.0 + e} for e in range(1, 5)]
-    state = rundir.checkpoint_state(net, opt, sched, scaler, 4, partial, best_on="val_top1", best_top1=61.0,
-                                    wall_s=12.5, config={"seed": 0}, resumed_from=None, history=history,
-                                    best_from=2)
+    standing = record()
+    standing.best_top1, standing.best_from, standing.history = 61.0, 2, history
+    state = checkpoint_state(trained, standing, 4, partial, wall_s=12.5)
+    assert tuple(state) == CHECKPOINT_ORDER
     rundir.save_checkpoint(tmp_path / rundir.LAST, state)
     loaded = rundir.load_checkpoint(tmp_path / rundir.LAST)
 
-    fresh = objects(1)
-    restored = rundir.restore_checkpoint(loaded, *fresh)
-    assert restored == rundir.Restored(epoch=4, best_top1=61.0, wall_s=12.5, partial=partial, history=history,
-                                       best_from=2)
-    assert all(torch.equal(a, b) for a, b in zip(fresh[0].state_dict().values(), net.state_dict().values()))
-    momentum = [o.state_dict()["state"][0]["momentum_buffer"] for o in (fresh[1], opt)]
+    fresh, back = objects(1), record()
+    assert restore_checkpoint(loaded, fresh, back) == Restored(epoch=4, partial=partial, history=history)
+    assert (back.best_top1, back.wall_before, back.best_from) == (61.0, 12.5, 2)
+    assert all(torch.equal(a, b) for a, b in zip(fresh["model"].state_dict().values(),
+                                                 trained["model"].state_dict().values()))
+    momentum = [o["optimizer"].state_dict()["state"][0]["momentum_buffer"] for o in (fresh, trained)]
     assert torch.equal(*momentum)
-    assert fresh[2].state_dict() == sched.state_dict() and fresh[2].get_last_lr() == [0.05]
+    assert fresh["scheduler"].state_dict() == trained["scheduler"].state_dict()
+    assert fresh["scheduler"].get_last_lr() == [0.05]
 
     legacy = {k: v for k, v in loaded.items() if k not in ("best_top1", "history", "best_from")} | {
         "best_test_top1": 55.0, "partial": None}
-    assert rundir.restore_checkpoint(legacy, *objects(2)) == rundir.Restored(4, 55.0, 12.5, None)  # no history kept
+    old = record()
+    assert restore_checkpoint(legacy, objects(2), old) == Restored(4, None)  # no history kept
+    assert (old.best_top1, old.best_from) == (55.0, 1)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from nfbench.config import OptimConfig, option_config
 from nfbench.models import ConvShortcut, ScalarBias, ScalarGain, build_model
 from nfbench.models.resnet import Scalar
-from nfbench.optim import param_groups
+from nfbench.engine.optim import param_groups
 from nfbench.schemes import SCHEMES, build_scheme
 
 RULES = ("he_fanin", "he_fanout", "brock")

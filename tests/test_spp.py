@@ -25,13 +25,13 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.nn import functional as F
 
-from nfbench.cli import CONF_DIR, main
-from nfbench.config import register_configs
+from nfbench.cli.main import CONF_DIR, main
+from nfbench.configstore import register_configs
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.schemes import SCHEMES, build_scheme
-from nfbench.spp import block_stats, measure, run_spp
-from nfbench.spp_plot import plot_dirs
+from nfbench.analysis.spp import block_stats, measure, run_spp
+from nfbench.analysis.spp_plot import plot_dirs
 
 # The output contract of the issue, written out rather than imported so that a change to it fails here.
 CONTRACT = ["model", "init", "weights", "block", "fwd_var", "bwd_var", "fwd_chan_mean_sq", "fwd_chan_var"]
@@ -343,9 +343,9 @@ MEMORY_PROBE = """
 import json, resource, torch
 torch.set_num_threads(2)
 from hydra import compose, initialize_config_dir
-from nfbench.cli import CONF_DIR
-from nfbench.config import register_configs
-from nfbench.spp import measure
+from nfbench.cli.main import CONF_DIR
+from nfbench.configstore import register_configs
+from nfbench.analysis.spp import measure
 register_configs()
 with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
     cfg = compose("config", overrides=["model=resnet101", "init=convshort", "spp.batch_size=32", "trainer.device=cpu"])
@@ -377,7 +377,7 @@ def test_training_logs_spp_without_changing_the_run(make_cfg, tmp_path):
     weights (BatchNorm running statistics included) are bit-identical to a run without it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from nfbench.train import train
+    from nfbench.engine.loop import train
     from tests.conftest import TINY
 
     common = [*TINY, "init=bn", "trainer.deterministic=true"]

@@ -13,7 +13,7 @@ from nfbench.config import option_config
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.schemes import build_scheme
-from nfbench.validation import validate
+from nfbench.engine.validation import validate
 from tests.test_schemes import RULES, assert_rule
 from tests.test_user_errors import nfbench_train, refusal
 

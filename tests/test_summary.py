@@ -16,12 +16,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from nfbench.config import DataConfig
-from nfbench.data import DataShape, data_shape
+from nfbench.data.sets import DataShape, data_shape
 from nfbench.models import construct_model
 from nfbench.schemes import build_scheme
-from nfbench.summary import format_parts, format_rows, summarize
+from nfbench.analysis.summary import format_parts, format_rows, summarize
 
-# CIFAR-10 needs no files: the summary takes its shape from nfbench.data.SHAPES.
+# CIFAR-10 needs no files: the summary takes the shape it was registered with (nfbench.data.sets.register_dataset).
 NO_DATA = ["data=cifar10", "data.root=/nonexistent", "data.download=false"]
 
 # Civitelli et al. Table 1 (ResNet-50/101) and Table 2 (ResNet-18), 32x32x3 input: (params M, GFLOPs).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from nfbench.tables import format_table
+from nfbench.analysis.tables import format_table
 
 FRAME = pd.DataFrame({"model": ["resnet20", "wrn"], "params": ["272,474", "36,479,194"], "note": [None, float("nan")]})
 

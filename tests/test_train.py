@@ -4,6 +4,7 @@ divergence, schedules, parameter groups and the device switches (on the CPU)."""
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 from pathlib import Path
@@ -14,9 +15,9 @@ from omegaconf import DictConfig
 
 from nfbench import rundir
 from nfbench.models import build_model
-from nfbench.optim import param_groups
+from nfbench.engine.optim import param_groups
 from nfbench.schemes import build_scheme
-from nfbench.train import train
+from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 
@@ -128,7 +129,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rundir.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         rundir.save_checkpoint(target, {"model": {"w": torch.ones(3)}, "epoch": 1})
     assert target.read_bytes() == before
@@ -170,7 +171,7 @@ def test_cosine_per_epoch_matches_the_formula(make_cfg, tmp_path):
 
 
 def test_warmup_then_cosine_per_step(make_cfg):
-    from nfbench.optim import build_scheduler
+    from nfbench.engine.optim import build_scheduler
 
     cfg = make_cfg(["sched.per_step=true", "sched.warmup_epochs=1", "trainer.epochs=3"])
     p = torch.nn.Parameter(torch.zeros(1))
@@ -258,7 +259,7 @@ def test_real_cifar10_subset_learns(make_cfg, tmp_path, cifar10_jpeg_subset):
 
 def scripted_evaluate(monkeypatch, top1: dict[str, list[float]]) -> None:
     """Make each evaluation of a split return the next of its scripted top-1 values."""
-    import nfbench.train as train_module
+    import nfbench.engine.loop as train_module
 
     calls = {split: 0 for split in top1}
 

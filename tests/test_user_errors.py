@@ -47,6 +47,8 @@ def write_foreign_cifar(root: Path) -> Path:
     for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump({"pixels": [1, 2, 3]}, f)
+    with open(folder / "batches.meta", "wb") as f:  # the release's own names: the batches are what is wrong
+        pickle.dump({"label_names": [f"class{k}" for k in range(10)]}, f)
     return folder / "data_batch_1"
 
 
@@ -139,7 +141,7 @@ def test_config_error_is_shown_once_and_leaves_no_run_directory(tmp_path):
 
 def test_config_error_does_not_import_torch(tmp_path):
     """A bad value is refused before torch (seconds to import) is loaded."""
-    probe = ("import sys\nfrom nfbench.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
+    probe = ("import sys\nfrom nfbench.cli.main import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
              "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", probe, "train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=120)

@@ -4,7 +4,7 @@ Each registered model is a planner: given its config and the scheme, it applies 
 guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
 with init=nf only, He et al. 2016a's BatchNorm network with init=bn only) and returns a builder for
 the data set's shape.  :func:`plan_model` runs it once per run, before any data loads
-(:func:`nfbench.validation.validate`), and training builds from that.
+(:func:`nfbench.engine.validation.validate`), and training builds from that.
 """
 
 from __future__ import annotations
