@@ -48,7 +48,7 @@ runs_epochs() {  # epochs a run directory has recorded
 }
 
 fake_cifar10() {  # fake_cifar10 ROOT TRAIN TEST: CIFAR-10's python release of random pixels (benchmarks/common.py)
-    [ -f "$1/cifar-10-batches-py/test_batch" ] ||
+    [ -f "$1/cifar-10-batches-py/batches.meta" ] ||  # batches.meta: written last, and read by data=cifar10
         $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path
 from common import write_fake_cifar10; write_fake_cifar10(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))" "$@"
 }
