@@ -117,7 +117,7 @@ def main() -> None:
     times: dict[str, list[float]] = {n: [] for n in benches}
     for _ in range(a.rounds):
         for name, b in benches.items():
-            times[name].append(timed(lambda: [b.step() for _ in range(steps)], device) / steps)
+            times[name].append(timed(lambda b=b: [b.step() for _ in range(steps)], device) / steps)
     memory = {name: b.peak_memory() for name, b in benches.items()}
     t_bn, m_bn = median(times["bn"]), memory["bn"]
     print(f"{'scheme':12s} {'step ms':>9s} {'img/s':>9s} {'time/bn':>8s} {'peak MiB':>9s} {'mem/bn':>7s}")

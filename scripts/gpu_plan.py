@@ -142,7 +142,7 @@ def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], mi
         work = (seconds / MARGIN - waves * fixed) * a - sum(short_s(s) for s in short)
         return int(work // sum(per[m] for m in main)) if work > 0 else 0
 
-    print(f"ResNet-50 arms, steady epoch alone (s): "
+    print("ResNet-50 arms, steady epoch alone (s): "
           + ", ".join(f"{s} {per[s]:.2f}" for s in [*arms, *optional] if s in per)
           + f"; fixed {fixed:.1f} s per run; {slots} processes at A = {a:.2f}; {seconds:.0f} s available")
     main, short = [*arms, *optional], list(shorts)

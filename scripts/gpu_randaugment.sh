@@ -19,31 +19,16 @@
 # one rerun at a smaller BUDGET_S.
 #
 # Environment: OUT (what comes back: randaugment.log, cuda_graph.json, cuda_graph.md; default
-# outputs/gpu_randaugment), BUDGET_S.
+# outputs/randaugment), BUDGET_S.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-T0=$(date +%s)
-SMOKE=${NFBENCH_SMOKE:-0}
-BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 900 || echo 300)}
-OUTDIR=${OUT:-outputs/gpu_randaugment}
-PY=${PYTHON:-python3}
-mkdir -p "$OUTDIR"
-exec > >(tee "$OUTDIR/randaugment.log") 2>&1
-say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-. scripts/device_env.sh
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true; } 2>/dev/null
-$PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
+NAME=randaugment DEFAULT_BUDGET_S=300
+. scripts/gpu_start.sh
 
 say "1. gpu-marked tests of the device pipeline and RandAugment"
-if $PY -c "import pytest" 2>/dev/null; then
-    timeout 90 $PY -m pytest -p no:cacheprovider -q -rs -m gpu tests/test_device_data.py tests/test_batch_augment.py
-    say "tests exit $?"
-else
-    say "pytest is not installed here: tests skipped"
-fi
+gpu_tests 90 tests/test_device_data.py tests/test_batch_augment.py
 
-LEFT=$(( BUDGET_S - ($(date +%s) - T0) - 5 ))
+LEFT=$(budget_left)
 say "2. benchmark, $LEFT s left for it"
 ARGS=(--randaugment --side-by-side 4 --out "$OUTDIR" --budget "$LEFT")
 [ "$SMOKE" = 1 ] && ARGS=(--randaugment --side-by-side 2 --out "$OUTDIR" --budget "$LEFT" --smoke)
