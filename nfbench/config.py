@@ -169,7 +169,7 @@ class InitConfig:
     """The initialisation scheme, the axis under study (conf/init/)."""
 
     name: str = "convshort"  # the scheme: bn, convshort, fixup, idshort, learnscalar, nf, plain, rezero, ...
-    # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
+    # he_fanin | he_fanout | brock; None takes the scheme's default (docs/science.md#scheme-defaults).
     weights: Optional[WeightRule] = None
     # The stem conv's rule alone, where the rules differ most (3 raw input channels): he_fanin | he_fanout |
     # brock; null: init.weights' rule, as every other conv.  Per unit input variance the CIFAR stem
@@ -279,7 +279,7 @@ class TrainerConfig:
 
 @dataclass
 class SppConfig:
-    """Signal propagation plots, ``nfbench spp`` (SPEC section 3; Civitelli et al. Fig. 2)."""
+    """Signal propagation plots, ``nfbench spp`` (docs/science.md#spp; Civitelli et al. Fig. 2)."""
 
     batch_size: int = 32  # images per measured batch
     # Independent repeats (network, inputs, labels); the plot shows their mean and min-max band.

@@ -1,6 +1,6 @@
 """Normalization-free schemes (``init=``): residual sum, branch normalisation, initialisation.
 
-SPEC section 2.  A scheme builds the parts of every residual block (conv,
+docs/science.md#schemes.  A scheme builds the parts of every residual block (conv,
 norm, shortcut, gate, the constant c of x_l = c * (h(x) + f(x))), the stem and
 the head; then its own ``initialise`` starts every tensor of the built network,
 under no_grad, from the structure the model exposes (``net.blocks``,
@@ -625,8 +625,8 @@ class ArpitWeightNorm(Scheme):
 
 
 def weight_rule(name: str, weights: Optional[str]) -> str:
-    """The weight rule a run of ``init=name`` applies: ``init.weights``, else the scheme's default (SPEC
-    section 2).  ConfigError for a scheme this version does not know."""
+    """The weight rule a run of ``init=name`` applies: ``init.weights``, else the scheme's default
+    (docs/science.md#scheme-defaults).  ConfigError for a scheme this version does not know."""
     return str(weights) if weights else SCHEMES.get(name).default_weights
 
 

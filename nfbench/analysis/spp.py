@@ -1,4 +1,4 @@
-"""Signal propagation at initialisation, measured at every residual block's output (SPEC section 3).
+"""Signal propagation at initialisation, measured at every residual block's output (docs/science.md#spp).
 
 Civitelli et al. (Fig. 2 and 6) plot, per residual block, the variance of the
 forward activations x_l and of the backward gradients dL/dx_l; Brock et al.

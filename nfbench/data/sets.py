@@ -23,7 +23,7 @@ from nfbench.registry import Registry
 log = logging.getLogger("nfbench")
 
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # docs/science.md#cifar-normalisation
 
 
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -1,4 +1,4 @@
-"""The model registry (``model=``): every architecture of SPEC section 1.
+"""The model registry (``model=``): every architecture of docs/science.md#architectures.
 
 Each registered model is a planner: given its config and the scheme, it applies the rules that
 guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
