@@ -173,9 +173,10 @@ class Data:
     """The run's data source and loaders; ``data.batch_size`` is the global batch, split over the ranks."""
 
     src: DataSource
-    train: DataLoader
-    test: DataLoader
-    val: Optional[DataLoader]
+    # DataLoaders, or nfbench.data.device's loaders (the same interface: iteration, len, .sampler)
+    train: Any
+    test: Any
+    val: Any
 
 
 @dataclass
