@@ -16,8 +16,16 @@ from nfbench.configstore import register_configs
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 # A tiny, fast training setup for tests that check mechanics rather than accuracy.
-TINY = ["data=digits", "data.train_subset=256", "data.test_subset=128", "data.batch_size=32",
-        "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false"]
+TINY = [
+    "data=digits",
+    "data.train_subset=256",
+    "data.test_subset=128",
+    "data.batch_size=32",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+]
 
 
 @pytest.fixture(scope="session")

@@ -18,21 +18,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, cast
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from nfbench import rundir
-from nfbench.engine.validation import validate
+from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 from nfbench.data.sets import DataSource
 from nfbench.data.source import build_source
+from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
 from nfbench.models.resnet import ResNet
-from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
-from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 
 log = logging.getLogger("nfbench")
 
@@ -167,14 +168,23 @@ def run_spp(cfg: DictConfig) -> dict:
     write_csv(rows, run_dir / CSV_NAME)
     figures = plot_model(rows, run_dir / "spp", cfg.spp.formats)
     first, last = rows[0], rows[-1]
-    log.info("%s / %s (%s), %d blocks: forward variance %.3g ... %.3g, backward variance %.3g ... %.3g "
-             "(shallowest ... deepest block); %s", cfg.model.name, cfg.init.name, first["weights"], len(rows),
-             first["fwd_var"], last["fwd_var"], first["bwd_var"], last["bwd_var"], run_dir / CSV_NAME)
+    log.info(
+        "%s / %s (%s), %d blocks: forward variance %.3g ... %.3g, backward variance %.3g ... %.3g "
+        "(shallowest ... deepest block); %s",
+        cfg.model.name,
+        cfg.init.name,
+        first["weights"],
+        len(rows),
+        first["fwd_var"],
+        last["fwd_var"],
+        first["bwd_var"],
+        last["bwd_var"],
+        run_dir / CSV_NAME,
+    )
     return {"csv": str(run_dir / CSV_NAME), "figures": [str(p) for p in figures]}
 
 
-def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int,
-            step: int) -> None:
+def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int, step: int) -> None:
     """Scalars ``spp_<stat>/block_NN`` of ``net`` on the first ``spp.batch_size`` images of ``loader``, for the
     run's step-wise curves (TensorBoard, wandb).
 

@@ -1,16 +1,14 @@
-"""What produced a run: code version, library versions, hardware (env.json).
-"""
+"""What produced a run: code version, library versions, hardware (env.json)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import platform
 import socket
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
