@@ -567,3 +567,26 @@ def test_seeds_on_different_pixels_are_never_averaged(tmp_path):
         assert dict(zip(table["data_copy"], table["seeds"])) == {"original": 2, "JPEG copy": 2, "unknown": 1}
     other = {"kind": "pixels", "train": "ab" * 32, "test": "cd" * 32}
     assert rep.copy_label(other) == "ab" * 6 and rep.copy_label({**other, "kind": "files"}) == "files:" + "ab" * 6
+
+
+def test_config_flattening_for_the_mixed_keys_is_json_normalize_with_json_values():
+    """The report's dotted keys (pandas' json_normalize), each value as JSON text so that 1, 1.0, "1", None and
+    a list compare as the config wrote them; an empty section has no key (what the hand-written walker did)."""
+    from nfbench.analysis.report import _flatten
+
+    config = {
+        "seed": 0,
+        "optim": {"lr": 0.1, "milestones": [30, 60]},
+        "logger": {},
+        "model": {"width": None},
+        "data": {"name": "cifar10", "aug": {"randaugment": True}},
+    }
+    assert _flatten(config) == {
+        "seed": "0",
+        "optim.lr": "0.1",
+        "optim.milestones": "[30, 60]",
+        "model.width": "null",
+        "data.name": '"cifar10"',
+        "data.aug.randaugment": "true",
+    }
+    assert _flatten({}) == {}

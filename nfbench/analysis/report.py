@@ -240,8 +240,12 @@ def collect_all(paths: Iterable[Path | str]) -> tuple[list[Run], list[tuple[Path
 
 
 def _flatten(d: dict) -> dict[str, str]:
-    """Dotted keys with comparable (JSON-text) values."""
-    return {k: json.dumps(v, sort_keys=True) for k, v in rundir.flatten(d).items()}
+    """Dotted keys (pandas' json_normalize: ``{"optim": {"lr": 0.1}}`` -> ``optim.lr``) with comparable
+    (JSON-text) values; an empty section has no key, a list is one value."""
+    if not d:
+        return {}
+    flat = pd.json_normalize(d, sep=".").to_dict(orient="records")[0]
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()}
 
 
 def _mixed(members: Sequence[Run], group_by: Sequence[str]) -> list[str]:

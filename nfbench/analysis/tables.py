@@ -15,7 +15,11 @@ def _cell(value: Any) -> str:
 
 def format_table(frame: pd.DataFrame, markdown: bool = False, right: Collection[str] = ()) -> str:
     """``frame`` as a Markdown table (unpadded: a renderer aligns it), or as plain text: columns padded
-    to their widest cell, those named in ``right`` right-aligned, a rule of dashes under the header."""
+    to their widest cell, those named in ``right`` right-aligned, a rule of dashes under the header.
+
+    Not ``DataFrame.to_markdown``: tabulate pads every cell to its column's width and writes alignment colons
+    (``|:-----|``), where the committed reports under docs/ (compared byte for byte by tests/test_report.py and
+    the results pages' tests) and summary's tables are unpadded ``|---|`` Markdown and aligned plain text."""
     header = [str(c) for c in frame.columns]
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     if markdown:

@@ -229,7 +229,9 @@ def log_to_file(run_dir: Path) -> None:
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
+    """A nested config as dotted keys: ``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``, in the config's own
+    key order, which resume's refusals list and the loggers record as hyperparameters (pandas' json_normalize,
+    which nfbench report flattens with, puts a level's plain values before its sections)."""
     if not isinstance(tree, dict):
         return {prefix[:-1]: tree}
     return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
