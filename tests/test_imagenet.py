@@ -1,6 +1,6 @@
 """data=imagenet on real ImageNet photographs (issue 26, item 1): an ImageFolder tree made from the 120 JPEGs of
 ../shared/data/imagenet-sample-120.tar.gz trains and evaluates through the real command with the standard
-recipe; grey, CMYK and PNG-named-JPEG files come out as torchvision's ImageFolder gives
+recipe, on both decode paths; grey, CMYK and PNG-named-JPEG files come out as torchvision's ImageFolder gives
 them; a truncated file is named before training."""
 
 from __future__ import annotations
@@ -68,22 +68,27 @@ RUN = ["data=imagenet", "model=resnet18", "model.width=4", "data.batch_size=15",
        "data.num_workers=2", "trainer.epochs=1", "trainer.progress=false", "logger=none", "trainer.device=cpu"]
 
 
-def test_imagenet_trains_and_evaluates_through_the_command(tree, tmp_path):
-    """2 steps over all 30 training files, the CMYK and the PNG among them, and the 12 val images evaluated."""
-    out = nfbench_train(*RUN, f"data.root={tree}", run_dir=tmp_path / "run")
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_imagenet_trains_and_evaluates_through_the_command(tree, tmp_path, decode):
+    """Both decode paths (gpu: the batched decode, here on the CPU device) train 2 steps over all 30 training
+    files, the CMYK and the PNG among them, and evaluate the 12 val images."""
+    out = nfbench_train(*RUN, f"data.root={tree}", f"data.decode={decode}", run_dir=tmp_path / "run")
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "finished" and result["epochs"] == 1 and np.isfinite(result["train_loss"])
     assert 0 <= result["test_top1"] <= 100 and result["test_top5"] == 100.0  # 4 classes: top-5 holds them all
     log = (tmp_path / "run" / "train.log").read_text()
     assert "30 train / 0 validation / 12 test images" in log
+    assert f"data.decode={decode}: " in log
+    if decode == "gpu":  # the PNG is decoded by PIL in its worker, and the log says so (CMYK likewise)
+        assert "_png.JPEG is a PNG file" in log and "_cmyk.JPEG is a CMYK JPEG" in log
 
 
 def test_grey_cmyk_and_png_files_come_out_as_torchvision_imagefolder_gives_them(make_cfg, tree):
-    """nfbench reads the tree with torchvision's ImageFolder, whose loader is PIL's convert("RGB"): every
+    """The cpu path reads the tree with torchvision's ImageFolder, whose loader is PIL's convert("RGB"): every
     file, grey, CMYK and PNG included, is those RGB pixels, and the network sees exactly torchvision's
     standard recipe applied to them (RandomResizedCrop 224 + flip; Resize 256 + CenterCrop 224)."""
-    src = build_source(make_cfg(["data=imagenet", f"data.root={tree}"]).data)
+    src = build_source(make_cfg(["data=imagenet", f"data.root={tree}", "data.decode=cpu"]).data)
     ref = tvd.ImageFolder(str(tree / "train"))
     assert src.train.base.samples == ref.samples and len(ref) == 30
     kinds = set()
@@ -108,13 +113,14 @@ def test_grey_cmyk_and_png_files_come_out_as_torchvision_imagefolder_gives_them(
             assert x.shape == (3, 224, 224)
 
 
-def test_a_truncated_file_is_named_before_training(tree, tmp_path):
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_a_truncated_file_is_named_before_training(tree, tmp_path, decode):
     """The up-front check (data.verify) reads every file's end: a JPEG cut in half is one line naming it, and
     no run directory is left behind."""
     damaged = tmp_path / "data"
     shutil.copytree(tree, damaged)
     cut = sorted((damaged / "val" / "c2").iterdir())[0]
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    message = refusal(nfbench_train(*RUN, f"data.root={damaged}", run_dir=tmp_path / "run"))
+    message = refusal(nfbench_train(*RUN, f"data.root={damaged}", f"data.decode={decode}", run_dir=tmp_path / "run"))
     assert message.startswith(f"image {cut} cannot be read (") and "data.skip_corrupt=true" in message
     assert not (tmp_path / "run").exists()

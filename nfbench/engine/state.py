@@ -165,6 +165,9 @@ class Data:
     train: DataLoader
     test: DataLoader
     val: Optional[DataLoader]
+    # Where the images are decoded, as data.decode resolved (nfbench.data.gpu_decode.decode_choice): "cpu" or
+    # "gpu"; None for data sets it does not apply to.  Checkpoints record it (nfbench.data.source.identity).
+    decode: Optional[str] = None
 
 
 @dataclass
