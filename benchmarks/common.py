@@ -42,7 +42,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
 
     from nfbench.cli.main import CONF_DIR
-    from nfbench.config import register_configs
+    from nfbench.configstore import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
