@@ -41,6 +41,10 @@ from common import compose, sync, write_fake_cifar10
 MODES = {
     "eager": [],
     "cuda_graph": ["trainer.cuda_graph=true"],
+    # Issue 22: RandAugment (2 ops, magnitude 9), built on the device in a CUDA graph of its own beside the
+    # captured step, against today's other path: eager steps, RandAugment in 8 CPU worker processes.
+    "cuda_graph+randaugment": ["trainer.cuda_graph=true", "data.randaugment=true"],
+    "eager+randaugment-workers": ["data.randaugment=true", "data.num_workers=8"],
     "compile": ["trainer.compile=true"],
     "compile-reduce-overhead": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
 }
@@ -49,6 +53,10 @@ PLAN = [("resnet18", "eager"), ("resnet18", "cuda_graph"), ("resnet50", "eager")
         ("resnet18", "compile"), ("resnet18", "compile-reduce-overhead"), ("resnet50", "compile"),
         ("resnet50", "compile-reduce-overhead")]
 TIMEOUT_S = {"eager": 45, "cuda_graph": 45, "compile": 90, "compile-reduce-overhead": 100}
+RANDAUGMENT_PLAN = [("resnet18", "cuda_graph"), ("resnet18", "cuda_graph+randaugment"),
+                    ("resnet18", "eager+randaugment-workers"), ("resnet50", "cuda_graph"),
+                    ("resnet50", "cuda_graph+randaugment"), ("resnet50", "eager+randaugment-workers")]
+TIMEOUT_S.update({"cuda_graph+randaugment": 45, "eager+randaugment-workers": 60})
 MIN_START_S = 20  # a configuration is not started with less budget than this left
 
 
@@ -98,7 +106,7 @@ def run_one(args: argparse.Namespace) -> None:
     import nfbench.engine.metrics as em
     from nfbench.engine.loop import train
 
-    if args.smoke and args.mode == "cuda_graph":  # no CUDA here: the graphed step's code, run eagerly
+    if args.smoke and args.mode.startswith("cuda_graph"):  # no CUDA here: the graphed step's code, run eagerly
         import nfbench.engine.loop as nt
 
         nt.check_device = lambda device, world_size: None
@@ -124,7 +132,7 @@ def run_one(args: argparse.Namespace) -> None:
            "epoch_s": epoch_s, "first_epoch_s": rows[0]["epoch_s"], "first_epoch_extra_s": rows[0]["epoch_s"] - epoch_s,
            "first_epoch_loss": rows[0]["train_loss"], "step_losses": first[0].losses.float().cpu().tolist(),
            "steps_per_epoch": len(first[0].sizes)}
-    if args.mode == "cuda_graph":
+    if args.mode == "cuda_graph" and not args.no_pure:
         out["pure_images_per_s"] = pure_replay(cfg, args.replay_steps)
     print(json.dumps(out))
 
@@ -174,6 +182,35 @@ def table(rows: list[dict], compare_steps: int) -> str:
     return "\n".join(lines)
 
 
+def randaugment_ratios(rows: list[dict]) -> str:
+    """Each model's graphed epoch with RandAugment against the same epoch without it (target: >= 0.9)."""
+    rate = {(r["model"], r["mode"]): r["images_per_s"] for r in rows if "images_per_s" in r}
+    lines = [f"{m}: graphed with RandAugment / without = {rate[(m, 'cuda_graph+randaugment')] / rate[(m, 'cuda_graph')]:.3f}"
+             + (f"; eager, RandAugment in workers / graphed without = "
+                f"{rate[(m, 'eager+randaugment-workers')] / rate[(m, 'cuda_graph')]:.3f}"
+                if (m, "eager+randaugment-workers") in rate else "")
+             for m in dict.fromkeys(r["model"] for r in rows)
+             if (m, "cuda_graph") in rate and (m, "cuda_graph+randaugment") in rate]
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def side_by_side(args: argparse.Namespace, t_start: float) -> str:
+    """K processes of resnet18 cuda_graph+randaugment at once, each timed by nfbench itself."""
+    cmd = [sys.executable, __file__, "--model", "resnet18", "--mode", "cuda_graph+randaugment", "--data",
+           str(args.data), "--batch", str(args.batch), "--test-images", str(args.test_images), "--epochs",
+           str(args.epochs), "--precision", args.precision, "--init", args.init, "--no-pure"]
+    cmd += ["--smoke"] if args.smoke else []
+    print(f"[{time.perf_counter() - t_start:.0f} s] {args.side_by_side} x resnet18 cuda_graph+randaugment", flush=True)
+    children = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(args.side_by_side)]
+    rates = []
+    for child in children:
+        out, _ = child.communicate(timeout=max(60.0, args.budget))
+        rates.append(json.loads(out.strip().splitlines()[-1])["images_per_s"] if child.returncode == 0 else 0.0)
+    return (f"\n\n{args.side_by_side} side by side, resnet18 cuda_graph+randaugment: "
+            f"{' + '.join(f'{r:,.0f}' for r in rates)} = {sum(rates):,.0f} images/s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("outputs/cuda_graph"))
@@ -188,6 +225,11 @@ def main() -> None:
     p.add_argument("--replay-steps", type=int, default=300)
     p.add_argument("--compare-steps", type=int, default=50)
     p.add_argument("--only", nargs="*", default=None, help="MODEL:MODE pairs to run (default: the whole plan)")
+    p.add_argument("--randaugment", action="store_true",
+                   help="issue 22's plan: each model graphed with and without RandAugment, and the worker path")
+    p.add_argument("--side-by-side", type=int, default=0, metavar="K",
+                   help="then K processes of resnet18 cuda_graph+randaugment at once: their aggregate images/s")
+    p.add_argument("--no-pure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -203,7 +245,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nfbench-cuda-graph-"))
     args.data = write_fake_cifar10(work / "data", args.train_images, args.test_images)
-    plan = [tuple(s.split(":")) for s in args.only] if args.only else PLAN
+    plan = [tuple(s.split(":")) for s in args.only] if args.only else RANDAUGMENT_PLAN if args.randaugment else PLAN
     rows: list[dict] = []
     for model, mode in plan:
         left = args.budget - (time.perf_counter() - t_start)
@@ -221,7 +263,9 @@ def main() -> None:
             print(f"[{time.perf_counter() - t_start:.0f} s] {model} {mode} (limit {limit:.0f} s)", flush=True)
             row.update(launch(cmd, limit))
         rows.append(row)
-    md = table(rows, args.compare_steps)
+    md = table(rows, args.compare_steps) + randaugment_ratios(rows)
+    if args.side_by_side:
+        md += side_by_side(args, t_start)
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "cpu_count": os.cpu_count(), "batch": args.batch, "precision": args.precision, "init": args.init,
            "train_images": args.train_images, "epochs": args.epochs, "smoke": args.smoke,

@@ -4,10 +4,11 @@ Pipelines, all on CIFAR-10-shaped data (random pixels, nfbench's ``data=cifar10`
 delivering normalised float batches on the training device:
 
 - device: crop + flip, batched on the device (``data.on_device=true``, the default for CIFAR);
-- device + RandAugment, each sample's ops applied a group at a time (``data.num_workers=0``);
+- device + RandAugment as whole-batch tensor ops, every sample its own ops (``data.num_workers=0``);
+- the same, captured in a CUDA graph and replayed (what ``trainer.cuda_graph=true`` trains with; eager on a CPU);
 - device + RandAugment, torchvision's RandAugment called on each image in turn (the alternative);
-- workers + RandAugment grouped by op: the same batches built on the CPU in ``--workers``
-  processes from the plan the training process draws (``data.num_workers=N``);
+- workers + RandAugment: the same batches built on the CPU in ``--workers`` processes from the
+  plan the training process draws (``data.num_workers=N``);
 - workers, per sample: the DataLoader path, torchvision's per-sample transforms in ``--workers``
   processes (pinned memory, persistent workers), with and without RandAugment.
 
@@ -38,7 +39,8 @@ from common import (amp_context, base_parser, compose, device_of, footer, header
 
 from nfbench.data.source import build_source
 from nfbench.data.loaders import build_loaders
-from nfbench.data.device import BatchRandAugment, DeviceLoader
+from nfbench.data.augment import BatchRandAugment
+from nfbench.data.device import DeviceLoader
 from nfbench.models import build_model
 from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import build_scheme
@@ -47,8 +49,14 @@ from nfbench.schemes import build_scheme
 class PerSampleRandAugment(BatchRandAugment):
     """The obvious alternative on the device: torchvision's RandAugment on each image in turn."""
 
-    def apply(self, x, perm, inverse, counts):  # noqa: ARG002 - this variant draws its own ops
-        return torch.stack([self._ra(img) for img in x])
+    def __init__(self, num_ops: int, magnitude: int, image_size: tuple[int, int]) -> None:
+        from torchvision.transforms import v2
+
+        super().__init__(num_ops, magnitude, image_size)
+        self.per_image = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def __call__(self, x, ops, signs):  # this variant draws its own ops
+        return torch.stack([self.per_image(img) for img in x])
 
 
 def pipeline_rate(loader, device: torch.device, batches: int, warmup: int = 0) -> float:
@@ -98,21 +106,24 @@ def cifar_rows(device: torch.device, batches: int, workers: int, base: list[str]
     base = ["data=cifar10", f"data.root={root}", "data.download=false", *base]
     rows: list[tuple[str, float]] = []
 
-    def loader(*overrides: str):
+    def loader(*overrides: str, capture: bool = False):
         cfg = compose([*base, *overrides])
-        return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device)[0]
+        return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device,
+                             capture=capture)[0]
 
     on_device = ["data.on_device=true", "data.num_workers=0"]
     rows.append(("device: crop+flip", pipeline_rate(loader(*on_device), device, batches)))
-    grouped = loader(*on_device, "data.randaugment=true")
-    rows.append(("device: crop+flip+RandAugment, grouped by op", pipeline_rate(grouped, device, batches)))
+    whole = loader(*on_device, "data.randaugment=true")
+    rows.append(("device: crop+flip+RandAugment, whole-batch ops", pipeline_rate(whole, device, batches)))
+    captured = loader(*on_device, "data.randaugment=true", capture=True)
+    rows.append(("device: crop+flip+RandAugment, captured in a CUDA graph" if cuda else
+                 "device: crop+flip+RandAugment, captured path (eager: no CUDA)", pipeline_rate(captured, device, batches)))
     per_sample: DeviceLoader = loader(*on_device, "data.randaugment=true")
-    ra = grouped.augment.randaugment
-    per_sample.augment.randaugment = \
-        PerSampleRandAugment(ra.num_ops, ra._ra.magnitude, (32, 32))
+    ra = whole.augment.randaugment
+    per_sample.augment.randaugment = PerSampleRandAugment(ra.num_ops, ra.magnitude, (32, 32))
     rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
     in_workers = loader("data.on_device=true", "data.randaugment=true", f"data.num_workers={workers}")
-    rows.append((f"{workers} workers: crop+flip+RandAugment, grouped by op",
+    rows.append((f"{workers} workers: crop+flip+RandAugment, whole-batch ops",
                  pipeline_rate(in_workers, device, batches, warmup=2 * workers)))
     del in_workers
     for ra_on in ("false", "true"):

@@ -1,17 +1,18 @@
-"""RandAugment on one batch: nfbench.data.augment (whole-batch ops, graph-capturable) against
-nfbench.data.device's grouped version (the batch sorted by draw, torchvision's op per group).
+"""RandAugment on one batch: nfbench.data.augment (whole-batch ops, every sample its own, capturable in a
+CUDA graph) against torchvision's v2.RandAugment called on each image in turn.
 
-Both on the same images (real CIFAR-10 test images from ../shared/data when present, random
-pixels otherwise), the same num_ops and magnitude, interleaved rounds, medians. Per batch:
+On the same images (real CIFAR-10 test images from ../shared/data when present, random pixels otherwise),
+the same num_ops and magnitude, interleaved rounds, medians. Per batch:
 
-- grouped apply: ``device_data.BatchRandAugment.apply`` with its plan (sort permutations and group
-  sizes) made beforehand, as ``DeviceLoader`` makes it once per epoch on the host;
-- grouped plan: that per-batch share of the plan (draw keys, argsort, bincount to the host);
-- whole-batch apply: ``batch_augment.BatchRandAugment.__call__`` with its draws made beforehand;
-- whole-batch draw: ``batch_augment.BatchRandAugment.draw``;
-- per image: ``v2.RandAugment`` called on each image in turn (for scale).
+- whole-batch apply: ``BatchRandAugment.__call__`` with its draws made beforehand (as ``DeviceLoader``
+  draws them once per epoch);
+- whole-batch draw: ``BatchRandAugment.draw``;
+- per image: ``v2.RandAugment`` on each image in turn.
 
-Prints milliseconds per batch and the ratios whole-batch / grouped (below 1: whole-batch is faster).
+The version that grouped the batch by draw and called torchvision per group (benchmarks/README.md (2c),
+first table) reached into torchvision's private members and is gone (issues 22 and 24).
+
+Prints milliseconds per batch and the ratio whole-batch / per image.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from torchvision.transforms import v2
 from common import device_of, footer, header, median, timed
 
 from nfbench.data import augment as batch_augment
-from nfbench.data import device as device_data
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -50,14 +50,6 @@ def cifar_images(n: int) -> tuple[torch.Tensor, str]:
     return torch.stack(images), f"{n} CIFAR-10 test images"
 
 
-def grouped_plan(ra: device_data.BatchRandAugment, n: int, gen: torch.Generator):
-    """What DeviceLoader._plan_randaugment makes for one batch: sort permutations, inverses, group sizes."""
-    keys = ra.draw(n, gen).T
-    perm = torch.argsort(keys, dim=1, stable=True)
-    counts = torch.stack([torch.bincount(row, minlength=ra.num_keys) for row in keys]).tolist()
-    return perm, torch.argsort(perm, dim=1), counts
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -71,20 +63,13 @@ def main() -> None:
     x, what = cifar_images(a.batch)
     x = x.to(device)
     header(f"RandAugment(num_ops={a.num_ops}, magnitude={a.magnitude}) on a batch of {a.batch} ({what})", device)
-    grouped = device_data.BatchRandAugment(a.num_ops, a.magnitude, (32, 32))
     whole = batch_augment.BatchRandAugment(a.num_ops, a.magnitude, (32, 32))
     gen = torch.Generator(device).manual_seed(0)
-    cpu_gen = torch.Generator().manual_seed(0)
     per_image = v2.RandAugment(a.num_ops, a.magnitude)
-    times: dict[str, list[float]] = {k: [] for k in ("grouped apply", "grouped plan", "whole apply", "whole draw",
-                                                     "per image")}
+    times: dict[str, list[float]] = {k: [] for k in ("whole apply", "whole draw", "per image")}
     for r in range(a.rounds + 2):  # two warm-up rounds, not counted
-        perm, inverse, counts = grouped_plan(grouped, a.batch, cpu_gen)
-        perm, inverse = perm.to(device), inverse.to(device)
         ops, signs = whole.draw(a.batch, gen)
         round_times = {
-            "grouped plan": timed(lambda: grouped_plan(grouped, a.batch, cpu_gen), device),
-            "grouped apply": timed(lambda: grouped.apply(x, perm, inverse, counts), device),
             "whole draw": timed(lambda: whole.draw(a.batch, gen), device),
             "whole apply": timed(lambda: whole(x, ops, signs), device),
             "per image": timed(lambda: [per_image(img) for img in x], device),
@@ -95,9 +80,7 @@ def main() -> None:
     ms = {k: 1000 * median(v) for k, v in times.items()}
     for k, v in ms.items():
         print(f"{k:16s} {v:8.2f} ms per batch")
-    print(f"whole apply / grouped apply:                   {ms['whole apply'] / ms['grouped apply']:.2f}")
-    print(f"(whole draw + apply) / (grouped plan + apply): "
-          f"{(ms['whole draw'] + ms['whole apply']) / (ms['grouped plan'] + ms['grouped apply']):.2f}")
+    print(f"whole apply / per image: {ms['whole apply'] / ms['per image']:.2f}")
     footer()
 
 

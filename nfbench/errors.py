@@ -24,3 +24,7 @@ class Preempted(SystemExit):
 class RunDirectoryError(RuntimeError):
     """A run-directory file that cannot be written (full or read-only disk) or read back (damaged);
     the message names the path and what to do."""
+
+
+# What a user can fix from a one-line message: the command ends with it (exit 2), a sweep records the point as invalid.
+USER_ERRORS = (ConfigError, DataError, DataNotFoundError, RunDirectoryError)

@@ -125,30 +125,57 @@ def test_flip_mirrors_about_half_the_images(make_cfg):
 
 
 def test_randaugment_gives_each_sample_its_own_op(make_cfg):
-    """With one op per image, every output is torchvision's RandAugment op (either sign) applied to that
-    image alone, and one batch holds many different ops."""
-    from torchvision.transforms import v2
+    """With one op per image, every output is one of torchvision's RandAugment ops (either sign) applied to
+    that image alone (torchvision.transforms.v2.functional, as v2.RandAugment calls it), and one batch holds
+    many different ops."""
+    from nfbench.data.augment import OPS
+    from tests.test_batch_augment import reference, tv_magnitude
 
     cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=false", "data.randaugment=true",
                    "data.randaugment_n=1", "data.randaugment_m=15", "data.batch_size=32")
     src, raw = make_source(cfg, size=12)
     loader, _ = build_loaders(cfg.data, src, seed=0)
-    ra = v2.RandAugment(num_ops=1, magnitude=15)
     used = set()
     for x, y in epoch_batches(loader, 0):
         for img, i in zip(to_uint8(x), y.tolist()):
-            matches = set()
-            for name, (magnitudes_fn, signed) in ra._AUGMENTATION_SPACE.items():
-                mags = magnitudes_fn(31, 12, 12)
-                mag = float(mags[15]) if mags is not None else 0.0
-                for m in ({mag, -mag} if signed else {mag}):
-                    out = ra._apply_image_or_video_transform(raw[i], name, m, interpolation=ra.interpolation,
-                                                             fill=ra._fill)
-                    if torch.equal(img, out):
-                        matches.add(name)
+            matches = {op for op in OPS for negated in (False, True)
+                       if torch.equal(img, reference(raw[i], op, tv_magnitude(op, 15, 12, 12, negated)))}
             assert matches, f"sample {i} is none of RandAugment's ops on its own image"
             used |= matches
     assert len(used) >= 10  # 64 draws from 14 ops
+
+
+def test_with_the_step_captured_randaugment_leaves_the_workers_and_the_batches_stay(make_cfg):
+    """capture (trainer.cuda_graph on CUDA): every batch is built in the training process, through the
+    CapturedBuilder (eager on a CPU), even with data.num_workers set: the same batches as the workers build."""
+    common = ["data.randaugment=true", "data.batch_size=16", "data.num_workers=2"]
+    cfg = cfg_with(make_cfg, *common)
+    src, _ = make_source(cfg, size=8)
+    workers, _ = build_loaders(cfg.data, src, seed=0)
+    captured, _ = build_loaders(cfg.data, src, seed=0, capture=True)
+    assert workers._workers is not None and captured._workers is None and captured.captured is not None
+    assert not captured.captured.capture  # no CUDA here: built eagerly, through the same function
+    for (x, y), (cx, cy) in zip(epoch_batches(workers, 1, 1), epoch_batches(captured, 1, 1), strict=True):
+        assert torch.equal(y, cy) and torch.equal(x, cx)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_captured_batches_equal_the_eager_ones_on_cuda(make_cfg):
+    """The batch builder captured in a CUDA graph and replayed gives the eager builder's batches, RandAugment
+    included, and its replays make no host sync."""
+    cfg = cfg_with(make_cfg, "data.randaugment=true", "data.batch_size=16")
+    src, _ = make_source(cfg, n=128)
+    cuda = torch.device("cuda")
+    eager = epoch_batches(build_loaders(cfg.data, src, seed=0, device=cuda)[0], 1)
+    loader, _ = build_loaders(cfg.data, src, seed=0, device=cuda, capture=True)
+    assert loader.captured.capture
+    loader.sampler.set_epoch(1)
+    torch.manual_seed(0)
+    got = [(x.clone(), y.clone()) for x, y in loader]  # the static batch is overwritten by the next replay
+    assert loader.captured.graph is not None and len(got) == len(eager)
+    for (x, y), (ex, ey) in zip(got, eager, strict=True):
+        assert torch.equal(y, ey) and torch.equal(x, ex)
 
 
 def test_randaugment_of_zero_ops_leaves_crop_and_flip(make_cfg):

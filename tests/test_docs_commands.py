@@ -93,6 +93,9 @@ COMPOSE: dict[str, dict[str, Any]] = {
         {"data.name": "cifar10", "trainer.epochs": 200, "trainer.checkpoint_every_steps": 500},
     "nfbench train -m hydra/launcher=parallel hydra.launcher.n_jobs=4 experiment=civitelli_cifar10_resnet18 seed=0":
         {**CIVITELLI_RECIPE, "data.name": "cifar10", "model.name": "resnet18"},
+    "nfbench train -m hydra/launcher=packed hydra.launcher.runs_per_process=4 experiment=civitelli_cifar10_resnet18 "
+    "trainer.cuda_graph=true seed=0,1,2,3":
+        {**CIVITELLI_RECIPE, "model.name": "resnet18", "trainer.cuda_graph": True, "seed": 0},
     "nfbench train -m experiment=lr_search init=convshort": {"init.name": "convshort"},
     "nfbench train -m experiment=lr_search init=fixup hydra/launcher=parallel hydra.sweeper.n_jobs=4":
         {"init.name": "fixup"},

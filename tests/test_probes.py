@@ -167,10 +167,23 @@ def test_a_checkpoint_of_another_network_is_one_line(make_cfg, tmp_path, monkeyp
 
 # --- 4. A branched resume names one best epoch everywhere ---------------------------------------------
 
-# On these 256 digits at a constant lr of 2 the BatchNorm network reaches its best test top-1 at epoch 3 and
-# falls at epoch 5 (measured: 10.94, 10.94, 11.72, 11.72, 5.47): the best (the first of the highest, as best.pt's
-# rule has it) is epoch 3, and a run that knew only epochs 4-5 would call epoch 4 or 5 its best.
-FLAT = [*TINY, "init=bn", "optim.lr=2.0", "sched=constant", "trainer.epochs=5", "logger=none"]
+# The test top-1 of each epoch is scripted, not trained for: a real curve at a high learning rate peaks at a
+# different epoch on another CPU (CI's did), and these tests are about bookkeeping, not about the curve. The
+# scripted curve peaks at epochs 3 and 4 and falls at 5: the best (the first of the highest, as best.pt's rule
+# has it) is epoch 3, and a run that knew only epochs 4-5 would call epoch 4 its best.
+FLAT = [*TINY, "init=bn", "sched=constant", "trainer.epochs=5", "logger=none"]
+CURVE = (10.0, 10.0, 12.5, 12.5, 5.0)  # test top-1 after epochs 1..5
+
+
+@pytest.fixture
+def scripted_curve(monkeypatch):
+    """Every evaluation reports CURVE's value for the epoch just trained (and no validation split)."""
+    import nfbench.engine.loop as loop_module
+
+    def scripted(loop, evaluations, epoch, stats):
+        return {"test_loss": 100.0 - CURVE[epoch], "test_top1": CURVE[epoch], "test_top5": 50.0}
+
+    monkeypatch.setattr(loop_module, "_evaluate_epoch", scripted)
 
 
 def best_everywhere(run: Path) -> tuple:
@@ -182,25 +195,25 @@ def best_everywhere(run: Path) -> tuple:
     return result(run)["best_epoch"], rundir.load_checkpoint(run / "checkpoints" / rundir.BEST)["epoch"], weights_epoch
 
 
-def test_branch_inherits_the_history_and_best_of_the_run_it_continues(make_cfg, tmp_path, monkeypatch):
+def test_branch_inherits_the_history_and_best_of_the_run_it_continues(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(4, make_cfg(FLAT, source), monkeypatch)
     done = train(make_cfg([*FLAT, f"trainer.resume={source}"], branch))
     whole = train(make_cfg(FLAT, tmp_path / "whole"))  # the same run, never interrupted
-    assert whole["best_epoch"] == 3 and whole["test_top1"] < whole["best_test_top1"]  # what the test relies on
+    assert (whole["best_epoch"], whole["best_test_top1"], whole["test_top1"]) == (3, 12.5, 5.0)
     assert done["epochs"] == 5 and [r["epoch"] for r in rundir.read_metrics(branch / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert best_everywhere(branch) == (3, 3, 3)
     assert (done["best_test_top1"], done["test_top1"]) == (whole["best_test_top1"], whole["test_top1"])
 
 
-def test_branch_from_the_best_epochs_own_checkpoint_saves_it_as_best(make_cfg, tmp_path, monkeypatch):
+def test_branch_from_the_best_epochs_own_checkpoint_saves_it_as_best(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(3, make_cfg(FLAT, source), monkeypatch)
     train(make_cfg([*FLAT, f"trainer.resume={source}"], branch))
     assert best_everywhere(branch) == (3, 3, 3)
 
 
-def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg, tmp_path, monkeypatch):
+def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg, tmp_path, monkeypatch, scripted_curve):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(4, make_cfg(FLAT, source), monkeypatch)
     (source / "checkpoints" / rundir.BEST).unlink()  # the best epoch's weights are gone

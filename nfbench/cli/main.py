@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import hydra
 from omegaconf import DictConfig
@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from nfbench.config import OPTION_SCHEMAS
 from nfbench.configstore import register_configs
 from nfbench.engine.validation import validate
-from nfbench.errors import ConfigError, DataError, DataNotFoundError, RunDirectoryError
+from nfbench.errors import USER_ERRORS, ConfigError
 from nfbench.engine.sweep import in_multirun
 from nfbench.cli.refusal import refuse
 from nfbench.cli.help import register_help
@@ -83,7 +83,7 @@ def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
         SWEEP.started = True
         try:
             return fn(cfg)
-        except (ConfigError, DataError, DataNotFoundError, RunDirectoryError) as e:
+        except USER_ERRORS as e:
             if multirun:
                 _record_invalid(cfg, e)
                 return None
@@ -110,6 +110,41 @@ def _validated_train(cfg: DictConfig) -> dict:
     from nfbench.engine.loop import train
 
     return train(cfg, plan)
+
+
+# The jobs of a pack (hydra/launcher=packed, hydra_plugins/nfbench_packed_launcher): _train cut where the pack
+# trains, so that a job of a pack is refused, recorded and scored as a job alone is.
+
+def trains(task_function: Callable[..., Any]) -> bool:
+    """Whether ``task_function`` is ``nfbench train``'s, the one task a pack runs; the jobs of every other
+    command (``nfbench summary -m``, ``spp -m``) are launched one after the other, as without packing."""
+    return task_function is getattr(_train, "__wrapped__", None)
+
+
+def _start(cfg: DictConfig) -> Any:
+    from nfbench.engine.loop import start_of
+
+    return start_of(cfg, validate(cfg))
+
+
+def prepare_packed_job(cfg: DictConfig) -> Optional[Any]:
+    """_train up to the training: the job's :class:`nfbench.engine.loop.RunStart`, or None for a job refused
+    by validation or the checks made before any file (recorded as an invalid point in its job directory)."""
+    return _user_errors(_start, sweep_points=True)(cfg)
+
+
+def score_packed_job(cfg: DictConfig, outcome: Optional[dict | Exception]) -> float:
+    """_train after the training: the job's value for the sweeper from its run's result, from the error that
+    ended it (a user error is recorded as an invalid point; any other is raised, as a job alone raises it)
+    or from None, a job :func:`prepare_packed_job` refused."""
+    from nfbench.cli.objective import objective
+
+    if isinstance(outcome, USER_ERRORS):
+        _record_invalid(cfg, outcome)
+        return objective(cfg, None)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return objective(cfg, outcome)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="spp_command", version_base=None)

@@ -4,10 +4,12 @@ CIFAR-sized data (CIFAR, or a small image folder decoded once by
 nfbench/data/folders.py) fits in GPU memory as uint8 (150 MB for CIFAR-10), so the
 training loop needs no host-to-device copies: each batch is gathered, cropped,
 flipped and normalised on the device in a handful of kernels, with the same
-recipe as :func:`nfbench.data.transforms`.  RandAugment is applied to whole
-groups of samples at a time, on the device, or, with ``data.num_workers`` > 0,
-in worker processes on the CPU so that its many small kernels do not compete
-with the model's for the training process's time.
+recipe as :func:`nfbench.data.transforms`.  RandAugment is whole-batch tensor ops
+(:mod:`nfbench.data.augment`: every sample its own ops, bit for bit torchvision's), applied on
+the device, or, with ``data.num_workers`` > 0, in worker processes on the CPU so that its many
+small kernels do not compete with the model's for the training process's time.  With the step
+captured (``trainer.cuda_graph`` on CUDA) a batch is built on the device in a CUDA graph of its
+own (:class:`CapturedBuilder`), workers or not.
 
 :class:`DeviceLoader` is a drop-in for the training ``DataLoader``: it reads its
 order from the same ``DistributedSampler`` (so ``sampler.set_epoch`` and the
@@ -22,14 +24,14 @@ never waits on the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
+from nfbench.data.augment import BatchRandAugment
 from nfbench.data.sets import DataSource, held_images
 from nfbench.data.source import worker_context
 from nfbench.errors import ConfigError
@@ -45,59 +47,6 @@ def in_memory(ds: Dataset) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     return held.images[indices], held.labels[indices]
 
 
-class BatchRandAugment:
-    """torchvision's RandAugment (Cubuk et al. 2020) with every sample drawing its own ops,
-    applied to a whole batch one op at a time.
-
-    ``v2.RandAugment`` picks one op for everything it is given, so on a batch it would
-    augment all images alike.  Here each sample draws ``num_ops`` (op, sign) pairs exactly as
-    ``v2.RandAugment.forward`` does for one image; the batch is then sorted by draw and
-    torchvision's own op is applied to each contiguous group: one call per distinct draw
-    (at most 24 per layer) instead of one per sample.  Measured against a per-sample loop
-    and against CPU worker processes in ``benchmarks/data_pipeline.py``.
-    """
-
-    def __init__(self, num_ops: int, magnitude: int, image_size: tuple[int, int]) -> None:
-        # torchvision keeps its op table and op dispatch as underscored members of the transform;
-        # using them keeps the ops, magnitudes and fill identical to the per-sample path.
-        self._ra = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
-        self.num_ops = num_ops
-        h, w = image_size
-        self.ops: list[tuple[str, float, bool]] = []  # (name, magnitude, signed)
-        for name, (magnitudes_fn, signed) in self._ra._AUGMENTATION_SPACE.items():
-            mags = magnitudes_fn(self._ra.num_magnitude_bins, h, w)
-            mag = float(mags[magnitude]) if mags is not None else 0.0
-            self.ops.append((name, mag, signed and mags is not None))
-
-    @property
-    def num_keys(self) -> int:
-        return 2 * len(self.ops)
-
-    def draw(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """Keys (n, num_ops): op index * 2 + 1 where the magnitude is negated (signed ops only)."""
-        op = torch.randint(len(self.ops), (n, self.num_ops), generator=gen)
-        negative = torch.rand(n, self.num_ops, generator=gen) <= 0.5  # v2.RandAugment's own test
-        signed = torch.tensor([s for _, _, s in self.ops])[op]
-        return op * 2 + (negative & signed).long()
-
-    def apply(self, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor,
-              counts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Apply layer after layer; ``perm[l]`` sorts the batch by layer l's keys, ``counts[l][k]``
-        is how many samples drew key k, ``inverse[l]`` puts them back."""
-        for layer in range(self.num_ops):
-            grouped = x.index_select(0, perm[layer])
-            start, parts = 0, []
-            for key, count in enumerate(counts[layer]):
-                if count:
-                    name, mag, _ = self.ops[key // 2]
-                    parts.append(self._ra._apply_image_or_video_transform(
-                        grouped[start:start + count], name, -mag if key % 2 else mag,
-                        interpolation=self._ra.interpolation, fill=self._ra._fill))
-                    start += count
-            x = torch.cat(parts).index_select(0, inverse[layer])
-        return x
-
-
 @dataclass
 class Augment:
     """The training recipe of small images: random crop with zero padding, flip, RandAugment."""
@@ -109,33 +58,25 @@ class Augment:
 
 @dataclass
 class BatchPlan:
-    """Every random draw behind one batch, on the host or the device that builds it."""
+    """Every random draw behind one batch, on the host or the device that builds it: tensors of fixed
+    shapes, so that building a batch from them can be captured in a CUDA graph (:class:`CapturedBuilder`)."""
 
     index: torch.Tensor  # (b,) sample indices
     offset: torch.Tensor  # (b,) crop corner in the flattened padded image: top * padded_width + left
     flip: torch.Tensor  # (b,) 1 where the image is mirrored, int64 (it indexes the gather table)
-    ra_perm: Optional[torch.Tensor]  # (num_ops, b): sorts the batch by each layer's RandAugment draw
-    ra_inverse: Optional[torch.Tensor]  # (num_ops, b): puts it back
-    ra_counts: list[list[int]]  # per layer, how many samples drew each key (slice sizes, on the host)
+    ra_ops: Optional[torch.Tensor]  # (b, num_ops) RandAugment's ops (nfbench/data/augment.py), or None
+    ra_signs: Optional[torch.Tensor]  # (b, num_ops) their signs
+
+    def tensors(self) -> list[Optional[torch.Tensor]]:
+        return [self.index, self.offset, self.flip, self.ra_ops, self.ra_signs]
 
 
 @dataclass
-class EpochPlan:
+class EpochPlan(BatchPlan):
     """The draws of a whole epoch; sliced into one :class:`BatchPlan` per batch."""
 
-    index: torch.Tensor
-    offset: torch.Tensor
-    flip: torch.Tensor
-    ra_perm: Optional[torch.Tensor]
-    ra_inverse: Optional[torch.Tensor]
-    ra_counts: list[list[list[int]]]
-
-    def tensors(self) -> list[Optional[torch.Tensor]]:
-        return [self.index, self.offset, self.flip, self.ra_perm, self.ra_inverse]
-
     def to(self, device: torch.device) -> "EpochPlan":
-        moved = [None if t is None else t.to(device) for t in self.tensors()]
-        return EpochPlan(*moved, self.ra_counts)  # type: ignore[arg-type]
+        return EpochPlan(*[None if t is None else t.to(device) for t in self.tensors()])
 
     def share_memory_(self) -> "EpochPlan":
         for t in self.tensors():
@@ -147,19 +88,14 @@ class EpochPlan:
         for mine, theirs in zip(self.tensors(), other.tensors()):
             if mine is not None:
                 mine.copy_(theirs)
-        self.ra_counts = other.ra_counts
 
-    def batch(self, start: int, stop: int, counts: list[list[int]]) -> BatchPlan:
-        def cut(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else t[..., start:stop]
+    def batch(self, start: int, stop: int) -> BatchPlan:
+        return BatchPlan(*[None if t is None else t[start:stop] for t in self.tensors()])
 
-        return BatchPlan(*[cut(t) for t in self.tensors()], counts)  # type: ignore[arg-type]
-
-    def spans(self, batch_size: int) -> list[tuple[int, int, list[list[int]]]]:
-        """(start, stop, RandAugment group sizes) of each batch."""
+    def spans(self, batch_size: int) -> list[tuple[int, int]]:
+        """(start, stop) of each batch."""
         n = len(self.index)
-        return [(start, min(start + batch_size, n), self.ra_counts[b] if self.ra_counts else [])
-                for b, start in enumerate(range(0, n, batch_size))]
+        return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
 class BatchBuilder:
@@ -193,20 +129,19 @@ class BatchBuilder:
             flat = self.table.index_select(0, plan.flip).add_(plan.offset[:, None])
             x = torch.gather(x.view(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).view(b, c, *self.size)
         ra = self.augment.randaugment if self.augment is not None else None
-        if ra is not None:
-            x = ra.apply(x, plan.ra_perm, plan.ra_inverse, plan.ra_counts)  # type: ignore[arg-type]
+        if ra is not None:  # whole-batch ops, every sample its own (no host round trip)
+            x = ra(x, plan.ra_ops, plan.ra_signs)
         return x, self.labels.index_select(0, plan.index)
 
 
 class _PlannedBatches(Dataset):
-    """For worker processes: item (start, stop, counts) is that batch of the epoch plan, which the
-    training process writes into shared memory before each epoch (persistent workers keep it)."""
+    """For worker processes: item (start, stop) is that batch of the epoch plan, which the training
+    process writes into shared memory before each epoch (persistent workers keep it)."""
 
     def __init__(self, builder: BatchBuilder, plan: EpochPlan) -> None:
         self.builder, self.plan = builder, plan
 
-    def __getitem__(self, span: tuple[int, int, list[list[int]]]  # type: ignore[override]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         return self.builder(self.plan.batch(*span))
 
 
@@ -214,13 +149,59 @@ class _Spans:
     """The sampler of the worker DataLoader: this epoch's batch spans, set before each epoch."""
 
     def __init__(self) -> None:
-        self.spans: list[tuple[int, int, list[list[int]]]] = []
+        self.spans: list[tuple[int, int]] = []
 
-    def __iter__(self) -> Iterator[tuple[int, int, list[list[int]]]]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self.spans)
 
     def __len__(self) -> int:
         return len(self.spans)
+
+
+class CapturedBuilder:
+    """Building a training batch on the device (gather, crop, flip, RandAugment, normalise) captured once in a
+    CUDA graph and replayed per batch, before the step's own graph (``trainer.cuda_graph``).
+
+    RandAugment's whole-batch ops are a few hundred small kernels, as many as a CIFAR network's step: replayed,
+    they cost one launch.  The batch's draws are copied into static plan buffers (device to device), the graph
+    writes the static batch ``(x, y)``, which the step reads before the next replay overwrites it (one stream).
+    A batch of another size (the ragged last one) is built eagerly; without capture (``capture=False``, on a
+    CPU) every batch is, through the same function: that is how the CPU tests check it.
+    """
+
+    def __init__(self, build: Callable[[BatchPlan], tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                 capture: Optional[bool] = None) -> None:
+        self.build, self.device = build, device
+        self.capture = device.type == "cuda" if capture is None else capture
+        self.static: Optional[BatchPlan] = None
+        self.out: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+
+    def __call__(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.capture:
+            return self.build(plan)
+        if self.static is None:
+            self.static = BatchPlan(*[None if t is None else t.clone() for t in plan.tensors()])
+        if plan.index.shape != self.static.index.shape:
+            return self.build(plan)
+        for mine, theirs in zip(self.static.tensors(), plan.tensors()):
+            if mine is not None:
+                mine.copy_(theirs, non_blocking=True)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()  # type: ignore[union-attr]
+        return self.out  # type: ignore[return-value]
+
+    def _capture(self) -> None:
+        """One eager build on a side stream (it makes RandAugment's tables and cuDNN's state), then the capture."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.build(self.static)  # type: ignore[arg-type]
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
+            self.out = self.build(self.static)  # type: ignore[arg-type]
 
 
 class DeviceLoader:
@@ -241,10 +222,12 @@ class DeviceLoader:
     def __init__(self, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float] | torch.Tensor, std: Sequence[float], device: torch.device,
                  sampler: Sampler | Sequence[int], drop_last: bool = False, augment: Optional[Augment] = None,
-                 num_workers: int = 0, pin_memory: bool = False) -> None:
+                 num_workers: int = 0, pin_memory: bool = False, capture: bool = False) -> None:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
         self.device, self.augment = device, augment
-        in_workers = num_workers > 0 and augment is not None and augment.randaugment is not None
+        # With the step captured, RandAugment is built on the device in a graph of its own; else, with
+        # workers, in them (its many small kernels then leave the training process alone).
+        in_workers = num_workers > 0 and augment is not None and augment.randaugment is not None and not capture
         home = torch.device("cpu") if in_workers else device
         self.builder = BatchBuilder(images.to(home), labels.to(home), augment)
         self._workers: Optional[DataLoader] = None
@@ -261,6 +244,12 @@ class DeviceLoader:
         self._scale = (1.0 / (255.0 * std_t)).unsqueeze(0).to(device)
         self._shift = (-mean_t / std_t).unsqueeze(0).to(device)
 
+        self.captured = CapturedBuilder(self._build, device) if capture and not in_workers else None
+
+    def _build(self, plan: BatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.builder(plan)
+        return self.normalise(x), y
+
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
@@ -275,8 +264,7 @@ class DeviceLoader:
         """Zeros in the shapes of :meth:`plan`'s tensors (RandAugment on)."""
         n, layers = self._samples(), self.augment.randaugment.num_ops  # type: ignore[union-attr]
         zeros = [torch.zeros(n, dtype=torch.int64) for _ in range(3)]
-        return EpochPlan(*zeros, torch.zeros(layers, n, dtype=torch.int64),  # type: ignore[call-arg]
-                         torch.zeros(layers, n, dtype=torch.int64), [])
+        return EpochPlan(*zeros, torch.zeros(n, layers, dtype=torch.int64), torch.zeros(n, layers, dtype=torch.int64))
 
     def plan(self) -> EpochPlan:
         """Draw the epoch: order from the sampler, augmentation from a generator seeded by torch's RNG."""
@@ -285,8 +273,7 @@ class DeviceLoader:
         aug = self.augment
         offset = torch.zeros(n, dtype=torch.int64)
         flip = torch.zeros(n, dtype=torch.int64)
-        perm = inverse = None
-        counts: list[list[list[int]]] = []
+        ops = signs = None
         if aug is not None:
             # One draw from the global RNG seeds the whole epoch (see the module docstring).
             gen = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
@@ -296,30 +283,16 @@ class DeviceLoader:
             if aug.hflip:
                 flip = (torch.rand(n, generator=gen) < 0.5).long()
             if aug.randaugment is not None:
-                perm, inverse, counts = self._plan_randaugment(aug.randaugment, n, gen)
-        return EpochPlan(order, offset, flip, perm, inverse, counts)
-
-    def _plan_randaugment(self, ra: BatchRandAugment, n: int, gen: torch.Generator):
-        """Keys for every sample, and per batch the sorting permutations and group sizes."""
-        keys = ra.draw(n, gen)
-        perm = torch.empty(ra.num_ops, n, dtype=torch.int64)
-        inverse = torch.empty_like(perm)
-        counts = []
-        for start in range(0, n, self.batch_size):
-            k = keys[start:start + self.batch_size].T  # (num_ops, b)
-            p = torch.argsort(k, dim=1, stable=True)
-            perm[:, start:start + k.shape[1]] = p
-            inverse[:, start:start + k.shape[1]] = torch.argsort(p, dim=1)
-            counts.append(torch.stack([torch.bincount(row, minlength=ra.num_keys) for row in k]).tolist())
-        return perm, inverse, counts
+                ops, signs = aug.randaugment.draw(n, gen)
+        return EpochPlan(order, offset, flip, ops, signs)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.plan()
         if self._workers is None:
             epoch = epoch.to(self.device)
+            build = self.captured or self._build
             for span in epoch.spans(self.batch_size):
-                x, y = self.builder(epoch.batch(*span))
-                yield self.normalise(x), y
+                yield build(epoch.batch(*span))
             return
         # The workers take this epoch's spans only once the new iterator has reset them (what an
         # abandoned iterator left in flight is dropped), so the shared plan can be overwritten now.
@@ -358,15 +331,18 @@ def normalisation(src: DataSource) -> tuple[Sequence[float] | torch.Tensor, Sequ
 
 
 def device_train_loader(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
-                        drop_last: bool, device: torch.device, pin_memory: bool = False) -> DeviceLoader:
+                        drop_last: bool, device: torch.device, pin_memory: bool = False,
+                        capture: bool = False) -> DeviceLoader:
     """The training loader: the papers' augmentation, batched. ``data.num_workers`` processes build
-    RandAugment's batches when it is on (see :class:`DeviceLoader`)."""
+    RandAugment's batches when it is on, unless ``capture`` (``trainer.cuda_graph`` on CUDA): then every batch
+    is built on the device in a CUDA graph of its own (see :class:`DeviceLoader`, :class:`CapturedBuilder`)."""
     train_x, train_y = in_memory(src.train)  # type: ignore[misc]
     ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
         if cfg.randaugment and cfg.randaugment_n > 0 else None
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
     return DeviceLoader(src.train, train_x, train_y, per_rank, *normalisation(src), device, sampler,
-                        drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory)
+                        drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory,
+                        capture=capture)
 
 
 def device_eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, shard: Sequence[int],

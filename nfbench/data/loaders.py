@@ -73,14 +73,16 @@ def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, rank: int = 0, wo
 
 
 def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
-                  pin_memory: bool = False, device: Optional[torch.device] = None) -> tuple[Iterable, Iterable]:
+                  pin_memory: bool = False, device: Optional[torch.device] = None,
+                  capture: bool = False) -> tuple[Iterable, Iterable]:
     """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader
     (:func:`eval_loader`, which also serves the validation split).
 
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
-    :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it; ImageNet's files are decoded
-    a batch at a time on ``device`` by :mod:`nfbench.data.gpu_decode` when ``data.decode`` resolves to gpu.
+    :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it, their batches built in a CUDA
+    graph with ``capture`` (``trainer.cuda_graph``); ImageNet's files are decoded a batch at a time on
+    ``device`` by :mod:`nfbench.data.gpu_decode` when ``data.decode`` resolves to gpu.
     """
     per_rank = per_rank_batch(cfg.batch_size, world_size)
     batched = gpu_decode.decode_choice(cfg, src, torch.device(device or "cpu")) == "gpu"
@@ -92,7 +94,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     drop_last = len(sampler) >= per_rank
     if on_device:
         train: Iterable = device_train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"),
-                                              pin_memory)
+                                              pin_memory, capture=capture)
     elif batched:
         train = gpu_decode.train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
     else:

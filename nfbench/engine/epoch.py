@@ -1,5 +1,9 @@
 """One epoch of training: the steps, their metrics on the device, the divergence check, the
 mid-epoch checkpoint and the stop signal.
+
+:func:`train_one_epoch` is a generator that yields after each step but the epoch's last: a run alone
+goes straight through it (:func:`nfbench.engine.loop.run_alone`), a pack of runs takes one step of
+each in turn (nfbench/engine/pack.py).  Both run this one loop.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from typing import Generator
 from typing import Iterable
 from typing import Iterator
 from typing import Optional
@@ -38,10 +43,12 @@ def weights_finite(net: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]) -> EpochProgress:
-    """One pass over the training set, from where ``resume`` (a mid-epoch checkpoint) left it.  Loss and
-    accuracy accumulate on the device and are read once per ``trainer.log_every`` steps, where a
-    non-finite loss and a stop signal are also checked."""
+def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int,
+                    resume: Optional[EpochProgress]) -> Generator[None, None, EpochProgress]:
+    """One pass over the training set, from where ``resume`` (a mid-epoch checkpoint) left it, yielding
+    after each step but the last; returns the epoch's progress.  Loss and accuracy accumulate on the
+    device and are read once per ``trainer.log_every`` steps, where a non-finite loss is also checked;
+    a stop signal is looked for between steps."""
     p = resume or EpochProgress()
     loop.net.train()
     steps = len(loader)
@@ -61,6 +68,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int, resume: Optional
         if done == steps:
             break
         _between_steps(loop, run, done)
+        yield
     loop.progress.close()
     return _end_pass(loop, run)
 

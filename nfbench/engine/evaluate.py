@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from nfbench.engine import distributed
-from nfbench.engine.preemption import StopSignal
+from nfbench.engine.preemption import PackStop, StopSignal
 from nfbench.engine.step import forward, to_device
 
 
@@ -26,7 +26,7 @@ class StopPoll:
     with several, at every ``every``-th of the first ``until`` batches (those every rank has), all ranks
     agreeing in one small all-reduce, so that they leave at the same batch."""
 
-    signal: StopSignal
+    signal: StopSignal | PackStop
     every: int
     until: int
     device: torch.device

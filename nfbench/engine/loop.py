@@ -1,9 +1,13 @@
 """The training loop: ``train(cfg) -> dict of final metrics``, used by every entry point.
 
-Read top to bottom: :func:`_train` sets up (ranks, run directory, data, model and scheme,
+Read top to bottom: :func:`run_steps` sets up (ranks, run directory, data, model and scheme,
 optimiser), resumes, runs the epochs (train one epoch, evaluate, log, checkpoint) and writes the
 result.  One process or many (DDP), the same code runs; only rank 0 writes files, logs and
 progress bars.  What a checkpoint holds, and how it is restored, is :mod:`nfbench.rundir`'s.
+
+:func:`run_steps` is a generator, one training step per ``next()``: :func:`train` runs it to its end
+(:func:`run_alone`), and a pack (nfbench/engine/pack.py) takes a step of each of its runs in turn.
+A run alone and a run of a pack go through this one loop.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generator
 from typing import Optional
 import torch
 from omegaconf import DictConfig
@@ -47,8 +53,9 @@ from nfbench.engine.runtime import set_deterministic
 from nfbench.engine.validation import validate
 from nfbench.engine.epoch import Diverged, checkpoint_of, gather_rng, save_last, train_one_epoch
 from nfbench.engine.evaluate import StopPoll, evaluate
-from nfbench.engine.state import (Data, EpochProgress, Loop, Record, Restored, StepSettings, best_figures, best_row,
-                                  count_params, restore_checkpoint)
+from nfbench.engine.preemption import StopSignal
+from nfbench.engine.state import (Data, EpochProgress, Host, Loop, Record, Restored, StepSettings, best_figures,
+                                  best_row, count_params, restore_checkpoint)
 from nfbench.engine.step import AMP_DTYPES
 
 if TYPE_CHECKING:
@@ -70,20 +77,54 @@ def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
     With ``trainer.devices=N > 1`` (and no launcher around), starts N processes on this machine
     and returns rank 0's result.
     """
+    start = start_of(cfg, plan)
+    if cfg.trainer.devices > 1 and not start.env.enabled:
+        with rundir.RunDirLock(start.run_dir):  # the launcher of the N processes holds it for them
+            return _spawn(cfg)
+    return run_alone(held_steps(start))
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a run starts from once its config has passed the checks made before any file: the config and
+    its model plan, the processes it trains on, the device asked for and the run directory."""
+
+    cfg: DictConfig
+    plan: ModelPlan
+    env: DistEnv
+    device: torch.device
+    run_dir: Path
+
+
+def start_of(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> RunStart:
+    """``cfg`` checked (a device this machine lacks, or a CUDA graph where none can run, is refused before
+    any file or process) and where its run lives: under Hydra, the job's output directory."""
     plan = plan or validate(cfg)
     env = distributed.detect()
-    device = pick_device(cfg.trainer.device)  # before any file or process: a device this machine lacks is refused
+    device = pick_device(cfg.trainer.device)
     if cfg.trainer.cuda_graph:
         check_device(device, env.world_size if env.enabled else cfg.trainer.devices)
-    # One run per run directory: rank 0 (or the launcher of trainer.devices=N) holds it until it ends.
-    with rundir.RunDirLock(resolve_run_dir(cfg)) if env.is_main else contextlib.nullcontext():
-        if cfg.trainer.devices > 1 and not env.enabled:
-            return _spawn(cfg)
-        rank_device = distributed.setup(env, device.type)
+    return RunStart(cfg, plan, env, device, resolve_run_dir(cfg))
+
+
+def held_steps(start: RunStart, host: Optional[Host] = None) -> Generator[None, None, dict]:
+    """The run's steps (:func:`run_steps`) on this rank's device, its run directory held all along: one run
+    per run directory, rank 0 holding it until the run ends."""
+    with rundir.RunDirLock(start.run_dir) if start.env.is_main else contextlib.nullcontext():
+        rank_device = distributed.setup(start.env, start.device.type)
         try:
-            return _train(cfg, env, rank_device, plan)
+            return (yield from run_steps(start, rank_device, host))
         finally:
             distributed.teardown()
+
+
+def run_alone(steps: Generator[None, None, dict]) -> dict:
+    """Every step of a run (:func:`run_steps`) in turn; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
 
 
 def _resume_state(cfg: DictConfig, run_dir: Path, world_size: int) -> Optional[tuple[Path, dict]]:
@@ -111,9 +152,12 @@ def _spawned_worker(container: dict) -> None:
     train(cfg)  # type: ignore[arg-type]
 
 
-def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan) -> dict:
-    """One run on this process's rank: setup, resume, epochs, result."""
-    run_dir = Path(distributed.broadcast_object(str(resolve_run_dir(cfg))))
+def run_steps(start: RunStart, device: torch.device, host: Optional[Host] = None) -> Generator[None, None, dict]:
+    """One run on this process's rank (``device``), a training step per ``next()``: the first does the setup
+    and resume too; the result is the generator's value.  ``host``: what a pack lends its runs (nothing
+    else of the process is shared with the pack's other runs); None, a run alone."""
+    cfg, env = start.cfg, start.env
+    run_dir = Path(distributed.broadcast_object(str(start.run_dir)))
     # Every check comes before any file of the run directory changes: a refusal leaves the run as it was.
     resumed = _resume_state(cfg, run_dir, env.world_size)
     if resumed is None:
@@ -122,7 +166,7 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan)
     if not env.is_main:
         log.setLevel(logging.WARNING)
     data = _build_data(cfg, env, device)
-    loop = _build_loop(cfg, env, device, data, run_dir, plan)
+    loop = _build_loop(cfg, env, device, data, run_dir, start.plan, host or Host(StopSignal()))
     start_epoch, partial, branch_best = _resume(loop, resumed)
     if env.is_main:
         _write_run_files(loop, device, branch_best)
@@ -132,15 +176,17 @@ def _train(cfg: DictConfig, env: DistEnv, device: torch.device, plan: ModelPlan)
     _wrap(loop)
     _log_setup(loop, data)
     with loop.stop:
-        status, divergence = _run_epochs(loop, data, start_epoch, partial)
+        status, divergence = yield from _run_epochs(loop, data, start_epoch, partial)
     return _finish(loop, status, divergence)
 
 
 def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     src = build_source(cfg.data)
     pin = device.type == "cuda"
+    # trainer.cuda_graph on CUDA: the batches too are built in a graph, RandAugment on the device.
+    capture = cfg.trainer.cuda_graph and device.type == "cuda"
     train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size, pin_memory=pin,
-                                              device=device)
+                                              device=device, capture=capture)
     val_loader = None if src.val is None else eval_loader(cfg.data, src, src.val, env.rank, env.world_size,
                                                           pin_memory=pin, device=device)
     decode = decode_choice(cfg.data, src, device)
@@ -166,9 +212,9 @@ def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dic
 
 
 def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path,
-                plan: ModelPlan) -> Loop:
+                plan: ModelPlan, host: Host) -> Loop:
     """The planned model and its scheme's init (the same seed on every rank, before DDP and the optimiser
-    see the parameters), optimiser, scheduler, grad scaler, mixup and loss."""
+    see the parameters), optimiser, scheduler, grad scaler, mixup and loss; the stop signal ``host`` lends."""
     tcfg = cfg.trainer
     seed_all(cfg.seed)
     scheme = plan.scheme
@@ -185,8 +231,9 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if data.val is not None else "test_top1"
     record = Record(run_dir, plain(cfg), select, identity(data.src, data.decode))
+    progress = Progress(tcfg.progress and env.is_main and host.progress, tcfg.epochs, tcfg.progress_every_s)
     return Loop(cfg, env, device, StepSettings.of(cfg, env), record, scheme, net, net, opt, sched, scaler, mixup,
-                criterion, amp, Progress(tcfg.progress and env.is_main, tcfg.epochs, tcfg.progress_every_s))
+                criterion, amp, progress, stop=host.stop)
 
 
 def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup], nn.Module]:
@@ -278,9 +325,10 @@ def _log_setup(loop: Loop, data: Data) -> None:
 
 
 def _run_epochs(loop: Loop, data: Data, start_epoch: int,
-                partial: Optional[EpochProgress]) -> tuple[str, Optional[dict]]:
+                partial: Optional[EpochProgress]) -> Generator[None, None, tuple[str, Optional[dict]]]:
     """Train, evaluate, record and checkpoint each epoch from ``start_epoch`` on (``partial``: how far into it
-    a checkpoint got); return how the run ended: ("finished", None) or ("diverged", what diverged)."""
+    a checkpoint got), yielding between steps; return how the run ended: ("finished", None) or
+    ("diverged", what diverged)."""
     loop.record.t_start = time.perf_counter()
     # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
     evaluations = [(split, loader, distributed.min_over_ranks(len(loader), loop.device))
@@ -289,7 +337,7 @@ def _run_epochs(loop: Loop, data: Data, start_epoch: int,
         _begin_epoch(loop, data, epoch)
         lr = loop.opt.param_groups[0]["lr"]
         try:
-            stats = train_one_epoch(loop, data.train, epoch, partial)
+            stats = yield from train_one_epoch(loop, data.train, epoch, partial)
         except Diverged as d:
             _log_divergence(loop, d.info)
             return "diverged", d.info

@@ -7,6 +7,10 @@ installed before ours - submitit's, which requeues the job - or exits with 128 +
 The requeued job runs the same command in the same run directory and resumes from that checkpoint.
 Ctrl-C (SIGINT) stops the same way, without a traceback: Python's own handler, which raises
 KeyboardInterrupt, is not handed over to.
+
+A pack (several runs in one process, nfbench/engine/pack.py) enters one :class:`StopSignal` for all
+its runs and lends each a :class:`PackStop`: each run checkpoints at its next step and ends alone
+(:class:`RunStopped`); once every run has, the pack exits as one run would.
 """
 
 from __future__ import annotations
@@ -47,3 +51,30 @@ class StopSignal:
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, None)
         raise Preempted(signum)
+
+
+class RunStopped(BaseException):
+    """A run of a pack checkpointed on a stop signal and ends (a BaseException, as :class:`Preempted` is:
+    no ``except Exception`` on the way out may take it for a failure)."""
+
+
+class PackStop:
+    """What a run of a pack sees of the pack's one :class:`StopSignal`: the signal received, if any.
+    Entering it does nothing (the pack has entered the signal); :meth:`exit`, called once the run has
+    checkpointed, ends this run alone."""
+
+    def __init__(self, signal: StopSignal) -> None:
+        self.signal = signal
+
+    @property
+    def received(self) -> Optional[int]:
+        return self.signal.received
+
+    def __enter__(self) -> "PackStop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def exit(self) -> None:
+        raise RunStopped(self.signal.received)

@@ -23,7 +23,7 @@ from nfbench.engine.step import EagerStep
 from nfbench.errors import ConfigError
 from nfbench.rng import rng_state
 from nfbench.loggers import Loggers
-from nfbench.engine.preemption import StopSignal
+from nfbench.engine.preemption import PackStop, StopSignal
 from nfbench.engine.progress import Progress
 from nfbench.schemes import Scheme
 from nfbench.engine.evaluate import StopPoll
@@ -61,6 +61,17 @@ class StepSettings:
         t = cfg.trainer
         return cls(t.channels_last, t.log_every, t.checkpoint_every_steps, t.log_every if env.enabled else 1,
                    cfg.sched.per_step, t.epochs)
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the driver of a run lends it: the stop signal it polls between steps (entered while it
+    trains) and whether it may draw a progress bar.  A run alone has a signal of its own; a pack
+    (nfbench/engine/pack.py) lends each of its runs a view of its one signal, and no bar (several
+    would share one terminal line)."""
+
+    stop: StopSignal | PackStop
+    progress: bool = True
 
 
 @dataclass
@@ -191,7 +202,7 @@ class Loop:
     amp: dict  # torch.autocast's arguments
     progress: Progress
     loggers: Loggers = field(default_factory=Loggers)
-    stop: StopSignal = field(default_factory=StopSignal)
+    stop: StopSignal | PackStop = field(default_factory=StopSignal)
     # The training step, built over the restored model (nfbench.engine.loop._wrap): eager, or captured in a
     # CUDA graph (trainer.cuda_graph); either is step(x, y) -> (loss, top-1 hits) over nfbench.engine.step.
     step: Optional[EagerStep | GraphedStep] = None

@@ -13,9 +13,9 @@ from nfbench.rundir.checkpoints import (CHECKPOINT_VERSION, CorruptCheckpointErr
                                         verify_weights, write_with_checksum)
 from nfbench.rundir.environment import environment
 from nfbench.rundir.files import (BEST, CHECKPOINTS, LAST, LOCK, LOG, RUN_FILES, WEIGHTS, atomic_write_bytes, flatten,
-                                  log_to_file, read_config, read_json, read_metrics, refuse_to_start_over,
-                                  remove_stale_temporaries, strict_json, write_json, write_metrics, write_result,
-                                  writing)
+                                  job_log_handler, log_to_file, read_config, read_json, read_metrics,
+                                  refuse_to_start_over, remove_stale_temporaries, strict_json, write_json,
+                                  write_metrics, write_result, writing)
 from nfbench.rundir.lock import RunDirInUseError, RunDirLock
 from nfbench.rundir.resume import (RESUME_SAFE, branched_from, check_data, check_resume, config_changes,
                                    load_resume_state, reconcile_history)
@@ -23,7 +23,7 @@ from nfbench.rundir.resume import (RESUME_SAFE, branched_from, check_data, check
 __all__ = ["CHECKPOINT_VERSION", "CorruptCheckpointError", "UnverifiedFileError", "checksum_path", "find_checkpoint", "kept_checkpoint", "load_checkpoint", "save_best",
            "save_checkpoint", "save_weights", "verify_weights", "write_with_checksum", "environment", "BEST",
            "CHECKPOINTS", "LAST", "LOCK", "LOG", "RUN_FILES", "WEIGHTS", "atomic_write_bytes", "flatten",
-           "log_to_file", "read_config", "read_json", "read_metrics", "refuse_to_start_over",
+           "job_log_handler", "log_to_file", "read_config", "read_json", "read_metrics", "refuse_to_start_over",
            "remove_stale_temporaries", "strict_json", "write_json", "write_metrics", "write_result", "writing",
            "RunDirInUseError", "RunDirLock", "RESUME_SAFE", "branched_from", "check_data", "check_resume",
            "config_changes", "load_resume_state", "reconcile_history"]

@@ -198,14 +198,19 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
-def log_to_file(run_dir: Path) -> None:
-    """Append the log to the run directory's train.log as Hydra's job log does (a spawned worker
-    lives outside Hydra's logging)."""
+def job_log_handler(run_dir: Path) -> logging.FileHandler:
+    """A handler appending to the run directory's train.log in the format of Hydra's job log."""
     with writing(run_dir / LOG):
         run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run_dir / LOG)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def log_to_file(run_dir: Path) -> None:
+    """Append the log to the run directory's train.log as Hydra's job log does (a spawned worker
+    lives outside Hydra's logging)."""
+    logging.getLogger().addHandler(job_log_handler(run_dir))
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
