@@ -4,15 +4,18 @@ them, device-aware timing, and the header every script prints (machine, load, co
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import platform
 import shlex
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -116,3 +119,19 @@ def footer() -> None:
 
 def amp_context(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def launch(cmd: list[str], limit: float) -> Any:
+    """Run one configuration in a process group of its own (inductor's compile workers included), killed
+    whole at ``limit`` seconds; its figures (the JSON of its last line of output), or what went wrong."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return {"error": f"timed out ({limit:.0f} s)"}
+    if child.returncode == 0:
+        return json.loads(out.strip().splitlines()[-1])
+    print("\n".join((err or out).strip().splitlines()[-15:]), flush=True)
+    return {"error": f"failed (exit {child.returncode})"}

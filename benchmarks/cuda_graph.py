@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import compose, sync, write_fake_cifar10
+from common import compose, launch, sync, write_fake_cifar10
 
 MODES = {
     "eager": [],
@@ -135,22 +134,6 @@ def run_one(args: argparse.Namespace) -> None:
     if args.mode == "cuda_graph" and not args.no_pure:
         out["pure_images_per_s"] = pure_replay(cfg, args.replay_steps)
     print(json.dumps(out))
-
-
-def launch(cmd: list[str], limit: float) -> dict:
-    """Run one configuration in a process group of its own (inductor's compile workers included), killed
-    whole at ``limit`` seconds; its figures, or what went wrong."""
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = child.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        return {"error": f"timed out ({limit:.0f} s)"}
-    if child.returncode == 0:
-        return json.loads(out.strip().splitlines()[-1])
-    print("\n".join((err or out).strip().splitlines()[-15:]), flush=True)
-    return {"error": f"failed (exit {child.returncode})"}
 
 
 def table(rows: list[dict], compare_steps: int) -> str:

@@ -44,15 +44,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import compose, sync, write_fake_cifar10
+from common import compose, launch, sync, write_fake_cifar10
 
 KS = (1, 2, 4, 8)
 # Priority order: the streams (the question) first, then what they are compared with.
@@ -265,20 +263,6 @@ def flops_per_image(args: argparse.Namespace, model: str) -> float:
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.cross_entropy(net(x), y).backward()
     return counter.get_total_flops() / 2
-
-
-def launch(cmd: list[str], limit: float) -> list[dict] | dict:
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = child.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        return {"error": f"timed out ({limit:.0f} s)"}
-    if child.returncode == 0:
-        return json.loads(out.strip().splitlines()[-1])
-    print("\n".join((err or out).strip().splitlines()[-15:]), flush=True)
-    return {"error": f"failed (exit {child.returncode})"}
 
 
 def table(rows: list[dict], flops: dict[str, float]) -> str:

@@ -71,7 +71,7 @@ def main() -> None:
         ops, signs = whole.draw(a.batch, gen)
         round_times = {
             "whole draw": timed(lambda: whole.draw(a.batch, gen), device),
-            "whole apply": timed(lambda: whole(x, ops, signs), device),
+            "whole apply": timed(lambda ops=ops, signs=signs: whole(x, ops, signs), device),
             "per image": timed(lambda: [per_image(img) for img in x], device),
         }
         if r >= 2:

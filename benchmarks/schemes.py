@@ -20,6 +20,8 @@ from common import amp_context, base_parser, device_of, footer, header, median, 
 
 from nfbench.config import ModelConfig, OptimConfig, option_config
 from nfbench.errors import ConfigError
+from nfbench.engine.graph import GraphedStep
+from nfbench.engine.step import StepObjects
 from nfbench.models import build_model
 from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
@@ -29,10 +31,12 @@ MIB = 2**20
 
 
 class Bench:
-    """One scheme's network, optimiser and batch, and its step."""
+    """One scheme's network, optimiser and batch, and its step: eager (optionally compiled), or with
+    ``graph`` the step ``trainer.cuda_graph=true`` trains with (nfbench.engine.graph: captured after its
+    warm-up steps on CUDA, the same code run eagerly on a CPU)."""
 
     def __init__(self, scheme: str, model: ModelConfig, batch: int, device: torch.device, precision: str,
-                 channels_last: bool, compile_: bool) -> None:
+                 channels_last: bool, compile_: bool, graph: bool = False) -> None:
         seed_all(0)
         self.net = build_model(model, build_scheme(option_config("init", scheme)), 10, 3, 32).to(device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -42,8 +46,15 @@ class Bench:
         self.x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=self.fmt)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.device, self.precision = device, precision
+        amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        objects = StepObjects(self.net, self.opt, torch.nn.CrossEntropyLoss(), amp,
+                              torch.amp.GradScaler(device.type, enabled=False), OptimConfig())
+        self.graphed = GraphedStep(objects, channels_last=channels_last) if graph else None
 
     def step(self) -> None:
+        if self.graphed is not None:
+            self.graphed(self.x, self.y)
+            return
         with amp_context(self.device, self.precision):
             loss = F.cross_entropy(self.fwd(self.x).float(), self.y)
         self.opt.zero_grad(set_to_none=True)
@@ -106,7 +117,7 @@ def main() -> None:
     times: dict[str, list[float]] = {n: [] for n in benches}
     for _ in range(a.rounds):
         for name, b in benches.items():
-            times[name].append(timed(lambda: [b.step() for _ in range(steps)], device) / steps)
+            times[name].append(timed(lambda b=b: [b.step() for _ in range(steps)], device) / steps)
     memory = {name: b.peak_memory() for name, b in benches.items()}
     t_bn, m_bn = median(times["bn"]), memory["bn"]
     print(f"{'scheme':12s} {'step ms':>9s} {'img/s':>9s} {'time/bn':>8s} {'peak MiB':>9s} {'mem/bn':>7s}")

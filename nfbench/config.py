@@ -183,7 +183,7 @@ class InitConfig:
     """The initialisation scheme, the axis under study (conf/init/)."""
 
     name: str = "convshort"  # the scheme: bn, convshort, fixup, idshort, learnscalar, nf, plain, rezero, ...
-    # he_fanin | he_fanout | brock; None takes the scheme's default (SPEC section 2).
+    # he_fanin | he_fanout | brock; None takes the scheme's default (docs/science.md#scheme-defaults).
     weights: Optional[WeightRule] = None
     # The stem conv's rule alone, where the rules differ most (3 raw input channels): he_fanin | he_fanout |
     # brock; null: init.weights' rule, as every other conv.  Per unit input variance the CIFAR stem
@@ -293,7 +293,7 @@ class TrainerConfig:
 
 @dataclass
 class SppConfig:
-    """Signal propagation plots, ``nfbench spp`` (SPEC section 3; Civitelli et al. Fig. 2)."""
+    """Signal propagation plots, ``nfbench spp`` (docs/science.md#spp; Civitelli et al. Fig. 2)."""
 
     batch_size: int = 32  # images per measured batch
     # Independent repeats (network, inputs, labels); the plot shows their mean and min-max band.
@@ -487,9 +487,13 @@ def check_values(cfg: DictConfig | Config) -> None:
                               f"null data.std=null, or data.pixel_mean=false")
         require(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
                 "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
+<<<<<<< HEAD
         require(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
     require(c.data.decode != "gpu" or not c.data.randaugment, "data.decode", c.data.decode,
             "the batched decode has no RandAugment; use data.decode=cpu (or auto) with data.randaugment=true")
+=======
+        require(all(s > 0 for s in c.data.std or ()), "data.std", c.data.std, "every value must be > 0")
+>>>>>>> 3bf4947
     require(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
             "needs data.verify=true, the check that finds the unreadable files")
     require(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
@@ -518,14 +522,14 @@ def check_values(cfg: DictConfig | Config) -> None:
             "applies with trainer.compile=true only")
     if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.engine.graph.check_device
         t = c.trainer
-        for bad, setting, why in (
+        for refused, setting, why in (
                 (t.precision == "fp16", "trainer.precision=fp16",
                  "fp16's GradScaler reads its overflow flag on the host; use bf16 or fp32"),
                 (t.mixup_alpha > 0 or t.cutmix_alpha > 0, f"trainer.mixup_alpha={t.mixup_alpha}/cutmix_alpha="
                  f"{t.cutmix_alpha}", "mixup and CutMix draw on the host; set both to 0"),
                 (t.compile, "trainer.compile=true", "torch.compile makes its own graphs; choose one of the two"),
                 (t.devices > 1, f"trainer.devices={t.devices}", "DDP is not captured; set trainer.devices=1")):
-            if bad:
+            if refused:
                 raise ConfigError(f"trainer.cuda_graph=true cannot run with {setting}: {why} "
                                   "(or set trainer.cuda_graph=false)")
     dev = c.trainer.device

@@ -62,8 +62,8 @@ def tag(key: str) -> str:
 def run_config(cfg: DictConfig) -> dict:
     """The resolved config without the logger group: what a logger records as the run's hyperparameters."""
     tree = plain(cfg)
-    tree.pop("logger", None)  # type: ignore[union-attr]
-    return tree  # type: ignore[return-value]
+    tree.pop("logger", None)
+    return tree
 
 
 def hparams_of(cfg: DictConfig) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, list) else v for k, v in rundir.flatten(run_config(cfg)).items()}
 
 
-LOGGERS: Registry[type] = Registry("logger")
+LOGGERS: Registry[type[Logger]] = Registry("logger")
 
 
 def register_logger(name: str) -> Callable[[type], type]:
@@ -292,10 +292,10 @@ def check(logger: DictConfig) -> None:
     metrics.jsonl would overwrite the run's record."""
     paths: dict[str, str] = {}
     for name, node in logger.items():
-        backend = LOGGERS.get(name)
+        backend = LOGGERS.get(str(name))
         if hasattr(backend, "check"):
             backend.check(node)
-        paths.update({f"logger.{name}.{key}": node[key] for key in backend.paths if node[key] is not None})
+        paths.update({f"logger.{name!s}.{key}": node[key] for key in backend.paths if node[key] is not None})
     for key, value in paths.items():
         path = Path(value)
         require(bool(value) and not path.is_absolute() and ".." not in path.parts, key, value,

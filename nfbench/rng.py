@@ -9,7 +9,7 @@ tuple pickles an ``ndarray``, which they refuse.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ def _plain_python(state: tuple) -> dict:
 
 def rng_state() -> dict:
     """This process's random state, every part a tensor or a plain value."""
-    return {"torch": torch.get_rng_state(), "numpy": _plain_numpy(np.random.get_state()),
+    return {"torch": torch.get_rng_state(), "numpy": _plain_numpy(cast(tuple, np.random.get_state())),
             "python": _plain_python(random.getstate()),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 

@@ -1,6 +1,6 @@
 """Normalization-free schemes (``init=``): residual sum, branch normalisation, initialisation.
 
-SPEC section 2.  A scheme builds the parts of every residual block (conv,
+docs/science.md#schemes.  A scheme builds the parts of every residual block (conv,
 norm, shortcut, gate, the constant c of x_l = c * (h(x) + f(x))), the stem and
 the head; then its own ``initialise`` starts every tensor of the built network,
 under no_grad, from the structure the model exposes (``net.blocks``,
@@ -19,7 +19,7 @@ from torch import nn
 
 from nfbench.config import InitConfig, WeightRule, option_config
 from nfbench.errors import ConfigError
-from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock,
+from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock, ResNet,
                                    Scalar, ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
                                    branch_convs, plain_conv, split_stages, stem_layers)
 from nfbench.registry import Registry
@@ -168,7 +168,7 @@ class Scheme:
         return Head(self.norm(chans), self.act(), chans, num_classes)
 
     # --- initialisation -----------------------------------------------------
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """Start every tensor of ``net``; each registered scheme defines its own, with its table."""
         raise NotImplementedError(f"{type(self).__name__} states no initialisation")
 
@@ -176,7 +176,7 @@ class Scheme:
 # --- helpers the schemes' initialise functions share -----------------------------------------------
 
 @torch.no_grad()
-def draw_convs_and_classifier_(net: nn.Module, rule: str, standardize: bool, stem_rule: str | None = None) -> None:
+def draw_convs_and_classifier_(net: ResNet, rule: str, standardize: bool, stem_rule: str | None = None) -> None:
     """Every nn.Conv2d by ``rule`` in module order, the stem's (``net.stem``) by ``stem_rule``
     (``init.stem_weights``; None: ``rule``), BatchNorm to (1, 0) with fresh running statistics,
     then the classifier's PyTorch default (kaiming-uniform weight, U(+-1/sqrt(fan_in)) bias, as
@@ -232,7 +232,7 @@ class BatchNormBaseline(Scheme):
         self.conv_shortcut_everywhere = self.cfg.conv_shortcut
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """He et al. 2016b's baseline, every conv by ``init.weights`` (rules in :func:`init_weight_`).
 
         | tensor | starts as | source |
@@ -254,7 +254,7 @@ class Plain(Scheme):
     """The same ResNet with the BatchNorm layers removed: x_l = x + f(x)."""
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """The baseline without BatchNorm (the paper plots it with he_fanin and he_fanout).
 
         | tensor | starts as | source |
@@ -279,7 +279,7 @@ class IdShort(Scheme):
     residual_scale = math.sqrt(0.5)
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """IdShort: every conv by ``init.weights``; c = sqrt(0.5) is architecture, not a tensor.
 
         | tensor | starts as | source |
@@ -304,7 +304,7 @@ class LearnScalar(IdShort):
         return ScaledIdentityShortcut(1.0)
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """LearnScalar: IdShort's convs and one learnable alpha per identity shortcut.
 
         | tensor | starts as | source |
@@ -329,7 +329,7 @@ class ConvShort(IdShort):
     conv_shortcut_everywhere = True
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """ConvShort: every conv, the 1x1 shortcut of every block included, by ``init.weights``.
 
         | tensor | starts as | source |
@@ -393,7 +393,7 @@ class Fixup(Scheme):
         return Head(ScalarBias(0.0), self.act(), chans, num_classes, pre_fc=ScalarBias(0.0), scalar_lr_bias=True)
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """Fixup's rules 1-3, L = ``len(net.blocks)`` blocks of m = ``len(block.branch)`` convs; the convs the
         rules leave alone start as hongyi-zhang/Fixup's ``FixupResNet.__init__`` leaves them.
 
@@ -436,7 +436,7 @@ class SkipInit(Scheme):
         return ScalarGain(0.0)
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """SkipInit: He's convs, and a zero gate that makes every block the identity.
 
         | tensor | starts as | source |
@@ -462,7 +462,7 @@ class ReZero(SkipInit):
     """
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """ReZero: He's convs, and a zero residual weight after the branch's last op.
 
         | tensor | starts as | source |
@@ -486,7 +486,7 @@ class ZeroLast(Scheme):
     branches), so every block starts as the identity; no scalars, nothing else changes."""
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """Fixup's rule 1 on the branches alone.
 
         | tensor | starts as | source |
@@ -546,7 +546,7 @@ class NormFree(Scheme):
         return (1.0 if block.transition else input_var) + self.alpha**2
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """Every conv is a ScaledStdConv2d, so the weights *computed with* follow Brock's rule at every
         step; the raw weights are standardised at the start, so the standardisation's eps stays negligible.
 
@@ -595,7 +595,7 @@ class ArpitWeightNorm(Scheme):
         return weight_norm(nn.Conv2d(in_chans, out_chans, kernel_size, stride=stride, padding=padding), dim=0)
 
     @torch.no_grad()
-    def initialise(self, net: nn.Module) -> None:
+    def initialise(self, net: ResNet) -> None:
         """Arpit et al.'s "proposed" init of w = g v / ||v||: per conv, v orthogonal and g = sqrt(gain n_in / n_out).
 
         | tensor | starts as | source |
@@ -625,8 +625,8 @@ class ArpitWeightNorm(Scheme):
 
 
 def weight_rule(name: str, weights: Optional[str]) -> str:
-    """The weight rule a run of ``init=name`` applies: ``init.weights``, else the scheme's default (SPEC
-    section 2).  ConfigError for a scheme this version does not know."""
+    """The weight rule a run of ``init=name`` applies: ``init.weights``, else the scheme's default
+    (docs/science.md#scheme-defaults).  ConfigError for a scheme this version does not know."""
     return str(weights) if weights else SCHEMES.get(name).default_weights
 
 

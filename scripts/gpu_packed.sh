@@ -15,28 +15,13 @@
 # .evidence/pydeps (scripts/device_env.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-T0=$(date +%s)
-SMOKE=${NFBENCH_SMOKE:-0}
-BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 900 || echo 330)}
-OUTDIR=${OUT:-outputs/packed}
-PY=${PYTHON:-python3}
-mkdir -p "$OUTDIR"
-exec > >(tee "$OUTDIR/packed.log") 2>&1
-say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-. scripts/device_env.sh
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader || true; } 2>/dev/null
-$PY -c "import torch, os; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), os.cpu_count(), 'CPU cores')"
+NAME=packed DEFAULT_BUDGET_S=330
+. scripts/gpu_start.sh
 
 say "1. gpu-marked test of packed training"
-if $PY -c "import pytest" 2>/dev/null; then
-    timeout 75 $PY -m pytest -p no:cacheprovider -q -rs -m gpu tests/test_packed.py
-    say "tests exit $?"
-else
-    say "pytest is not installed here: tests skipped"
-fi
+gpu_tests 75 tests/test_packed.py
 
-LEFT=$(( BUDGET_S - ($(date +%s) - T0) - 5 ))
+LEFT=$(budget_left)
 say "2. benchmark, $LEFT s left for it"
 ARGS=(--out "$OUTDIR" --budget "$LEFT")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)

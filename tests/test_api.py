@@ -89,3 +89,18 @@ def test_train_from_python_returns_the_metrics_and_the_run_loads_back(tmp_path):
     assert cfg.model.width == 4 and not net.training
     again = nfbench.train(nfbench.compose([*TINY, "trainer.epochs=1", "logger=none"]), run_dir=tmp_path / "run")
     assert again["test_top1"] == metrics["test_top1"]  # a rerun of a finished run: its result, kept
+
+
+def test_the_readmes_api_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python API block, executed as it stands (in a scratch directory): a model, a run, its load."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 10  # the issue's "10-line example"
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["metrics"]["status"] == "finished" and scope["metrics"]["epochs"] == 1
+    assert sum(p.numel() for p in scope["net"].parameters()) == 38_016_714
+    assert (tmp_path / "outputs" / "api-example" / "result.json").exists()
+    assert not scope["model"].training

@@ -1,5 +1,5 @@
 """Every experiment preset (conf/experiment/*.yaml): its grid composes and validates point by point,
-it trains one step on tiny data, and its recipe is the one SPEC section 4 and the papers give."""
+it trains one step on tiny data, and its recipe is the one docs/science.md#recipes and the papers give."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def preset(name: str, *overrides: str) -> DictConfig:
 
 @pytest.mark.parametrize("name", [p for p in PRESETS if p.startswith("civitelli_") and not p.endswith("_cpu")])
 def test_civitelli_recipe(name):
-    """SPEC section 4: SGD 0.01, momentum 0.9, batch 128 (ImageNet 100), cosine per epoch,
+    """docs/science.md#recipe-civitelli: SGD 0.01, momentum 0.9, batch 128 (ImageNet 100), cosine per epoch,
     RandAugment, label smoothing on ImageNet only, three seeds."""
     cfg = preset(name)
     imagenet = "imagenet" in name
@@ -129,7 +129,7 @@ def test_civitelli_cifar10_grids_hold_the_papers_curves():
 
 
 def test_fixup_cifar10_recipe():
-    """SPEC section 4 and hongyi-zhang/Fixup cifar_train.py: ResNet-110, lr 0.1, batch 128, 200 epochs,
+    """docs/science.md#recipe-fixup and hongyi-zhang/Fixup cifar_train.py: ResNet-110, lr 0.1, batch 128, 200 epochs,
     wd 1e-4, lr /10 at 100 and 150, mixup 1.0, scalars at lr/10, the reference block."""
     cfg = preset("fixup_cifar10_resnet110")
     assert (cfg.model.name, cfg.init.name, cfg.init.reference_block) == ("resnet110", "fixup", True)
@@ -139,7 +139,7 @@ def test_fixup_cifar10_recipe():
 
 
 def test_he_cifar10_recipe():
-    """SPEC sections 1 and 4, He et al. 2016a section 4.2: their ResNet-20 (post-activation, option A) with
+    """docs/science.md#he-cifar-resnet and #recipe-he2016a, He et al. 2016a section 4.2: their ResNet-20 (post-activation, option A) with
     BatchNorm and He et al. 2015's init drawn without Civitelli et al.'s standardisation, per-pixel mean
     subtraction (no std), SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, crop 32 pad 4 + flip, lr / 10 at
     epochs 82 and 123 of 164 (390 steps each: 31,980 / 47,970 / 63,960 iterations, for 32k / 48k / 64k)."""
@@ -177,7 +177,7 @@ def test_he_cifar10_preset_starts_he_et_al_network_unstandardised(make_cfg):
 
 
 def test_fixup_imagenet_recipe():
-    """SPEC section 4: 90 epochs, batch 256, lr 0.1 x 256/256, wd 1e-4, mixup 0.7, /10 every 30 epochs."""
+    """docs/science.md#recipe-fixup: 90 epochs, batch 256, lr 0.1 x 256/256, wd 1e-4, mixup 0.7, /10 every 30 epochs."""
     cfg = preset("fixup_imagenet_resnet50")
     assert (cfg.data.name, cfg.model.name, cfg.init.name) == ("imagenet", "resnet50", "fixup")
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.scalar_lr_mult) == (0.1, 1e-4, 0.1)

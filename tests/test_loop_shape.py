@@ -1,6 +1,8 @@
-"""Issue 14: the training loop reads top to bottom - no function of the engine's loop and epoch
-(nfbench/engine/loop.py, epoch.py) longer than a screen, and no closure or lambda standing in for state (``Loop`` holds state, each step and checkpoint
-is a plain function of it)."""
+"""Issue 14: the training loop reads top to bottom - no closure or lambda of the engine's loop and epoch
+(nfbench/engine/loop.py, epoch.py) standing in for state (``Loop`` holds state, each step and checkpoint is a
+plain function of it).  How long a function may be is ruff's rule now (pyproject.toml: PLR0915 at 40
+statements, C901 at 10 branches, for the whole package); ruff has no rule against closures, so this test
+keeps that one."""
 
 from __future__ import annotations
 
@@ -9,17 +11,10 @@ from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[1] / "nfbench" / "engine"
 TRAIN = [ENGINE / "loop.py", ENGINE / "epoch.py"]
-MAX_LINES = 60
 
 
 def functions(tree: ast.AST) -> list[ast.FunctionDef]:
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-
-
-def test_no_function_of_the_training_loop_is_longer_than_a_screen():
-    tree = ast.Module(body=[n for p in TRAIN for n in ast.parse(p.read_text()).body], type_ignores=[])
-    long = {f.name: f.end_lineno - f.lineno + 1 for f in functions(tree) if f.end_lineno - f.lineno + 1 > MAX_LINES}
-    assert not long, f"functions of nfbench/engine/loop.py and epoch.py over {MAX_LINES} lines: {long}"
 
 
 def test_the_training_loop_defines_no_closures():

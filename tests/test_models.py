@@ -1,4 +1,4 @@
-"""The model zoo (SPEC section 1): published parameter counts, structure, stems, and every (model, init) pair."""
+"""The model zoo (docs/science.md#architectures): published parameter counts, structure, stems, and every (model, init) pair."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def he_table6_params(depth: int) -> int:
 @pytest.mark.parametrize("depth", list(HE_CIFAR_PARAMS_M))
 def test_he_resnets_match_he_et_al_table_6(depth):
     """He et al. 2016a's own network (model=he_resnet<depth>, init=bn): Table 6's count at its rounding, and
-    exactly the hand count; ResNet-20 is the 269,722 of the well-known public re-implementations (SPEC sec. 1)."""
+    exactly the hand count; ResNet-20 is the 269,722 of the well-known public re-implementations (docs/science.md#he-cifar-resnet)."""
     params = n_params(f"he_resnet{depth}", "bn")
     assert round(params / 1e6, 1 if depth == 110 else 2) == HE_CIFAR_PARAMS_M[depth]
     assert params == he_table6_params(depth)
@@ -423,7 +423,7 @@ def grid() -> list:
 
 
 def refused(model: str, init: str, init_kw: dict) -> bool:
-    """The pairs that cannot be built, by SPEC sections 1-2: timm's NF-ResNets are the nf scheme's blocks,
+    """The pairs that cannot be built, by docs/science.md#invalid-pairs: timm's NF-ResNets are the nf scheme's blocks,
     He et al. 2016a's network is a BatchNorm network (init=bn only), and Fixup's reference block is a basic
     block (a bottleneck branch has 3 convs)."""
     if model in TIMM_NF_MODELS:

@@ -1,4 +1,4 @@
-"""The init= schemes (SPEC section 2): the statistics of every initialised tensor, identity at
+"""The init= schemes (docs/science.md#schemes): the statistics of every initialised tensor, identity at
 initialisation, batch independence and the optimiser's treatment of their scalars."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
 
 def test_scheme_default_weight_rules_follow_spec():
     defaults = {name: build_scheme(option_config("init", name)).weights for name in SCHEMES.names()}
-    # SPEC section 2 table; Fixup's reference code draws N(0, 2/n_out); NF's standardised convs are Brock's.
+    # docs/science.md#scheme-defaults; Fixup's reference code draws N(0, 2/n_out); NF's standardised convs are Brock's.
     assert defaults == {"bn": "he_fanin", "plain": "he_fanin", "idshort": "he_fanout", "learnscalar": "he_fanout",
                         "convshort": "he_fanout", "fixup": "he_fanout", "skipinit": "he_fanin",
                         "rezero": "he_fanin", "zero_last": "he_fanin", "nf": "brock", "wn": "arpit"}
@@ -322,7 +322,7 @@ def test_fixup_stem_shortcut_and_classifier_follow_the_reference_code(model, ste
 
 
 def nf_effective_weight(conv: ScaledStdConv2d) -> torch.Tensor:
-    """SPEC: per output channel, gain * (W - mean) / (std * sqrt(n_in)), std the biased one."""
+    """docs/science.md#standardisation: per output channel, gain * (W - mean) / (std * sqrt(n_in)), std the biased one."""
     w = conv.weight.detach().double()
     flat = w.reshape(w.shape[0], -1)
     std = flat.std(1, unbiased=False, keepdim=True)
@@ -453,7 +453,7 @@ def test_wn_preactivation_branch_adds_about_half_of_what_arpit_et_al_assume():
     assert 0.3 < mean(ours_n) < 0.6
 
 
-# SPEC section 2: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).
+# docs/science.md#identity-at-init: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).
 IDENTITY_SCHEMES = {"fixup", "skipinit", "rezero", "zero_last", "nf"}
 # Every registered scheme on basic, bottleneck and wide blocks; then the options that change the answer.
 IDENTITY_CASES = [(m, s, {}) for m in ("resnet20", "resnet50", "wrn") for s in SCHEMES.names()] + [

@@ -1,5 +1,5 @@
 """nfbench spp (issue 4): the statistics against a direct computation, the output contract, and the
-three claims of SPEC section 3 as numbers.
+three claims of docs/science.md#spp-claims as numbers.
 
 The claims run on ResNet-50 (and ResNet-101 where depth is the point) at stage-1 width 16 instead
 of 64 to stay within CI time; every threshold says which expectation it comes from (the variance
@@ -242,7 +242,7 @@ def test_multirun_overlays_the_sweep_and_spp_plot_combines_folders(tmp_path):
         plot_dirs([tmp_path / "figs"], tmp_path)
 
 
-# --- SPEC section 3, claim 1: plain + He loses the signal, BatchNorm keeps it ---------------------
+# --- docs/science.md#spp-claim-1: plain + He loses the signal, BatchNorm keeps it ---------------------
 
 
 def test_claim1_plain_he_loses_the_forward_signal_bn_keeps_it():
@@ -279,10 +279,10 @@ def test_claim1_backward_plain_explodes_bn_grows_polynomially():
 def test_claim2_brock_weights_explode_the_backward_variance(init):
     """Brock's gamma^2 = 2/(1 - 1/pi) ~ 2.93 gives each conv a backward factor gamma^2/2 ~ 1.47, so a
     3-conv branch 1.47^3 ~ 3.2 and a block 0.5 (1 + 3.2) ~ 2.1 (idshort; convshort's 1x1 shortcut
-    adds 1.47 for ~2.3): the gradient doubles per block going back (SPEC: "doubling per block").
+    adds 1.47 for ~2.3): the gradient doubles per block going back (docs/science.md#spp-claims: "doubling per block").
     Median step in the 6-block stage: within [1.6, 2.8] (measured 1.9-2.2 at widths 16 and 64).
     Deepest to shallowest block of ResNet-50: >= 1e3, "orders of magnitude" (measured 3.3e3 idshort
-    at widths 16 and 64, 1.3e4-1.4e4 convshort; the independent implementation in SPEC: 9.5e-7 /
+    at widths 16 and 64, 1.3e4-1.4e4 convshort; the independent implementation (docs/science.md#spp-independent): 9.5e-7 /
     2.8e-10 = 3.4e3).  Forward, per channel: Var stays within 4x over the network (measured max/min
     1.5-1.6; plain's is > 1e3)."""
     rows = spp("resnet50", init, "brock")
@@ -330,7 +330,7 @@ def test_claim3_he_fanout_keeps_the_backward_variance(init):
 
 @pytest.mark.slow
 def test_published_width_matches_the_independent_implementation():
-    """SPEC section 3: ResNet-50 at batch 32, idshort + he_fanout 2.4e-12 ... 2.8e-10 and idshort +
+    """docs/science.md#spp-independent: ResNet-50 at batch 32, idshort + he_fanout 2.4e-12 ... 2.8e-10 and idshort +
     brock 9.5e-7 ... 2.8e-10 (shallowest ... deepest).  Within 2x: one seed of a 32-sample batch
     (measured 1.8e-12 ... 2.8e-10 and 9.0e-7 ... 2.8e-10)."""
     for weights, (first, last) in {"he_fanout": (2.4e-12, 2.8e-10), "brock": (9.5e-7, 2.8e-10)}.items():

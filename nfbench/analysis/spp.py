@@ -1,4 +1,4 @@
-"""Signal propagation at initialisation, measured at every residual block's output (SPEC section 3).
+"""Signal propagation at initialisation, measured at every residual block's output (docs/science.md#spp).
 
 Civitelli et al. (Fig. 2 and 6) plot, per residual block, the variance of the
 forward activations x_l and of the backward gradients dL/dx_l; Brock et al.
@@ -17,7 +17,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -30,6 +30,7 @@ from nfbench.data.source import build_source
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
+from nfbench.models.resnet import ResNet
 from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
 from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 
@@ -62,7 +63,7 @@ def _moments(t: torch.Tensor) -> tuple[float, float, float]:
     return t.var(correction=0).item(), chan_mean.pow(2).mean().item(), chan_var.mean().item()
 
 
-def block_stats(net: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> list[BlockStats]:
+def block_stats(net: ResNet, x: torch.Tensor, labels: torch.Tensor) -> list[BlockStats]:
     """One forward and backward pass of mean cross-entropy on (x, labels); statistics per block of ``net.blocks``.
 
     The gradients are taken with ``torch.autograd.grad`` with respect to the block outputs only, so
@@ -129,6 +130,7 @@ def measure(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> list[dict]:
             x, y = torch.randn(s.batch_size, in_chans, size, size), None
         if s.labels == "random":  # validate(): the only choice for Gaussian inputs
             y = torch.randint(num_classes, (s.batch_size,))
+        assert y is not None  # a data batch's labels, or random ones (validate() allows no other pair)
         runs.append(block_stats(net, x.to(device), y.to(device)))
     return summarise(runs, cfg.model.name, cfg.init.name, plan.scheme.weights)
 
@@ -188,7 +190,7 @@ def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoade
         x, y = x[: cfg.spp.batch_size], y[: cfg.spp.batch_size]
         if cfg.spp.labels == "random":
             y = torch.randint(num_classes, (len(y),), generator=torch.Generator().manual_seed(cfg.seed))
-        stats = block_stats(net, x.to(device), y.to(device))
+        stats = block_stats(cast(ResNet, net), x.to(device), y.to(device))
     with torch.no_grad():
         for k, v in net.named_buffers():
             v.copy_(saved[k])

@@ -2,7 +2,7 @@
 
 Forward variance on the left, backward on the right, log y-axis, residual block
 depth on x; the stride-2 transitions are marked, because the backward variance
-steps there by design (SPEC section 3, claim 3).  A Hydra multirun writes one
+steps there by design (docs/science.md#spp-claim-3).  A Hydra multirun writes one
 spp.csv per job; :class:`OverlayCallback` (configured by ``nfbench spp``)
 combines them when the sweep ends, and ``nfbench spp-plot DIR ...`` does the
 same for any folders, e.g. several sweeps.

@@ -52,9 +52,10 @@ def _explained(cls: type) -> tuple[str, dict[str, str]]:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
         if node.end_lineno in comments:  # a comment at the end of the field's own line
-            meanings[node.target.id] = comments[node.end_lineno]  # type: ignore[index]
+            meanings[node.target.id] = comments[node.end_lineno]
             continue
-        block, line = [], node.lineno - 1
+        block: list[str] = []
+        line = node.lineno - 1
         while line in comments and line not in code_lines:
             block.insert(0, comments[line])
             line -= 1

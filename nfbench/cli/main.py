@@ -284,8 +284,8 @@ def _config_errors_in_one_line() -> Iterator[None]:
         if SWEEP.started:
             raise
         # Hydra making the run directory or opening its job log there, before any nfbench code ran.
-        cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        _exit_in_one_line(f"cannot set up the run directory: {cause}. Fix: give hydra.run.dir a directory you can "
+        reason = e.__cause__ if isinstance(e.__cause__, OSError) else e
+        _exit_in_one_line(f"cannot set up the run directory: {reason}. Fix: give hydra.run.dir a directory you can "
                           f"write (not an existing file)")
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
@@ -301,8 +301,9 @@ def _key_of_an_unselected_option(error: Exception, overrides: list[str]) -> Opti
     (logger=csv, a registered logger or hook) is not selected; None for any other error."""
     from nfbench.engine.hooks import HOOKS
     from nfbench.loggers import LOGGERS
+    from nfbench.registry import Registry
 
-    registries = {"logger": LOGGERS, "hooks": HOOKS}
+    registries: dict[str, Registry] = {"logger": LOGGERS, "hooks": HOOKS}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         group, _, rest = key.partition(".")

@@ -70,13 +70,18 @@ class BatchPlan:
     def tensors(self) -> list[Optional[torch.Tensor]]:
         return [self.index, self.offset, self.flip, self.ra_ops, self.ra_signs]
 
+    def mapped(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> BatchPlan:
+        """A plan of ``fn`` of each tensor (a None stays None)."""
+        ops, signs = (None if t is None else fn(t) for t in (self.ra_ops, self.ra_signs))
+        return BatchPlan(fn(self.index), fn(self.offset), fn(self.flip), ops, signs)
+
 
 @dataclass
 class EpochPlan(BatchPlan):
     """The draws of a whole epoch; sliced into one :class:`BatchPlan` per batch."""
 
     def to(self, device: torch.device) -> "EpochPlan":
-        return EpochPlan(*[None if t is None else t.to(device) for t in self.tensors()])
+        return EpochPlan(**vars(self.mapped(lambda t: t.to(device))))
 
     def share_memory_(self) -> "EpochPlan":
         for t in self.tensors():
@@ -86,11 +91,11 @@ class EpochPlan(BatchPlan):
 
     def copy_(self, other: "EpochPlan") -> None:
         for mine, theirs in zip(self.tensors(), other.tensors()):
-            if mine is not None:
+            if mine is not None and theirs is not None:
                 mine.copy_(theirs)
 
     def batch(self, start: int, stop: int) -> BatchPlan:
-        return BatchPlan(*[None if t is None else t[start:stop] for t in self.tensors()])
+        return self.mapped(lambda t: t[start:stop])
 
     def spans(self, batch_size: int) -> list[tuple[int, int]]:
         """(start, stop) of each batch."""
@@ -130,6 +135,7 @@ class BatchBuilder:
             x = torch.gather(x.view(b, c, -1), 2, flat[:, None, :].expand(b, c, flat.shape[1])).view(b, c, *self.size)
         ra = self.augment.randaugment if self.augment is not None else None
         if ra is not None:  # whole-batch ops, every sample its own (no host round trip)
+            assert plan.ra_ops is not None and plan.ra_signs is not None  # drawn whenever RandAugment is on
             x = ra(x, plan.ra_ops, plan.ra_signs)
         return x, self.labels.index_select(0, plan.index)
 
@@ -141,7 +147,7 @@ class _PlannedBatches(Dataset):
     def __init__(self, builder: BatchBuilder, plan: EpochPlan) -> None:
         self.builder, self.plan = builder, plan
 
-    def __getitem__(self, span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def __getitem__(self, span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.builder(self.plan.batch(*span))
 
 
@@ -181,11 +187,11 @@ class CapturedBuilder:
         if not self.capture:
             return self.build(plan)
         if self.static is None:
-            self.static = BatchPlan(*[None if t is None else t.clone() for t in plan.tensors()])
+            self.static = plan.mapped(torch.clone)
         if plan.index.shape != self.static.index.shape:
             return self.build(plan)
         for mine, theirs in zip(self.static.tensors(), plan.tensors()):
-            if mine is not None:
+            if mine is not None and theirs is not None:
                 mine.copy_(theirs, non_blocking=True)
         if self.graph is None:
             self._capture()
@@ -263,8 +269,9 @@ class DeviceLoader:
     def _blank_plan(self) -> EpochPlan:
         """Zeros in the shapes of :meth:`plan`'s tensors (RandAugment on)."""
         n, layers = self._samples(), self.augment.randaugment.num_ops  # type: ignore[union-attr]
-        zeros = [torch.zeros(n, dtype=torch.int64) for _ in range(3)]
-        return EpochPlan(*zeros, torch.zeros(n, layers, dtype=torch.int64), torch.zeros(n, layers, dtype=torch.int64))
+        index, offset, flip = (torch.zeros(n, dtype=torch.int64) for _ in range(3))
+        return EpochPlan(index, offset, flip, torch.zeros(n, layers, dtype=torch.int64),
+                         torch.zeros(n, layers, dtype=torch.int64))
 
     def plan(self) -> EpochPlan:
         """Draw the epoch: order from the sampler, augmentation from a generator seeded by torch's RNG."""

@@ -53,11 +53,11 @@ def pixels_sha256(images: np.ndarray | torch.Tensor) -> str:
         raise ValueError(f"pixels_sha256 takes uint8 images (N, C, H, W), got {images.dtype} of shape "
                          f"{tuple(images.shape)}")
     hwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-    return hashlib.sha256(hwc).hexdigest()
+    return hashlib.sha256(hwc.data).hexdigest()
 
 
 # The copies above by their (train, test) digests, as the report names them.
-KNOWN_COPIES = {
+KNOWN_COPIES: dict[tuple[str, Optional[str]], str] = {
     ("61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
      "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"): "original",
     ("bf3aabd52be912dae02a0435296c4dab5289524b57f55cd162dc4796935a611b",

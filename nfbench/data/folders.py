@@ -143,12 +143,14 @@ def image_problem(path: str) -> tuple[Optional[str], Optional[tuple[int, int]]]:
 def check_images(folder: ImageFolder, skip: bool) -> dict[str, tuple[int, int]]:
     """Refuse a folder holding an unreadable image, naming it; with ``skip``, drop those files and
     say how many (``data.skip_corrupt=true``).  Returns every kept image's size (W, H)."""
-    bad, sizes = {}, {}
+    bad: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for path, _ in folder.samples:
         why, size = image_problem(path)
         if why is not None:
             bad[path] = why
         else:
+            assert size is not None  # image_problem gives the size whenever it finds no problem
             sizes[path] = size
     if not bad:
         return sizes
@@ -236,18 +238,21 @@ def hold_in_memory(cfg: DataConfig, folders: Sequence[ImageFolder],
     n = sum(len(f) for f in folders)
     gb = n * 3 * h * w / GB
     if h != w:
-        return _refuse(cfg, f"its images are {w}x{h} px, not square")
+        _refuse(cfg, f"its images are {w}x{h} px, not square")
+        return None
     if gb > cfg.in_memory_max_gb:
-        return _refuse(cfg, f"its {n:,} images of {w}x{h} px take {gb:.2f} GB in memory, over "
-                            f"data.in_memory_max_gb={cfg.in_memory_max_gb}", "raise data.in_memory_max_gb, or ")
+        _refuse(cfg, f"its {n:,} images of {w}x{h} px take {gb:.2f} GB in memory, over "
+                     f"data.in_memory_max_gb={cfg.in_memory_max_gb}", "raise data.in_memory_max_gb, or ")
+        return None
     start = time.perf_counter()
     try:
         held = [decode_folder(f, size) for f in folders]
     except OtherSize as e:
         if cfg.image_size is None:  # the files could not be batched either (data.verify=false found nothing)
             raise other_size(e.path, e.size, (w, h)) from None
-        return _refuse(cfg, f"its images are not all one size ({e.path} is {e.size[0]}x{e.size[1]} px, the "
-                            f"first {w}x{h})")
+        _refuse(cfg, f"its images are not all one size ({e.path} is {e.size[0]}x{e.size[1]} px, the "
+                     f"first {w}x{h})")
+        return None
     log.info("decoded the %d images of data.root=%s into memory (%.2f GB) in %.1f s", n, cfg.root, gb,
              time.perf_counter() - start)
     return held

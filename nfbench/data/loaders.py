@@ -31,8 +31,9 @@ class SeededSampler(DistributedSampler):
     epoch's stream a pure function of (seed, epoch), whichever worker builds a sample and whenever.
     """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**63, size=len(self.dataset)).tolist()
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = len(self.dataset)  # type: ignore[arg-type]  # torch types Dataset without __len__; ours have one
+        seeds = np.random.default_rng([self.seed, self.epoch]).integers(2**63, size=n).tolist()
         return ((i, seeds[i]) for i in super().__iter__())
 
 
@@ -88,7 +89,7 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     batched = gpu_decode.decode_choice(cfg, src, torch.device(device or "cpu")) == "gpu"
     on_device = use_device_loader(cfg, src)
     # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
-    sampler = (DistributedSampler if on_device else SeededSampler)(
+    sampler: DistributedSampler = (DistributedSampler if on_device else SeededSampler)(
         src.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank

@@ -23,7 +23,7 @@ from nfbench.registry import Registry
 log = logging.getLogger("nfbench")
 
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # SPEC section 4
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # docs/science.md#cifar-normalisation
 
 
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -191,7 +191,7 @@ def digits(cfg: DataConfig) -> DataSource:
                       num_classes=10, in_chans=1, image_size=8, mean=mean, std=std)
 
 
-def _release_reader(cls: type, name: str, train: bool) -> type:
+def _release_reader(cls: type[tvd.CIFAR10], name: str, train: bool) -> type[tvd.CIFAR10]:
     """torchvision's reader ``cls`` (CIFAR10 or CIFAR100) for one file of the python release, with the md5
     checks off: torchvision compares every file with the official release's md5 and refuses any other, so
     the release as scripts/cifar_from_images.py writes it could not be read.  The reading is torchvision's
@@ -202,7 +202,7 @@ def _release_reader(cls: type, name: str, train: bool) -> type:
                                                 "meta": {**cls.meta, "md5": None}})
 
 
-def _read_release(cls: type, root: Path, names: Sequence[str], train: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _read_release(cls: type[tvd.CIFAR10], root: Path, names: Sequence[str], train: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
     """The images (uint8 N x 3 x 32 x 32, the files' order), labels and class names of ``names``."""
     images, labels, classes = [], [], []
     for name in names:
@@ -221,7 +221,7 @@ def _read_release(cls: type, root: Path, names: Sequence[str], train: bool) -> t
     return torch.cat(images).contiguous(), torch.tensor(labels, dtype=torch.int64), classes
 
 
-def _cifar(cfg: DataConfig, cls: type, mean: Sequence[float], std: Sequence[float]) -> DataSource:
+def _cifar(cfg: DataConfig, cls: type[tvd.CIFAR10], mean: Sequence[float], std: Sequence[float]) -> DataSource:
     """CIFAR-10 or CIFAR-100, the python release in ``data.root`` (downloaded there with ``data.download``),
     read by torchvision's own CIFAR10/CIFAR100 code."""
     root = Path(cfg.root).expanduser()

@@ -57,6 +57,7 @@ def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int,
         return EpochProgress(steps, p.loss_sum, p.correct, p.seen, p.seconds)
     run = _start_pass(loop, epoch, steps, p)
     s = loop.settings
+    assert loop.step is not None  # built over the restored model (nfbench.engine.loop) before any epoch
     for i, (x, y) in _batches_after(loop.progress.wrap(loader, epoch), p, loop.env.rank):
         loss, hits = loop.step(x, y)  # eager or one replay of its graph: nfbench/engine/step.py
         run.metrics.record(i, loss, hits, len(y))

@@ -94,20 +94,21 @@ class GraphedStep:
         if self.x is None:
             self.x = torch.empty(x.shape, dtype=x.dtype, device=self.device, memory_format=self.memory_format)
             self.y = torch.empty(y.shape, dtype=y.dtype, device=self.device)
+        assert self.y is not None  # made with self.x, just above or at the first call
         if x.shape != self.x.shape or y.shape != self.y.shape:
             return self._eager(x, y)
         self.x.copy_(x, non_blocking=True)
-        self.y.copy_(y, non_blocking=True)  # type: ignore[union-attr]
+        self.y.copy_(y, non_blocking=True)
         if self.warmup_left > 0:
             self.warmup_left -= 1
             with self._side_stream():
                 self.opt.zero_grad(set_to_none=True)
-                return self._step(self.x, self.y)  # type: ignore[arg-type]
+                return self._step(self.x, self.y)
         self._sync_lrs()
         if not self.capture:  # the graph's step, run eagerly: tensor learning rates, grads made afresh
             self.opt.zero_grad(set_to_none=True)
             with self._tensor_lrs():
-                return self._step(self.x, self.y)  # type: ignore[arg-type]
+                return self._step(self.x, self.y)
         if self.graph is None:
             self._capture()
         self.graph.replay()  # type: ignore[union-attr]

@@ -40,7 +40,7 @@ class NoKeys:
     """A hook without keys of its own."""
 
 
-HOOKS: Registry[type] = Registry("hook")
+HOOKS: Registry[type[Hook]] = Registry("hook")
 
 
 def register_hook(name: str) -> Callable[[type], type]:
@@ -50,10 +50,10 @@ def register_hook(name: str) -> Callable[[type], type]:
 
 def build_hooks(hooks: DictConfig, run_dir: Path) -> list[Hook]:
     """The selected hooks (``cfg.hooks``: name -> its keys), in the order selected."""
-    return [HOOKS.get(name)(node, run_dir) for name, node in hooks.items()]
+    return [HOOKS.get(str(name))(node, run_dir) for name, node in hooks.items()]
 
 
 def check(hooks: DictConfig) -> None:
     """Every selected hook is a registered one (validation, before any data loads)."""
     for name in hooks:
-        HOOKS.get(name)
+        HOOKS.get(str(name))

@@ -12,7 +12,7 @@ A run alone and a run of a pack go through this one loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 import contextlib
 import logging
 import math
@@ -41,6 +41,7 @@ from nfbench.data.gpu_decode import decode_choice
 from nfbench.engine.hooks import build_hooks
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
+from nfbench.schemes import Scheme
 from nfbench.engine.optim import build_optimizer
 from nfbench.engine.optim import build_scheduler
 from nfbench.engine.progress import Progress
@@ -149,7 +150,7 @@ def _spawned_worker(container: dict) -> None:
     if distributed.detect().is_main:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
         rundir.log_to_file(Path(cfg.trainer.run_dir))
-    train(cfg)  # type: ignore[arg-type]
+    train(cfg)
 
 
 def run_steps(start: RunStart, device: torch.device, host: Optional[Host] = None) -> Generator[None, None, dict]:
@@ -208,7 +209,9 @@ def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dic
     if record.history or (run_dir / "metrics.jsonl").exists():
         rundir.write_metrics(run_dir / "metrics.jsonl", record.history)
     if branch_best is not None:
-        rundir.save_best(record.ckpt_dir, branch_best, best_row(record.history, record.select))
+        best = best_row(record.history, record.select)
+        assert best is not None  # a branch inherits the rows of its best epoch
+        rundir.save_best(record.ckpt_dir, branch_best, best)
 
 
 def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path,
@@ -217,7 +220,7 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
     see the parameters), optimiser, scheduler, grad scaler, mixup and loss; the stop signal ``host`` lends."""
     tcfg = cfg.trainer
     seed_all(cfg.seed)
-    scheme = plan.scheme
+    scheme = cast(Scheme, plan.scheme)  # validate() planned the model with a Scheme
     net = plan.build(data.src.num_classes, data.src.in_chans, data.src.image_size).to(device)
     if tcfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -304,7 +307,7 @@ def _wrap(loop: Loop) -> None:
         loop.net = nn.parallel.DistributedDataParallel(loop.net,
                                                        device_ids=[device.index] if device.type == "cuda" else None)
     if loop.cfg.trainer.compile:
-        loop.net = torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode)
+        loop.net = cast(nn.Module, torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode))  # an OptimizedModule
     if tcfg.cuda_graph:  # refuses DDP and compile (config.check_values): the graph replays the model itself
         objects = StepObjects(loop.model, loop.opt, loop.criterion, loop.amp, loop.scaler, loop.cfg.optim)
         loop.step = GraphedStep(objects, tcfg.channels_last)
@@ -320,8 +323,8 @@ def _log_setup(loop: Loop, data: Data) -> None:
     cfg, src = loop.cfg, data.src
     log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, "
              "%d process(es) on %s", cfg.model.name, cfg.init.name, loop.scheme.weights, cfg.data.name,
-             count_params(loop.model) / 1e6, len(src.train), len(src.val) if src.val is not None else 0,
-             len(src.test), loop.env.world_size, loop.device)
+             count_params(loop.model) / 1e6, len(src.train), len(src.val) if src.val is not None else 0,  # type: ignore[arg-type]
+             len(src.test), loop.env.world_size, loop.device)  # type: ignore[arg-type]
 
 
 def _run_epochs(loop: Loop, data: Data, start_epoch: int,

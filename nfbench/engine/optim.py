@@ -20,8 +20,9 @@ def classifier(net: nn.Module) -> nn.Module:
     head = getattr(net, "head", None)
     if head is not None and isinstance(getattr(head, "fc", None), nn.Linear):
         return head.fc
-    if hasattr(net, "get_classifier"):
-        return net.get_classifier()
+    get_classifier = getattr(net, "get_classifier", None)
+    if get_classifier is not None:
+        return get_classifier()
     raise TypeError(f"{type(net).__name__} exposes no classifier (expected .head.fc or .get_classifier())")
 
 

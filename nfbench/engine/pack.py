@@ -148,7 +148,7 @@ class RunLogs:
             root.removeHandler(handler)
             handler.close()
         for handler, formatter in self.formatters.items():
-            handler.setFormatter(formatter)  # type: ignore[arg-type]
+            handler.setFormatter(formatter)
 
     def name(self) -> Optional[str]:
         return None if self.current is None else self.names[self.current]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Optional
+from typing import NoReturn, Optional
 
 from nfbench.errors import Preempted
 
@@ -42,7 +42,7 @@ class StopSignal:
     def _catch(self, signum: int, frame: object) -> None:
         self.received = signum
 
-    def exit(self) -> None:
+    def exit(self) -> NoReturn:
         """After the checkpoint: let the previous handler (submitit's requeue) act, else raise Preempted."""
         signum = self.received
         assert signum is not None
@@ -76,5 +76,5 @@ class PackStop:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def exit(self) -> None:
+    def exit(self) -> NoReturn:
         raise RunStopped(self.signal.received)

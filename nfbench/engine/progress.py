@@ -41,9 +41,9 @@ class Progress:
             return loader
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True,
-                        unit="batch")
-        return self.bar
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True, unit="batch")
+        self.bar = bar
+        return bar
 
     def due(self) -> bool:
         """Whether :meth:`show` would show anything now: always with a bar, else once the interval has passed."""

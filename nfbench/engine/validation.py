@@ -11,7 +11,7 @@ This module sits above the schema and the registries, so neither imports the oth
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from omegaconf import DictConfig
 
@@ -35,8 +35,8 @@ def validate(cfg: DictConfig | Config) -> "ModelPlan":
     from nfbench.engine.distributed import detect
 
     DATASETS.get(cfg.data.name)
-    loggers.check(cfg.logger)
-    hooks.check(cfg.hooks)
+    loggers.check(cast(DictConfig, cfg.logger))  # a node of the composed config, typed dict[str, Any] by its schema
+    hooks.check(cast(DictConfig, cfg.hooks))
     env = detect()  # torchrun's or SLURM's processes, else the ones trainer.devices starts
     per_rank_batch(cfg.data.batch_size, env.world_size if env.enabled else cfg.trainer.devices)
     return plan_model(cfg.model, build_scheme(cfg.init))

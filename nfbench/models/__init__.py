@@ -1,4 +1,4 @@
-"""The model registry (``model=``): every architecture of SPEC section 1.
+"""The model registry (``model=``): every architecture of docs/science.md#architectures.
 
 Each registered model is a planner: given its config and the scheme, it applies the rules that
 guard its construction (WRN's depth, Fixup's reference block on basic blocks only, timm's NF-ResNets
@@ -26,7 +26,7 @@ from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, I
 from nfbench.registry import Registry
 
 # (num_classes, in_chans, image_size) -> the network, uninitialised: what is left once every rule has passed.
-Builder = Callable[[int, int, int], nn.Module]
+Builder = Callable[[int, int, int], ResNet]
 # A registered model: applies the rules of (its config, the scheme) and returns its builder.
 Planner = Callable[[ModelConfig, ModelScheme], Builder]
 MODELS: Registry[Planner] = Registry("model")
@@ -152,11 +152,11 @@ class ModelPlan:
     scheme: ModelScheme
     builder: Builder
 
-    def construct(self, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    def construct(self, num_classes: int, in_chans: int, image_size: int) -> ResNet:
         """The network with the scheme's blocks, uninitialised (e.g. on the meta device)."""
         return self.builder(num_classes, in_chans, image_size)
 
-    def build(self, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    def build(self, num_classes: int, in_chans: int, image_size: int) -> ResNet:
         """The network, started by the scheme's initialisation."""
         net = self.construct(num_classes, in_chans, image_size)
         self.scheme.initialise(net)
@@ -170,12 +170,12 @@ def plan_model(cfg: ModelConfig, scheme: ModelScheme) -> ModelPlan:
 
 
 def construct_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
-                    image_size: int) -> nn.Module:
+                    image_size: int) -> ResNet:
     """Plan and build the configured architecture with the scheme's blocks, uninitialised."""
     return plan_model(cfg, scheme).construct(num_classes, in_chans, image_size)
 
 
-def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> ResNet:
     """Plan and build the configured architecture with the scheme's blocks, then apply the scheme's init."""
     return plan_model(cfg, scheme).build(num_classes, in_chans, image_size)
 

@@ -7,6 +7,8 @@ final conv, activation and classifier run in timm's order.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -21,21 +23,21 @@ class TimmNFBlock(Block):
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         self.block = block
-        self.stride = block.conv2.stride[0]
+        self.stride = cast(nn.Conv2d, block.conv2).stride[0]
 
     @property
     def branch(self) -> list[nn.Conv2d]:  # type: ignore[override]
         b = self.block
-        return [c for c in (b.conv1, b.conv2, b.conv2b, b.conv3) if c is not None]
+        return [cast(nn.Conv2d, c) for c in (b.conv1, b.conv2, b.conv2b, b.conv3) if c is not None]
 
     @property
     def shortcut(self) -> nn.Module:  # type: ignore[override]
-        return self.block.downsample if self.block.downsample is not None else _IDENTITY
+        return cast(nn.Module, self.block.downsample) if self.block.downsample is not None else _IDENTITY
 
     @property
     def input_scale(self) -> float:
         """timm's beta: the multiplier 1/sqrt(expected Var(x)) on the activated input."""
-        return self.block.beta
+        return cast(float, self.block.beta)  # a float attribute of timm's block, not a tensor
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         if self.block.downsample is None:
@@ -55,7 +57,7 @@ class TimmNFHead(nn.Module):
 
     @property
     def fc(self) -> nn.Linear:
-        return self.classifier.fc
+        return cast(nn.Linear, self.classifier.fc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.final_act(self.final_conv(x)))
@@ -67,4 +69,4 @@ def timm_nf_resnet(name: str, num_classes: int, in_chans: int, **kwargs) -> ResN
 
     net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
     blocks = [TimmNFBlock(b) for stage in net.stages for b in stage]
-    return ResNet(net.stem, blocks, TimmNFHead(net))
+    return ResNet(cast(nn.Module, net.stem), blocks, TimmNFHead(net))

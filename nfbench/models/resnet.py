@@ -9,7 +9,7 @@ signal-propagation tool work on that structure, never on parameter names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, cast
 
 import torch
 from torch import nn
@@ -135,11 +135,11 @@ class Block(nn.Module):
 
     @property
     def in_chans(self) -> int:
-        return self.branch[0].in_channels
+        return cast(nn.Conv2d, self.branch[0]).in_channels
 
     @property
     def out_chans(self) -> int:
-        return self.branch[-1].out_channels
+        return cast(nn.Conv2d, self.branch[-1]).out_channels
 
     @property
     def transition(self) -> bool:
@@ -259,10 +259,14 @@ class Head(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, stem: nn.Module, blocks: Sequence[Block], head: Head) -> None:
+    stem: nn.Module
+    blocks: Sequence[Block]  # an nn.ModuleList, which registers them
+    head: nn.Module  # a Head, or timm's (nf_resnet.TimmNFHead): both have .fc
+
+    def __init__(self, stem: nn.Module, blocks: Sequence[Block], head: nn.Module) -> None:
         super().__init__()
         self.stem = stem
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(blocks)  # type: ignore[assignment]  # its items are the Blocks given
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,6 +328,7 @@ class ModelScheme(Protocol):
     here so that models need not import the schemes that build on them."""
 
     cfg: Any  # its InitConfig
+    weights: str  # the weight rule it applies (init.weights, else its default)
 
     @property
     def name(self) -> str: ...
@@ -339,7 +344,7 @@ class ModelScheme(Protocol):
 
     def head(self, chans: int, num_classes: int) -> Head: ...
 
-    def initialise(self, net: nn.Module) -> None: ...
+    def initialise(self, net: ResNet) -> None: ...
 
 
 def build_resnet(spec: ResNetSpec, scheme: ModelScheme, num_classes: int, in_chans: int = 3,

@@ -78,7 +78,7 @@ def strict_json(obj: Any) -> Any:
     """``obj`` with every non-finite float replaced by null plus a ``KEY_str`` field ("nan", "inf",
     "-inf") beside it: JSON readers other than Python's reject NaN and Infinity."""
     if isinstance(obj, dict):
-        out = {}
+        out: dict = {}
         for k, v in obj.items():
             if isinstance(v, float) and not math.isfinite(v):
                 out[k], out[f"{k}_str"] = None, str(v)
