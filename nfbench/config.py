@@ -487,13 +487,9 @@ def check_values(cfg: DictConfig | Config) -> None:
                               f"null data.std=null, or data.pixel_mean=false")
         require(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
                 "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
-<<<<<<< HEAD
-        require(all(s > 0 for s in c.data.std), "data.std", c.data.std, "every value must be > 0")
+        require(all(s > 0 for s in c.data.std or ()), "data.std", c.data.std, "every value must be > 0")
     require(c.data.decode != "gpu" or not c.data.randaugment, "data.decode", c.data.decode,
             "the batched decode has no RandAugment; use data.decode=cpu (or auto) with data.randaugment=true")
-=======
-        require(all(s > 0 for s in c.data.std or ()), "data.std", c.data.std, "every value must be > 0")
->>>>>>> 3bf4947
     require(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
             "needs data.verify=true, the check that finds the unreadable files")
     require(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
