@@ -33,8 +33,10 @@ def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> 
     folder.mkdir(parents=True, exist_ok=True)
     per_file = np.array_split(np.arange(n_train), len(CIFAR10_TRAIN_FILES))
     for name, rows in [*zip(CIFAR10_TRAIN_FILES, per_file), ("test_batch", np.arange(n_test))]:
-        entry = {"data": rng.integers(0, 256, size=(len(rows), 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, size=len(rows)).tolist()}
+        entry = {
+            "data": rng.integers(0, 256, size=(len(rows), 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, size=len(rows)).tolist(),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(entry, f)
     with open(folder / "batches.meta", "wb") as f:  # the release's class names, which torchvision reads
@@ -78,9 +80,13 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch's CPU threads (default: torch's own); 1 on a shared machine, where a busy "
-                        "core stalls every parallel region of the other thread")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch's CPU threads (default: torch's own); 1 on a shared machine, where a busy "
+        "core stalls every parallel region of the other thread",
+    )
     p.add_argument("--model", default=None, help="default: resnet18 on CUDA, resnet20 on CPU")
     p.add_argument("--width", type=int, default=None, help="stage-1 width; default: published on CUDA, 8 on CPU")
     p.add_argument("--batch", type=int, default=128)
@@ -91,7 +97,8 @@ def model_of(args: argparse.Namespace, device: torch.device) -> tuple[str, Optio
     """(model, stage-1 width): the published ResNet-18 on a GPU, the tests' narrow ResNet-20 on a CPU."""
     cuda = device.type == "cuda"
     return args.model or ("resnet18" if cuda else "resnet20"), args.width if args.width is not None else (
-        None if cuda else 8)
+        None if cuda else 8
+    )
 
 
 def device_of(args: argparse.Namespace) -> torch.device:
@@ -106,8 +113,10 @@ def header(title: str, device: torch.device) -> None:
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
     else:
-        where = f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, " \
-                f"{torch.get_num_threads()} torch threads"
+        where = (
+            f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads"
+        )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"== {title}")
     print(f"device: {where}; torch {torch.__version__}; 1-min load average {load:.2f}")

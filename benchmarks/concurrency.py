@@ -36,8 +36,16 @@ def _worker(rank: int, args, commands: mp.Queue, results: mp.Queue) -> None:
     device = device_of(args)
     model, width = model_of(args, device)
     scheme = args.schemes[rank % len(args.schemes)]
-    bench = Bench(scheme, option_config("model", model, width=width), args.batch, device, args.precision,
-                  args.channels_last, args.compile, graph=args.cuda_graph)
+    bench = Bench(
+        scheme,
+        option_config("model", model, width=width),
+        args.batch,
+        device,
+        args.precision,
+        args.channels_last,
+        args.compile,
+        graph=args.cuda_graph,
+    )
     for _ in range(args.warmup):
         bench.step()
     sync(device)
@@ -69,8 +77,10 @@ def main() -> None:
     header("concurrent training processes on one device", device)
     model, width = model_of(args, device)
     step = "cuda_graph" if args.cuda_graph else "compiled" if args.compile else "eager"
-    print(f"{model} (width {width or 'published'}), batch {args.batch}, {args.precision}, "
-          f"channels_last={args.channels_last}, {step} step, schemes cycled: {', '.join(args.schemes)}")
+    print(
+        f"{model} (width {width or 'published'}), batch {args.batch}, {args.precision}, "
+        f"channels_last={args.channels_last}, {step} step, schemes cycled: {', '.join(args.schemes)}"
+    )
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
     # --each-alone times every scheme alone, so there is a process for each even beyond the largest job count.
@@ -96,8 +106,7 @@ def main() -> None:
             q.put((start, args.seconds))
         got = [results.get() for _ in range(n)]
         total = sum(r[2] for r in got)
-        rows.append({"jobs": n, "images_per_s": total, "per_job": total / n,
-                     "schemes": sorted(r[1] for r in got)})
+        rows.append({"jobs": n, "images_per_s": total, "per_job": total / n, "schemes": sorted(r[1] for r in got)})
         print(f"| {n} | {total:,.0f} | {total / n:,.0f} | {total / rows[0]['images_per_s']:.2f} |", flush=True)
     for q in queues:
         q.put(None)
@@ -106,10 +115,22 @@ def main() -> None:
     best = max(rows, key=lambda r: r["images_per_s"])
     print(f"best: {best['jobs']} jobs, {best['images_per_s']:,.0f} images/s")
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "batch": args.batch, "precision": args.precision,
-                                         "channels_last": args.channels_last, "step": step, "rows": rows,
-                                         "alone": alone, "device": str(device), "torch": torch.__version__},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": model,
+                    "batch": args.batch,
+                    "precision": args.precision,
+                    "channels_last": args.channels_last,
+                    "step": step,
+                    "rows": rows,
+                    "alone": alone,
+                    "device": str(device),
+                    "torch": torch.__version__,
+                },
+                indent=2,
+            )
+        )
     footer()
 
 

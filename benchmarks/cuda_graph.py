@@ -48,22 +48,46 @@ MODES = {
     "compile-reduce-overhead": ["trainer.compile=true", "trainer.compile_mode=reduce-overhead"],
 }
 # Priority order: what answers the issue first, the long compilations last.
-PLAN = [("resnet18", "eager"), ("resnet18", "cuda_graph"), ("resnet50", "eager"), ("resnet50", "cuda_graph"),
-        ("resnet18", "compile"), ("resnet18", "compile-reduce-overhead"), ("resnet50", "compile"),
-        ("resnet50", "compile-reduce-overhead")]
+PLAN = [
+    ("resnet18", "eager"),
+    ("resnet18", "cuda_graph"),
+    ("resnet50", "eager"),
+    ("resnet50", "cuda_graph"),
+    ("resnet18", "compile"),
+    ("resnet18", "compile-reduce-overhead"),
+    ("resnet50", "compile"),
+    ("resnet50", "compile-reduce-overhead"),
+]
 TIMEOUT_S = {"eager": 45, "cuda_graph": 45, "compile": 90, "compile-reduce-overhead": 100}
-RANDAUGMENT_PLAN = [("resnet18", "cuda_graph"), ("resnet18", "cuda_graph+randaugment"),
-                    ("resnet18", "eager+randaugment-workers"), ("resnet50", "cuda_graph"),
-                    ("resnet50", "cuda_graph+randaugment"), ("resnet50", "eager+randaugment-workers")]
+RANDAUGMENT_PLAN = [
+    ("resnet18", "cuda_graph"),
+    ("resnet18", "cuda_graph+randaugment"),
+    ("resnet18", "eager+randaugment-workers"),
+    ("resnet50", "cuda_graph"),
+    ("resnet50", "cuda_graph+randaugment"),
+    ("resnet50", "eager+randaugment-workers"),
+]
 TIMEOUT_S.update({"cuda_graph+randaugment": 45, "eager+randaugment-workers": 60})
 MIN_START_S = 20  # a configuration is not started with less budget than this left
 
 
 def overrides(args: argparse.Namespace, model: str, mode: str, run_dir: Path) -> list[str]:
-    common = ["data=cifar10", f"data.root={args.data}", "data.download=false", f"data.batch_size={args.batch}",
-              f"data.test_subset={args.test_images}", f"model={model}", f"init={args.init}", "logger=none",
-              f"trainer.epochs={args.epochs}", "trainer.progress=false", "trainer.channels_last=true",
-              f"trainer.precision={args.precision}", f"trainer.run_dir={run_dir}", "seed=0"]
+    common = [
+        "data=cifar10",
+        f"data.root={args.data}",
+        "data.download=false",
+        f"data.batch_size={args.batch}",
+        f"data.test_subset={args.test_images}",
+        f"model={model}",
+        f"init={args.init}",
+        "logger=none",
+        f"trainer.epochs={args.epochs}",
+        "trainer.progress=false",
+        "trainer.channels_last=true",
+        f"trainer.precision={args.precision}",
+        f"trainer.run_dir={run_dir}",
+        "seed=0",
+    ]
     if args.smoke:
         common += ["trainer.device=cpu", "model.width=4"]
     return [*common, *MODES[mode]]
@@ -126,11 +150,19 @@ def run_one(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steady = rows[1:] or rows
     epoch_s = sorted(r["epoch_s"] for r in steady)[len(steady) // 2]
-    out = {"model": args.model, "mode": args.mode, "status": result["status"], "wall_s": wall,
-           "images_per_s": sorted(r["images_per_s"] for r in steady)[len(steady) // 2],
-           "epoch_s": epoch_s, "first_epoch_s": rows[0]["epoch_s"], "first_epoch_extra_s": rows[0]["epoch_s"] - epoch_s,
-           "first_epoch_loss": rows[0]["train_loss"], "step_losses": first[0].losses.float().cpu().tolist(),
-           "steps_per_epoch": len(first[0].sizes)}
+    out = {
+        "model": args.model,
+        "mode": args.mode,
+        "status": result["status"],
+        "wall_s": wall,
+        "images_per_s": sorted(r["images_per_s"] for r in steady)[len(steady) // 2],
+        "epoch_s": epoch_s,
+        "first_epoch_s": rows[0]["epoch_s"],
+        "first_epoch_extra_s": rows[0]["epoch_s"] - epoch_s,
+        "first_epoch_loss": rows[0]["train_loss"],
+        "step_losses": first[0].losses.float().cpu().tolist(),
+        "steps_per_epoch": len(first[0].sizes),
+    }
     if args.mode == "cuda_graph" and not args.no_pure:
         out["pure_images_per_s"] = pure_replay(cfg, args.replay_steps)
     print(json.dumps(out))
@@ -140,9 +172,11 @@ def table(rows: list[dict], compare_steps: int) -> str:
     """The Markdown table: one row per configuration, losses against the same model's eager run."""
     eager = {r["model"]: r for r in rows if r["mode"] == "eager" and "images_per_s" in r}
     pure = {r["model"]: r["pure_images_per_s"] for r in rows if "pure_images_per_s" in r}
-    lines = ["| model | step | images/s | x eager | first-epoch extra s | epoch / pure compute | "
-             f"max abs loss diff, first {compare_steps} steps | first-epoch loss (eager) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | step | images/s | x eager | first-epoch extra s | epoch / pure compute | "
+        f"max abs loss diff, first {compare_steps} steps | first-epoch loss (eager) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "images_per_s" not in r:
             lines.append(f"| {r['model']} | {r['mode']} | {r.get('skipped') or r.get('error', 'failed')} | | | | | |")
@@ -156,42 +190,72 @@ def table(rows: list[dict], compare_steps: int) -> str:
             diff = f"{max(abs(a - b) for a, b in zip(r['step_losses'][:n], base['step_losses'][:n])):.2e}"
             r["max_abs_loss_diff"] = float(diff)
         loss = f"{r['first_epoch_loss']:.5f}" + (f" ({base['first_epoch_loss']:.5f})" if base else "")
-        lines.append(f"| {r['model']} | {r['mode']} | {r['images_per_s']:,.0f} | {speed} | "
-                     f"{r['first_epoch_extra_s']:.1f} | {ratio} | {diff} | {loss} |")
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['images_per_s']:,.0f} | {speed} | "
+            f"{r['first_epoch_extra_s']:.1f} | {ratio} | {diff} | {loss} |"
+        )
     if pure:
         lines.append("")
-        lines += [f"pure compute (the captured step replayed back to back), {m}: {v:,.0f} images/s"
-                  for m, v in pure.items()]
+        lines += [
+            f"pure compute (the captured step replayed back to back), {m}: {v:,.0f} images/s" for m, v in pure.items()
+        ]
     return "\n".join(lines)
 
 
 def randaugment_ratios(rows: list[dict]) -> str:
     """Each model's graphed epoch with RandAugment against the same epoch without it (target: >= 0.9)."""
     rate = {(r["model"], r["mode"]): r["images_per_s"] for r in rows if "images_per_s" in r}
-    lines = [f"{m}: graphed with RandAugment / without = {rate[(m, 'cuda_graph+randaugment')] / rate[(m, 'cuda_graph')]:.3f}"
-             + (f"; eager, RandAugment in workers / graphed without = "
-                f"{rate[(m, 'eager+randaugment-workers')] / rate[(m, 'cuda_graph')]:.3f}"
-                if (m, "eager+randaugment-workers") in rate else "")
-             for m in dict.fromkeys(r["model"] for r in rows)
-             if (m, "cuda_graph") in rate and (m, "cuda_graph+randaugment") in rate]
+    lines = [
+        f"{m}: graphed with RandAugment / without = {rate[(m, 'cuda_graph+randaugment')] / rate[(m, 'cuda_graph')]:.3f}"
+        + (
+            f"; eager, RandAugment in workers / graphed without = "
+            f"{rate[(m, 'eager+randaugment-workers')] / rate[(m, 'cuda_graph')]:.3f}"
+            if (m, "eager+randaugment-workers") in rate
+            else ""
+        )
+        for m in dict.fromkeys(r["model"] for r in rows)
+        if (m, "cuda_graph") in rate and (m, "cuda_graph+randaugment") in rate
+    ]
     return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def side_by_side(args: argparse.Namespace, t_start: float) -> str:
     """K processes of resnet18 cuda_graph+randaugment at once, each timed by nfbench itself."""
-    cmd = [sys.executable, __file__, "--model", "resnet18", "--mode", "cuda_graph+randaugment", "--data",
-           str(args.data), "--batch", str(args.batch), "--test-images", str(args.test_images), "--epochs",
-           str(args.epochs), "--precision", args.precision, "--init", args.init, "--no-pure"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--model",
+        "resnet18",
+        "--mode",
+        "cuda_graph+randaugment",
+        "--data",
+        str(args.data),
+        "--batch",
+        str(args.batch),
+        "--test-images",
+        str(args.test_images),
+        "--epochs",
+        str(args.epochs),
+        "--precision",
+        args.precision,
+        "--init",
+        args.init,
+        "--no-pure",
+    ]
     cmd += ["--smoke"] if args.smoke else []
     print(f"[{time.perf_counter() - t_start:.0f} s] {args.side_by_side} x resnet18 cuda_graph+randaugment", flush=True)
-    children = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for _ in range(args.side_by_side)]
+    children = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(args.side_by_side)
+    ]
     rates = []
     for child in children:
         out, _ = child.communicate(timeout=max(60.0, args.budget))
         rates.append(json.loads(out.strip().splitlines()[-1])["images_per_s"] if child.returncode == 0 else 0.0)
-    return (f"\n\n{args.side_by_side} side by side, resnet18 cuda_graph+randaugment: "
-            f"{' + '.join(f'{r:,.0f}' for r in rates)} = {sum(rates):,.0f} images/s")
+    return (
+        f"\n\n{args.side_by_side} side by side, resnet18 cuda_graph+randaugment: "
+        f"{' + '.join(f'{r:,.0f}' for r in rates)} = {sum(rates):,.0f} images/s"
+    )
 
 
 def main() -> None:
@@ -208,10 +272,18 @@ def main() -> None:
     p.add_argument("--replay-steps", type=int, default=300)
     p.add_argument("--compare-steps", type=int, default=50)
     p.add_argument("--only", nargs="*", default=None, help="MODEL:MODE pairs to run (default: the whole plan)")
-    p.add_argument("--randaugment", action="store_true",
-                   help="issue 22's plan: each model graphed with and without RandAugment, and the worker path")
-    p.add_argument("--side-by-side", type=int, default=0, metavar="K",
-                   help="then K processes of resnet18 cuda_graph+randaugment at once: their aggregate images/s")
+    p.add_argument(
+        "--randaugment",
+        action="store_true",
+        help="issue 22's plan: each model graphed with and without RandAugment, and the worker path",
+    )
+    p.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="K",
+        help="then K processes of resnet18 cuda_graph+randaugment at once: their aggregate images/s",
+    )
     p.add_argument("--no-pure", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -222,9 +294,11 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.smoke:
         args.train_images, args.test_images, args.batch, args.epochs, args.replay_steps = 256, 64, 32, 2, 5
-        print("SMOKE (CPU rehearsal): model.width=4, 256 images, batch 32; trainer.cuda_graph runs the graphed "
-              "step's code eagerly (no capture; its 'pure compute' is that code on one batch); the compile modes are skipped (minutes "
-              "of compilation on a CPU)")
+        print(
+            "SMOKE (CPU rehearsal): model.width=4, 256 images, batch 32; trainer.cuda_graph runs the graphed "
+            "step's code eagerly (no capture; its 'pure compute' is that code on one batch); the compile modes are skipped (minutes "
+            "of compilation on a CPU)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nfbench-cuda-graph-"))
     args.data = write_fake_cifar10(work / "data", args.train_images, args.test_images)
@@ -239,9 +313,28 @@ def main() -> None:
             row["skipped"] = f"skipped (budget: {left:.0f} s left)"
         else:
             limit = min(TIMEOUT_S[mode], left)
-            cmd = [sys.executable, __file__, "--model", model, "--mode", mode, "--data", str(args.data),
-                   "--batch", str(args.batch), "--test-images", str(args.test_images), "--epochs", str(args.epochs),
-                   "--precision", args.precision, "--init", args.init, "--replay-steps", str(args.replay_steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--model",
+                model,
+                "--mode",
+                mode,
+                "--data",
+                str(args.data),
+                "--batch",
+                str(args.batch),
+                "--test-images",
+                str(args.test_images),
+                "--epochs",
+                str(args.epochs),
+                "--precision",
+                args.precision,
+                "--init",
+                args.init,
+                "--replay-steps",
+                str(args.replay_steps),
+            ]
             cmd += ["--smoke"] if args.smoke else []
             print(f"[{time.perf_counter() - t_start:.0f} s] {model} {mode} (limit {limit:.0f} s)", flush=True)
             row.update(launch(cmd, limit))
@@ -249,12 +342,22 @@ def main() -> None:
     md = table(rows, args.compare_steps) + randaugment_ratios(rows)
     if args.side_by_side:
         md += side_by_side(args, t_start)
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-           "cpu_count": os.cpu_count(), "batch": args.batch, "precision": args.precision, "init": args.init,
-           "train_images": args.train_images, "epochs": args.epochs, "smoke": args.smoke,
-           "wall_s": time.perf_counter() - t_start}
-    header = (f"{env['device']}, torch {env['torch']}, {env['cpu_count']} CPU cores; batch {args.batch}, "
-              f"{args.precision}, channels_last, init={args.init}, {args.train_images} images x {args.epochs} epochs")
+    env = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpu_count": os.cpu_count(),
+        "batch": args.batch,
+        "precision": args.precision,
+        "init": args.init,
+        "train_images": args.train_images,
+        "epochs": args.epochs,
+        "smoke": args.smoke,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    header = (
+        f"{env['device']}, torch {env['torch']}, {env['cpu_count']} CPU cores; batch {args.batch}, "
+        f"{args.precision}, channels_last, init={args.init}, {args.train_images} images x {args.epochs} epochs"
+    )
     (args.out / "cuda_graph.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     (args.out / "cuda_graph.md").write_text(f"{header}\n\n{md}\n")
     print(header)

@@ -34,8 +34,18 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, timed,
-                    write_fake_cifar10)
+from common import (
+    amp_context,
+    base_parser,
+    compose,
+    device_of,
+    footer,
+    header,
+    median,
+    model_of,
+    timed,
+    write_fake_cifar10,
+)
 
 from nfbench.data.source import build_source
 from nfbench.data.loaders import build_loaders
@@ -99,8 +109,9 @@ def model_rate(cfg, device: torch.device, precision: str, channels_last: bool, s
     return median([steps * len(y) / timed(lambda: [step() for _ in range(steps)], device) for _ in range(3)])
 
 
-def cifar_rows(device: torch.device, batches: int, workers: int, base: list[str], root: Path
-               ) -> list[tuple[str, float]]:
+def cifar_rows(
+    device: torch.device, batches: int, workers: int, base: list[str], root: Path
+) -> list[tuple[str, float]]:
     """Every pipeline on random CIFAR-10-shaped pixels in the python release (``data=cifar10``)."""
     cuda = device.type == "cuda"
     base = ["data=cifar10", f"data.root={root}", "data.download=false", *base]
@@ -108,23 +119,34 @@ def cifar_rows(device: torch.device, batches: int, workers: int, base: list[str]
 
     def loader(*overrides: str, capture: bool = False):
         cfg = compose([*base, *overrides])
-        return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device,
-                             capture=capture)[0]
+        return build_loaders(cfg.data, build_source(cfg.data), seed=0, pin_memory=cuda, device=device, capture=capture)[
+            0
+        ]
 
     on_device = ["data.on_device=true", "data.num_workers=0"]
     rows.append(("device: crop+flip", pipeline_rate(loader(*on_device), device, batches)))
     whole = loader(*on_device, "data.randaugment=true")
     rows.append(("device: crop+flip+RandAugment, whole-batch ops", pipeline_rate(whole, device, batches)))
     captured = loader(*on_device, "data.randaugment=true", capture=True)
-    rows.append(("device: crop+flip+RandAugment, captured in a CUDA graph" if cuda else
-                 "device: crop+flip+RandAugment, captured path (eager: no CUDA)", pipeline_rate(captured, device, batches)))
+    rows.append(
+        (
+            "device: crop+flip+RandAugment, captured in a CUDA graph"
+            if cuda
+            else "device: crop+flip+RandAugment, captured path (eager: no CUDA)",
+            pipeline_rate(captured, device, batches),
+        )
+    )
     per_sample: DeviceLoader = loader(*on_device, "data.randaugment=true")
     ra = whole.augment.randaugment
     per_sample.augment.randaugment = PerSampleRandAugment(ra.num_ops, ra.magnitude, (32, 32))
     rows.append(("device: crop+flip+RandAugment, per sample", pipeline_rate(per_sample, device, batches)))
     in_workers = loader("data.on_device=true", "data.randaugment=true", f"data.num_workers={workers}")
-    rows.append((f"{workers} workers: crop+flip+RandAugment, whole-batch ops",
-                 pipeline_rate(in_workers, device, batches, warmup=2 * workers)))
+    rows.append(
+        (
+            f"{workers} workers: crop+flip+RandAugment, whole-batch ops",
+            pipeline_rate(in_workers, device, batches, warmup=2 * workers),
+        )
+    )
     del in_workers
     for ra_on in ("false", "true"):
         dl = loader("data.on_device=false", f"data.num_workers={workers}", f"data.randaugment={ra_on}")
@@ -134,15 +156,20 @@ def cifar_rows(device: torch.device, batches: int, workers: int, base: list[str]
     return rows
 
 
-def folder_rows(a, device: torch.device, batches: int, workers: Optional[int], base: list[str]
-                ) -> list[tuple[str, float]]:
+def folder_rows(
+    a, device: torch.device, batches: int, workers: Optional[int], base: list[str]
+) -> list[tuple[str, float]]:
     """An image folder (``data=imagefolder data.root=--root``), crop + flip: read from its files in the
     folder's DataLoader workers (``data.on_device=false``; data.num_workers=2 unless --workers), against
     decoded once into memory and served by the device loader (``data.on_device=auto``). The one-off
     cost of each (file check, normalisation sample, decoding) is printed beside."""
     cuda = device.type == "cuda"
-    base = ["data=imagefolder", f"data.root={a.root}", *base,
-            *([f"data.num_workers={workers}"] if workers is not None else [])]
+    base = [
+        "data=imagefolder",
+        f"data.root={a.root}",
+        *base,
+        *([f"data.num_workers={workers}"] if workers is not None else []),
+    ]
     rows: list[tuple[str, float]] = []
     for on_device in ("false", "auto"):
         cfg = compose([*base, f"data.on_device={on_device}"])
@@ -150,8 +177,11 @@ def folder_rows(a, device: torch.device, batches: int, workers: Optional[int], b
         src = build_source(cfg.data)
         dl = build_loaders(cfg.data, src, seed=0, pin_memory=cuda, device=device)[0]
         setup = time.perf_counter() - start
-        kind = "held in memory, device loader" if isinstance(dl, DeviceLoader) else \
-            f"files, {cfg.data.num_workers} DataLoader workers"
+        kind = (
+            "held in memory, device loader"
+            if isinstance(dl, DeviceLoader)
+            else f"files, {cfg.data.num_workers} DataLoader workers"
+        )
         warmup = 0 if isinstance(dl, DeviceLoader) else 2 * cfg.data.num_workers
         rate = pipeline_rate(dl, device, batches, warmup=warmup)
         rows.append((f"on_device={on_device}: {kind}, crop+flip (setup {setup:.1f} s)", rate))
@@ -162,10 +192,18 @@ def folder_rows(a, device: torch.device, batches: int, workers: Optional[int], b
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=None, help="timed per pipeline; default 100 on CUDA, 12 on CPU")
-    p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader workers; default min(8, cores), for --data imagefolder the folder's own (2)")
-    p.add_argument("--data", choices=["cifar10", "imagefolder"], default="cifar10",
-                   help="cifar10: every pipeline on random pixels; imagefolder: files against memory, on --root")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers; default min(8, cores), for --data imagefolder the folder's own (2)",
+    )
+    p.add_argument(
+        "--data",
+        choices=["cifar10", "imagefolder"],
+        default="cifar10",
+        help="cifar10: every pipeline on random pixels; imagefolder: files against memory, on --root",
+    )
     p.add_argument("--root", default=None, help="--data imagefolder: ROOT/train/<class>/*, ROOT/test/<class>/*")
     a = p.parse_args()
     if a.data == "imagefolder" and a.root is None:
@@ -175,8 +213,11 @@ def main() -> None:
     model, width = model_of(a, device)
     batches = a.batches or (100 if cuda else 12)
     workers = a.workers if a.workers is not None or a.data == "imagefolder" else min(8, os.cpu_count() or 1)
-    header(f"data pipeline vs model: {model} (width {width or 'published'}), batch {a.batch}, {a.precision}, "
-           f"channels_last={a.channels_last}; data {a.data}, {workers or 'default'} DataLoader workers", device)
+    header(
+        f"data pipeline vs model: {model} (width {width or 'published'}), batch {a.batch}, {a.precision}, "
+        f"channels_last={a.channels_last}; data {a.data}, {workers or 'default'} DataLoader workers",
+        device,
+    )
     torch.backends.cudnn.benchmark = True
     base = [f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}"]
     m = model_rate(compose(base), device, a.precision, a.channels_last)

@@ -75,10 +75,21 @@ def build_tree(tarball: Path, work: Path, n_train: int, n_val: int) -> tuple[Pat
 
 
 def overrides(args: argparse.Namespace, tree: Path, decode: str, workers: int, *extra: str) -> list[str]:
-    common = ["data=imagenet", f"data.root={tree}", f"data.decode={decode}", f"data.num_workers={workers}",
-              f"data.batch_size={args.batch}", f"data.test_batch_size={args.batch}", f"model={args.model}",
-              f"trainer.precision={args.precision}", "trainer.channels_last=true", "trainer.progress=false",
-              "logger=none", f"trainer.device={args.device}", "seed=0"]
+    common = [
+        "data=imagenet",
+        f"data.root={tree}",
+        f"data.decode={decode}",
+        f"data.num_workers={workers}",
+        f"data.batch_size={args.batch}",
+        f"data.test_batch_size={args.batch}",
+        f"model={args.model}",
+        f"trainer.precision={args.precision}",
+        "trainer.channels_last=true",
+        "trainer.progress=false",
+        "logger=none",
+        f"trainer.device={args.device}",
+        "seed=0",
+    ]
     return [*common, *(["model.width=" + str(args.width)] if args.width else []), *extra]
 
 
@@ -107,8 +118,11 @@ def rates(stamps: list, batch: int, clock: Clock) -> dict:
     """Images/s over the second half of ``stamps`` (one before each batch) and over all of them."""
     n = len(stamps) - 1
     half = n // 2
-    return {"images_per_s": (n - half) * batch / clock.seconds(stamps[half], stamps[n]),
-            "images_per_s_whole": n * batch / clock.seconds(stamps[0], stamps[n]), "batches": n}
+    return {
+        "images_per_s": (n - half) * batch / clock.seconds(stamps[half], stamps[n]),
+        "images_per_s_whole": n * batch / clock.seconds(stamps[0], stamps[n]),
+        "batches": n,
+    }
 
 
 def time_loader(cfg, device: torch.device) -> dict:
@@ -165,10 +179,19 @@ def step_objects(cfg, device: torch.device):
     seed_all(cfg.seed)
     net = validate(cfg).build(1000, 3, 224).to(device).to(memory_format=torch.channels_last)
     net.train()
-    amp = dict(device_type=device.type, dtype=AMP_DTYPES.get(cfg.trainer.precision, torch.float32),
-               enabled=cfg.trainer.precision != "fp32")
-    return StepObjects(net, build_optimizer(net, cfg.optim, device), torch.nn.CrossEntropyLoss(), amp,
-                       torch.amp.GradScaler(device.type, enabled=False), cfg.optim)
+    amp = dict(
+        device_type=device.type,
+        dtype=AMP_DTYPES.get(cfg.trainer.precision, torch.float32),
+        enabled=cfg.trainer.precision != "fp32",
+    )
+    return StepObjects(
+        net,
+        build_optimizer(net, cfg.optim, device),
+        torch.nn.CrossEntropyLoss(),
+        amp,
+        torch.amp.GradScaler(device.type, enabled=False),
+        cfg.optim,
+    )
 
 
 def time_step(cfg, device: torch.device, graphed: bool, steps: int) -> dict:
@@ -222,9 +245,14 @@ def time_epoch(cfg, device: torch.device) -> dict:
         ep._batches_after = batches_after
     rows = [json.loads(line) for line in (Path(cfg.trainer.run_dir) / "metrics.jsonl").read_text().splitlines()]
     last = epochs[-1]
-    return {**rates(last["stamps"], cfg.data.batch_size, clock), "first_batch_s": last["first_batch_s"],
-            "nfbench_images_per_s": [r["images_per_s"] for r in rows], "status": result["status"],
-            "train_loss": result["train_loss"], "wall_s": time.perf_counter() - t0}
+    return {
+        **rates(last["stamps"], cfg.data.batch_size, clock),
+        "first_batch_s": last["first_batch_s"],
+        "nfbench_images_per_s": [r["images_per_s"] for r in rows],
+        "status": result["status"],
+        "train_loss": result["train_loss"],
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def decode_tolerance(files: list[Path], device: torch.device) -> dict:
@@ -269,17 +297,26 @@ def main() -> None:
         torch.set_num_threads(1)
     t_start = time.perf_counter()
     device = torch.device(args.device)
-    tarball = args.tarball or next((t for t in (Path(".evidence/imagenet-sample-120.tar.gz"), SAMPLE) if t.exists()),
-                                   SAMPLE)
+    tarball = args.tarball or next(
+        (t for t in (Path(".evidence/imagenet-sample-120.tar.gz"), SAMPLE) if t.exists()), SAMPLE
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="imagenet-input-"))
     loader_images = args.batch * max(args.loader_batches, 4 * max([*args.cpu_workers, *args.gpu_workers, 1]))
     tree, files = build_tree(tarball, work, max(loader_images, args.epoch_images), 4 * args.batch)
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                                platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
-                                "torch": torch.__version__, "torchvision": __import__("torchvision").__version__},
-                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                    "loader_images": loader_images, "skipped": []}
+    report: dict = {
+        "machine": {
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "torchvision": __import__("torchvision").__version__,
+        },
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "loader_images": loader_images,
+        "skipped": [],
+    }
 
     def part(name: str, need_s: float, fn: Callable[[], dict]) -> Optional[dict]:
         left = args.budget - (time.perf_counter() - t_start)
@@ -312,10 +349,18 @@ def main() -> None:
         part(f"loader cpu w{w}", 12, lambda w=w: time_loader(cfg(train_subset, decode="cpu", workers=w), device))
     for decode, w in (("gpu", args.gpu_workers[0]), ("cpu", max(args.cpu_workers))):
         run_dir = Path(tempfile.mkdtemp(prefix=f"epoch-{decode}-", dir=work))
-        extra = [f"data.train_subset={args.epoch_images}", "trainer.epochs=2", "trainer.cuda_graph=true",
-                 f"trainer.run_dir={run_dir}", f"data.test_subset={2 * args.batch}"]
-        part(f"epoch {decode} w{w}", 35, lambda extra=extra, decode=decode, w=w: time_epoch(
-            cfg(*extra, decode=decode, workers=w), device))
+        extra = [
+            f"data.train_subset={args.epoch_images}",
+            "trainer.epochs=2",
+            "trainer.cuda_graph=true",
+            f"trainer.run_dir={run_dir}",
+            f"data.test_subset={2 * args.batch}",
+        ]
+        part(
+            f"epoch {decode} w{w}",
+            35,
+            lambda extra=extra, decode=decode, w=w: time_epoch(cfg(*extra, decode=decode, workers=w), device),
+        )
     summary(report)
     (args.out / "imagenet_input.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out / 'imagenet_input.json'} in {time.perf_counter() - t_start:.0f} s")
@@ -335,8 +380,11 @@ def summary(report: dict) -> None:
         verdict = "" if target is None else f"  target >= {target}: {'met' if ips / step >= target else 'not met'}"
         lines.append(f"ratio {name:18s} {ips:10.0f} images/s / step {step:.0f} = {ips / step:.3f}{verdict}")
     report["ratios"] = ratios
-    report["targets"] = {"chosen loader / step": TARGET_LOADER, "epoch / step": TARGET_EPOCH,
-                         "chosen loader": "loader gpu (data.decode=auto on CUDA)"}
+    report["targets"] = {
+        "chosen loader / step": TARGET_LOADER,
+        "epoch / step": TARGET_EPOCH,
+        "chosen loader": "loader gpu (data.decode=auto on CUDA)",
+    }
     print("== summary (images/s; step = the captured ResNet step alone)")
     for name in ("step graphed", "step eager", "tolerance"):
         if name in figures:

@@ -54,11 +54,26 @@ from common import compose, launch, sync, write_fake_cifar10
 
 KS = (1, 2, 4, 8)
 # Priority order: the streams (the issue's question) first, then what they are compared with.
-PLAN = [("resnet18", "streams"), ("resnet50", "streams"), ("resnet18", "runner"), ("resnet18", "processes"),
-        ("resnet18", "stacked"), ("resnet50", "runner"), ("resnet50", "processes"), ("resnet50", "stacked")]
-TIMEOUT_S = {("resnet18", "streams"): 60, ("resnet50", "streams"): 80, ("resnet18", "runner"): 60,
-             ("resnet50", "runner"): 75, ("resnet18", "processes"): 75, ("resnet50", "processes"): 90,
-             ("resnet18", "stacked"): 60, ("resnet50", "stacked"): 75}
+PLAN = [
+    ("resnet18", "streams"),
+    ("resnet50", "streams"),
+    ("resnet18", "runner"),
+    ("resnet18", "processes"),
+    ("resnet18", "stacked"),
+    ("resnet50", "runner"),
+    ("resnet50", "processes"),
+    ("resnet50", "stacked"),
+]
+TIMEOUT_S = {
+    ("resnet18", "streams"): 60,
+    ("resnet50", "streams"): 80,
+    ("resnet18", "runner"): 60,
+    ("resnet50", "runner"): 75,
+    ("resnet18", "processes"): 75,
+    ("resnet50", "processes"): 90,
+    ("resnet18", "stacked"): 60,
+    ("resnet50", "stacked"): 75,
+}
 MIN_START_S = 20
 MEASURED_TFLOPS, PEAK_TFLOPS = 790.0, 989.0  # KINDS.md's bf16 8192^3 product on an H200; the datasheet's
 TARGETS = {"resnet18": (100_000, 1.7), "resnet50": (None, 1.3)}
@@ -84,9 +99,17 @@ def build_run(args: argparse.Namespace, model: str, seed: int, device: torch.dev
     net = build_model(model_cfg(args, model), build_scheme(option_config("init", args.init)), 10, 3, 32)
     net = net.to(device).to(memory_format=torch.channels_last).train()
     optim = OptimConfig()
-    step = GraphedStep(StepObjects(net, build_optimizer(net, optim, device), torch.nn.CrossEntropyLoss(),
-                                   amp_of(args, device), torch.amp.GradScaler(device.type, enabled=False), optim),
-                       channels_last=True)
+    step = GraphedStep(
+        StepObjects(
+            net,
+            build_optimizer(net, optim, device),
+            torch.nn.CrossEntropyLoss(),
+            amp_of(args, device),
+            torch.amp.GradScaler(device.type, enabled=False),
+            optim,
+        ),
+        channels_last=True,
+    )
     x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     return step, x, torch.randint(0, 10, (args.batch,), device=device)
 
@@ -135,8 +158,7 @@ def mode_streams(args: argparse.Namespace, device: torch.device) -> list[dict]:
     rows = []
     for k in args.ks:
         runs = [build_run(args, args.model, seed, device) for seed in range(k)]
-        rows.append({"k": k, "images_per_s": rounds_for(args.seconds, runs, [stream_of(device) for _ in runs],
-                                                        device)})
+        rows.append({"k": k, "images_per_s": rounds_for(args.seconds, runs, [stream_of(device) for _ in runs], device)})
         del runs
         free(device)
     return rows
@@ -157,13 +179,22 @@ def mode_stacked(args: argparse.Namespace, device: torch.device) -> list[dict]:
         nets = []
         for seed in range(k):
             seed_all(seed)
-            nets.append(build_model(model_cfg(args, args.model), build_scheme(option_config("init", args.init)),
-                                    10, 3, 32))
+            nets.append(
+                build_model(model_cfg(args, args.model), build_scheme(option_config("init", args.init)), 10, 3, 32)
+            )
         net = StackedNet(nets).to(device).train()
         optim = OptimConfig()
-        step = GraphedStep(StepObjects(net, stacked_optimizer(net, nets[0], optim, device),
-                                       StackedLoss(torch.nn.CrossEntropyLoss(), k), amp_of(args, device),
-                                       torch.amp.GradScaler(device.type, enabled=False), optim), channels_last=True)
+        step = GraphedStep(
+            StepObjects(
+                net,
+                stacked_optimizer(net, nets[0], optim, device),
+                StackedLoss(torch.nn.CrossEntropyLoss(), k),
+                amp_of(args, device),
+                torch.amp.GradScaler(device.type, enabled=False),
+                optim,
+            ),
+            channels_last=True,
+        )
         x = torch.randn(k * args.batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (k * args.batch,), device=device)
         rows.append({"k": k, "images_per_s": rounds_for(args.seconds, [(step, x, y)], [None], device)})
@@ -190,8 +221,9 @@ def mode_processes(args: argparse.Namespace, device: torch.device) -> list[dict]
     for k in [k for k in args.ks if k > 1]:
         results = ctx.Queue()
         queues = [ctx.Queue() for _ in range(k)]
-        procs = [ctx.Process(target=_process_worker, args=(r, args, q, results), daemon=True)
-                 for r, q in enumerate(queues)]
+        procs = [
+            ctx.Process(target=_process_worker, args=(r, args, q, results), daemon=True) for r, q in enumerate(queues)
+        ]
         for proc in procs:
             proc.start()
         for _ in procs:
@@ -207,11 +239,23 @@ def mode_processes(args: argparse.Namespace, device: torch.device) -> list[dict]
 
 
 def runner_overrides(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str]:
-    common = ["data=cifar10", f"data.root={args.data}", "data.download=false", f"data.batch_size={args.batch}",
-              f"data.test_subset={args.test_images}", f"model={args.model}", f"init={args.init}", "logger=none",
-              f"trainer.epochs={args.epochs}", "trainer.progress=false", "trainer.channels_last=true",
-              f"trainer.precision={args.precision}", "trainer.cuda_graph=true", f"trainer.run_dir={run_dir}",
-              f"seed={seed}"]
+    common = [
+        "data=cifar10",
+        f"data.root={args.data}",
+        "data.download=false",
+        f"data.batch_size={args.batch}",
+        f"data.test_subset={args.test_images}",
+        f"model={args.model}",
+        f"init={args.init}",
+        "logger=none",
+        f"trainer.epochs={args.epochs}",
+        "trainer.progress=false",
+        "trainer.channels_last=true",
+        f"trainer.precision={args.precision}",
+        "trainer.cuda_graph=true",
+        f"trainer.run_dir={run_dir}",
+        f"seed={seed}",
+    ]
     return common + ([f"model.width={args.width}", "trainer.device=cpu"] if args.smoke else [])
 
 
@@ -236,8 +280,15 @@ def mode_runner(args: argparse.Namespace, device: torch.device) -> list[dict]:
             history = [json.loads(line) for line in (work / str(seed) / "metrics.jsonl").read_text().splitlines()]
             steady = sorted(r["images_per_s"] for r in (history[1:] or history))
             rates.append(steady[len(steady) // 2])
-        rows.append({"k": k, "images_per_s": sum(rates), "per_run": rates, "wall_s": wall,
-                     "status": [r["status"] for r in results]})
+        rows.append(
+            {
+                "k": k,
+                "images_per_s": sum(rates),
+                "per_run": rates,
+                "wall_s": wall,
+                "status": [r["status"] for r in results],
+            }
+        )
         free(device)
     return rows
 
@@ -270,8 +321,11 @@ def table(rows: list[dict], flops: dict[str, float]) -> str:
     processes, TFLOP/s and the share of the chip."""
     one = {r["model"]: r["images_per_s"] for r in rows if r.get("mode") == "streams" and r.get("k") == 1}
     procs = {(r["model"], r["k"]): r["images_per_s"] for r in rows if r.get("mode") == "processes"}
-    lines = ["| model | mode | K | aggregate images/s | per run | x one graphed run | x K graphed processes | "
-             "TFLOP/s | share of 790 | share of 989 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | mode | K | aggregate images/s | per run | x one graphed run | x K graphed processes | "
+        "TFLOP/s | share of 790 | share of 989 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "images_per_s" not in r:
             lines.append(f"| {r['model']} | {r['mode']} | | {r.get('skipped') or r.get('error')} | | | | | | |")
@@ -280,8 +334,10 @@ def table(rows: list[dict], flops: dict[str, float]) -> str:
         tflops = rate * flops[r["model"]] / 1e12
         base = f"{rate / one[r['model']]:.2f}" if r["model"] in one else ""
         vs = f"{rate / procs[(r['model'], k)]:.2f}" if (r["model"], k) in procs else ("1.00" if k == 1 else "")
-        lines.append(f"| {r['model']} | {r['mode']} | {k} | {rate:,.0f} | {rate / k:,.0f} | {base} | {vs} | "
-                     f"{tflops:.1f} | {tflops / MEASURED_TFLOPS:.1%} | {tflops / PEAK_TFLOPS:.1%} |")
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {k} | {rate:,.0f} | {rate / k:,.0f} | {base} | {vs} | "
+            f"{tflops:.1f} | {tflops / MEASURED_TFLOPS:.1%} | {tflops / PEAK_TFLOPS:.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -289,19 +345,33 @@ def verdicts(rows: list[dict]) -> list[str]:
     """Each model's best pack (streams or stacked, K > 1) against the issue's targets."""
     out = []
     for model, (floor, ratio) in TARGETS.items():
-        one = next((r["images_per_s"] for r in rows if r.get("model") == model and r.get("mode") == "streams"
-                    and r.get("k") == 1), None)
-        packs = [r for r in rows if r.get("model") == model and r.get("mode") in ("streams", "stacked")
-                 and r.get("k", 1) > 1 and "images_per_s" in r]
+        one = next(
+            (
+                r["images_per_s"]
+                for r in rows
+                if r.get("model") == model and r.get("mode") == "streams" and r.get("k") == 1
+            ),
+            None,
+        )
+        packs = [
+            r
+            for r in rows
+            if r.get("model") == model
+            and r.get("mode") in ("streams", "stacked")
+            and r.get("k", 1) > 1
+            and "images_per_s" in r
+        ]
         if one is None or not packs:
             out.append(f"{model}: not measured")
             continue
         best = max(packs, key=lambda r: r["images_per_s"])
         met = best["images_per_s"] / one >= ratio and (floor is None or best["images_per_s"] >= floor)
         need = f">= {floor:,} images/s and " if floor else ""
-        out.append(f"{model}: best {best['mode']} K={best['k']}: {best['images_per_s']:,.0f} images/s, "
-                   f"{best['images_per_s'] / one:.2f}x one graphed run (target {need}>= {ratio}x): "
-                   f"{'met' if met else 'not met'}")
+        out.append(
+            f"{model}: best {best['mode']} K={best['k']}: {best['images_per_s']:,.0f} images/s, "
+            f"{best['images_per_s'] / one:.2f}x one graphed run (target {need}>= {ratio}x): "
+            f"{'met' if met else 'not met'}"
+        )
     return out
 
 
@@ -329,11 +399,36 @@ def parse() -> argparse.Namespace:
 
 
 def child_command(args: argparse.Namespace, model: str, mode: str) -> list[str]:
-    cmd = [sys.executable, __file__, "--model", model, "--mode", mode, "--data", str(args.data), "--device",
-           args.device, "--batch", str(args.batch), "--precision", args.precision, "--init", args.init,
-           "--seconds", str(args.seconds), "--train-images", str(args.train_images), "--test-images",
-           str(args.test_images), "--epochs", str(args.epochs), "--ks", *map(str, args.ks), "--runner-ks",
-           *map(str, args.runner_ks)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--model",
+        model,
+        "--mode",
+        mode,
+        "--data",
+        str(args.data),
+        "--device",
+        args.device,
+        "--batch",
+        str(args.batch),
+        "--precision",
+        args.precision,
+        "--init",
+        args.init,
+        "--seconds",
+        str(args.seconds),
+        "--train-images",
+        str(args.train_images),
+        "--test-images",
+        str(args.test_images),
+        "--epochs",
+        str(args.epochs),
+        "--ks",
+        *map(str, args.ks),
+        "--runner-ks",
+        *map(str, args.runner_ks),
+    ]
     return cmd + (["--width", str(args.width)] if args.width else []) + (["--smoke"] if args.smoke else [])
 
 
@@ -345,16 +440,27 @@ def main() -> None:
     if args.smoke:
         args.ks, args.runner_ks, args.seconds, args.batch, args.width = [1, 2], [1, 2], 0.3, 16, 4
         args.train_images, args.test_images, args.epochs = 128, 32, 2
-        print("SMOKE (CPU rehearsal): width 4, batch 16, K = 1, 2, 0.3 s windows; the graphed step's code runs "
-              "eagerly (no capture, no streams): the figures rehearse the script, they measure nothing")
+        print(
+            "SMOKE (CPU rehearsal): width 4, batch 16, K = 1, 2, 0.3 s windows; the graphed step's code runs "
+            "eagerly (no capture, no streams): the figures rehearse the script, they measure nothing"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    args.data = write_fake_cifar10(Path(tempfile.mkdtemp(prefix="nfbench-packed-")) / "data", args.train_images,
-                                   args.test_images)
+    args.data = write_fake_cifar10(
+        Path(tempfile.mkdtemp(prefix="nfbench-packed-")) / "data", args.train_images, args.test_images
+    )
     flops = {model: flops_per_image(args, model) for model in ("resnet18", "resnet50")}
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-           "cpu_count": os.cpu_count(), "batch": args.batch, "precision": args.precision, "init": args.init,
-           "smoke": args.smoke, "flops_per_image": flops, "tflops_measured": MEASURED_TFLOPS,
-           "tflops_peak": PEAK_TFLOPS}
+    env = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "batch": args.batch,
+        "precision": args.precision,
+        "init": args.init,
+        "smoke": args.smoke,
+        "flops_per_image": flops,
+        "tflops_measured": MEASURED_TFLOPS,
+        "tflops_peak": PEAK_TFLOPS,
+    }
     rows: list[dict] = []
     for model, mode in [tuple(s.split(":")) for s in args.only] if args.only else PLAN:
         left = args.budget - (time.perf_counter() - t_start)
@@ -371,9 +477,11 @@ def main() -> None:
         env["wall_s"] = time.perf_counter() - t_start
         (args.out / "packed.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
         (args.out / "packed.md").write_text(table(rows, flops) + "\n\n" + "\n".join(verdicts(rows)) + "\n")
-    print(f"{env['device']}, torch {env['torch']}; batch {args.batch}, {args.precision}, channels_last, "
-          f"init={args.init}; FLOPs per image (forward + backward): "
-          + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in flops.items()))
+    print(
+        f"{env['device']}, torch {env['torch']}; batch {args.batch}, {args.precision}, channels_last, "
+        f"init={args.init}; FLOPs per image (forward + backward): "
+        + ", ".join(f"{m} {f / 1e9:.2f} G" for m, f in flops.items())
+    )
     print(table(rows, flops))
     print("\n".join(verdicts(rows)))
     print("reproduce: python " + " ".join(sys.argv))

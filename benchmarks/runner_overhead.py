@@ -23,8 +23,19 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from common import (amp_context, base_parser, compose, device_of, footer, header, median, model_of, sync,
-                    timed, write_fake_cifar10)
+from common import (
+    amp_context,
+    base_parser,
+    compose,
+    device_of,
+    footer,
+    header,
+    median,
+    model_of,
+    sync,
+    timed,
+    write_fake_cifar10,
+)
 
 from nfbench.data.source import build_source
 from nfbench.data.device import in_memory
@@ -35,8 +46,9 @@ from nfbench.engine.runtime import seed_all
 from nfbench.engine.loop import train
 
 
-def minimal_loop(cfg, device: torch.device, epochs: int, precision: str, channels_last: bool,
-                 compile_: bool) -> list[float]:
+def minimal_loop(
+    cfg, device: torch.device, epochs: int, precision: str, channels_last: bool, compile_: bool
+) -> list[float]:
     """Images/s of each epoch of the hand-written loop."""
     src = build_source(cfg.data)
     images, labels = in_memory(src.train)  # type: ignore[misc]
@@ -55,7 +67,7 @@ def minimal_loop(cfg, device: torch.device, epochs: int, precision: str, channel
     def epoch() -> None:
         perm = torch.randperm(n, device=device)
         for start in range(0, n - b + 1, b):
-            idx = perm[start:start + b]
+            idx = perm[start : start + b]
             x = x_all[idx]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -84,42 +96,69 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="per run; the first is warm-up")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--randaugment", action="store_true", help="nfbench also applies RandAugment")
-    p.add_argument("--workers", type=int, default=0,
-                   help="data.num_workers: with --randaugment, the processes that build its batches")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data.num_workers: with --randaugment, the processes that build its batches",
+    )
     a = p.parse_args()
     device = device_of(a)
     cuda = device.type == "cuda"
     model, width = model_of(a, device)
     n_train = a.train_images or (50000 if cuda else 1024)
-    header(f"runner overhead: {model} (width {width or 'published'}) / {a.init}, batch {a.batch}, "
-           f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}, "
-           f"randaugment={a.randaugment} ({a.workers} workers)", device)
+    header(
+        f"runner overhead: {model} (width {width or 'published'}) / {a.init}, batch {a.batch}, "
+        f"{n_train} images per epoch, {a.precision}, channels_last={a.channels_last}, compile={a.compile}, "
+        f"randaugment={a.randaugment} ({a.workers} workers)",
+        device,
+    )
     torch.backends.cudnn.benchmark = True  # what train() sets when not deterministic
     with tempfile.TemporaryDirectory() as tmp:
         root = write_fake_cifar10(Path(tmp) / "data", n_train, n_test=max(a.batch, n_train // 5))
-        common = ["data=cifar10", f"data.root={root}", "data.download=false", f"data.num_workers={a.workers}",
-                  f"data.batch_size={a.batch}", f"model={model}", f"model.width={width or 'null'}", f"init={a.init}",
-                  f"trainer.epochs={a.epochs}", f"trainer.device={a.device}", f"trainer.precision={a.precision}",
-                  f"trainer.channels_last={a.channels_last}", f"trainer.compile={a.compile}",
-                  "trainer.progress=false", f"data.randaugment={a.randaugment}"]
+        common = [
+            "data=cifar10",
+            f"data.root={root}",
+            "data.download=false",
+            f"data.num_workers={a.workers}",
+            f"data.batch_size={a.batch}",
+            f"model={model}",
+            f"model.width={width or 'null'}",
+            f"init={a.init}",
+            f"trainer.epochs={a.epochs}",
+            f"trainer.device={a.device}",
+            f"trainer.precision={a.precision}",
+            f"trainer.channels_last={a.channels_last}",
+            f"trainer.compile={a.compile}",
+            "trainer.progress=false",
+            f"data.randaugment={a.randaugment}",
+        ]
         no_aug = ["data.crop_padding=0", "data.hflip=false", "data.randaugment=false"]
         rates: dict[str, list[float]] = {"nfbench": [], "nfbench_no_aug": [], "minimal": []}
         for r in range(a.rounds):
             rates["nfbench"] += nfbench_run(common, Path(tmp) / f"run{r}")[1:]
             rates["nfbench_no_aug"] += nfbench_run([*common, *no_aug], Path(tmp) / f"run{r}_noaug")[1:]
-            rates["minimal"] += minimal_loop(compose(common), device, a.epochs, a.precision, a.channels_last,
-                                             a.compile)[1:]
+            rates["minimal"] += minimal_loop(
+                compose(common), device, a.epochs, a.precision, a.channels_last, a.compile
+            )[1:]
             sync(device)
     fig = {k: median(v) for k, v in rates.items()}
     aug = "crop+flip+RandAugment" if a.randaugment else "crop+flip"
-    labels = {"nfbench": f"nfbench, {aug} on the device", "nfbench_no_aug": "nfbench, no augmentation",
-              "minimal": "minimal hand-written loop"}
+    labels = {
+        "nfbench": f"nfbench, {aug} on the device",
+        "nfbench_no_aug": "nfbench, no augmentation",
+        "minimal": "minimal hand-written loop",
+    }
     for key, label in labels.items():
         print(f"{label:46s} {fig[key]:10.1f} img/s")
-    print(f"ratio nfbench / minimal: {fig['nfbench'] / fig['minimal']:.3f} with augmentation, "
-          f"{fig['nfbench_no_aug'] / fig['minimal']:.3f} without (target >= 0.97)")
-    print(f"epoch time / model's own forward+backward+step time: {fig['minimal'] / fig['nfbench']:.3f} "
-          f"(GPU target <= 1.2)")
+    print(
+        f"ratio nfbench / minimal: {fig['nfbench'] / fig['minimal']:.3f} with augmentation, "
+        f"{fig['nfbench_no_aug'] / fig['minimal']:.3f} without (target >= 0.97)"
+    )
+    print(
+        f"epoch time / model's own forward+backward+step time: {fig['minimal'] / fig['nfbench']:.3f} "
+        f"(GPU target <= 1.2)"
+    )
     print("per-epoch img/s: " + "; ".join(f"{k}: {', '.join(f'{x:.0f}' for x in v)}" for k, v in rates.items()))
     footer()
 

@@ -35,8 +35,17 @@ class Bench:
     ``graph`` the step ``trainer.cuda_graph=true`` trains with (nfbench.engine.graph: captured after its
     warm-up steps on CUDA, the same code run eagerly on a CPU)."""
 
-    def __init__(self, scheme: str, model: ModelConfig, batch: int, device: torch.device, precision: str,
-                 channels_last: bool, compile_: bool, graph: bool = False) -> None:
+    def __init__(
+        self,
+        scheme: str,
+        model: ModelConfig,
+        batch: int,
+        device: torch.device,
+        precision: str,
+        channels_last: bool,
+        compile_: bool,
+        graph: bool = False,
+    ) -> None:
         seed_all(0)
         self.net = build_model(model, build_scheme(option_config("init", scheme)), 10, 3, 32).to(device)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -47,8 +56,14 @@ class Bench:
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.device, self.precision = device, precision
         amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-        objects = StepObjects(self.net, self.opt, torch.nn.CrossEntropyLoss(), amp,
-                              torch.amp.GradScaler(device.type, enabled=False), OptimConfig())
+        objects = StepObjects(
+            self.net,
+            self.opt,
+            torch.nn.CrossEntropyLoss(),
+            amp,
+            torch.amp.GradScaler(device.type, enabled=False),
+            OptimConfig(),
+        )
         self.graphed = GraphedStep(objects, channels_last=channels_last) if graph else None
 
     def step(self) -> None:
@@ -99,8 +114,11 @@ def main() -> None:
     names = a.schemes or SCHEMES.names()
     if "bn" not in names:
         names = ["bn", *names]
-    header(f"schemes vs bn: {model.name} (width {model.width or 'published'}), batch {a.batch}, {a.precision}, "
-           f"channels_last={a.channels_last}, compile={a.compile}", device)
+    header(
+        f"schemes vs bn: {model.name} (width {model.width or 'published'}), batch {a.batch}, {a.precision}, "
+        f"channels_last={a.channels_last}, compile={a.compile}",
+        device,
+    )
     torch.backends.cudnn.benchmark = True
     benches: dict[str, Bench] = {}
     for name in names:
@@ -123,8 +141,10 @@ def main() -> None:
     print(f"{'scheme':12s} {'step ms':>9s} {'img/s':>9s} {'time/bn':>8s} {'peak MiB':>9s} {'mem/bn':>7s}")
     for name in benches:
         t = median(times[name])
-        print(f"{name:12s} {1e3 * t:9.2f} {a.batch / t:9.1f} {t / t_bn:8.2f} {memory[name]:9.1f} "
-              f"{memory[name] / m_bn:7.2f}")
+        print(
+            f"{name:12s} {1e3 * t:9.2f} {a.batch / t:9.1f} {t / t_bn:8.2f} {memory[name]:9.1f} "
+            f"{memory[name] / m_bn:7.2f}"
+        )
     footer()
 
 

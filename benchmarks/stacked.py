@@ -42,8 +42,7 @@ class StackedNet(nn.Module):
             self.register_buffer(f"buffer{i}", buffers[n].clone())
         self.k = len(nets)
         self.base = [copy.deepcopy(nets[0]).to("meta")]  # the architecture alone, outside the module tree
-        self.origin = {id(p): self.stacked[i] for i, (n, p) in enumerate(nets[0].named_parameters())
-                       if n in self.names}
+        self.origin = {id(p): self.stacked[i] for i, (n, p) in enumerate(nets[0].named_parameters()) if n in self.names}
 
     def _one(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base[0], (params, buffers), (x,))
@@ -69,18 +68,25 @@ class StackedLoss(nn.Module):
 
     def per_copy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         n = logits.shape[0] // self.k
-        return torch.stack([self.criterion(logits[i * n:(i + 1) * n], target[i * n:(i + 1) * n])
-                            for i in range(self.k)])
+        return torch.stack(
+            [self.criterion(logits[i * n : (i + 1) * n], target[i * n : (i + 1) * n]) for i in range(self.k)]
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.per_copy(logits, target).sum()
 
 
-def stacked_optimizer(stacked: StackedNet, first: nn.Module, cfg: OptimConfig,
-                      device: torch.device) -> torch.optim.SGD:
+def stacked_optimizer(stacked: StackedNet, first: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.SGD:
     """nfbench's SGD (nfbench.engine.optim.build_optimizer) with the parameter groups of ``first`` (one of the
     K copies), each of its tensors replaced by the stacked one."""
     groups = [{**g, "params": [stacked.origin[id(p)] for p in g["params"]]} for g in param_groups(first, cfg)]
     fused = device.type == "cuda"
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, fused=fused or None, foreach=None if fused else True)
+    return torch.optim.SGD(
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )

@@ -15,8 +15,19 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _PUBLIC = {
-    **{name: "nfbench.api" for name in ("create_model", "list_models", "list_schemes", "list_datasets", "list_loggers",
-                                         "list_hooks", "train", "compose")},
+    **{
+        name: "nfbench.api"
+        for name in (
+            "create_model",
+            "list_models",
+            "list_schemes",
+            "list_datasets",
+            "list_loggers",
+            "list_hooks",
+            "train",
+            "compose",
+        )
+    },
     "load_run": "nfbench.rundir.load",
     "register_scheme": "nfbench.schemes",
     "register_dataset": "nfbench.data.sets",

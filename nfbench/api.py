@@ -63,8 +63,9 @@ def list_hooks(pattern: Optional[str] = None) -> list[str]:
     return _names(HOOKS, pattern)
 
 
-def create_model(name: str, init: str = "convshort", num_classes: int = 10, in_chans: int = 3,
-                 image_size: int = 32, **kwargs: Any) -> Any:
+def create_model(
+    name: str, init: str = "convshort", num_classes: int = 10, in_chans: int = 3, image_size: int = 32, **kwargs: Any
+) -> Any:
     """The architecture ``name`` built with scheme ``init`` and started by its initialisation, for inputs of
     ``in_chans`` x ``image_size``^2 (the stem follows the size: CIFAR's up to 64 px) and ``num_classes``.
 
@@ -79,8 +80,10 @@ def create_model(name: str, init: str = "convshort", num_classes: int = 10, in_c
     init_keys = {f.name for f in dataclasses.fields(option_schema("init", init))} - {"name"}
     unknown = sorted(set(kwargs) - model_keys - init_keys)
     if unknown:
-        raise ConfigError(f"create_model({name!r}, init={init!r}) has no key {', '.join(unknown)}; its keys: "
-                          f"{', '.join(sorted(model_keys | init_keys))}")
+        raise ConfigError(
+            f"create_model({name!r}, init={init!r}) has no key {', '.join(unknown)}; its keys: "
+            f"{', '.join(sorted(model_keys | init_keys))}"
+        )
     model_cfg = option_config("model", name, **{k: v for k, v in kwargs.items() if k in model_keys})
     init_cfg = option_config("init", init, **{k: v for k, v in kwargs.items() if k in init_keys})
     return plan_model(model_cfg, build_scheme(init_cfg)).build(num_classes, in_chans, image_size)
@@ -109,6 +112,10 @@ def train(cfg_or_overrides: Union[DictConfig, Overrides] = (), run_dir: Union[st
 
     cfg = compose(cfg_or_overrides) if not isinstance(cfg_or_overrides, DictConfig) else cfg_or_overrides
     if run_dir is not None or not cfg.trainer.run_dir:
-        cfg.trainer.run_dir = str(run_dir or Path("outputs", "api", cfg.data.name, f"{cfg.model.name}-{cfg.init.name}",
-                                                  time.strftime("%Y-%m-%d_%H-%M-%S")))
+        cfg.trainer.run_dir = str(
+            run_dir
+            or Path(
+                "outputs", "api", cfg.data.name, f"{cfg.model.name}-{cfg.init.name}", time.strftime("%Y-%m-%d_%H-%M-%S")
+            )
+        )
     return {**train_cfg(cfg), "run_dir": cfg.trainer.run_dir}

@@ -98,7 +98,6 @@ class OptimizedMetric(Choice):
     test_top5 = "test_top5"
 
 
-
 @dataclass
 class DataConfig:
     """The data set and its loading, augmentation and splits (conf/data/)."""
@@ -346,8 +345,12 @@ def optimized_metric(cfg: DictConfig | Config) -> str:
 
 def tasks_per_node(gpus_per_node: int) -> int:
     """conf/hydra/launcher/slurm.yaml: one task (DDP rank) per GPU, so a job needs at least one GPU."""
-    require(gpus_per_node >= 1, "hydra.launcher.gpus_per_node", gpus_per_node,
-            "must be >= 1 (one task per GPU); for a CPU-only job also set hydra.launcher.tasks_per_node=N")
+    require(
+        gpus_per_node >= 1,
+        "hydra.launcher.gpus_per_node",
+        gpus_per_node,
+        "must be >= 1 (one task per GPU); for a CPU-only job also set hydra.launcher.tasks_per_node=N",
+    )
     return gpus_per_node
 
 
@@ -386,9 +389,14 @@ def typed(tree: Mapping[str, Any]) -> DictConfig:
     nfbench before option-specific keys wrote every option's keys, null or false where they did not
     apply: those are left out."""
     cfg = schema(tree)
-    kept = {group: ({k: v for k, v in values.items() if k in cfg[group] or v not in (None, False)}
-                    if group in OPTION_SCHEMAS and isinstance(values, Mapping) else values)
-            for group, values in tree.items()}
+    kept = {
+        group: (
+            {k: v for k, v in values.items() if k in cfg[group] or v not in (None, False)}
+            if group in OPTION_SCHEMAS and isinstance(values, Mapping)
+            else values
+        )
+        for group, values in tree.items()
+    }
     return OmegaConf.merge(cfg, kept)  # type: ignore[return-value]
 
 
@@ -396,8 +404,11 @@ def check_keys(cfg: DictConfig | Config) -> None:
     """Refuse a key the schema of the selected options does not have.  Hydra refuses one given as
     ``key=value``, but ``+key=value`` adds any key (that is what ``+`` is for), and nfbench would then
     run without ever reading it: a typo such as ``+trainer.epoch=5`` trained the default budget."""
-    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else OmegaConf.to_container(
-        OmegaConf.structured(cfg), resolve=False)
+    tree = (
+        OmegaConf.to_container(cfg, resolve=False)
+        if isinstance(cfg, DictConfig)
+        else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=False)
+    )
     ref = schema(tree)  # type: ignore[arg-type]
     unknown: list[str] = []
 
@@ -412,8 +423,10 @@ def check_keys(cfg: DictConfig | Config) -> None:
 
     walk(tree, ref, "")  # type: ignore[arg-type]
     if unknown:
-        raise ConfigError(f"{', '.join(unknown)}: not a key nfbench reads (a '+' override adds any key, and this "
-                          f"one would be ignored); remove it, or see `nfbench train --help` for the keys")
+        raise ConfigError(
+            f"{', '.join(unknown)}: not a key nfbench reads (a '+' override adds any key, and this "
+            f"one would be ignored); remove it, or see `nfbench train --help` for the keys"
+        )
 
 
 def plain(cfg: DictConfig) -> dict:
@@ -434,8 +447,12 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def per_rank_batch(batch_size: int, world_size: int) -> int:
     """``data.batch_size`` is the global batch: each of ``world_size`` processes takes an equal share."""
-    require(batch_size % world_size == 0, "data.batch_size", batch_size,
-            f"must be divisible by the number of processes ({world_size}); choose a multiple of {world_size}")
+    require(
+        batch_size % world_size == 0,
+        "data.batch_size",
+        batch_size,
+        f"must be divisible by the number of processes ({world_size}); choose a multiple of {world_size}",
+    )
     return batch_size // world_size
 
 
@@ -458,98 +475,188 @@ def check_values(cfg: DictConfig | Config) -> None:
     First of all, no number is NaN or infinite: every float key has a finite range, and a NaN
     passes every comparison of the range checks below (``nan < 0`` is false)."""
     c = cfg
-    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else \
-        OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    tree = (
+        OmegaConf.to_container(cfg, resolve=True)
+        if isinstance(cfg, DictConfig)
+        else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    )
     bad = _non_finite(tree)
     if bad is not None:
         raise ConfigError(f"{bad[0]}={bad[1]} is not allowed: must be a finite number")
     require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
     require(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
     require(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
-    require(isinstance(c.data.on_device, bool) or c.data.on_device == "auto", "data.on_device", c.data.on_device,
-            "choose true, false or auto")
-    require(c.data.in_memory_max_gb >= 0, "data.in_memory_max_gb", c.data.in_memory_max_gb,
-            "must be >= 0 (0: image folders always read their files)")
+    require(
+        isinstance(c.data.on_device, bool) or c.data.on_device == "auto",
+        "data.on_device",
+        c.data.on_device,
+        "choose true, false or auto",
+    )
+    require(
+        c.data.in_memory_max_gb >= 0,
+        "data.in_memory_max_gb",
+        c.data.in_memory_max_gb,
+        "must be >= 0 (0: image folders always read their files)",
+    )
     require(c.data.crop_padding >= 0, "data.crop_padding", c.data.crop_padding, "must be >= 0")
     require(c.data.randaugment_n >= 0, "data.randaugment_n", c.data.randaugment_n, "must be >= 0")
-    require(0 <= c.data.randaugment_m <= 30, "data.randaugment_m", c.data.randaugment_m,
-            "must be in [0, 30] (torchvision's magnitude bins)")
+    require(
+        0 <= c.data.randaugment_m <= 30,
+        "data.randaugment_m",
+        c.data.randaugment_m,
+        "must be in [0, 30] (torchvision's magnitude bins)",
+    )
     v = c.data.val_size
-    require(v is None or (type(v) is int and v >= 1) or (type(v) is float and 0 < v < 1), "data.val_size", v,
-            "must be null, a number of images >= 1, or a fraction of the training set in (0, 1)")
+    require(
+        v is None or (type(v) is int and v >= 1) or (type(v) is float and 0 < v < 1),
+        "data.val_size",
+        v,
+        "must be null, a number of images >= 1, or a fraction of the training set in (0, 1)",
+    )
     for key in ("train_subset", "test_subset", "image_size"):
         v = getattr(c.data, key)
         require(v is None or v >= 1, f"data.{key}", v, "must be >= 1 or null")
     if c.data.mean is not None or c.data.std is not None:
         if c.data.pixel_mean:
-            raise ConfigError(f"data.pixel_mean=true cannot run with data.mean={c.data.mean} data.std={c.data.std}: "
-                              f"it subtracts the training images' mean image and divides by no std; set data.mean="
-                              f"null data.std=null, or data.pixel_mean=false")
-        require(c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
-                "data.mean/data.std", (c.data.mean, c.data.std), "give both, with one value per channel")
+            raise ConfigError(
+                f"data.pixel_mean=true cannot run with data.mean={c.data.mean} data.std={c.data.std}: "
+                f"it subtracts the training images' mean image and divides by no std; set data.mean="
+                f"null data.std=null, or data.pixel_mean=false"
+            )
+        require(
+            c.data.mean is not None and c.data.std is not None and len(c.data.mean) == len(c.data.std),
+            "data.mean/data.std",
+            (c.data.mean, c.data.std),
+            "give both, with one value per channel",
+        )
         require(all(s > 0 for s in c.data.std or ()), "data.std", c.data.std, "every value must be > 0")
-    require(c.data.decode != "gpu" or not c.data.randaugment, "data.decode", c.data.decode,
-            "the batched decode has no RandAugment; use data.decode=cpu (or auto) with data.randaugment=true")
-    require(c.data.verify or not c.data.skip_corrupt, "data.skip_corrupt", c.data.skip_corrupt,
-            "needs data.verify=true, the check that finds the unreadable files")
+    require(
+        c.data.decode != "gpu" or not c.data.randaugment,
+        "data.decode",
+        c.data.decode,
+        "the batched decode has no RandAugment; use data.decode=cpu (or auto) with data.randaugment=true",
+    )
+    require(
+        c.data.verify or not c.data.skip_corrupt,
+        "data.skip_corrupt",
+        c.data.skip_corrupt,
+        "needs data.verify=true, the check that finds the unreadable files",
+    )
     require(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
     require(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
     require(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
-    require(not c.optim.nesterov or c.optim.momentum > 0, "optim.nesterov", c.optim.nesterov,
-            "Nesterov momentum needs optim.momentum > 0")
-    require(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0, "optim.weight_decay",
-            c.optim.weight_decay, "must be >= 0 and finite")
+    require(
+        not c.optim.nesterov or c.optim.momentum > 0,
+        "optim.nesterov",
+        c.optim.nesterov,
+        "Nesterov momentum needs optim.momentum > 0",
+    )
+    require(
+        math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0,
+        "optim.weight_decay",
+        c.optim.weight_decay,
+        "must be >= 0 and finite",
+    )
     require(c.optim.scalar_lr_mult > 0, "optim.scalar_lr_mult", c.optim.scalar_lr_mult, "must be > 0")
     require(c.optim.clip_grad_norm >= 0, "optim.clip_grad_norm", c.optim.clip_grad_norm, "must be >= 0 (0 = off)")
     require(c.optim.agc >= 0, "optim.agc", c.optim.agc, "must be >= 0 (0 = off)")
-    require(not (c.optim.agc > 0 and c.optim.clip_grad_norm > 0), "optim.agc", c.optim.agc,
-            "use either optim.agc or optim.clip_grad_norm, not both")
+    require(
+        not (c.optim.agc > 0 and c.optim.clip_grad_norm > 0),
+        "optim.agc",
+        c.optim.agc,
+        "use either optim.agc or optim.clip_grad_norm, not both",
+    )
     require(c.sched.warmup_epochs >= 0, "sched.warmup_epochs", c.sched.warmup_epochs, "must be >= 0")
-    require(c.sched.warmup_epochs < c.trainer.epochs or c.sched.warmup_epochs == 0, "sched.warmup_epochs",
-            c.sched.warmup_epochs, f"must be shorter than trainer.epochs={c.trainer.epochs}")
+    require(
+        c.sched.warmup_epochs < c.trainer.epochs or c.sched.warmup_epochs == 0,
+        "sched.warmup_epochs",
+        c.sched.warmup_epochs,
+        f"must be shorter than trainer.epochs={c.trainer.epochs}",
+    )
     require(c.sched.min_lr >= 0, "sched.min_lr", c.sched.min_lr, "must be >= 0")
     require(0 < c.sched.gamma <= 1, "sched.gamma", c.sched.gamma, "must be in (0, 1]")
-    require(list(c.sched.milestones) == sorted(set(c.sched.milestones)) and all(m > 0 for m in c.sched.milestones),
-            "sched.milestones", list(c.sched.milestones), "must be increasing positive epochs")
+    require(
+        list(c.sched.milestones) == sorted(set(c.sched.milestones)) and all(m > 0 for m in c.sched.milestones),
+        "sched.milestones",
+        list(c.sched.milestones),
+        "must be increasing positive epochs",
+    )
     require(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
-    require(c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES, "trainer.compile_mode",
-            c.trainer.compile_mode, f"choose null or one of {', '.join(COMPILE_MODES)}")
-    require(c.trainer.compile_mode is None or c.trainer.compile, "trainer.compile_mode", c.trainer.compile_mode,
-            "applies with trainer.compile=true only")
+    require(
+        c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES,
+        "trainer.compile_mode",
+        c.trainer.compile_mode,
+        f"choose null or one of {', '.join(COMPILE_MODES)}",
+    )
+    require(
+        c.trainer.compile_mode is None or c.trainer.compile,
+        "trainer.compile_mode",
+        c.trainer.compile_mode,
+        "applies with trainer.compile=true only",
+    )
     if c.trainer.cuda_graph:  # the device is checked where it resolves: nfbench.engine.graph.check_device
         t = c.trainer
         for refused, setting, why in (
-                (t.precision == "fp16", "trainer.precision=fp16",
-                 "fp16's GradScaler reads its overflow flag on the host; use bf16 or fp32"),
-                (t.mixup_alpha > 0 or t.cutmix_alpha > 0, f"trainer.mixup_alpha={t.mixup_alpha}/cutmix_alpha="
-                 f"{t.cutmix_alpha}", "mixup and CutMix draw on the host; set both to 0"),
-                (t.compile, "trainer.compile=true", "torch.compile makes its own graphs; choose one of the two"),
-                (t.devices > 1, f"trainer.devices={t.devices}", "DDP is not captured; set trainer.devices=1")):
+            (
+                t.precision == "fp16",
+                "trainer.precision=fp16",
+                "fp16's GradScaler reads its overflow flag on the host; use bf16 or fp32",
+            ),
+            (
+                t.mixup_alpha > 0 or t.cutmix_alpha > 0,
+                f"trainer.mixup_alpha={t.mixup_alpha}/cutmix_alpha={t.cutmix_alpha}",
+                "mixup and CutMix draw on the host; set both to 0",
+            ),
+            (t.compile, "trainer.compile=true", "torch.compile makes its own graphs; choose one of the two"),
+            (t.devices > 1, f"trainer.devices={t.devices}", "DDP is not captured; set trainer.devices=1"),
+        ):
             if refused:
-                raise ConfigError(f"trainer.cuda_graph=true cannot run with {setting}: {why} "
-                                  "(or set trainer.cuda_graph=false)")
+                raise ConfigError(
+                    f"trainer.cuda_graph=true cannot run with {setting}: {why} (or set trainer.cuda_graph=false)"
+                )
     dev = c.trainer.device
-    require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-            "trainer.device", dev, f"choose {DEVICES_HELP}")
-    require(0 <= c.trainer.label_smoothing < 1, "trainer.label_smoothing", c.trainer.label_smoothing,
-            "must be in [0, 1)")
+    require(
+        dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+        "trainer.device",
+        dev,
+        f"choose {DEVICES_HELP}",
+    )
+    require(
+        0 <= c.trainer.label_smoothing < 1, "trainer.label_smoothing", c.trainer.label_smoothing, "must be in [0, 1)"
+    )
     require(c.trainer.mixup_alpha >= 0, "trainer.mixup_alpha", c.trainer.mixup_alpha, "must be >= 0 (0 = off)")
     require(c.trainer.cutmix_alpha >= 0, "trainer.cutmix_alpha", c.trainer.cutmix_alpha, "must be >= 0 (0 = off)")
     require(c.trainer.log_every >= 1, "trainer.log_every", c.trainer.log_every, "must be >= 1")
-    require(c.trainer.progress_every_s >= 0, "trainer.progress_every_s", c.trainer.progress_every_s,
-            "must be >= 0 (seconds between plain progress lines; 0 = at every log step)")
+    require(
+        c.trainer.progress_every_s >= 0,
+        "trainer.progress_every_s",
+        c.trainer.progress_every_s,
+        "must be >= 0 (seconds between plain progress lines; 0 = at every log step)",
+    )
     require(c.trainer.devices >= 1, "trainer.devices", c.trainer.devices, "must be >= 1")
-    require(c.trainer.checkpoint_every_steps >= 0, "trainer.checkpoint_every_steps", c.trainer.checkpoint_every_steps,
-            "must be >= 0 (0 = only at epoch ends)")
+    require(
+        c.trainer.checkpoint_every_steps >= 0,
+        "trainer.checkpoint_every_steps",
+        c.trainer.checkpoint_every_steps,
+        "must be >= 0 (0 = only at epoch ends)",
+    )
     require(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
     require(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
     require(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")
-    require(c.spp.labels != "data" or c.spp.input == "data", "spp.labels", c.spp.labels,
-            "labels=data needs spp.input=data (Gaussian inputs have no labels)")
+    require(
+        c.spp.labels != "data" or c.spp.input == "data",
+        "spp.labels",
+        c.spp.labels,
+        "labels=data needs spp.input=data (Gaussian inputs have no labels)",
+    )
     require(c.spp.image_size >= 1, "spp.image_size", c.spp.image_size, "must be >= 1")
     require(c.spp.in_chans >= 1, "spp.in_chans", c.spp.in_chans, "must be >= 1")
     # One class gives a constant loss, so every gradient is zero and the backward plot is empty.
     require(c.spp.num_classes >= 2, "spp.num_classes", c.spp.num_classes, "must be >= 2")
     require(len(c.spp.formats) >= 1, "spp.formats", [], f"a non-empty list from {', '.join(FigureFormat)}")
-    require(c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
-            "optimized_metric", c.optimized_metric, "needs a validation split: set data.val_size (e.g. 0.1)")
+    require(
+        c.data.val_size is not None or not optimized_metric(c).startswith(("val_", "best_val_")),
+        "optimized_metric",
+        c.optimized_metric,
+        "needs a validation split: set data.val_size (e.g. 0.1)",
+    )

@@ -205,17 +205,27 @@ class WandbLogger:
     @staticmethod
     def check(node: DictConfig) -> None:
         if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
-                              "logger=tensorboard, csv or none)")
+            raise ConfigError(
+                "logger=wandb needs the wandb package: pip install 'nfbench[wandb]' (or choose "
+                "logger=tensorboard, csv or none)"
+            )
 
     def __init__(self, node: DictConfig, run_dir: Path, cfg: DictConfig, history: Sequence[dict] = ()) -> None:
         import wandb
 
         resolved = str(run_dir.resolve())
-        self.run = wandb.init(project=node.project, entity=node.entity, group=node.group, tags=list(node.tags),
-                              name=node.name or run_dir.name, mode=node.mode, dir=str(run_dir),
-                              id=hashlib.sha256(resolved.encode()).hexdigest()[:16], resume="allow",
-                              config=run_config(cfg))
+        self.run = wandb.init(
+            project=node.project,
+            entity=node.entity,
+            group=node.group,
+            tags=list(node.tags),
+            name=node.name or run_dir.name,
+            mode=node.mode,
+            dir=str(run_dir),
+            id=hashlib.sha256(resolved.encode()).hexdigest()[:16],
+            resume="allow",
+            config=run_config(cfg),
+        )
         self.run.define_metric("epoch")
         self.run.define_metric("global_step")
         self.axes: dict[str, str] = {}
@@ -274,8 +284,11 @@ class Loggers:
 
     def log_hparams(self, cfg: DictConfig, final: dict[str, Any]) -> None:
         """The flattened config with the final metrics (the finite numbers among ``final``)."""
-        numbers = {k: v for k, v in final.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        numbers = {
+            k: v
+            for k, v in final.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         hparams = hparams_of(cfg)
         for b in self.backends:
             b.log_hparams(hparams, numbers)
@@ -298,10 +311,18 @@ def check(logger: DictConfig) -> None:
         paths.update({f"logger.{name!s}.{key}": node[key] for key in backend.paths if node[key] is not None})
     for key, value in paths.items():
         path = Path(value)
-        require(bool(value) and not path.is_absolute() and ".." not in path.parts, key, value,
-                "must be a path inside the run directory (relative, without '..')")
-        require(path.parts[0] not in rundir.RUN_FILES, key, value,
-                f"the run directory's own files and folders are reserved ({', '.join(rundir.RUN_FILES)}); choose "
-                "another name")
+        require(
+            bool(value) and not path.is_absolute() and ".." not in path.parts,
+            key,
+            value,
+            "must be a path inside the run directory (relative, without '..')",
+        )
+        require(
+            path.parts[0] not in rundir.RUN_FILES,
+            key,
+            value,
+            f"the run directory's own files and folders are reserved ({', '.join(rundir.RUN_FILES)}); choose "
+            "another name",
+        )
     if len(set(paths.values())) < len(paths):
         raise ConfigError(f"{' and '.join(paths)} name the same path {next(iter(paths.values()))!r}: choose two names")

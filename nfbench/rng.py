@@ -19,8 +19,13 @@ def _plain_numpy(state: tuple) -> dict:
     """NumPy's ``get_state()`` tuple (legacy MT19937) as a dict with its uint32 key in an int64 tensor:
     torch's pickling of tensors (``all_gather_object``) cannot rebuild a uint32 one."""
     name, key, pos, has_gauss, cached = state
-    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
-            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "bit_generator": str(name),
+        "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _plain_python(state: tuple) -> dict:
@@ -31,17 +36,27 @@ def _plain_python(state: tuple) -> dict:
 
 def rng_state() -> dict:
     """This process's random state, every part a tensor or a plain value."""
-    return {"torch": torch.get_rng_state(), "numpy": _plain_numpy(cast(tuple, np.random.get_state())),
-            "python": _plain_python(random.getstate()),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": _plain_numpy(cast(tuple, np.random.get_state())),
+        "python": _plain_python(random.getstate()),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     numpy, python = state["numpy"], state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state((numpy["bit_generator"], numpy["key"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy["bit_generator"],
+            numpy["key"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -49,5 +64,8 @@ def set_rng_state(state: dict) -> None:
 
 def from_legacy(state: dict[str, Any]) -> dict:
     """The state of nfbench checkpoints before version 3 (NumPy's and Python's tuples) as :func:`rng_state`'s."""
-    return {**state, "numpy": _plain_numpy(state["numpy"]) if isinstance(state["numpy"], tuple) else state["numpy"],
-            "python": _plain_python(state["python"]) if isinstance(state["python"], tuple) else state["python"]}
+    return {
+        **state,
+        "numpy": _plain_numpy(state["numpy"]) if isinstance(state["numpy"], tuple) else state["numpy"],
+        "python": _plain_python(state["python"]) if isinstance(state["python"], tuple) else state["python"],
+    }

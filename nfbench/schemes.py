@@ -19,9 +19,25 @@ from torch import nn
 
 from nfbench.config import InitConfig, WeightRule, option_config
 from nfbench.errors import ConfigError
-from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ResidualBlock, ResNet,
-                                   Scalar, ScalarBias, ScalarGain, ScaledIdentityShortcut, ScaledReLU, ScaledSkipGain,
-                                   branch_convs, plain_conv, split_stages, stem_layers)
+from nfbench.models.resnet import (
+    Block,
+    ConvShortcut,
+    FixupBasicBlock,
+    Head,
+    IdentityShortcut,
+    ResidualBlock,
+    ResNet,
+    Scalar,
+    ScalarBias,
+    ScalarGain,
+    ScaledIdentityShortcut,
+    ScaledReLU,
+    ScaledSkipGain,
+    branch_convs,
+    plain_conv,
+    split_stages,
+    stem_layers,
+)
 from nfbench.registry import Registry
 
 # Brock et al. 2021a: gamma_g^2 = 2 / (1 - 1/pi), the ReLU correction (Civitelli et al. eq. 3).
@@ -97,8 +113,11 @@ class Scheme:
         """``init.<key>``, refused unless it is one of the rules this scheme applies (None: unset)."""
         value = getattr(self.cfg, key)
         if value is not None and value not in self.weight_rules:
-            allowed = (f"choose one of {', '.join(self.weight_rules)}" if self.weight_rules else
-                       f"init={self.name} sets every weight itself ({self.default_weights}); leave init.{key} unset")
+            allowed = (
+                f"choose one of {', '.join(self.weight_rules)}"
+                if self.weight_rules
+                else f"init={self.name} sets every weight itself ({self.default_weights}); leave init.{key} unset"
+            )
             raise ConfigError(f"init.{key}={value!r} is not allowed with init={self.name}: {allowed}")
         return value
 
@@ -153,16 +172,25 @@ class Scheme:
             layers = [conv, self.norm(width), self.act(), pool]
         return nn.Sequential(*layers)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
-              preactivated: bool = False) -> Block:
+    def block(
+        self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float, preactivated: bool = False
+    ) -> Block:
         """One residual block; ``preactivated`` (the first block after an activating stem) has no norm or
         activation before its first conv and shortcut (fb.resnet.torch ``preresnet.lua``, 'no_preact')."""
         convs, out = branch_convs(in_chans, width, stride, bottleneck, self.conv)
         norms = [nn.Identity() if preactivated and i == 0 else self.norm(c.in_channels) for i, c in enumerate(convs)]
-        return ResidualBlock(convs, norms, self.shortcut(in_chans, out, stride),
-                             self.act(), self.gate(), self.residual_scale, stride,
-                             conv_biases=[self.conv_bias() for _ in convs], input_scale=self.input_scale(input_var),
-                             preactivated=preactivated)
+        return ResidualBlock(
+            convs,
+            norms,
+            self.shortcut(in_chans, out, stride),
+            self.act(),
+            self.gate(),
+            self.residual_scale,
+            stride,
+            conv_biases=[self.conv_bias() for _ in convs],
+            input_scale=self.input_scale(input_var),
+            preactivated=preactivated,
+        )
 
     def head(self, chans: int, num_classes: int) -> Head:
         return Head(self.norm(chans), self.act(), chans, num_classes)
@@ -174,6 +202,7 @@ class Scheme:
 
 
 # --- helpers the schemes' initialise functions share -----------------------------------------------
+
 
 @torch.no_grad()
 def draw_convs_and_classifier_(net: ResNet, rule: str, standardize: bool, stem_rule: str | None = None) -> None:
@@ -379,8 +408,9 @@ class Fixup(Scheme):
         conv, *pool = stem_layers(kind, in_chans, width, self.conv)
         return nn.Sequential(conv, ScalarBias(0.0), nn.ReLU(), *pool)
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
-              preactivated: bool = False) -> Block:
+    def block(
+        self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float, preactivated: bool = False
+    ) -> Block:
         if not self.reference:
             return super().block(in_chans, width, stride, bottleneck, input_var, preactivated)
         return FixupBasicBlock(in_chans, width, stride, self.conv)  # basic blocks only: models._resnet's rule
@@ -530,8 +560,9 @@ class NormFree(Scheme):
         from timm.layers import ScaledStdConv2d
 
         # gamma lives in the activation (as in DeepMind's code), so the stem's conv on raw pixels is unscaled.
-        return ScaledStdConv2d(in_chans, out_chans, kernel_size, stride=stride, padding=padding, bias=False,
-                               gamma=1.0, eps=NF_STD_EPS)
+        return ScaledStdConv2d(
+            in_chans, out_chans, kernel_size, stride=stride, padding=padding, bias=False, gamma=1.0, eps=NF_STD_EPS
+        )
 
     def act(self) -> nn.Module:
         return ScaledReLU(NF_RELU_GAMMA)

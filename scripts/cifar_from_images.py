@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # nfbench from this checkout, installed or not
-from nfbench.data.fingerprint import pixels_sha256# noqa: E402
+from nfbench.data.fingerprint import pixels_sha256  # noqa: E402
 
 PROG = "cifar_from_images"
 SPLITS = ("train", "test")
@@ -146,7 +146,7 @@ def read_tree(source: Path) -> Tree:
     top = () if tops & set(SPLITS) or len(tops) != 1 else tuple(tops)
     tree = Tree(source, top, {split: {} for split in SPLITS})
     for parts, data in files:
-        inside = parts[len(top):]
+        inside = parts[len(top) :]
         if not inside or inside[0] not in SPLITS:
             continue
         if len(inside) != 3:
@@ -164,8 +164,10 @@ def choose_release(tree: Tree, name: str | None) -> Release:
     scores = {key: len(found & set(r.classes)) for key, r in RELEASES.items()}
     best = max(scores, key=scores.__getitem__)
     if list(scores.values()).count(scores[best]) > 1:
-        raise Refusal(f"{tree.where('train')}: its class folders are named as neither CIFAR-10's nor "
-                      f"CIFAR-100's classes; pass --dataset cifar10 or --dataset cifar100")
+        raise Refusal(
+            f"{tree.where('train')}: its class folders are named as neither CIFAR-10's nor "
+            f"CIFAR-100's classes; pass --dataset cifar10 or --dataset cifar100"
+        )
     return RELEASES[best]
 
 
@@ -178,12 +180,14 @@ def check_classes(tree: Tree, release: Release) -> None:
         extra = sorted(set(classes) - set(release.classes))
         if extra:
             more = f" (nor are {', '.join(extra[1:])})" if extra[1:] else ""
-            raise Refusal(f"{tree.where(split, extra[0])}: not one of {release.title}'s "
-                          f"{len(release.classes)} classes{more}")
+            raise Refusal(
+                f"{tree.where(split, extra[0])}: not one of {release.title}'s {len(release.classes)} classes{more}"
+            )
         missing = [c for c in release.classes if c not in classes]
         if missing:
-            raise Refusal(f"{tree.where(split)}: no folder of images for {release.title} "
-                          f"class(es) {', '.join(missing)}")
+            raise Refusal(
+                f"{tree.where(split)}: no folder of images for {release.title} class(es) {', '.join(missing)}"
+            )
 
 
 def decode(data: bytes, where: str, reencode: int | None) -> np.ndarray:
@@ -225,8 +229,11 @@ class Ticker:
         now = time.monotonic()
         if now - self.last >= self.every_s:
             self.last = now
-            print(f"{PROG}: decoded {self.done:,} of {self.total:,} images ({now - self.start:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: decoded {self.done:,} of {self.total:,} images ({now - self.start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def decode_tree(tree: Tree, release: Release, reencode: int | None) -> dict[str, Split]:
@@ -262,13 +269,28 @@ def write_cifar10(folder: Path, splits: dict[str, Split]) -> list[str]:
     train, test = splits["train"], splits["test"]
     edges = [len(train.labels) * i // TRAIN_BATCHES for i in range(TRAIN_BATCHES + 1)]
     for i, (lo, hi) in enumerate(zip(edges, edges[1:]), start=1):
-        _dump(folder / f"data_batch_{i}", {
-            "batch_label": f"training batch {i} of {TRAIN_BATCHES}", "labels": train.labels[lo:hi],
-            "data": _rows(train.images[lo:hi]), "filenames": train.filenames[lo:hi]})
-    _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test.labels,
-                                  "data": _rows(test.images), "filenames": test.filenames})
-    _dump(folder / "batches.meta", {"num_cases_per_batch": edges[1], "label_names": list(CIFAR10_CLASSES),
-                                    "num_vis": 3 * SIZE * SIZE})
+        _dump(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of {TRAIN_BATCHES}",
+                "labels": train.labels[lo:hi],
+                "data": _rows(train.images[lo:hi]),
+                "filenames": train.filenames[lo:hi],
+            },
+        )
+    _dump(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": test.labels,
+            "data": _rows(test.images),
+            "filenames": test.filenames,
+        },
+    )
+    _dump(
+        folder / "batches.meta",
+        {"num_cases_per_batch": edges[1], "label_names": list(CIFAR10_CLASSES), "num_vis": 3 * SIZE * SIZE},
+    )
     return [f"data_batch_{i}" for i in range(1, TRAIN_BATCHES + 1)] + ["test_batch", "batches.meta"]
 
 
@@ -276,9 +298,16 @@ def write_cifar100(folder: Path, splits: dict[str, Split]) -> list[str]:
     """train, test (fine and coarse labels), meta (both name lists)."""
     for split, what in (("train", "training"), ("test", "testing")):
         s = splits[split]
-        _dump(folder / split, {
-            "filenames": s.filenames, "batch_label": f"{what} batch 1 of 1", "fine_labels": s.labels,
-            "coarse_labels": [COARSE_OF[CIFAR100_CLASSES[y]] for y in s.labels], "data": _rows(s.images)})
+        _dump(
+            folder / split,
+            {
+                "filenames": s.filenames,
+                "batch_label": f"{what} batch 1 of 1",
+                "fine_labels": s.labels,
+                "coarse_labels": [COARSE_OF[CIFAR100_CLASSES[y]] for y in s.labels],
+                "data": _rows(s.images),
+            },
+        )
     _dump(folder / "meta", {"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": list(COARSE_NAMES)})
     return ["train", "test", "meta"]
 
@@ -304,8 +333,13 @@ def write_release(data_root: Path, release: Release, splits: dict[str, Split]) -
     return out, written
 
 
-def convert(source: Path, data_root: Path, dataset: str | None = None, reencode: int | None = None,
-            expect_sha256: tuple[str, str] | None = None) -> dict:
+def convert(
+    source: Path,
+    data_root: Path,
+    dataset: str | None = None,
+    reencode: int | None = None,
+    expect_sha256: tuple[str, str] | None = None,
+) -> dict:
     """Check, decode and write SOURCE as DATA_ROOT's python release; raise Refusal on any problem.
 
     Returns what was written: the folder, its files, images per split and their pixel digests."""
@@ -318,11 +352,18 @@ def convert(source: Path, data_root: Path, dataset: str | None = None, reencode:
     splits = decode_tree(tree, release, reencode)
     digests = {split: pixels_sha256(s.images) for split, s in splits.items()}
     if expect_sha256 is not None and (digests["train"], digests["test"]) != tuple(expect_sha256):
-        raise Refusal(f"pixel sha256 mismatch: expected train {expect_sha256[0]} test {expect_sha256[1]}, "
-                      f"got train {digests['train']} test {digests['test']}")
+        raise Refusal(
+            f"pixel sha256 mismatch: expected train {expect_sha256[0]} test {expect_sha256[1]}, "
+            f"got train {digests['train']} test {digests['test']}"
+        )
     folder, files = write_release(data_root, release, splits)
-    return {"folder": folder, "files": files, "dataset": release.title,
-            "images": {split: len(s.labels) for split, s in splits.items()}, "sha256": digests}
+    return {
+        "folder": folder,
+        "files": files,
+        "dataset": release.title,
+        "images": {split: len(s.labels) for split, s in splits.items()},
+        "sha256": digests,
+    }
 
 
 def _one_line(e: BaseException) -> str:
@@ -345,15 +386,27 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="an ImageFolder tree train/<class>/*, test/<class>/* or its tar.gz")
     parser.add_argument("data_root", type=Path, help="where cifar-10-batches-py/ or cifar-100-python/ is written")
-    parser.add_argument("--dataset", choices=sorted(RELEASES),
-                        help="the release to write (default: the one whose class names train/'s folders carry)")
-    parser.add_argument("--expect-sha256", nargs=2, type=_sha256, metavar=("TRAIN", "TEST"),
-                        help="refuse unless the stored pixels have these digests (nfbench.data.fingerprint; the data "
-                             "README gives the original CIFAR-10's)")
-    parser.add_argument("--reencode", type=_quality, metavar="QUALITY",
-                        help="pass every image once more through JPEG at this quality (1-95), 4:2:0 chroma: at 75, "
-                             "from the original pixels, it rebuilds the data README's 'JPEG copy' (to within 0.5 "
-                             "grey levels)")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(RELEASES),
+        help="the release to write (default: the one whose class names train/'s folders carry)",
+    )
+    parser.add_argument(
+        "--expect-sha256",
+        nargs=2,
+        type=_sha256,
+        metavar=("TRAIN", "TEST"),
+        help="refuse unless the stored pixels have these digests (nfbench.data.fingerprint; the data "
+        "README gives the original CIFAR-10's)",
+    )
+    parser.add_argument(
+        "--reencode",
+        type=_quality,
+        metavar="QUALITY",
+        help="pass every image once more through JPEG at this quality (1-95), 4:2:0 chroma: at 75, "
+        "from the original pixels, it rebuilds the data README's 'JPEG copy' (to within 0.5 "
+        "grey levels)",
+    )
     args = parser.parse_args(argv)
     start = time.monotonic()
     try:
@@ -362,8 +415,10 @@ def main(argv: list[str]) -> None:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(2)
     images = done["images"]
-    print(f"wrote {done['dataset']}, {images['train']:,} train / {images['test']:,} test images, to {done['folder']} "
-          f"({', '.join(done['files'])}) in {time.monotonic() - start:.1f} s")
+    print(
+        f"wrote {done['dataset']}, {images['train']:,} train / {images['test']:,} test images, to {done['folder']} "
+        f"({', '.join(done['files'])}) in {time.monotonic() - start:.1f} s"
+    )
     print(f"pixel sha256: train {done['sha256']['train']} test {done['sha256']['test']}")
 
 

@@ -53,11 +53,18 @@ def calibrate(run_dir: Path, process_wall: float) -> dict:
     steady = statistics.median(walls)
     train_s = statistics.median(r["epoch_s"] for r in rows[1:])
     result = json.loads((run_dir / "result.json").read_text())
-    return {"run_dir": str(run_dir), "status": result.get("status"), "epochs": len(rows),
-            "steady_epoch_s": steady, "steady_train_s": train_s, "eval_and_save_s": steady - train_s,
-            "images_per_s": statistics.median(r["images_per_s"] for r in rows[1:]),
-            "first_epoch_s": rows[0]["wall_s"], "process_wall_s": process_wall,
-            "fixed_s": max(0.0, process_wall - len(rows) * steady)}
+    return {
+        "run_dir": str(run_dir),
+        "status": result.get("status"),
+        "epochs": len(rows),
+        "steady_epoch_s": steady,
+        "steady_train_s": train_s,
+        "eval_and_save_s": steady - train_s,
+        "images_per_s": statistics.median(r["images_per_s"] for r in rows[1:]),
+        "first_epoch_s": rows[0]["wall_s"],
+        "process_wall_s": process_wall,
+        "fixed_s": max(0.0, process_wall - len(rows) * steady),
+    }
 
 
 def gain(concurrency: dict, n: float) -> float:
@@ -90,16 +97,20 @@ def he_wall(call1: dict, n: int, epochs: int) -> float:
 def he_plan(call1: dict, seconds: float, epochs: int, max_runs: int) -> int:
     """How many of HE_PRIORITY's runs, the first ones, finish inside ``seconds``; at least 1 (run 1 is the
     point of the call: if even it does not fit, the deadline checkpoints it for a rerun)."""
-    print(f"He runs side by side, {epochs} epochs each, {seconds:.0f} s available "
-          f"(steady epoch alone {call1['calibration']['steady_epoch_s']:.2f} s, fixed "
-          f"{call1['calibration']['fixed_s']:.1f} s, margin {MARGIN}):")
+    print(
+        f"He runs side by side, {epochs} epochs each, {seconds:.0f} s available "
+        f"(steady epoch alone {call1['calibration']['steady_epoch_s']:.2f} s, fixed "
+        f"{call1['calibration']['fixed_s']:.1f} s, margin {MARGIN}):"
+    )
     fit = 0
     for n in range(1, max_runs + 1):
         wall = he_wall(call1, n, epochs)
         ok = wall <= seconds
         fit = n if ok and fit == n - 1 else fit
-        print(f"  {n} run(s): A({n}) = {gain(call1['concurrency'], n):.2f}, projected {wall:.0f} s: "
-              f"{'fits' if ok else 'does not fit'}  [{', '.join(HE_PRIORITY[:n])}]")
+        print(
+            f"  {n} run(s): A({n}) = {gain(call1['concurrency'], n):.2f}, projected {wall:.0f} s: "
+            f"{'fits' if ok else 'does not fit'}  [{', '.join(HE_PRIORITY[:n])}]"
+        )
     if fit == 0:
         print("  not even run 1 fits: it runs anyway; the deadline checkpoints it and KEEP_RUNS=1 resumes it")
     return max(1, fit)
@@ -117,8 +128,17 @@ def scheme_epoch_s(call1: dict) -> dict[str, float]:
     return per
 
 
-def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], min_epochs: int, max_epochs: int,
-             short_epochs: int, optional: list[str], slots: int) -> tuple[int, list[str], list[str], dict]:
+def r50_plan(
+    call1: dict,
+    seconds: float,
+    arms: list[str],
+    shorts: list[str],
+    min_epochs: int,
+    max_epochs: int,
+    short_epochs: int,
+    optional: list[str],
+    slots: int,
+) -> tuple[int, list[str], list[str], dict]:
     """The epochs E of every main arm (the same for all, at least ``min_epochs``) and the runs kept.
 
     ``shorts`` are short runs (NAME = [r101_]SCHEME) of ``short_epochs`` each. The GPU's work is every
@@ -142,14 +162,18 @@ def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], mi
         work = (seconds / MARGIN - waves * fixed) * a - sum(short_s(s) for s in short)
         return int(work // sum(per[m] for m in main)) if work > 0 else 0
 
-    print("ResNet-50 arms, steady epoch alone (s): "
-          + ", ".join(f"{s} {per[s]:.2f}" for s in [*arms, *optional] if s in per)
-          + f"; fixed {fixed:.1f} s per run; {slots} processes at A = {a:.2f}; {seconds:.0f} s available")
+    print(
+        "ResNet-50 arms, steady epoch alone (s): "
+        + ", ".join(f"{s} {per[s]:.2f}" for s in [*arms, *optional] if s in per)
+        + f"; fixed {fixed:.1f} s per run; {slots} processes at A = {a:.2f}; {seconds:.0f} s available"
+    )
     main, short = [*arms, *optional], list(shorts)
     # What goes first when E falls short: each optional arm (last first), then the ResNet-101 short runs,
     # then the ResNet-50 ones (short runs and arms share scheme names: each drop says which list it is).
     drops = [("main", [o]) for o in reversed(optional)] + [
-        ("short", [s for s in short if s.startswith("r101_")]), ("short", [s for s in short if not s.startswith("r101_")])]
+        ("short", [s for s in short if s.startswith("r101_")]),
+        ("short", [s for s in short if not s.startswith("r101_")]),
+    ]
     epochs = epochs_for(main, short)
     for which, names in drops:
         if epochs >= min_epochs:
@@ -163,11 +187,15 @@ def r50_plan(call1: dict, seconds: float, arms: list[str], shorts: list[str], mi
             print(f"  dropped {which} {' '.join(names)}: {epochs} epochs fit")
     if epochs < min_epochs:  # the drops did not buy the floor: keep the short runs, which finish first
         short = list(shorts)
-        print(f"  only {epochs} epochs fit: running {min_epochs} anyway, with every short run (the deadline "
-              "may stop the main arms, checkpointed for KEEP_RUNS=1)")
+        print(
+            f"  only {epochs} epochs fit: running {min_epochs} anyway, with every short run (the deadline "
+            "may stop the main arms, checkpointed for KEEP_RUNS=1)"
+        )
     epochs = max(min_epochs, min(max_epochs, epochs))
-    print(f"  plan: {epochs} epochs each for {' '.join(main)}; {short_epochs} epoch(s) each for "
-          f"{' '.join(short) or 'no short runs'}")
+    print(
+        f"  plan: {epochs} epochs each for {' '.join(main)}; {short_epochs} epoch(s) each for "
+        f"{' '.join(short) or 'no short runs'}"
+    )
     # Each run's wall time alone on the GPU: a run is not started with less than that left (the plan above
     # fits them all; this catches a pace far below the measured one).
     alone = {**{m: epochs * per[m] for m in main}, **{f"short_{s}": short_s(s) for s in short}}
@@ -194,8 +222,10 @@ def status(runs: Path) -> None:
         rows = rows_of(m)
         if rows:
             r = rows[-1]
-            print(f"  {m.parent.relative_to(runs)}: epoch {r['epoch']}, loss {r['train_loss']:.3f}, test top-1 "
-                  f"{r['test_top1']:.2f}, {r['images_per_s']:.0f} img/s, {r['epoch_s']:.1f} s/epoch")
+            print(
+                f"  {m.parent.relative_to(runs)}: epoch {r['epoch']}, loss {r['train_loss']:.3f}, test top-1 "
+                f"{r['test_top1']:.2f}, {r['images_per_s']:.0f} img/s, {r['epoch_s']:.1f} s/epoch"
+            )
 
 
 def main(argv: list[str]) -> None:
@@ -217,8 +247,11 @@ def main(argv: list[str]) -> None:
     r.add_argument("--seconds", type=float, required=True)
     r.add_argument("--arms", nargs="+", default=["bn", "convshort", "idshort", "learnscalar"])
     r.add_argument("--optional", nargs="*", default=["bn_conv_shortcut"])
-    r.add_argument("--shorts", nargs="*", default=["convshort", "idshort", "learnscalar",
-                                                    "r101_convshort", "r101_idshort", "r101_learnscalar"])
+    r.add_argument(
+        "--shorts",
+        nargs="*",
+        default=["convshort", "idshort", "learnscalar", "r101_convshort", "r101_idshort", "r101_learnscalar"],
+    )
     r.add_argument("--min-epochs", type=int, default=30)
     r.add_argument("--max-epochs", type=int, default=200)
     r.add_argument("--short-epochs", type=int, default=1)
@@ -230,21 +263,37 @@ def main(argv: list[str]) -> None:
     s.add_argument("runs", type=Path)
     a = p.parse_args(argv)
     if a.cmd == "call1":
-        call1 = {"step": a.step, "concurrency": json.loads(a.concurrency.read_text()),
-                 "calibration": calibrate(a.calibration, a.process_wall)}
+        call1 = {
+            "step": a.step,
+            "concurrency": json.loads(a.concurrency.read_text()),
+            "calibration": calibrate(a.calibration, a.process_wall),
+        }
         for out in a.out:
             out.write_text(json.dumps(call1, indent=1))
         cal = call1["calibration"]
-        print(f"calibration ({a.step}): steady epoch {cal['steady_epoch_s']:.2f} s (training "
-              f"{cal['steady_train_s']:.2f} s at {cal['images_per_s']:,.0f} img/s, evaluation and checkpoint "
-              f"{cal['eval_and_save_s']:.2f} s), fixed {cal['fixed_s']:.1f} s of {cal['process_wall_s']:.1f} s")
+        print(
+            f"calibration ({a.step}): steady epoch {cal['steady_epoch_s']:.2f} s (training "
+            f"{cal['steady_train_s']:.2f} s at {cal['images_per_s']:,.0f} img/s, evaluation and checkpoint "
+            f"{cal['eval_and_save_s']:.2f} s), fixed {cal['fixed_s']:.1f} s of {cal['process_wall_s']:.1f} s"
+        )
     elif a.cmd == "he":
         print(f"HE_RUNS={he_plan(json.loads(a.call1.read_text()), a.seconds, a.epochs, a.max_runs)}")
     elif a.cmd == "r50":
-        epochs, main_arms, shorts, est = r50_plan(json.loads(a.call1.read_text()), a.seconds, a.arms, a.shorts,
-                                                  a.min_epochs, a.max_epochs, a.short_epochs, a.optional, a.slots)
-        print(f"R50_EPOCHS={epochs}\nR50_ARMS='{' '.join(main_arms)}'\nR50_SHORTS='{' '.join(shorts)}'\n"
-              f"R50_EST='{' '.join(f'{k}:{v:.0f}' for k, v in est.items())}'")
+        epochs, main_arms, shorts, est = r50_plan(
+            json.loads(a.call1.read_text()),
+            a.seconds,
+            a.arms,
+            a.shorts,
+            a.min_epochs,
+            a.max_epochs,
+            a.short_epochs,
+            a.optional,
+            a.slots,
+        )
+        print(
+            f"R50_EPOCHS={epochs}\nR50_ARMS='{' '.join(main_arms)}'\nR50_SHORTS='{' '.join(shorts)}'\n"
+            f"R50_EST='{' '.join(f'{k}:{v:.0f}' for k, v in est.items())}'"
+        )
     elif a.cmd == "project":
         for path, done, planned, need in project(a.seconds, a.specs):
             verdict = "pace unknown" if math.isnan(need) else "over" if need > a.seconds else "ok"

@@ -17,8 +17,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10
 IMAGENET_SAMPLE = SHARED_DATA.with_name("imagenet-sample-120.tar.gz")
 
 # A tiny, fast training setup for tests that check mechanics rather than accuracy.
-TINY = ["data=digits", "data.train_subset=256", "data.test_subset=128", "data.batch_size=32",
-        "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false"]
+TINY = [
+    "data=digits",
+    "data.train_subset=256",
+    "data.test_subset=128",
+    "data.batch_size=32",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+]
 
 
 @pytest.fixture(scope="session")

@@ -35,19 +35,27 @@ def test_create_model_is_the_model_training_builds():
     from nfbench.models import build_model
     from nfbench.schemes import build_scheme
 
-    b = build_model(option_config("model", "resnet20", width=4),
-                    build_scheme(option_config("init", "idshort", weights="brock")), 10, 3, 32)
+    b = build_model(
+        option_config("model", "resnet20", width=4),
+        build_scheme(option_config("init", "idshort", weights="brock")),
+        10,
+        3,
+        32,
+    )
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     nf = nfbench.create_model("resnet20", init="nf", alpha=0.1, width=4)
     assert nf.blocks[0].gate.alpha == 0.1
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda: nfbench.create_model("resnet7"), "unknown model 'resnet7'; choose one of"),
-    (lambda: nfbench.create_model("resnet20", init="convshrt"), "unknown init scheme 'convshrt'"),
-    (lambda: nfbench.create_model("resnet20", alpha=0.1), r"has no key alpha"),
-    (lambda: nfbench.create_model("nf_resnet26", init="bn"), "use init=nf with it"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: nfbench.create_model("resnet7"), "unknown model 'resnet7'; choose one of"),
+        (lambda: nfbench.create_model("resnet20", init="convshrt"), "unknown init scheme 'convshrt'"),
+        (lambda: nfbench.create_model("resnet20", alpha=0.1), r"has no key alpha"),
+        (lambda: nfbench.create_model("nf_resnet26", init="bn"), "use init=nf with it"),
+    ],
+)
 def test_create_model_refuses_as_the_command_does(call, message):
     with pytest.raises(ConfigError, match=message):
         call()
@@ -72,9 +80,16 @@ def test_listings_are_the_registries():
 VARIANTS = {"init": {"bn_conv_shortcut", "fixup_reference"}, "logger": {"none"}, "hooks": {"none"}}
 
 
-@pytest.mark.parametrize("group,listing", [("model", nfbench.list_models), ("init", nfbench.list_schemes),
-                                           ("data", nfbench.list_datasets), ("logger", nfbench.list_loggers),
-                                           ("hooks", nfbench.list_hooks)])
+@pytest.mark.parametrize(
+    "group,listing",
+    [
+        ("model", nfbench.list_models),
+        ("init", nfbench.list_schemes),
+        ("data", nfbench.list_datasets),
+        ("logger", nfbench.list_loggers),
+        ("hooks", nfbench.list_hooks),
+    ],
+)
 def test_each_config_group_holds_exactly_its_registry(group, listing):
     options = {p.stem for p in (CONF / group).glob("*.yaml")} - VARIANTS.get(group, set())
     assert sorted(options) == listing()

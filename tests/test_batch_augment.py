@@ -64,15 +64,34 @@ def reference(img: torch.Tensor, op: str, m: float) -> torch.Tensor:
         return img
     if op in ("ShearX", "ShearY"):
         shear = math.degrees(math.atan(m))
-        return F.affine(img, angle=0.0, translate=[0, 0], scale=1.0, interpolation=NEAREST, fill=None,
-                        shear=[shear, 0.0] if op == "ShearX" else [0.0, shear], center=[0, 0])
+        return F.affine(
+            img,
+            angle=0.0,
+            translate=[0, 0],
+            scale=1.0,
+            interpolation=NEAREST,
+            fill=None,
+            shear=[shear, 0.0] if op == "ShearX" else [0.0, shear],
+            center=[0, 0],
+        )
     if op in ("TranslateX", "TranslateY"):
-        return F.affine(img, angle=0.0, translate=[int(m), 0] if op == "TranslateX" else [0, int(m)], scale=1.0,
-                        interpolation=NEAREST, shear=[0.0, 0.0], fill=None)
+        return F.affine(
+            img,
+            angle=0.0,
+            translate=[int(m), 0] if op == "TranslateX" else [0, int(m)],
+            scale=1.0,
+            interpolation=NEAREST,
+            shear=[0.0, 0.0],
+            fill=None,
+        )
     if op == "Rotate":
         return F.rotate(img, angle=m, interpolation=NEAREST, fill=None)
-    adjust = {"Brightness": F.adjust_brightness, "Color": F.adjust_saturation, "Contrast": F.adjust_contrast,
-              "Sharpness": F.adjust_sharpness}
+    adjust = {
+        "Brightness": F.adjust_brightness,
+        "Color": F.adjust_saturation,
+        "Contrast": F.adjust_contrast,
+        "Sharpness": F.adjust_sharpness,
+    }
     if op in adjust:
         return adjust[op](img, 1.0 + m)
     if op == "Posterize":
@@ -99,8 +118,10 @@ def assert_same_images(got: torch.Tensor, want: torch.Tensor, what: str) -> None
     if wrong:
         i = wrong[0]
         diff = (got[i].int() - want[i].int()).abs()
-        pytest.fail(f"{what}: {len(wrong)} of {len(got)} images differ; image {i}: {int((diff > 0).sum())} "
-                    f"pixels, by up to {int(diff.max())}")
+        pytest.fail(
+            f"{what}: {len(wrong)} of {len(got)} images differ; image {i}: {int((diff > 0).sum())} "
+            f"pixels, by up to {int(diff.max())}"
+        )
 
 
 def one_op(op: str, negated: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +131,7 @@ def one_op(op: str, negated: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- magnitudes -----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bins", [31, 11, 10, 5])
 @pytest.mark.parametrize("size", [(32, 32), (28, 20), (224, 224)])
@@ -126,6 +148,7 @@ def test_magnitude_tables_are_torchvisions(bins, size):
 
 
 # -- each op, per image, bit for bit -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("op", OPS)
 def test_each_op_at_every_bin_and_sign_equals_torchvision(op, cifar):
@@ -149,8 +172,9 @@ def test_a_batch_of_mixed_draws_equals_each_image_alone(num_ops, magnitude, cifa
     ra = BatchRandAugment(num_ops, magnitude, (32, 32))
     ops, signs = ra.draw(len(cifar), torch.Generator().manual_seed(100 * num_ops + magnitude))
     assert len(ops.unique()) >= 12 and (signs < 0).any() and (signs > 0).any()  # a mixed batch
-    assert_same_images(ra(cifar, ops, signs), references(cifar, ops, signs, magnitude),
-                       f"num_ops={num_ops} magnitude={magnitude}")
+    assert_same_images(
+        ra(cifar, ops, signs), references(cifar, ops, signs, magnitude), f"num_ops={num_ops} magnitude={magnitude}"
+    )
 
 
 @pytest.mark.parametrize("size", [(28, 20), (17, 32)], ids=["28x20", "17x32"])
@@ -172,9 +196,11 @@ def test_one_channel_images_equal_torchvision(cifar):
         ops, signs = ra.draw(len(x), torch.Generator().manual_seed(magnitude))
         assert_same_images(ra(x, ops, signs), references(x, ops, signs, magnitude), f"grey at {magnitude}")
     for op in OPS:
-        assert_same_images(BatchRandAugment(1, 30, (32, 32))(x[:8], *one_op(op, [False, True] * 4)),
-                           torch.stack([reference(img, op, tv_magnitude(op, 30, 32, 32, i % 2 == 1))
-                                        for i, img in enumerate(x[:8])]), f"grey {op}")
+        assert_same_images(
+            BatchRandAugment(1, 30, (32, 32))(x[:8], *one_op(op, [False, True] * 4)),
+            torch.stack([reference(img, op, tv_magnitude(op, 30, 32, 32, i % 2 == 1)) for i, img in enumerate(x[:8])]),
+            f"grey {op}",
+        )
 
 
 @pytest.mark.parametrize("magnitude", [9, 30])
@@ -200,6 +226,7 @@ def test_equals_v2_randaugment_itself(magnitude, cifar):
 
 # -- the ops' edge cases ---------------------------------------------------------------------------------
 
+
 def ramp() -> torch.Tensor:
     """Every uint8 value once per channel, channels shifted: (1, 3, 16, 16)."""
     values = torch.arange(256, dtype=torch.uint8)
@@ -212,10 +239,10 @@ def test_solarize_inverts_from_the_threshold_as_torchvision_compares_it():
     x = ramp()
     for bin_ in range(31):
         got = BatchRandAugment(1, bin_, (16, 16))(x, *one_op("Solarize", [False]))
-        assert_same_images(got, F.solarize(x, threshold=255 * tv_magnitude("Solarize", bin_, 16, 16, False)),
-                           f"Solarize at bin {bin_}")
-    at = {b: BatchRandAugment(1, b, (16, 16))(x, *one_op("Solarize", [False]))[0, 0].flatten()
-          for b in (0, 6, 30)}
+        assert_same_images(
+            got, F.solarize(x, threshold=255 * tv_magnitude("Solarize", bin_, 16, 16, False)), f"Solarize at bin {bin_}"
+        )
+    at = {b: BatchRandAugment(1, b, (16, 16))(x, *one_op("Solarize", [False]))[0, 0].flatten() for b in (0, 6, 30)}
     assert at[6][204] == 255 - 204 and at[6][203] == 203
     assert torch.equal(at[0][:255], x[0, 0].flatten()[:255]) and at[0][255] == 0
     assert torch.equal(at[30], 255 - x[0, 0].flatten())
@@ -229,7 +256,7 @@ def test_posterize_keeps_the_top_bits_and_eight_bits_are_the_identity():
         assert_same_images(got, F.posterize(x, bits=bits), f"Posterize at bin {bin_} ({bits} bits)")
         if bits == 8:
             assert torch.equal(got, x)
-        assert len(got.unique()) == 2 ** bits
+        assert len(got.unique()) == 2**bits
 
 
 def test_equalize_and_autocontrast_leave_flat_channels_and_constant_images():
@@ -267,8 +294,9 @@ def test_sharpness_leaves_the_border_and_blends_the_interior(cifar):
     for bin_ in (1, 15, 30):
         negated = [i % 2 == 1 for i in range(len(x))]
         got = BatchRandAugment(1, bin_, (32, 32))(x, *one_op("Sharpness", negated))
-        want = torch.stack([reference(img, "Sharpness", tv_magnitude("Sharpness", bin_, 32, 32, neg))
-                            for img, neg in zip(x, negated)])
+        want = torch.stack(
+            [reference(img, "Sharpness", tv_magnitude("Sharpness", bin_, 32, 32, neg)) for img, neg in zip(x, negated)]
+        )
         assert_same_images(got, want, f"Sharpness at bin {bin_}")
         border = torch.ones(32, 32, dtype=torch.bool)
         border[1:-1, 1:-1] = False
@@ -309,12 +337,14 @@ def test_the_fused_add_rounds_alike_whatever_the_layout():
         strided = a.clone()
         strided[:, 1:-1].add_(b[:, 1:-1], alpha=alpha)
         contiguous = torch.add(a[:, 1:-1].contiguous().flatten(), b[:, 1:-1].contiguous().flatten(), alpha=alpha)
-        alone = torch.stack([torch.add(a[i, j:j + 1], b[i, j:j + 1], alpha=alpha)[0]
-                             for i in range(64) for j in range(1, 31)])
+        alone = torch.stack(
+            [torch.add(a[i, j : j + 1], b[i, j : j + 1], alpha=alpha)[0] for i in range(64) for j in range(1, 31)]
+        )
         assert torch.equal(strided[:, 1:-1].flatten(), contiguous) and torch.equal(contiguous, alone)
 
 
 # -- the draws -------------------------------------------------------------------------------------------
+
 
 def key_counts(ops: torch.Tensor, signs: torch.Tensor) -> np.ndarray:
     """Counts of each (op, sign) v2.RandAugment can apply: 2 per signed op, 1 per unsigned one."""
@@ -376,9 +406,23 @@ def test_draw_repeats_with_the_generator():
 
 # -- fit for a CUDA graph ----------------------------------------------------------------------------------
 
-SYNCS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::allclose",
-         "aten::nonzero", "aten::nonzero_static", "aten::masked_select", "aten::bincount", "aten::histc",
-         "aten::unique_dim", "aten::_unique", "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave"}
+SYNCS = {
+    "aten::_local_scalar_dense",
+    "aten::item",
+    "aten::is_nonzero",
+    "aten::equal",
+    "aten::allclose",
+    "aten::nonzero",
+    "aten::nonzero_static",
+    "aten::masked_select",
+    "aten::bincount",
+    "aten::histc",
+    "aten::unique_dim",
+    "aten::_unique",
+    "aten::_unique2",
+    "aten::unique_consecutive",
+    "aten::repeat_interleave",
+}
 
 
 class OpTrace(TorchDispatchMode):
@@ -393,8 +437,9 @@ class OpTrace(TorchDispatchMode):
         name = func._schema.name
         assert name not in SYNCS, f"{name} reads tensor values on the host or has a data-dependent shape"
         if name.startswith("aten::index"):  # (self, indices, ...): a boolean index selects a data-dependent count
-            assert not any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1])[0]), \
+            assert not any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in tree_flatten(args[1])[0]), (
                 f"{name} with a boolean index has a data-dependent shape"
+            )
         out = func(*args, **(kwargs or {}))
         self.calls.append((name, tuple(tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))))
         return out
@@ -407,9 +452,11 @@ def test_apply_makes_no_host_round_trip_and_runs_the_same_ops_whatever_the_draws
     ra = BatchRandAugment(2, 9, (32, 32))
     ra(cifar[:2], *ra.draw(2, torch.Generator()))  # first call: nothing is built lazily inside the traces
     n = len(cifar)
-    draws = [(torch.zeros(n, 2, dtype=torch.int64), torch.ones(n, 2, dtype=torch.int64)),
-             (torch.full((n, 2), OPS.index("Equalize")), -torch.ones(n, 2, dtype=torch.int64)),
-             ra.draw(n, torch.Generator().manual_seed(0))]
+    draws = [
+        (torch.zeros(n, 2, dtype=torch.int64), torch.ones(n, 2, dtype=torch.int64)),
+        (torch.full((n, 2), OPS.index("Equalize")), -torch.ones(n, 2, dtype=torch.int64)),
+        ra.draw(n, torch.Generator().manual_seed(0)),
+    ]
     traces = []
     for ops, signs in draws:
         with OpTrace() as trace:
@@ -437,6 +484,7 @@ def test_errors_say_what_was_expected(cifar):
 
 # -- on a GPU ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("magnitude", [9, 30])
@@ -444,13 +492,15 @@ def test_cuda_equals_torchvision_on_cuda_per_image(magnitude, cifar):
     x = cifar.cuda()
     ra = BatchRandAugment(2, magnitude, (32, 32))
     ops, signs = ra.draw(len(x), torch.Generator("cuda").manual_seed(magnitude))
-    assert_same_images(ra(x, ops, signs).cpu(), references(x, ops, signs, magnitude).cpu(),
-                       f"CUDA magnitude={magnitude}")
+    assert_same_images(
+        ra(x, ops, signs).cpu(), references(x, ops, signs, magnitude).cpu(), f"CUDA magnitude={magnitude}"
+    )
     for op in OPS:  # each op alone, both signs
         negated = [i % 2 == 1 for i in range(len(x))]
         o, s = one_op(op, negated)
-        want = torch.stack([reference(img, op, tv_magnitude(op, magnitude, 32, 32, neg))
-                            for img, neg in zip(x, negated)])
+        want = torch.stack(
+            [reference(img, op, tv_magnitude(op, magnitude, 32, 32, neg)) for img, neg in zip(x, negated)]
+        )
         assert_same_images(ra(x, o.cuda(), s.cuda()).cpu(), want.cpu(), f"CUDA {op} at {magnitude}")
 
 

@@ -37,8 +37,11 @@ def bn_affine(depths: list[int], bottleneck: bool) -> int:
     return 2 * (total + c_in)
 
 
-BN_AFFINE = {"resnet18": bn_affine([2, 2, 2, 2], False), "resnet50": bn_affine([3, 4, 6, 3], True),
-             "resnet101": bn_affine([3, 4, 23, 3], True)}
+BN_AFFINE = {
+    "resnet18": bn_affine([2, 2, 2, 2], False),
+    "resnet50": bn_affine([3, 4, 6, 3], True),
+    "resnet101": bn_affine([3, 4, 23, 3], True),
+}
 
 
 def test_bn_affine_hand_counts():
@@ -59,21 +62,30 @@ def test_counts_against_civitelli_tables_1_2(make_cfg, model):
     assert row["flops"] == convshort["flops"] and abs(row["flops"] / 1e9 - gflops) / gflops < 0.01
     with_bn = round(row["params"] / 1e6, 2)
     assert (with_bn == params_m) == (model == "resnet18")  # 11,524,426 rounds to 11.52 M either way
-    assert row["init"] == "bn_conv_shortcut" and row["paper"] == f"{params_m:.2f} M, {gflops} G " \
-        f"({'Table 2' if model == 'resnet18' else 'Table 1'}, BatchNorm)"
+    assert (
+        row["init"] == "bn_conv_shortcut"
+        and row["paper"]
+        == f"{params_m:.2f} M, {gflops} G ({'Table 2' if model == 'resnet18' else 'Table 1'}, BatchNorm)"
+    )
 
 
 def test_summary_prints_the_papers_batchnorm_row_beside_both_baselines(make_cfg):
-    rows = [summarize(make_cfg([*NO_DATA, "model=resnet50", "init=bn", f"init.conv_shortcut={c}"]))
-            for c in ("false", "true")]
+    rows = [
+        summarize(make_cfg([*NO_DATA, "model=resnet50", "init=bn", f"init.conv_shortcut={c}"]))
+        for c in ("false", "true")
+    ]
     lines = format_rows(rows).splitlines()
     assert "of which BN affine" in lines[0] and "Civitelli et al." in lines[0]
-    assert lines[2].split()[1] == "bn" and "23,513,162" in lines[2] and "38.02 M, 4.2 G (Table 1, BatchNorm)" in lines[2]
+    assert (
+        lines[2].split()[1] == "bn" and "23,513,162" in lines[2] and "38.02 M, 4.2 G (Table 1, BatchNorm)" in lines[2]
+    )
     assert lines[3].split()[1] == "bn_conv_shortcut" and "38,062,154" in lines[3] and "45,440" in lines[3]
     assert "38.02 M, 4.2 G (Table 1, BatchNorm)" in lines[3]
-    assert format_parts(rows[1]).splitlines()[0] == ("resnet50 / bn_conv_shortcut (he_fanin weights), input 3x32x32, "
-                                                     "10 classes; 45,440 of the parameters are BN affine; "
-                                                     "Civitelli et al.: 38.02 M, 4.2 G (Table 1, BatchNorm)")
+    assert format_parts(rows[1]).splitlines()[0] == (
+        "resnet50 / bn_conv_shortcut (he_fanin weights), input 3x32x32, "
+        "10 classes; 45,440 of the parameters are BN affine; "
+        "Civitelli et al.: 38.02 M, 4.2 G (Table 1, BatchNorm)"
+    )
 
 
 def test_no_paper_column_outside_the_papers_setting(make_cfg):
@@ -84,13 +96,20 @@ def test_no_paper_column_outside_the_papers_setting(make_cfg):
 
 def test_every_block_has_a_conv_shortcut_initialised_like_the_branch():
     torch.manual_seed(0)
-    net = build_model(option_config("model", "resnet20", width=4), build_scheme(option_config("init", "bn", conv_shortcut=True)),
-                      10, 3, 16)
+    net = build_model(
+        option_config("model", "resnet20", width=4),
+        build_scheme(option_config("init", "bn", conv_shortcut=True)),
+        10,
+        3,
+        16,
+    )
     assert all(isinstance(b.shortcut, ConvShortcut) for b in net.blocks)
     for b in net.blocks:
         assert_rule(b.shortcut.conv.weight, "he_fanin")
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == 2 * 9 + 1
-    standard = build_model(option_config("model", "resnet20", width=4), build_scheme(option_config("init", "bn")), 10, 3, 16)
+    standard = build_model(
+        option_config("model", "resnet20", width=4), build_scheme(option_config("init", "bn")), 10, 3, 16
+    )
     assert [type(b.shortcut) for b in standard.blocks].count(IdentityShortcut) == 7
 
 
@@ -99,8 +118,15 @@ def test_the_option_file_is_init_bn_with_the_key(make_cfg):
     assert a == b and a.name == "bn" and a.conv_shortcut
 
 
-@pytest.mark.parametrize("name", ["civitelli_cifar10_resnet18", "civitelli_cifar10_resnet50",
-                                  "civitelli_cifar10_resnet101", "civitelli_cifar100_resnet50"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "civitelli_cifar10_resnet18",
+        "civitelli_cifar10_resnet50",
+        "civitelli_cifar10_resnet101",
+        "civitelli_cifar100_resnet50",
+    ],
+)
 def test_civitelli_grids_hold_both_batchnorm_baselines(name):
     keys, points = grid(name)
     inits = {p[keys.index("init")] for p in points}

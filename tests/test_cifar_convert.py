@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cifar_from_images.py"
 LOSSLESS = REPO.parent / "shared" / "data" / "cifar10-lossless-webp.tar.gz"
 # shared/data/README.md: the original CIFAR-10's pixel digests and training-set channel means.
-LOSSLESS_SHA256 = ("61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
-                   "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d")
+LOSSLESS_SHA256 = (
+    "61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
+    "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d",
+)
 LOSSLESS_MEAN = (0.49139968, 0.48215841, 0.44653091)
 
 
@@ -45,8 +47,13 @@ conv = load_script()
 def convert(source: Path, data_root: Path, *extra: str) -> subprocess.CompletedProcess:
     """The script as a user runs it: no PYTHONPATH, so it must find nfbench from its own checkout."""
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), str(source), str(data_root), *extra],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(source), str(data_root), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def write_tree(root: Path, classes, per_split: dict[str, int], fmt: str = "webp", seed: int = 0):
@@ -94,10 +101,15 @@ def unverified(cls: type) -> type:
     """torchvision's CIFAR reader ``cls`` with its md5 checks off. It compares every file with the official
     release's md5 and refuses anything else, so files written here are read only this way: the reading
     code is torchvision's unchanged, only the md5s are None (check_integrity(path, None): the file exists)."""
-    return type(f"Unverified{cls.__name__}", (cls,), {
-        "train_list": [[name, None] for name, _ in cls.train_list],
-        "test_list": [[name, None] for name, _ in cls.test_list],
-        "meta": {**cls.meta, "md5": None}})
+    return type(
+        f"Unverified{cls.__name__}",
+        (cls,),
+        {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        },
+    )
 
 
 def one_line_refusal(out: subprocess.CompletedProcess) -> str:
@@ -110,29 +122,65 @@ def one_line_refusal(out: subprocess.CompletedProcess) -> str:
 
 # --- CIFAR-100's superclass table -------------------------------------------------------------------------------
 
+
 def test_cifar100_table_is_the_published_one():
     table = conv.CIFAR100_SUPERCLASSES
     assert len(table) == 20 and all(len(set(fine)) == 5 for fine in table.values())
     fine = [c for classes in table.values() for c in classes]
     assert len(fine) == len(set(fine)) == 100
     assert conv.COARSE_NAMES == (
-        "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-        "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-        "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
-        "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
-        "vehicles_1", "vehicles_2")
-    assert conv.CIFAR100_CLASSES[:10] == ("apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee",
-                                          "beetle", "bicycle", "bottle")
+        "aquatic_mammals",
+        "fish",
+        "flowers",
+        "food_containers",
+        "fruit_and_vegetables",
+        "household_electrical_devices",
+        "household_furniture",
+        "insects",
+        "large_carnivores",
+        "large_man-made_outdoor_things",
+        "large_natural_outdoor_scenes",
+        "large_omnivores_and_herbivores",
+        "medium_mammals",
+        "non-insect_invertebrates",
+        "people",
+        "reptiles",
+        "small_mammals",
+        "trees",
+        "vehicles_1",
+        "vehicles_2",
+    )
+    assert conv.CIFAR100_CLASSES[:10] == (
+        "apple",
+        "aquarium_fish",
+        "baby",
+        "bear",
+        "beaver",
+        "bed",
+        "bee",
+        "beetle",
+        "bicycle",
+        "bottle",
+    )
     assert conv.CIFAR100_CLASSES[-3:] == ("wolf", "woman", "worm")
-    by_hand = {"apple": "fruit_and_vegetables", "aquarium_fish": "fish", "maple_tree": "trees",
-               "lawn_mower": "vehicles_2", "pickup_truck": "vehicles_1", "keyboard": "household_electrical_devices",
-               "possum": "medium_mammals", "crab": "non-insect_invertebrates", "whale": "aquatic_mammals"}
+    by_hand = {
+        "apple": "fruit_and_vegetables",
+        "aquarium_fish": "fish",
+        "maple_tree": "trees",
+        "lawn_mower": "vehicles_2",
+        "pickup_truck": "vehicles_1",
+        "keyboard": "household_electrical_devices",
+        "possum": "medium_mammals",
+        "crab": "non-insect_invertebrates",
+        "whale": "aquatic_mammals",
+    }
     for name, superclass in by_hand.items():
         assert conv.COARSE_NAMES[conv.COARSE_OF[name]] == superclass
     assert not set(conv.CIFAR10_CLASSES) & set(conv.CIFAR100_CLASSES)  # what lets the converter tell them apart
 
 
 # --- round trips ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt, packed", [("webp", False), ("png", True), ("jpeg", False)])
 def test_cifar10_round_trip_is_bit_exact_in_sorted_order(make_cfg, tmp_path, fmt, packed):
@@ -189,7 +237,11 @@ def test_cifar100_fine_and_coarse_labels(make_cfg, tmp_path):
     names = meta["fine_label_names"]
     coarse = {names[f]: meta["coarse_label_names"][c] for f, c in zip(train["fine_labels"], train["coarse_labels"])}
     assert (coarse["apple"], coarse["tulip"], coarse["willow_tree"], coarse["tractor"]) == (
-        "fruit_and_vegetables", "flowers", "trees", "vehicles_2")
+        "fruit_and_vegetables",
+        "flowers",
+        "trees",
+        "vehicles_2",
+    )
     assert all(coarse[c] == s for s, fine in conv.CIFAR100_SUPERCLASSES.items() for c in fine)
 
     src = build_source(make_cfg(["data=cifar100", f"data.root={tmp_path / 'data'}", "data.download=false"]).data)
@@ -202,13 +254,19 @@ def test_cifar100_fine_and_coarse_labels(make_cfg, tmp_path):
 
 def test_expect_sha256_accepts_the_right_digests(tmp_path):
     expected = write_tree(tmp_path / "tree", conv.CIFAR10_CLASSES, {"train": 1, "test": 1})
-    out = convert(tmp_path / "tree", tmp_path / "data", "--expect-sha256",
-                  sha256_of(expected["train"]), sha256_of(expected["test"]))
+    out = convert(
+        tmp_path / "tree",
+        tmp_path / "data",
+        "--expect-sha256",
+        sha256_of(expected["train"]),
+        sha256_of(expected["test"]),
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
+
 
 def _wrong_size(tree: Path) -> tuple[list[str], str]:
     path = tree / "train" / "cat" / "big.png"
@@ -249,8 +307,9 @@ def _neither_data_set(tree: Path) -> tuple[list[str], str]:
     return [], f"{tree / 'train'}: its class folders are named as neither"
 
 
-@pytest.mark.parametrize("damage", [_wrong_size, _unreadable, _missing_class, _extra_class, _empty_split,
-                                    _sha_mismatch, _neither_data_set])
+@pytest.mark.parametrize(
+    "damage", [_wrong_size, _unreadable, _missing_class, _extra_class, _empty_split, _sha_mismatch, _neither_data_set]
+)
 def test_bad_input_is_one_line_naming_it_and_writes_nothing(tmp_path, damage):
     tree = tmp_path / "tree"
     write_tree(tree, conv.CIFAR10_CLASSES, {"train": 2, "test": 1})
@@ -278,6 +337,7 @@ def test_an_existing_release_is_not_replaced(tmp_path):
 
 def test_a_failed_write_leaves_no_folder(tmp_path):
     """Only a complete release gets the name data=cifar10 looks for; a partial one is removed."""
+
     def fail_halfway(folder: Path, splits) -> list[str]:
         (folder / "data_batch_1").write_bytes(b"half")
         raise OSError("disk full")
@@ -289,6 +349,7 @@ def test_a_failed_write_leaves_no_folder(tmp_path):
 
 
 # --- the fingerprint --------------------------------------------------------------------------------------------
+
 
 def test_pixels_sha256_hashes_hwc_bytes_whatever_the_layout():
     hwc = np.random.default_rng(0).integers(0, 256, size=(4, 5, 6, 3), dtype=np.uint8)
@@ -327,8 +388,17 @@ def test_a_run_records_the_fingerprint_of_the_pixels_it_loaded(make_cfg, tmp_pat
 
     expected = write_tree(tmp_path / "tree", conv.CIFAR10_CLASSES, {"train": 3, "test": 1})
     assert convert(tmp_path / "tree", tmp_path / "data").returncode == 0
-    cfg = ["data=cifar10", f"data.root={tmp_path / 'data'}", "data.download=false", "data.val_size=10",
-           "data.batch_size=10", "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false"]
+    cfg = [
+        "data=cifar10",
+        f"data.root={tmp_path / 'data'}",
+        "data.download=false",
+        "data.val_size=10",
+        "data.batch_size=10",
+        "model=resnet20",
+        "model.width=4",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+    ]
     run = tmp_path / "run"
     train_killed_after(1, make_cfg(cfg, run), monkeypatch)
     digests = {"kind": "pixels", "train": sha256_of(expected["train"]), "test": sha256_of(expected["test"])}

@@ -16,8 +16,14 @@ from nfbench.config import OPTION_SCHEMAS, Config
 
 
 def nfbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nfbench.cli", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
 
 
 def test_help_lists_the_commands():
@@ -97,8 +103,17 @@ def test_shell_completion_completes_overrides_after_the_command():
 
 def test_multirun_sweeps_seeds(tmp_path):
     """`-m seed=0,1` lays out one complete run directory per job."""
-    out = nfbench("train", "-m", "seed=0,1", "model.width=4", "trainer.epochs=1", "data.train_subset=128",
-                  "data.test_subset=64", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}")
+    out = nfbench(
+        "train",
+        "-m",
+        "seed=0,1",
+        "model.width=4",
+        "trainer.epochs=1",
+        "data.train_subset=128",
+        "data.test_subset=64",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert out.returncode == 0, out.stderr
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(runs) == 2
@@ -109,8 +124,17 @@ def test_multirun_sweeps_seeds(tmp_path):
 def test_an_invalid_sweep_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     """Job 0 (warmup as long as the run) is invalid; job 1 still trains; the report lists job 0."""
     sweep = tmp_path / "sweep"
-    out = nfbench("train", "-m", "trainer.epochs=2,3", "sched.warmup_epochs=2", "model.width=4",
-                  "data.train_subset=128", "data.test_subset=64", "trainer.progress=false", f"hydra.sweep.dir={sweep}")
+    out = nfbench(
+        "train",
+        "-m",
+        "trainer.epochs=2,3",
+        "sched.warmup_epochs=2",
+        "model.width=4",
+        "data.train_subset=128",
+        "data.test_subset=64",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert "nfbench: error: 1 of 2 sweep points invalid" in out.stderr
@@ -125,8 +149,12 @@ def test_an_invalid_sweep_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     # The keys the report groups on, as the point that ran records them.
     keys = ("data", "model", "init", "weights", "seed", "experiment")
     assert {k: invalid[k] for k in keys} == {k: finished[k] for k in keys}
-    assert (invalid["data"], invalid["model"], invalid["init"], invalid["seed"]) == \
-        ("digits", "resnet20", "convshort", 0)
+    assert (invalid["data"], invalid["model"], invalid["init"], invalid["seed"]) == (
+        "digits",
+        "resnet20",
+        "convshort",
+        0,
+    )
 
     report = nfbench("report", str(sweep), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr

@@ -14,8 +14,9 @@ from nfbench.schemes import SCHEMES, build_scheme
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", SCHEMES.names())
 def test_every_scheme_compiles_to_one_graph(scheme):
-    net = build_model(option_config("model", "resnet20", width=4), build_scheme(option_config("init", scheme)),
-                      10, 3, 8)
+    net = build_model(
+        option_config("model", "resnet20", width=4), build_scheme(option_config("init", scheme)), 10, 3, 8
+    )
     x = torch.randn(2, 3, 8, 8)
     torch._dynamo.reset()
     # fullgraph=True raises on the first graph break; the eager backend skips code generation (seconds).

@@ -46,19 +46,22 @@ def test_experiment_group_exists():
     assert "quickstart" in group_options("experiment")
 
 
-@pytest.mark.parametrize("override,key,allowed", [
-    ("optim.lr=-1", "optim.lr", "> 0"),
-    ("optim.lr=0", "optim.lr", "> 0"),
-    ("trainer.epochs=0", "trainer.epochs", ">= 1"),
-    ("data.batch_size=0", "data.batch_size", ">= 1"),
-    ("optim.momentum=1.5", "optim.momentum", "[0, 1)"),
-    ("trainer.label_smoothing=1.0", "trainer.label_smoothing", "[0, 1)"),
-    ("trainer.device=tpu", "trainer.device", "cuda"),
-    ("sched.milestones=[150,100]", "sched.milestones", "increasing"),
-    ("trainer.compile_mode=fast", "trainer.compile_mode", "reduce-overhead"),
-    ("trainer.compile_mode=reduce-overhead", "trainer.compile_mode", "trainer.compile=true only"),
-    ("data.in_memory_max_gb=-1", "data.in_memory_max_gb", ">= 0"),
-])
+@pytest.mark.parametrize(
+    "override,key,allowed",
+    [
+        ("optim.lr=-1", "optim.lr", "> 0"),
+        ("optim.lr=0", "optim.lr", "> 0"),
+        ("trainer.epochs=0", "trainer.epochs", ">= 1"),
+        ("data.batch_size=0", "data.batch_size", ">= 1"),
+        ("optim.momentum=1.5", "optim.momentum", "[0, 1)"),
+        ("trainer.label_smoothing=1.0", "trainer.label_smoothing", "[0, 1)"),
+        ("trainer.device=tpu", "trainer.device", "cuda"),
+        ("sched.milestones=[150,100]", "sched.milestones", "increasing"),
+        ("trainer.compile_mode=fast", "trainer.compile_mode", "reduce-overhead"),
+        ("trainer.compile_mode=reduce-overhead", "trainer.compile_mode", "trainer.compile=true only"),
+        ("data.in_memory_max_gb=-1", "data.in_memory_max_gb", ">= 0"),
+    ],
+)
 def test_bad_values_name_key_and_range(make_cfg, override, key, allowed):
     cfg = make_cfg([override])
     with pytest.raises(ConfigError) as e:
@@ -67,11 +70,14 @@ def test_bad_values_name_key_and_range(make_cfg, override, key, allowed):
     assert key in msg and allowed in msg, msg
 
 
-@pytest.mark.parametrize("override,kind,known", [
-    ("model.name=resnet7", "model", "resnet18"),
-    ("init.name=convshrt", "init scheme", "convshort"),
-    ("data.name=mnist", "data set", "cifar10"),
-])
+@pytest.mark.parametrize(
+    "override,kind,known",
+    [
+        ("model.name=resnet7", "model", "resnet18"),
+        ("init.name=convshrt", "init scheme", "convshort"),
+        ("data.name=mnist", "data set", "cifar10"),
+    ],
+)
 def test_unknown_names_list_the_known_ones(make_cfg, override, kind, known):
     with pytest.raises(ConfigError) as e:
         validate(make_cfg([override]))
@@ -79,17 +85,20 @@ def test_unknown_names_list_the_known_ones(make_cfg, override, kind, known):
     assert f"unknown {kind}" in msg and known in msg and "choose one of" in msg, msg
 
 
-@pytest.mark.parametrize("override,key,allowed", [
-    ("trainer.precision=fp8", "trainer.precision", "fp32, bf16, fp16"),
-    ("sched.name=linear", "sched.name", "cosine, multistep, constant"),
-    ("init.weights=xavier", "init.weights", "he_fanin, he_fanout, brock"),
-    ("model.stem=tiny", "model.stem", "auto, cifar, imagenet"),
-    ("spp.input=noise", "spp.input", "gaussian, data"),
-    ("spp.labels=true", "spp.labels", "random, data"),
-    ("spp.formats=[png,gif]", "spp.formats", "png, pdf, svg"),
-    ("optim.name=adam", "optim.name", "sgd"),
-    ("optimized_metric=loss", "optimized_metric", "val_top1, val_top5, best_val_top1, test_top1, test_top5"),
-])
+@pytest.mark.parametrize(
+    "override,key,allowed",
+    [
+        ("trainer.precision=fp8", "trainer.precision", "fp32, bf16, fp16"),
+        ("sched.name=linear", "sched.name", "cosine, multistep, constant"),
+        ("init.weights=xavier", "init.weights", "he_fanin, he_fanout, brock"),
+        ("model.stem=tiny", "model.stem", "auto, cifar, imagenet"),
+        ("spp.input=noise", "spp.input", "gaussian, data"),
+        ("spp.labels=true", "spp.labels", "random, data"),
+        ("spp.formats=[png,gif]", "spp.formats", "png, pdf, svg"),
+        ("optim.name=adam", "optim.name", "sgd"),
+        ("optimized_metric=loss", "optimized_metric", "val_top1, val_top5, best_val_top1, test_top1, test_top5"),
+    ],
+)
 def test_a_value_outside_a_closed_set_fails_at_composition(make_cfg, override, key, allowed):
     """Closed sets are enums of the schema: Hydra refuses any other value, naming the key and the members."""
     with pytest.raises(ConfigCompositionException) as e:

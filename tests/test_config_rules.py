@@ -51,15 +51,18 @@ def test_a_run_builds_its_scheme_and_plans_its_model_once(make_cfg, tmp_path, mo
     assert (tmp_path / "run" / "result.json").exists()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed"),
-    (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed"),
-    (["model=resnet50", "init=fixup_reference"], "has no basic blocks"),
-    (["model=nf_resnet26", "init=bn"], "use init=nf"),
-    (["init=nf", "init.alpha=-1"], "init.alpha=-1.0 is not allowed"),
-    (["init=nf", "init.weights=he_fanin"], "not allowed with init=nf"),
-    (["model.name=resnet7"], "unknown model 'resnet7'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed"),
+        (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed"),
+        (["model=resnet50", "init=fixup_reference"], "has no basic blocks"),
+        (["model=nf_resnet26", "init=bn"], "use init=nf"),
+        (["init=nf", "init.alpha=-1"], "init.alpha=-1.0 is not allowed"),
+        (["init=nf", "init.weights=he_fanin"], "not allowed with init=nf"),
+        (["model.name=resnet7"], "unknown model 'resnet7'"),
+    ],
+)
 def test_every_rule_refuses_before_any_data_loads(make_cfg, tmp_path, monkeypatch, overrides, message):
     """The rules applied where scheme and model are built still come before the data set is opened."""
     import nfbench.engine.loop
@@ -115,10 +118,10 @@ def test_help_lists_each_options_keys_under_it():
     from nfbench.cli.help import keys_help
 
     text = keys_help()
-    nf = text[text.index("init=nf only:"):]
+    nf = text[text.index("init=nf only:") :]
     assert "init.alpha=0.2" in nf.split("\n\n")[0] and "init.skip_gain=0.0" in nf.split("\n\n")[0]
-    assert "model.depth=28" in text[text.index("model=wrn only:"):].split("\n\n")[0]
-    assert "init.reference_block=false" in text[text.index("init=fixup only:"):].split("\n\n")[0]
+    assert "model.depth=28" in text[text.index("model=wrn only:") :].split("\n\n")[0]
+    assert "init.reference_block=false" in text[text.index("init=fixup only:") :].split("\n\n")[0]
 
 
 def test_a_committed_run_of_the_old_layout_loads_typed():
@@ -147,10 +150,14 @@ def test_resume_compares_option_keys_with_the_selected_options_defaults(make_cfg
     one unchanged; a key the checkpoint lacks counts as changed only if it differs from the default
     of the option's own schema."""
     new = plain(make_cfg(["init=nf"]))
-    old = {**new, "init": {**new["init"], "reference_block": False},
-           "model": {**new["model"], "depth": None, "widen": None}}
+    old = {
+        **new,
+        "init": {**new["init"], "reference_block": False},
+        "model": {**new["model"], "depth": None, "widen": None},
+    }
     assert rundir.config_changes(old, new) == {}
     without_alpha = {**new, "init": {k: v for k, v in new["init"].items() if k != "alpha"}}
     assert rundir.config_changes(without_alpha, new) == {}
     assert rundir.config_changes(without_alpha, plain(make_cfg(["init=nf", "init.alpha=0.3"]))) == {
-        "init.alpha": (0.2, 0.3)}
+        "init.alpha": (0.2, 0.3)
+    }

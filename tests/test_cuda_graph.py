@@ -28,8 +28,9 @@ from tests.conftest import TINY
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("kind", [dict(foreach=True), dict(foreach=False), dict(fused=True)],
-                         ids=["foreach", "for-loop", "fused"])
+@pytest.mark.parametrize(
+    "kind", [dict(foreach=True), dict(foreach=False), dict(fused=True)], ids=["foreach", "for-loop", "fused"]
+)
 def test_sgd_reads_the_lr_tensor_changed_in_place(kind):
     """The graph keeps the tensor, not its value: SGD must read the tensor at each step."""
     p = nn.Parameter(torch.ones(4))
@@ -70,8 +71,13 @@ def _eager_step(net, opt, criterion, optim, x, y):
 def test_graphed_step_trains_as_the_eager_step_on_cpu(clip):
     """Same weights, BatchNorm statistics, momentum buffers, losses and hits after warm-up steps,
     tensor-lr steps under a per-step schedule that changes the lr every step, and a partial batch."""
-    optim = OptimConfig(lr=0.2, weight_decay=5e-4, scalar_lr_mult=0.1, clip_grad_norm=0.5 if clip == "norm" else 0.0,
-                        agc=0.02 if clip == "agc" else 0.0)
+    optim = OptimConfig(
+        lr=0.2,
+        weight_decay=5e-4,
+        scalar_lr_mult=0.1,
+        clip_grad_norm=0.5 if clip == "norm" else 0.0,
+        agc=0.02 if clip == "agc" else 0.0,
+    )
     gen = torch.Generator().manual_seed(1)
     sizes = [16] * 6 + [5] + [16] * 3  # a partial batch after the switch to the graph's step
     batches = [(torch.randn(n, 3, 8, 8, generator=gen), torch.randint(0, 10, (n,), generator=gen)) for n in sizes]
@@ -104,26 +110,37 @@ def test_graphed_step_trains_as_the_eager_step_on_cpu(clip):
 def test_train_with_the_graphed_step_equals_eager_training(make_cfg, tmp_path, monkeypatch):
     """train(cfg) through the graphed step's code (run eagerly on the CPU, the device check lifted)
     gives the eager run's metrics and weights to the bit: BN, a per-step schedule, clipping, mid-epoch logs."""
-    common = [*TINY, "init=bn", "sched.per_step=true", "sched.warmup_epochs=0.5", "optim.clip_grad_norm=1.0",
-              "trainer.log_every=3"]
+    common = [
+        *TINY,
+        "init=bn",
+        "sched.per_step=true",
+        "sched.warmup_epochs=0.5",
+        "optim.clip_grad_norm=1.0",
+        "trainer.log_every=3",
+    ]
     eager = train(make_cfg(common, tmp_path / "eager"))
     monkeypatch.setattr("nfbench.engine.loop.check_device", lambda device, world_size: None)
     graphed = train(make_cfg([*common, "trainer.cuda_graph=true"], tmp_path / "graphed"))
     for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top5"):
         assert graphed[key] == eager[key], key
-    weights = [torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True)["model"]
-               for run in ("eager", "graphed")]
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        for run in ("eager", "graphed")
+    ]
     for name, a in weights[0].items():
         assert torch.equal(a, weights[1][name]), name
 
 
-@pytest.mark.parametrize("override, named", [
-    ("trainer.precision=fp16", "trainer.precision=fp16"),
-    ("trainer.mixup_alpha=0.2", "trainer.mixup_alpha=0.2"),
-    ("trainer.cutmix_alpha=1.0", "cutmix_alpha=1.0"),
-    ("trainer.compile=true", "trainer.compile=true"),
-    ("trainer.devices=2", "trainer.devices=2"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("trainer.precision=fp16", "trainer.precision=fp16"),
+        ("trainer.mixup_alpha=0.2", "trainer.mixup_alpha=0.2"),
+        ("trainer.cutmix_alpha=1.0", "cutmix_alpha=1.0"),
+        ("trainer.compile=true", "trainer.compile=true"),
+        ("trainer.devices=2", "trainer.devices=2"),
+    ],
+)
 def test_what_cannot_be_captured_is_refused_in_one_line(make_cfg, override, named):
     cfg = make_cfg([*TINY, "trainer.cuda_graph=true", override])
     with pytest.raises(ConfigError) as e:
@@ -137,8 +154,11 @@ def test_what_cannot_be_captured_is_refused_in_one_line(make_cfg, override, name
 def test_cuda_graph_on_a_cpu_is_refused_before_any_file(make_cfg, tmp_path):
     """A refusal, not an eager fallback: a run asked to be graphed would be timed as what it is not."""
     run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"^trainer.cuda_graph=true needs a CUDA device, and this run trains on "
-                                          r"cpu: set trainer.cuda_graph=false \(or run on a GPU\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^trainer.cuda_graph=true needs a CUDA device, and this run trains on "
+        r"cpu: set trainer.cuda_graph=false \(or run on a GPU\)$",
+    ):
         train(make_cfg([*TINY, "trainer.cuda_graph=true"], run_dir))
     assert not run_dir.exists()
 
@@ -166,8 +186,9 @@ def _cuda_training(graphed: bool, precision: str, steps: int, batches: list, opt
     (losses, state_dict, the GraphedStep or None)."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    net = build_model(option_config("model", "resnet20", width=16), build_scheme(option_config("init", "bn")),
-                      10, 3, 32)
+    net = build_model(
+        option_config("model", "resnet20", width=16), build_scheme(option_config("init", "bn")), 10, 3, 32
+    )
     net = net.to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net, optim, device)
     sched = build_scheduler(opt, SchedConfig(name="cosine", per_step=True, warmup_epochs=1), 4, steps // 4)
@@ -213,8 +234,13 @@ def test_captured_step_trains_as_the_eager_step_on_cuda(precision, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     sizes = [64] * 9 + [40]
-    batches = [(torch.randn(n, 3, 32, 32, device="cuda", generator=gen),
-                torch.randint(0, 10, (n,), device="cuda", generator=gen)) for n in sizes]
+    batches = [
+        (
+            torch.randn(n, 3, 32, 32, device="cuda", generator=gen),
+            torch.randint(0, 10, (n,), device="cuda", generator=gen),
+        )
+        for n in sizes
+    ]
     optim = OptimConfig(lr=0.02, momentum=0.9, weight_decay=5e-4, clip_grad_norm=2.0)
     steps = 200
     eager_losses, eager_state, _ = _cuda_training(False, precision, steps, batches, optim)
@@ -223,11 +249,12 @@ def test_captured_step_trains_as_the_eager_step_on_cuda(precision, monkeypatch):
     assert step.replays == steps - steps // 10 - WARMUP_STEPS
     assert torch.isfinite(graph_losses).all()
     loss_diff = (graph_losses - eager_losses).abs()
-    state_diff = {k: _relative_difference(v, graph_state[k]) for k, v in eager_state.items()
-                  if v.is_floating_point()}
+    state_diff = {k: _relative_difference(v, graph_state[k]) for k, v in eager_state.items() if v.is_floating_point()}
     worst = max(state_diff, key=state_diff.get)
-    print(f"\n{precision}: max |loss difference| {loss_diff.max():.3g} (warm-up steps {loss_diff[:WARMUP_STEPS].max():.3g}, "
-          f"last step {loss_diff[-1]:.3g}); largest relative state difference {state_diff[worst]:.3g} ({worst})")
+    print(
+        f"\n{precision}: max |loss difference| {loss_diff.max():.3g} (warm-up steps {loss_diff[:WARMUP_STEPS].max():.3g}, "
+        f"last step {loss_diff[-1]:.3g}); largest relative state difference {state_diff[worst]:.3g} ({worst})"
+    )
     tol = 1e-3 if precision == "fp32" else 2e-2
     assert loss_diff[:WARMUP_STEPS].max() <= 1e-6 * eager_losses[0]  # the warm-up is eager training
     assert loss_diff.max() <= tol and state_diff[worst] <= tol
@@ -241,8 +268,15 @@ def test_captured_step_trains_as_the_eager_step_on_cuda(precision, monkeypatch):
 @needs_cuda
 def test_train_with_cuda_graph_on_cuda_matches_eager(make_cfg, tmp_path):
     """train(cfg) with trainer.cuda_graph=true replays the captured step and ends where eager training does."""
-    common = [*TINY, "init=bn", "trainer.device=cuda", "trainer.deterministic=true", "sched.per_step=true",
-              "trainer.precision=bf16", "trainer.channels_last=true"]
+    common = [
+        *TINY,
+        "init=bn",
+        "trainer.device=cuda",
+        "trainer.deterministic=true",
+        "sched.per_step=true",
+        "trainer.precision=bf16",
+        "trainer.channels_last=true",
+    ]
     eager = train(make_cfg(common, tmp_path / "eager"))
     graphed = train(make_cfg([*common, "trainer.cuda_graph=true"], tmp_path / "graphed"))
     assert graphed["status"] == eager["status"] == "finished"

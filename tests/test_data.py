@@ -98,8 +98,20 @@ def test_failed_download_is_one_clear_error(make_cfg, tmp_path, monkeypatch):
 
 def test_cli_reports_missing_data_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "nfbench.cli", "train", "data=cifar10", f"data.root={tmp_path}", "data.download=false",
-         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            "data=cifar10",
+            f"data.root={tmp_path}",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "nfbench: error: CIFAR10 not found" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -153,8 +165,12 @@ def test_cifar_from_images_writes_the_python_release(make_cfg, tmp_path, cifar10
     from PIL import Image
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "cifar_from_images.py"
-    out = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     src = build_source(make_cfg(["data=cifar10", f"data.root={tmp_path}", "data.download=false"]).data)
     assert (len(src.train), len(src.test)) == (2000, 1000)  # the fixture's 200 + 100 images per class
@@ -178,13 +194,18 @@ def test_cifar_from_images_reencode_is_one_more_jpeg_round_trip(tmp_path, cifar1
     from PIL import Image
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "cifar_from_images.py"
-    out = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "50"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
         pixels = pickle.load(f)["data"]
-    first = sorted((cifar10_jpeg_subset / "test" / sorted(p.name for p in (cifar10_jpeg_subset / "test").iterdir())[0]
-                    ).iterdir())[0]
+    first = sorted(
+        (cifar10_jpeg_subset / "test" / sorted(p.name for p in (cifar10_jpeg_subset / "test").iterdir())[0]).iterdir()
+    )[0]
     decoded = Image.open(first).convert("RGB")
     buf = io.BytesIO()
     decoded.save(buf, format="JPEG", quality=50, subsampling="4:2:0")
@@ -192,18 +213,34 @@ def test_cifar_from_images_reencode_is_one_more_jpeg_round_trip(tmp_path, cifar1
     assert np.array_equal(pixels[0], again)
     plain = np.asarray(decoded).transpose(2, 0, 1).reshape(-1).astype(int)
     assert np.abs(pixels[0].astype(int) - plain).mean() > 1.0
-    bad = subprocess.run([sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "100"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(script), str(cifar10_jpeg_subset), str(tmp_path), "--reencode", "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--reencode" in bad.stderr
 
 
 def imagefolder_run(root: Path, *extra: str) -> list[str]:
     """A tiny real-JPEG run whose training images are decoded and augmented in two worker processes (the
     DataLoader path: data.on_device=false; held in memory, the folder would take the device loader's)."""
-    return ["data=imagefolder", f"data.root={root}", "data.num_workers=2", "data.on_device=false",
-            "data.train_subset=192", "data.test_subset=64", "data.batch_size=32", "data.randaugment=true",
-            "model=resnet20", "model.width=4", "trainer.epochs=2", "trainer.progress=false",
-            "trainer.deterministic=true", *extra]
+    return [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.num_workers=2",
+        "data.on_device=false",
+        "data.train_subset=192",
+        "data.test_subset=64",
+        "data.batch_size=32",
+        "data.randaugment=true",
+        "model=resnet20",
+        "model.width=4",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+        "trainer.deterministic=true",
+        *extra,
+    ]
 
 
 def die_after_saving(monkeypatch, when) -> None:
@@ -226,13 +263,16 @@ def test_imagefolder_with_workers_resumes_exactly(make_cfg, tmp_path, monkeypatc
     assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg, tmp_path, mid_epoch_step=2)
 
 
-def assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg: list[str], tmp_path: Path,
-                                       mid_epoch_step: int) -> None:
+def assert_stopped_runs_resume_exactly(
+    make_cfg, monkeypatch, cfg: list[str], tmp_path: Path, mid_epoch_step: int
+) -> None:
     """Runs of ``cfg`` killed after epoch 1, or ``mid_epoch_step`` steps into epoch 2, then resumed, end
     with exactly the weights of the uninterrupted run already in ``tmp_path / "full"``."""
     full = load_weights(tmp_path / "full")
-    stops = {"epoch": lambda s: s["epoch"] == 1 and not s["partial"],
-             "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == mid_epoch_step}
+    stops = {
+        "epoch": lambda s: s["epoch"] == 1 and not s["partial"],
+        "mid-epoch": lambda s: s["epoch"] == 1 and s["partial"] and s["partial"]["batches_done"] == mid_epoch_step,
+    }
     for name, when in stops.items():
         with monkeypatch.context() as m:
             die_after_saving(m, when)
@@ -256,8 +296,16 @@ def damaged_copy(src: Path, dst: Path) -> tuple[Path, Path]:
     return truncated, emptied
 
 
-DAMAGED_RUN = ["data=imagefolder", "data.num_workers=0", "data.train_subset=600", "data.batch_size=100",
-               "model=resnet20", "model.width=4", "trainer.epochs=1", "trainer.progress=false"]
+DAMAGED_RUN = [
+    "data=imagefolder",
+    "data.num_workers=0",
+    "data.train_subset=600",
+    "data.batch_size=100",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+]
 
 
 def test_damaged_images_are_named_before_any_training_step(make_cfg, tmp_path, cifar10_jpeg_subset):
@@ -273,8 +321,9 @@ def test_damaged_images_are_named_before_any_training_step(make_cfg, tmp_path, c
         train(cfg)
 
 
-def test_skip_corrupt_trains_without_the_damaged_images_and_counts_them(make_cfg, tmp_path, cifar10_jpeg_subset,
-                                                                        caplog):
+def test_skip_corrupt_trains_without_the_damaged_images_and_counts_them(
+    make_cfg, tmp_path, cifar10_jpeg_subset, caplog
+):
     damaged_copy(cifar10_jpeg_subset, tmp_path / "data")
     cfg = make_cfg([*DAMAGED_RUN, f"data.root={tmp_path / 'data'}", "data.skip_corrupt=true"], tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="nfbench"):
@@ -284,12 +333,10 @@ def test_skip_corrupt_trains_without_the_damaged_images_and_counts_them(make_cfg
     assert result["status"] == "finished"
     skipped = {r.getMessage() for r in caplog.records if "skipped" in r.getMessage()}
     for split in ("train", "test"):
-        assert any(f"skipped 1 unreadable image file(s) of {tmp_path / 'data' / split} " in m for m in skipped), \
-            skipped
+        assert any(f"skipped 1 unreadable image file(s) of {tmp_path / 'data' / split} " in m for m in skipped), skipped
 
 
-def test_a_file_that_is_no_image_is_named_even_inside_the_normalisation_sample(make_cfg, tmp_path,
-                                                                               cifar10_jpeg_subset):
+def test_a_file_that_is_no_image_is_named_even_inside_the_normalisation_sample(make_cfg, tmp_path, cifar10_jpeg_subset):
     shutil.copytree(cifar10_jpeg_subset, tmp_path / "data")
     first = Path(sorted(tvd.ImageFolder(str(tmp_path / "data" / "train")).samples)[0][0])
     first.write_bytes(b"<html>404 Not Found</html>")
@@ -324,13 +371,26 @@ def test_damaged_cifar_batch_is_named(make_cfg, tmp_path, how):
 def test_cli_reports_a_damaged_cifar_batch_in_one_line(tmp_path):
     path = damage_cifar(tmp_path, "truncated")
     proc = subprocess.run(
-        [sys.executable, "-m", "nfbench.cli", "train", "data=cifar10", f"data.root={tmp_path}", "data.download=false",
-         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            "data=cifar10",
+            f"data.root={tmp_path}",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert f"nfbench: error: {path}" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- validation split (data.val_size) --------------------------------------------------------------------------
+
 
 def root_indices(ds) -> list[int]:
     """The indices into the data set's own training images behind ``ds`` (Subsets unwrapped)."""
@@ -394,8 +454,11 @@ def test_validation_split_is_stratified(val_size, per_class):
 def test_image_folder_validation_split_is_stratified(make_cfg, cifar10_jpeg_subset, on_device):
     """An ImageFolder's labels come from its file list (.targets), or from the tensor it was decoded into:
     200 images a class, 10% -> 20 a class."""
-    src = build_source(make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.val_size=0.1",
-                                 f"data.on_device={on_device}"]).data)
+    src = build_source(
+        make_cfg(
+            ["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.val_size=0.1", f"data.on_device={on_device}"]
+        ).data
+    )
     assert src.pil == (on_device == "false") and (len(src.train), len(src.val)) == (1800, 200)
     assert torch.bincount(torch.tensor([src.val[i][1] for i in range(200)])).tolist() == [20] * 10
 
@@ -409,8 +472,16 @@ def test_impossible_val_size_is_refused_before_loading(make_cfg, value):
         validate(make_cfg([f"data.val_size={value}"]))
 
 
-@pytest.mark.parametrize("value, why", [("1438", "leaving none"), ("5000", "leaving none"), ("0.9999", "leaving none"),
-                                        ("0.0001", "holds out no image"), ("5", "classes")])
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        ("1438", "leaving none"),
+        ("5000", "leaving none"),
+        ("0.9999", "leaving none"),
+        ("0.0001", "holds out no image"),
+        ("5", "classes"),
+    ],
+)
 def test_val_size_the_data_cannot_give_is_one_line(make_cfg, value, why):
     from nfbench.errors import ConfigError
 

@@ -35,8 +35,15 @@ def make_source(cfg, n: int = 64, n_test: int = 20, size: int = 6) -> tuple[Data
     g = torch.Generator().manual_seed(1)
     raw = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     test = torch.randint(0, 256, (n_test, 3, size, size), dtype=torch.uint8, generator=g)
-    src = DataSource(TensorImages(raw, torch.arange(n)), TensorImages(test, torch.arange(n_test)),
-                     num_classes=n, in_chans=3, image_size=size, mean=MEAN, std=STD)
+    src = DataSource(
+        TensorImages(raw, torch.arange(n)),
+        TensorImages(test, torch.arange(n_test)),
+        num_classes=n,
+        in_chans=3,
+        image_size=size,
+        mean=MEAN,
+        std=STD,
+    )
     src.train = with_transform(src.train, transforms(cfg.data, src, train=True))
     src.test = with_transform(src.test, transforms(cfg.data, src, train=False))
     return src, raw
@@ -102,8 +109,12 @@ def test_crops_are_shifts_of_the_zero_padded_image(make_cfg):
     shifts = set()
     for x, y in epoch_batches(loader, 0, torch_seed=0) + epoch_batches(loader, 1, torch_seed=1):
         for img, i in zip(to_uint8(x), y.tolist()):
-            found = [(r, c) for r in range(2 * pad + 1) for c in range(2 * pad + 1)
-                     if torch.equal(img, padded[i, :, r:r + size, c:c + size])]
+            found = [
+                (r, c)
+                for r in range(2 * pad + 1)
+                for c in range(2 * pad + 1)
+                if torch.equal(img, padded[i, :, r : r + size, c : c + size])
+            ]
             assert found, f"sample {i} is no window of its padded image"
             shifts.update(found)
     # 128 crops drawn from 49 offsets: about 45 distinct expected, corners included.
@@ -131,15 +142,26 @@ def test_randaugment_gives_each_sample_its_own_op(make_cfg):
     from nfbench.data.augment import OPS
     from tests.test_batch_augment import reference, tv_magnitude
 
-    cfg = cfg_with(make_cfg, "data.crop_padding=0", "data.hflip=false", "data.randaugment=true",
-                   "data.randaugment_n=1", "data.randaugment_m=15", "data.batch_size=32")
+    cfg = cfg_with(
+        make_cfg,
+        "data.crop_padding=0",
+        "data.hflip=false",
+        "data.randaugment=true",
+        "data.randaugment_n=1",
+        "data.randaugment_m=15",
+        "data.batch_size=32",
+    )
     src, raw = make_source(cfg, size=12)
     loader, _ = build_loaders(cfg.data, src, seed=0)
     used = set()
     for x, y in epoch_batches(loader, 0):
         for img, i in zip(to_uint8(x), y.tolist()):
-            matches = {op for op in OPS for negated in (False, True)
-                       if torch.equal(img, reference(raw[i], op, tv_magnitude(op, 15, 12, 12, negated)))}
+            matches = {
+                op
+                for op in OPS
+                for negated in (False, True)
+                if torch.equal(img, reference(raw[i], op, tv_magnitude(op, 15, 12, 12, negated)))
+            }
             assert matches, f"sample {i} is none of RandAugment's ops on its own image"
             used |= matches
     assert len(used) >= 10  # 64 draws from 14 ops
@@ -195,8 +217,9 @@ def test_randaugment_in_worker_processes_gives_the_same_batches(make_cfg):
     workers, _ = build_loaders(cfg_with(make_cfg, *common, "data.num_workers=2").data, src, seed=0)
     assert workers._workers is not None and here._workers is None
     for epoch in (0, 1):
-        for (x, y), (wx, wy) in zip(epoch_batches(here, epoch, epoch), epoch_batches(workers, epoch, epoch),
-                                    strict=True):
+        for (x, y), (wx, wy) in zip(
+            epoch_batches(here, epoch, epoch), epoch_batches(workers, epoch, epoch), strict=True
+        ):
             assert torch.equal(y, wy) and torch.equal(x, wx)
 
 
@@ -239,8 +262,16 @@ def test_order_depends_on_seed_and_epoch_and_augmentation_on_the_rng(make_cfg):
 
 def test_on_device_true_refuses_what_it_cannot_serve(make_cfg):
     cfg = cfg_with(make_cfg, "data.on_device=true")
-    files = DataSource(TensorDataset(torch.zeros(4, 3, 8, 8)), TensorDataset(torch.zeros(2, 3, 8, 8)),
-                       num_classes=2, in_chans=3, image_size=8, mean=MEAN, std=STD, pil=True)
+    files = DataSource(
+        TensorDataset(torch.zeros(4, 3, 8, 8)),
+        TensorDataset(torch.zeros(2, 3, 8, 8)),
+        num_classes=2,
+        in_chans=3,
+        image_size=8,
+        mean=MEAN,
+        std=STD,
+        pil=True,
+    )
     with pytest.raises(ConfigError, match="data.on_device=true .* reads image files"):
         use_device_loader(cfg.data, files)
     src, _ = make_source(cfg)
@@ -262,14 +293,21 @@ def test_on_device_values_are_validated(make_cfg, value):
 def test_training_through_the_device_loader_resumes_exactly(make_cfg, tmp_path, monkeypatch, workers):
     """Stopped after epoch 1 of 2 (or 3 steps into epoch 2) and resumed == uninterrupted, with RandAugment
     drawn on the device or in worker processes."""
-    cfg = [*TINY, "data.on_device=true", "data.randaugment=true", "trainer.deterministic=true",
-           f"data.num_workers={workers}", "trainer.checkpoint_every_steps=3"]
+    cfg = [
+        *TINY,
+        "data.on_device=true",
+        "data.randaugment=true",
+        "trainer.deterministic=true",
+        f"data.num_workers={workers}",
+        "trainer.checkpoint_every_steps=3",
+    ]
     full = train(make_cfg(cfg, tmp_path / "full"))
     assert full["status"] == "finished" and math.isfinite(full["train_loss"])
     assert_stopped_runs_resume_exactly(make_cfg, monkeypatch, cfg, tmp_path, mid_epoch_step=3)
 
 
 # -- small image folders, decoded into memory ----------------------------------------------------------------
+
 
 def decoded(path: str) -> torch.Tensor:
     """The file's pixels as PIL decodes them for ImageFolder (RGB), uint8 (3, H, W)."""
@@ -315,7 +353,7 @@ def test_a_small_image_folder_is_served_from_memory_with_the_files_pixels(make_c
         expected = v2.functional.crop(v2.functional.pad(decoded(path), [4]), top, left, 32, 32)
         if plan.flip[k]:
             expected = v2.functional.horizontal_flip(expected)
-        assert int(y[k]) == label and torch.equal(pixels(x[k:k + 1], src)[0], expected), path
+        assert int(y[k]) == label and torch.equal(pixels(x[k : k + 1], src)[0], expected), path
 
 
 def small_tree(src: Path, dst: Path, per_class: int = 10) -> Path:
@@ -351,9 +389,21 @@ def test_a_folder_over_the_memory_cap_reads_its_files(make_cfg, tmp_path, cifar1
     src = build_source(over)
     assert src.pil and not isinstance(build_loaders(over, src, seed=0)[0], DeviceLoader)
     assert not build_source(make_cfg([*common, "data.in_memory_max_gb=0.0002"]).data).pil
-    run = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", *common, "data.in_memory_max_gb=0.0001",
-                          "data.on_device=true", f"hydra.run.dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            *common,
+            "data.in_memory_max_gb=0.0001",
+            "data.on_device=true",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     error = [line for line in run.stderr.splitlines() if line.startswith("nfbench: error:")]
     assert len(error) == 1 and "data.on_device=true is not allowed" in error[0], run.stderr
@@ -362,8 +412,9 @@ def test_a_folder_over_the_memory_cap_reads_its_files(make_cfg, tmp_path, cifar1
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("extra", [[], ["data.randaugment=true", "data.num_workers=2"]],
-                         ids=["on-device", "randaugment-in-workers"])
+@pytest.mark.parametrize(
+    "extra", [[], ["data.randaugment=true", "data.num_workers=2"]], ids=["on-device", "randaugment-in-workers"]
+)
 def test_cuda_batches_equal_the_cpu_ones_without_a_host_sync(make_cfg, extra):
     """All draws are made on the CPU, so CUDA gives the CPU's batches; after the epoch's plan is copied
     over (first batch), yielding batches never waits on the device."""
@@ -392,8 +443,16 @@ def test_training_waits_on_the_device_only_at_log_steps(make_cfg, tmp_path):
     import warnings
 
     def syncs(n_images: int, run: str) -> int:
-        cfg = make_cfg([*TINY, f"data.train_subset={n_images}", "trainer.epochs=1", "trainer.device=cuda",
-                        "trainer.log_every=1000"], tmp_path / run)
+        cfg = make_cfg(
+            [
+                *TINY,
+                f"data.train_subset={n_images}",
+                "trainer.epochs=1",
+                "trainer.device=cuda",
+                "trainer.log_every=1000",
+            ],
+            tmp_path / run,
+        )
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -22,9 +22,20 @@ from nfbench.errors import ConfigError
 from nfbench.engine.loop import train
 
 # No augmentation, so that one process and two see the same images (only the split differs).
-DDP = ["data=digits", "data.train_subset=256", "data.test_subset=120", "data.batch_size=32", "data.crop_padding=0",
-       "model=resnet20", "model.width=4", "init=convshort", "trainer.epochs=2", "trainer.progress=false",
-       "trainer.deterministic=true", "seed=3"]
+DDP = [
+    "data=digits",
+    "data.train_subset=256",
+    "data.test_subset=120",
+    "data.batch_size=32",
+    "data.crop_padding=0",
+    "model=resnet20",
+    "model.width=4",
+    "init=convshort",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+    "trainer.deterministic=true",
+    "seed=3",
+]
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -98,8 +109,8 @@ def test_global_batch_union_matches_single_process(make_cfg):
     idx = list(single.sampler)
     r0, r1 = list(ranks[0].sampler), list(ranks[1].sampler)
     for step in range(len(ranks[0])):
-        local = r0[step * 32:(step + 1) * 32] + r1[step * 32:(step + 1) * 32]
-        assert sorted(local) == sorted(idx[step * 64:(step + 1) * 64])
+        local = r0[step * 32 : (step + 1) * 32] + r1[step * 32 : (step + 1) * 32]
+        assert sorted(local) == sorted(idx[step * 64 : (step + 1) * 64])
 
 
 def _fail_on_rank_one() -> None:
@@ -120,8 +131,12 @@ def test_a_failing_rank_ends_the_job_promptly():
 
 
 def nfbench_train(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nfbench.cli", "train", *overrides, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nfbench.cli", "train", *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -133,8 +148,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 
 # The full digits training set in batches of 32 (44 steps per epoch): long enough to stop mid-epoch.
-PREEMPT = ["data=digits", "data.batch_size=32", "model=resnet20", "model.width=4", "trainer.epochs=2",
-           "trainer.progress=false", "trainer.deterministic=true", "trainer.log_every=1"]
+PREEMPT = [
+    "data=digits",
+    "data.batch_size=32",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+    "trainer.deterministic=true",
+    "trainer.log_every=1",
+]
 
 
 @pytest.mark.slow
@@ -177,10 +200,26 @@ def test_sigkill_loses_at_most_checkpoint_every_steps(tmp_path):
 @pytest.mark.slow
 def test_multirun_through_submitit_local(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "nfbench.cli", "train", "-m", "hydra/launcher=local", "seed=0,1", "model.width=4",
-         "trainer.epochs=1", "data.train_subset=128", "data.test_subset=64", "trainer.progress=false",
-         f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            "-m",
+            "hydra/launcher=local",
+            "seed=0,1",
+            "model.width=4",
+            "trainer.epochs=1",
+            "data.train_subset=128",
+            "data.test_subset=64",
+            "trainer.progress=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2
@@ -222,11 +261,29 @@ def test_multirun_jobs_run_side_by_side_with_the_parallel_launcher(tmp_path):
     in its own process and run directory: how several CIFAR jobs share one GPU.  With RandAugment built in
     DataLoader workers, as the CIFAR presets do: inside a loky process those once failed to start."""
     out = subprocess.run(
-        [sys.executable, "-m", "nfbench.cli", "train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-         "seed=0,1", "model.width=4", "trainer.epochs=2", "data.train_subset=256", "data.test_subset=64",
-         "data.randaugment=true", "data.num_workers=2", "trainer.progress=false", f"hydra.sweep.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            "-m",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            "seed=0,1",
+            "model.width=4",
+            "trainer.epochs=2",
+            "data.train_subset=256",
+            "data.test_subset=64",
+            "data.randaugment=true",
+            "data.num_workers=2",
+            "trainer.progress=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 2

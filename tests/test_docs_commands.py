@@ -64,52 +64,92 @@ def nfbench(args: list[str], capsys) -> tuple[int, str]:
 def first_point(command: str) -> list[str]:
     """A training command as a single run: without -m, each swept key at its first value."""
     args = [a for a in command.split()[1:] if a not in ("-m", "--multirun")]
-    return [a if "=" not in a or "(" in a else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0]
-            for a in args]
+    return [
+        a if "=" not in a or "(" in a else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0] for a in args
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Training commands: the composed config holds the recipe the docs state next to them.
 # ---------------------------------------------------------------------------------------------
 DEFAULT_RECIPE = {"trainer.epochs": 10, "data.randaugment": False, "optim.lr": 0.01, "data.batch_size": 128}
-CIVITELLI_RECIPE = {"trainer.epochs": 200, "data.randaugment": True, "data.randaugment_n": 2,
-                    "data.randaugment_m": 9, "optim.lr": 0.01, "data.batch_size": 128}
+CIVITELLI_RECIPE = {
+    "trainer.epochs": 200,
+    "data.randaugment": True,
+    "data.randaugment_n": 2,
+    "data.randaugment_m": 9,
+    "optim.lr": 0.01,
+    "data.batch_size": 128,
+}
 
 COMPOSE: dict[str, dict[str, Any]] = {
     # README: the headline command, "10 epochs, SGD lr 0.01, batch 128, crop + flip, no RandAugment" ...
-    "nfbench train model=resnet50 init=convshort data=cifar100":
-        {**DEFAULT_RECIPE, "data.name": "cifar100", "model.name": "resnet50", "init.name": "convshort"},
+    "nfbench train model=resnet50 init=convshort data=cifar100": {
+        **DEFAULT_RECIPE,
+        "data.name": "cifar100",
+        "model.name": "resnet50",
+        "init.name": "convshort",
+    },
     # ... and the preset that gives the paper's.
-    "nfbench train experiment=civitelli_cifar100_resnet50":
-        {**CIVITELLI_RECIPE, "data.name": "cifar100", "model.name": "resnet50", "init.name": "convshort"},
+    "nfbench train experiment=civitelli_cifar100_resnet50": {
+        **CIVITELLI_RECIPE,
+        "data.name": "cifar100",
+        "model.name": "resnet50",
+        "init.name": "convshort",
+    },
     "nfbench train experiment=quickstart": {"data.name": "digits", "model.name": "resnet20", "init.name": "convshort"},
-    "nfbench train model=resnet18 init=convshort data=cifar10 trainer.epochs=200":
-        {"trainer.epochs": 200, "data.name": "cifar10", "model.name": "resnet18"},
-    "nfbench train model=resnet50 init=convshort data=cifar100 trainer.devices=4 trainer.precision=bf16":
-        {"trainer.devices": 4, "trainer.precision": "bf16"},
+    "nfbench train model=resnet18 init=convshort data=cifar10 trainer.epochs=200": {
+        "trainer.epochs": 200,
+        "data.name": "cifar10",
+        "model.name": "resnet18",
+    },
+    "nfbench train model=resnet50 init=convshort data=cifar100 trainer.devices=4 trainer.precision=bf16": {
+        "trainer.devices": 4,
+        "trainer.precision": "bf16",
+    },
     "nfbench train -m hydra/launcher=slurm hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=4 data=cifar10 "
     "model=resnet18,resnet50,resnet101 init=idshort,learnscalar,convshort init.weights=he_fanout,brock seed=0,1,2 "
-    "trainer.epochs=200 trainer.checkpoint_every_steps=500":
-        {"data.name": "cifar10", "trainer.epochs": 200, "trainer.checkpoint_every_steps": 500},
-    "nfbench train -m hydra/launcher=parallel hydra.launcher.n_jobs=4 experiment=civitelli_cifar10_resnet18 seed=0":
-        {**CIVITELLI_RECIPE, "data.name": "cifar10", "model.name": "resnet18"},
+    "trainer.epochs=200 trainer.checkpoint_every_steps=500": {
+        "data.name": "cifar10",
+        "trainer.epochs": 200,
+        "trainer.checkpoint_every_steps": 500,
+    },
+    "nfbench train -m hydra/launcher=parallel hydra.launcher.n_jobs=4 experiment=civitelli_cifar10_resnet18 seed=0": {
+        **CIVITELLI_RECIPE,
+        "data.name": "cifar10",
+        "model.name": "resnet18",
+    },
     "nfbench train -m hydra/launcher=packed hydra.launcher.runs_per_process=4 experiment=civitelli_cifar10_resnet18 "
-    "trainer.cuda_graph=true seed=0,1,2,3":
-        {**CIVITELLI_RECIPE, "model.name": "resnet18", "trainer.cuda_graph": True, "seed": 0},
+    "trainer.cuda_graph=true seed=0,1,2,3": {
+        **CIVITELLI_RECIPE,
+        "model.name": "resnet18",
+        "trainer.cuda_graph": True,
+        "seed": 0,
+    },
     "nfbench train -m experiment=lr_search init=convshort": {"init.name": "convshort"},
-    "nfbench train -m experiment=lr_search init=fixup hydra/launcher=parallel hydra.sweeper.n_jobs=4":
-        {"init.name": "fixup"},
+    "nfbench train -m experiment=lr_search init=fixup hydra/launcher=parallel hydra.sweeper.n_jobs=4": {
+        "init.name": "fixup"
+    },
     "nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort": {"seed": 0, "init.name": "idshort"},
     "nfbench train -m experiment=civitelli_cifar10_resnet18": {**CIVITELLI_RECIPE, "model.name": "resnet18"},
-    "nfbench train -m experiment=civitelli_cifar10_cpu data.root=/tmp/nfb/cifar10-jpeg hydra.sweep.dir=/tmp/nfb/sweep":
-        {"data.root": "/tmp/nfb/cifar10-jpeg"},
+    "nfbench train -m experiment=civitelli_cifar10_cpu data.root=/tmp/nfb/cifar10-jpeg hydra.sweep.dir=/tmp/nfb/sweep": {
+        "data.root": "/tmp/nfb/cifar10-jpeg"
+    },
     # docs/schemes.md: the method on CIFAR-10 with the default recipe, and the paper's preset.
-    "nfbench train model=resnet50 init=convshort data=cifar10":
-        {**DEFAULT_RECIPE, "data.name": "cifar10", "init.name": "convshort"},
-    "nfbench train model=resnet50 init=convshort init.weights=brock data=cifar10":
-        {**DEFAULT_RECIPE, "init.weights": "brock"},
-    "nfbench train init=convshort init.stem_weights=he_fanin data=cifar10":
-        {**DEFAULT_RECIPE, "init.name": "convshort", "init.stem_weights": "he_fanin"},
+    "nfbench train model=resnet50 init=convshort data=cifar10": {
+        **DEFAULT_RECIPE,
+        "data.name": "cifar10",
+        "init.name": "convshort",
+    },
+    "nfbench train model=resnet50 init=convshort init.weights=brock data=cifar10": {
+        **DEFAULT_RECIPE,
+        "init.weights": "brock",
+    },
+    "nfbench train init=convshort init.stem_weights=he_fanin data=cifar10": {
+        **DEFAULT_RECIPE,
+        "init.name": "convshort",
+        "init.stem_weights": "he_fanin",
+    },
     "nfbench train -m experiment=civitelli_cifar10_resnet50": {**CIVITELLI_RECIPE, "model.name": "resnet50"},
     "nfbench train model=resnet50 init=nf optim.agc=0.01": {"init.name": "nf", "optim.agc": 0.01},
 }
@@ -158,7 +198,9 @@ def check_tables_1_2(out: str) -> None:
         if len(cells) >= 8 and cells[0].startswith("resnet") and cells[3] == "3x32x32":
             printed[cells[0], cells[1]] = (int(cells[4].replace(",", "")), cells[7])
     documented = _schemes_table()
-    assert len(documented) == 15 and printed == documented  # 3 models x bn, bn_conv_shortcut, idshort, learnscalar, convshort
+    assert (
+        len(documented) == 15 and printed == documented
+    )  # 3 models x bn, bn_conv_shortcut, idshort, learnscalar, convshort
 
 
 def check_help(out: str) -> None:
@@ -196,42 +238,52 @@ RUN: dict[str, tuple[int, Callable[[str], None]]] = {
     "nfbench train --help": (0, check_train_help),
     "nfbench train data=cifar10 --help": (0, check_train_help_cifar10),
     "nfbench train optim.lr=-1": (2, check_refused_lr),
-    "nfbench summary model=resnet18,resnet50,resnet101 init=bn,bn_conv_shortcut,idshort,learnscalar,convshort data=cifar10":
-        (0, check_tables_1_2),
+    "nfbench summary model=resnet18,resnet50,resnet101 init=bn,bn_conv_shortcut,idshort,learnscalar,convshort data=cifar10": (
+        0,
+        check_tables_1_2,
+    ),
     "nfbench spp model=resnet50 init=idshort": (0, check_spp),
 }
 # Reports of committed run files, rebuilt into a temporary folder and compared with the committed report.
-GPU_REPORTS = ["nfbench report docs/results-cifar10-gpu/runs --out docs/results-cifar10-gpu/report",
-               "nfbench report docs/results-cifar10-gpu/he-diagnosis/runs --out "
-               "docs/results-cifar10-gpu/he-diagnosis/report --group-by +data.root +trainer.compile",
-               "nfbench report docs/results-cifar10-cpu-study/gpu/runs --out docs/results-cifar10-cpu-study/gpu/report"]
+GPU_REPORTS = [
+    "nfbench report docs/results-cifar10-gpu/runs --out docs/results-cifar10-gpu/report",
+    "nfbench report docs/results-cifar10-gpu/he-diagnosis/runs --out "
+    "docs/results-cifar10-gpu/he-diagnosis/report --group-by +data.root +trainer.compile",
+    "nfbench report docs/results-cifar10-cpu-study/gpu/runs --out docs/results-cifar10-cpu-study/gpu/report",
+]
 
 SYNOPSIS = "a synopsis with placeholders, not a command"
 SKIP: dict[str, str] = {
-    "nfbench": SYNOPSIS, "nfbench train": SYNOPSIS, "nfbench report": SYNOPSIS, "nfbench spp": SYNOPSIS,
-    "nfbench summary": SYNOPSIS, "nfbench train [overrides]": SYNOPSIS, "nfbench summary [overrides]": SYNOPSIS,
-    "nfbench spp [overrides]": SYNOPSIS, "nfbench spp-plot DIR...": SYNOPSIS, "nfbench spp-plot DIR ...": SYNOPSIS,
-    "nfbench report DIR... [--out DIR]": SYNOPSIS, "nfbench spp model=resnet20 init=convshort init.stem_weights=...": SYNOPSIS, "nfbench train --cfg job [overrides]": SYNOPSIS,
-    "nfbench train seed=S": SYNOPSIS, "nfbench train ... trainer.log_spp_every=5": SYNOPSIS,
+    "nfbench": SYNOPSIS,
+    "nfbench train": SYNOPSIS,
+    "nfbench report": SYNOPSIS,
+    "nfbench spp": SYNOPSIS,
+    "nfbench summary": SYNOPSIS,
+    "nfbench train [overrides]": SYNOPSIS,
+    "nfbench summary [overrides]": SYNOPSIS,
+    "nfbench spp [overrides]": SYNOPSIS,
+    "nfbench spp-plot DIR...": SYNOPSIS,
+    "nfbench spp-plot DIR ...": SYNOPSIS,
+    "nfbench report DIR... [--out DIR]": SYNOPSIS,
+    "nfbench spp model=resnet20 init=convshort init.stem_weights=...": SYNOPSIS,
+    "nfbench train --cfg job [overrides]": SYNOPSIS,
+    "nfbench train seed=S": SYNOPSIS,
+    "nfbench train ... trainer.log_spp_every=5": SYNOPSIS,
     "nfbench train -m experiment=lr_search init=$s": "a shell loop's body ($s); its first point is composed by "
-                                                     "the lr_search commands above",
+    "the lr_search commands above",
     "nfbench train -m hydra/sweeper=optuna hydra.sweeper.direction=maximize data.val_size=0.1 "
     "'optim.lr=tag(log, interval(0.001, 1))'": "an Optuna search of many trainings; tests/test_tune.py runs it small",
     "nfbench report /tmp/nfb/sweep --out /tmp/nfb/report": "needs the CPU study's run directories (an hour of "
-                                                          "training, not committed)",
+    "training, not committed)",
     "nfbench report docs/results-cifar10-gpu/runs": "writes into the committed runs' folder; the same report "
-                                                    "is checked with --out (GPU_REPORTS)",
-    "nfbench spp model=resnet50 init=idshort init.weights=brock spp.seeds=3 'spp.formats=[png,pdf]'":
-        "three ResNet-50 repeats (tens of seconds); the single run above covers the command",
-    "nfbench spp -m model=resnet50 init=plain,bn,idshort,learnscalar,convshort init.weights=he_fanout,brock":
-        "ten ResNet-50 runs (minutes); docs/spp.md's table comes from scripts/spp_figures.sh (15 minutes)",
-    "nfbench spp-plot outputs/multirun/spp/A outputs/multirun/spp/B --out figs --formats png svg":
-        "placeholder sweep folders A and B",
+    "is checked with --out (GPU_REPORTS)",
+    "nfbench spp model=resnet50 init=idshort init.weights=brock spp.seeds=3 'spp.formats=[png,pdf]'": "three ResNet-50 repeats (tens of seconds); the single run above covers the command",
+    "nfbench spp -m model=resnet50 init=plain,bn,idshort,learnscalar,convshort init.weights=he_fanout,brock": "ten ResNet-50 runs (minutes); docs/spp.md's table comes from scripts/spp_figures.sh (15 minutes)",
+    "nfbench spp-plot outputs/multirun/spp/A outputs/multirun/spp/B --out figs --formats png svg": "placeholder sweep folders A and B",
     # Planned GPU runs: their run files are committed by the GPU session, which then moves these to GPU_REPORTS.
     "nfbench report docs/results-cifar10-gpu/he-original/runs --out docs/results-cifar10-gpu/he-original/report "
     "--group-by +data.root": "planned (scripts/gpu_he_cifar10.sh): no run files committed yet",
-    "nfbench report docs/results-cifar10-r50-gpu/runs --out docs/results-cifar10-r50-gpu/report":
-        "planned (scripts/gpu_civitelli_r50.sh): no run files committed yet",
+    "nfbench report docs/results-cifar10-r50-gpu/runs --out docs/results-cifar10-r50-gpu/report": "planned (scripts/gpu_civitelli_r50.sh): no run files committed yet",
 }
 SLOW_RUN = {"nfbench train experiment=quickstart"}  # also in COMPOSE; trained by test_quickstart_as_documented
 

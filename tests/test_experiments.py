@@ -22,15 +22,29 @@ from nfbench.engine.loop import train
 NEEDS_OPTUNA = {"lr_search"}
 HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
 PRESETS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
-PRESET_PARAMS = [pytest.param(name, marks=pytest.mark.skipif(name in NEEDS_OPTUNA and not HAS_OPTUNA,
-                                                             reason="needs hydra-optuna-sweeper: pip install "
-                                                                    "'nfbench[tune]'")) for name in PRESETS]
+PRESET_PARAMS = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            name in NEEDS_OPTUNA and not HAS_OPTUNA, reason="needs hydra-optuna-sweeper: pip install 'nfbench[tune]'"
+        ),
+    )
+    for name in PRESETS
+]
 # Presets whose data set has no default location need one to compose.
 NEEDS_ROOT = {"civitelli_cifar10_cpu": ["data.root=/nonexistent"]}
 # Tiny data and model, one optimiser step per epoch: mechanics, not accuracy.
-ONE_STEP = ["data=digits", "data.train_subset=32", "data.test_subset=32", "data.batch_size=32",
-            "data.test_batch_size=32", "data.num_workers=0", "model.width=4", "trainer.progress=false",
-            "trainer.device=cpu"]
+ONE_STEP = [
+    "data=digits",
+    "data.train_subset=32",
+    "data.test_subset=32",
+    "data.batch_size=32",
+    "data.test_batch_size=32",
+    "data.num_workers=0",
+    "model.width=4",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+]
 
 
 def sweep_values(key: str, value: str) -> list[str]:
@@ -44,8 +58,7 @@ def sweep_values(key: str, value: str) -> list[str]:
 def grid(name: str) -> tuple[list[str], list[tuple[str, ...]]]:
     """The preset's hydra.sweeper.params as keys and the list of their value combinations."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}", *NEEDS_ROOT.get(name, [])],
-                      return_hydra_config=True)
+        cfg = compose("config", overrides=[f"experiment={name}", *NEEDS_ROOT.get(name, [])], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     params = OmegaConf.to_container(params) if params else {}
     keys = list(params)
@@ -53,10 +66,18 @@ def grid(name: str) -> tuple[list[str], list[tuple[str, ...]]]:
 
 
 def test_presets_found():
-    for name in ("civitelli_cifar10_resnet18", "civitelli_cifar10_resnet50", "civitelli_cifar10_resnet101",
-                 "civitelli_cifar100_resnet50", "civitelli_imagenet_resnet50", "fixup_cifar10_resnet110",
-                 "fixup_imagenet_resnet50", "skipinit_rezero_cifar10", "nf_resnet50_imagenet",
-                 "arpit_wn_cifar10_wrn"):
+    for name in (
+        "civitelli_cifar10_resnet18",
+        "civitelli_cifar10_resnet50",
+        "civitelli_cifar10_resnet101",
+        "civitelli_cifar100_resnet50",
+        "civitelli_imagenet_resnet50",
+        "fixup_cifar10_resnet110",
+        "fixup_imagenet_resnet50",
+        "skipinit_rezero_cifar10",
+        "nf_resnet50_imagenet",
+        "arpit_wn_cifar10_wrn",
+    ):
         assert name in PRESETS
 
 
@@ -66,8 +87,7 @@ def test_every_grid_point_composes_and_validates(make_cfg, name):
     with anything, so one seed stands for all."""
     keys, points = grid(name)
     for point in {tuple(v if k != "seed" else "0" for k, v in zip(keys, p)) for p in points}:
-        cfg = make_cfg([f"experiment={name}", *NEEDS_ROOT.get(name, []),
-                        *(f"{k}={v}" for k, v in zip(keys, point))])
+        cfg = make_cfg([f"experiment={name}", *NEEDS_ROOT.get(name, []), *(f"{k}={v}" for k, v in zip(keys, point))])
         validate(cfg)
         for k, v in zip(keys, point):
             group = k not in ("seed",) and "." not in k
@@ -145,14 +165,22 @@ def test_he_cifar10_recipe():
     epochs 82 and 123 of 164 (390 steps each: 31,980 / 47,970 / 63,960 iterations, for 32k / 48k / 64k)."""
     cfg = preset("he_cifar10_resnet20")
     assert (cfg.data.name, cfg.model.name, cfg.model.width) == ("cifar10", "he_resnet20", None)
-    assert (cfg.init.name, cfg.init.weights, cfg.init.standardize, cfg.init.conv_shortcut) == ("bn", "he_fanin",
-                                                                                                False, False)
+    assert (cfg.init.name, cfg.init.weights, cfg.init.standardize, cfg.init.conv_shortcut) == (
+        "bn",
+        "he_fanin",
+        False,
+        False,
+    )
     assert cfg.data.pixel_mean and cfg.data.mean is None and cfg.data.std is None and cfg.data.image_size is None
     assert (cfg.data.crop_padding, cfg.data.hflip, cfg.data.randaugment, cfg.data.val_size) == (4, True, False, None)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, False, 1e-4)
     assert cfg.data.batch_size == 128 and cfg.trainer.mixup_alpha == 0 and cfg.trainer.label_smoothing == 0
     assert (cfg.sched.name, cfg.sched.per_step, list(cfg.sched.milestones), cfg.sched.gamma) == (
-        "multistep", False, [82, 123], 0.1)
+        "multistep",
+        False,
+        [82, 123],
+        0.1,
+    )
     steps = 50_000 // 128
     assert (steps, 82 * steps, 123 * steps, cfg.trainer.epochs * steps) == (390, 31_980, 47_970, 63_960)
     keys, points = grid("he_cifar10_resnet20")
@@ -171,8 +199,9 @@ def test_he_cifar10_preset_starts_he_et_al_network_unstandardised(make_cfg):
     net = validate(make_cfg(["experiment=he_cifar10_resnet20"])).build(10, 3, 32)
     assert sum(p.numel() for p in net.parameters()) == 269_722
     assert all(isinstance(b, PostActivationBasicBlock) for b in net.blocks)
-    ratios = [m.weight.var(unbiased=False).item() * m.weight[0].numel() / 2 for m in net.modules()
-              if isinstance(m, nn.Conv2d)]
+    ratios = [
+        m.weight.var(unbiased=False).item() * m.weight[0].numel() / 2 for m in net.modules() if isinstance(m, nn.Conv2d)
+    ]
     assert all(0.7 < r < 1.3 for r in ratios) and not any(abs(r - 1) < 1e-6 for r in ratios)
 
 

@@ -38,7 +38,7 @@ def recipes() -> dict[str, Recipe]:
         for lang, code in BLOCK.findall(section):
             target = TARGET.match(code)
             if target:
-                recipe.edits.append((target.group(1), target.group(2), code[target.end():]))
+                recipe.edits.append((target.group(1), target.group(2), code[target.end() :]))
             elif lang == "bash":
                 recipe.commands += [line for line in code.splitlines() if line.startswith("nfbench ")]
         found[title] = recipe
@@ -54,7 +54,12 @@ def extending_commands() -> set[str]:
 def copy_root(tmp_path_factory) -> Path:
     """The repository's files (tracked, and new ones not ignored), copied: the recipes change files of nfbench's own."""
     root = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
     for rel in filter(None, files.decode().split("\0")):
         src = REPO / rel
         if src.is_file():
@@ -76,15 +81,27 @@ def apply(recipe: Recipe, root: Path) -> None:
 
 def run(command: str, root: Path) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "nfbench.cli", *command.split()[1:], "trainer.progress=false"]
-    out = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        args,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out
 
 
 def python(code: str, root: Path) -> str:
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -104,9 +121,12 @@ def test_a_new_scheme(copy_root):
     run(recipe.commands[0], copy_root)
     result = json.loads((copy_root / "outputs" / "idshort_zero" / "result.json").read_text())
     assert (result["status"], result["init"], result["weights"]) == ("finished", "idshort_zero", "he_fanout")
-    listed = python("import nfbench, torch; net = nfbench.create_model('resnet20', init='idshort_zero'); "
-                    "print(nfbench.list_schemes('idshort*'), all(not b.branch[-1].weight.any() for b in net.blocks), "
-                    "all(b.branch[0].weight.any() for b in net.blocks), net.blocks[0].scale)", copy_root)
+    listed = python(
+        "import nfbench, torch; net = nfbench.create_model('resnet20', init='idshort_zero'); "
+        "print(nfbench.list_schemes('idshort*'), all(not b.branch[-1].weight.any() for b in net.blocks), "
+        "all(b.branch[0].weight.any() for b in net.blocks), net.blocks[0].scale)",
+        copy_root,
+    )
     assert listed.split() == ["['idshort',", "'idshort_zero']", "True", "True", f"{np.sqrt(0.5)}"]
 
 
@@ -127,9 +147,11 @@ def test_a_new_data_set(copy_root):
     import hashlib
 
     assert result["data_fingerprint"]["train"] == hashlib.sha256(np.ascontiguousarray(x[:300]).tobytes()).hexdigest()
-    shape = python("import nfbench\nfrom nfbench.config import DataConfig\nfrom nfbench.data.sets import data_shape\n"
-                   "print(data_shape(DataConfig(name='npz', root='outputs/npz-data')), 'npz' in nfbench.list_datasets())",
-                   copy_root)
+    shape = python(
+        "import nfbench\nfrom nfbench.config import DataConfig\nfrom nfbench.data.sets import data_shape\n"
+        "print(data_shape(DataConfig(name='npz', root='outputs/npz-data')), 'npz' in nfbench.list_datasets())",
+        copy_root,
+    )
     assert shape.strip() == "DataShape(num_classes=10, in_chans=1, image_size=8) True"
 
 
@@ -152,7 +174,10 @@ def test_a_new_per_epoch_hook(copy_root):
     run_dir = copy_root / "outputs" / "scalars"
     lines = [json.loads(line) for line in (run_dir / "scalars.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
-    final = python("import torch; s = torch.load('outputs/scalars/checkpoints/last.pt', weights_only=True)['model']; "
-                   "print([v.item() for k, v in s.items() if k.endswith('gate.weight')])", copy_root)
+    final = python(
+        "import torch; s = torch.load('outputs/scalars/checkpoints/last.pt', weights_only=True)['model']; "
+        "print([v.item() for k, v in s.items() if k.endswith('gate.weight')])",
+        copy_root,
+    )
     assert [gates[0] for gates in lines[-1]["blocks"]] == json.loads(final)  # SkipInit's gate, one per block
     assert any(g[0] != 0.0 for g in lines[0]["blocks"])  # the gates moved off their 0 in the first epoch

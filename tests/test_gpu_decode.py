@@ -79,6 +79,7 @@ def differences(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 # --- Decoding ---------------------------------------------------------------------------------------------------
 
+
 def decode_against_pil(files: list[Path], device: torch.device) -> tuple[float, float, float]:
     """(max, mean |difference|, the grey images' max) of decode_jpeg on ``device`` against PIL, over ``files``."""
     decoded = gd.decode_batch([encoded(p) for p in files], device)
@@ -157,6 +158,7 @@ def test_a_batch_decode_jpeg_refuses_is_decoded_image_by_image(imagenet_sample, 
 
 # --- Crop boxes -------------------------------------------------------------------------------------------------
 
+
 def box_features(boxes: np.ndarray, h: int, w: int) -> dict[str, np.ndarray]:
     top, left, ch, cw = boxes.T
     return {"top": top, "left": left, "h": ch, "w": cw, "area": ch * cw / (h * w), "ratio": cw / ch}
@@ -197,15 +199,19 @@ def test_crop_boxes_have_the_distribution_of_torchvisions_get_params(h, w):
     theirs = torchvision_boxes(h, w, DRAWS, seed=1)
     p, z = compare_boxes(mine, theirs, h, w)
     share = np.all(mine == fallback_box(h, w), axis=1).mean()
-    print(f"{h}x{w}: min KS p {p:.3f}, fallback share {share:.3f} (|z| {z:.2f}), mean area share "
-          f"{box_features(mine, h, w)['area'].mean():.4f} vs {box_features(theirs, h, w)['area'].mean():.4f}")
+    print(
+        f"{h}x{w}: min KS p {p:.3f}, fallback share {share:.3f} (|z| {z:.2f}), mean area share "
+        f"{box_features(mine, h, w)['area'].mean():.4f} vs {box_features(theirs, h, w)['area'].mean():.4f}"
+    )
     assert p > 1e-3 and z < 4
     assert (mine[:, 0] >= 0).all() and (mine[:, 0] + mine[:, 2] <= h).all()
     assert (mine[:, 1] >= 0).all() and (mine[:, 1] + mine[:, 3] <= w).all()
 
 
-@pytest.mark.parametrize("h,w,wrong", [((375), 500, dict(scale=(0.1, 1.0))), (100, 1000, dict(tries=3)),
-                                       (375, 500, dict(ratio=(0.7, 4 / 3)))])
+@pytest.mark.parametrize(
+    "h,w,wrong",
+    [((375), 500, dict(scale=(0.1, 1.0))), (100, 1000, dict(tries=3)), (375, 500, dict(ratio=(0.7, 4 / 3)))],
+)
 def test_the_box_comparison_catches_a_sampler_a_little_off(h, w, wrong):
     """The comparison has teeth: another scale, fewer tries, another ratio range are each found."""
     mine = gd.random_resized_crop_boxes(np.full(DRAWS, h), np.full(DRAWS, w), np.random.default_rng(2), **wrong)
@@ -215,11 +221,13 @@ def test_the_box_comparison_catches_a_sampler_a_little_off(h, w, wrong):
 
 # --- Resizing ---------------------------------------------------------------------------------------------------
 
+
 def crops_both_ways(photos: list[torch.Tensor], seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """One training box per photograph: roi_align's crops, torchvision's (uint8, the CPU path), its float ones."""
     rng = np.random.default_rng(seed)
-    boxes = [gd.random_resized_crop_boxes(np.array(p.shape[1:2]), np.array(p.shape[2:3]), rng)[0].tolist()
-             for p in photos]
+    boxes = [
+        gd.random_resized_crop_boxes(np.array(p.shape[1:2]), np.array(p.shape[2:3]), rng)[0].tolist() for p in photos
+    ]
     xyxy = torch.tensor([[left, top, left + w, top + h] for top, left, h, w in boxes], dtype=torch.float64)
     mine = gd.resized_crops(photos, xyxy, 224)
     f = v2.functional
@@ -231,18 +239,22 @@ def crops_both_ways(photos: list[torch.Tensor], seed: int) -> tuple[torch.Tensor
 def test_roi_align_crops_against_torchvisions_antialiased_resize(photos):
     mine, ref, ref_float, boxes = crops_both_ways(photos, seed=0)
     worst, mean = differences(mine, ref)
-    plain = torch.stack([v2.functional.resized_crop(p.float(), *b, [224, 224], antialias=False)
-                         for p, b in zip(photos, boxes)])
+    plain = torch.stack(
+        [v2.functional.resized_crop(p.float(), *b, [224, 224], antialias=False) for p, b in zip(photos, boxes)]
+    )
     plain_worst, plain_mean = differences(plain, ref)
-    print(f"training crops, roi_align vs torchvision: max {worst:.2f}, mean {mean:.3f}; plain bilinear: max "
-          f"{plain_worst:.2f}, mean {plain_mean:.3f}")
+    print(
+        f"training crops, roi_align vs torchvision: max {worst:.2f}, mean {mean:.3f}; plain bilinear: max "
+        f"{plain_worst:.2f}, mean {plain_mean:.3f}"
+    )
     assert worst < 50 and mean < 0.7 and plain_mean > 1.5 * mean
     enlarged = torch.tensor([h <= 224 and w <= 224 for _, _, h, w in boxes])
     assert enlarged.sum() >= 20
     inner, _ = differences(mine[enlarged][..., 2:-2, 2:-2], ref_float[enlarged][..., 2:-2, 2:-2])
     assert inner < 0.02  # enlarging, roi_align is torchvision's bilinear interpolation but at the border
-    evaluation = torch.tensor([gd.resize_then_centre_crop_box(p.shape[1], p.shape[2], 224, 256) for p in photos],
-                              dtype=torch.float64)
+    evaluation = torch.tensor(
+        [gd.resize_then_centre_crop_box(p.shape[1], p.shape[2], 224, 256) for p in photos], dtype=torch.float64
+    )
     f = v2.functional
     ref_eval = torch.stack([f.center_crop(f.resize(p, 256, antialias=True), 224) for p in photos])
     worst, mean = differences(gd.resized_crops(photos, evaluation, 224), ref_eval)
@@ -253,8 +265,9 @@ def test_roi_align_crops_against_torchvisions_antialiased_resize(photos):
 def test_the_padding_beyond_each_image_is_never_read_and_groups_change_nothing(photos):
     images = photos[:24]
     rng = np.random.default_rng(3)
-    boxes = [gd.random_resized_crop_boxes(np.array(p.shape[1:2]), np.array(p.shape[2:3]), rng)[0].tolist()
-             for p in images]
+    boxes = [
+        gd.random_resized_crop_boxes(np.array(p.shape[1:2]), np.array(p.shape[2:3]), rng)[0].tolist() for p in images
+    ]
     xyxy = torch.tensor([[left, top, left + w, top + h] for top, left, h, w in boxes], dtype=torch.float64)
     zero = gd.resized_crops(images, xyxy, 224, fill=0.0)
     assert torch.equal(gd.resized_crops(images, xyxy, 224, fill=float("nan")), zero)
@@ -271,10 +284,24 @@ def test_evaluation_box_is_torchvisions_resize_then_centre_crop():
 
 # --- Loaders, seeds, resume -------------------------------------------------------------------------------------
 
+
 def gpu_run(tree: Path, *extra: str) -> list[str]:
-    return ["data=imagenet", f"data.root={tree}", "data.decode=gpu", "data.batch_size=10", "data.test_batch_size=12",
-            "data.num_workers=0", "model=resnet18", "model.width=4", "trainer.epochs=2", "trainer.progress=false",
-            "logger=none", "trainer.deterministic=true", "trainer.device=cpu", *extra]
+    return [
+        "data=imagenet",
+        f"data.root={tree}",
+        "data.decode=gpu",
+        "data.batch_size=10",
+        "data.test_batch_size=12",
+        "data.num_workers=0",
+        "model=resnet18",
+        "model.width=4",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+        "logger=none",
+        "trainer.deterministic=true",
+        "trainer.device=cpu",
+        *extra,
+    ]
 
 
 def first_batches(loader, k: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -321,8 +348,15 @@ def test_the_cpu_path_is_torchvisions_recipe_in_dataloader_workers(make_cfg, tre
     assert isinstance(train_loader, DataLoader) and isinstance(train_loader.dataset, SeededSamples)
     assert isinstance(test_loader, DataLoader)
     folder = tvd.ImageFolder(str(tree / "train"))
-    recipe = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(),
-                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    recipe = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(224, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     train_loader.sampler.set_epoch(1)
     keys = list(train_loader.sampler)[:10]
     x, y = next(iter(train_loader))
@@ -345,10 +379,13 @@ def test_decode_auto_is_gpu_on_cuda_alone(make_cfg, tree):
     assert gd.decode_choice(digits.data, build_source(digits.data), torch.device("cuda")) is None
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["data=digits", "data.decode=gpu"], "data.decode=gpu is not allowed for data=digits"),
-    (["data=imagenet", "data.decode=gpu", "data.randaugment=true"], "the batched decode has no RandAugment"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["data=digits", "data.decode=gpu"], "data.decode=gpu is not allowed for data=digits"),
+        (["data=imagenet", "data.decode=gpu", "data.randaugment=true"], "the batched decode has no RandAugment"),
+    ],
+)
 def test_decode_gpu_where_it_cannot_run_is_one_line(make_cfg, overrides, match):
     from nfbench.engine.validation import validate
 
@@ -365,7 +402,8 @@ def test_decode_is_a_closed_set(make_cfg):
     with pytest.raises(ConfigCompositionException) as e:
         make_cfg(["data.decode=nvjpeg"])
     assert "full_key: data.decode" in str(e.value.__cause__) and "expected one of [auto, cpu, gpu]" in str(
-        e.value.__cause__)
+        e.value.__cause__
+    )
 
 
 def test_a_resume_on_the_other_decode_path_is_refused(make_cfg, tmp_path, monkeypatch, tree):
@@ -377,8 +415,11 @@ def test_a_resume_on_the_other_decode_path_is_refused(make_cfg, tmp_path, monkey
         with pytest.raises(Killed):
             train(make_cfg(cfg, tmp_path / "run"))
     assert rundir.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["data"]["decode"] == "gpu"
-    with pytest.raises(ConfigError, match="decoded its images on the gpu path and this run would decode them on the "
-                                          "cpu path.*set data.decode=gpu to continue it") as e:
+    with pytest.raises(
+        ConfigError,
+        match="decoded its images on the gpu path and this run would decode them on the "
+        "cpu path.*set data.decode=gpu to continue it",
+    ) as e:
         train(make_cfg([*cfg, "data.decode=auto"], tmp_path / "run"))
     assert "\n" not in str(e.value)
     assert train(make_cfg(cfg, tmp_path / "run"))["epochs"] == 2
@@ -393,6 +434,7 @@ def test_a_checkpoint_from_before_the_key_decoded_on_the_cpu_path():
 
 
 # --- On CUDA ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.gpu
 @needs_cuda

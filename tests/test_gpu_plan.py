@@ -23,15 +23,28 @@ def plan():
     return module
 
 
-HE = {"concurrency": {"rows": [{"jobs": 1, "images_per_s": 40000}, {"jobs": 2, "images_per_s": 52000},
-                               {"jobs": 4, "images_per_s": 56000}]},
-      "calibration": {"steady_epoch_s": 1.6, "fixed_s": 12.0}}
+HE = {
+    "concurrency": {
+        "rows": [
+            {"jobs": 1, "images_per_s": 40000},
+            {"jobs": 2, "images_per_s": 52000},
+            {"jobs": 4, "images_per_s": 56000},
+        ]
+    },
+    "calibration": {"steady_epoch_s": 1.6, "fixed_s": 12.0},
+}
 ALONE = {"bn": 13000, "idshort": 19500, "learnscalar": 17000, "convshort": 18200}
-R50 = {"concurrency": {"rows": [{"jobs": 1, "images_per_s": 13000, "schemes": ["bn"]},
-                                {"jobs": 2, "images_per_s": 17000, "schemes": ["bn", "idshort"]},
-                                {"jobs": 3, "images_per_s": 18000, "schemes": ["bn", "idshort", "learnscalar"]}],
-                       "alone": [{"scheme": s, "images_per_s": r} for s, r in ALONE.items()]},
-       "calibration": {"steady_epoch_s": 3.6, "fixed_s": 15.0}}
+R50 = {
+    "concurrency": {
+        "rows": [
+            {"jobs": 1, "images_per_s": 13000, "schemes": ["bn"]},
+            {"jobs": 2, "images_per_s": 17000, "schemes": ["bn", "idshort"]},
+            {"jobs": 3, "images_per_s": 18000, "schemes": ["bn", "idshort", "learnscalar"]},
+        ],
+        "alone": [{"scheme": s, "images_per_s": r} for s, r in ALONE.items()],
+    },
+    "calibration": {"steady_epoch_s": 3.6, "fixed_s": 15.0},
+}
 SHORTS = ["convshort", "idshort", "learnscalar", "r101_convshort", "r101_idshort", "r101_learnscalar"]
 ARMS = ["bn", "convshort", "idshort", "learnscalar"]
 

@@ -40,8 +40,10 @@ def imagenet_tree(files: list[Path], root: Path) -> Path:
     colour = [f for f in files if image_mode(f) == "RGB"]
     grey = [f for f in files if image_mode(f) == "L"]
     for k in range(CLASSES):
-        split = {"train": colour[5 * k:5 * k + 5] + grey[2 * k:2 * k + 2],
-                 "val": colour[20 + 2 * k:22 + 2 * k] + grey[8 + k:9 + k]}
+        split = {
+            "train": colour[5 * k : 5 * k + 5] + grey[2 * k : 2 * k + 2],
+            "val": colour[20 + 2 * k : 22 + 2 * k] + grey[8 + k : 9 + k],
+        }
         for name, part in split.items():
             (root / name / f"c{k}").mkdir(parents=True)
             for f in part:
@@ -59,13 +61,28 @@ def tree(imagenet_sample, tmp_path_factory) -> Path:
 
 
 def nfbench_train(*overrides: str, run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nfbench.cli", "train", *overrides, f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "train", *overrides, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 # ResNet-18 at width 4 on 224 px crops: 30 training images in 2 steps of 15, the 12 val images in one batch.
-RUN = ["data=imagenet", "model=resnet18", "model.width=4", "data.batch_size=15", "data.test_batch_size=12",
-       "data.num_workers=2", "trainer.epochs=1", "trainer.progress=false", "logger=none", "trainer.device=cpu"]
+RUN = [
+    "data=imagenet",
+    "model=resnet18",
+    "model.width=4",
+    "data.batch_size=15",
+    "data.test_batch_size=12",
+    "data.num_workers=2",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+    "logger=none",
+    "trainer.device=cpu",
+]
 
 
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
@@ -100,9 +117,12 @@ def test_grey_cmyk_and_png_files_come_out_as_torchvision_imagefolder_gives_them(
         assert mine.mode == "RGB" and np.array_equal(np.asarray(mine), expected), path
     assert kinds == {("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB")}
     normalise = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    recipe = {"train": v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(224, antialias=True),
-                                   v2.RandomHorizontalFlip(), *normalise]),
-              "val": v2.Compose([v2.PILToTensor(), v2.Resize(256, antialias=True), v2.CenterCrop(224), *normalise])}
+    recipe = {
+        "train": v2.Compose(
+            [v2.PILToTensor(), v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip(), *normalise]
+        ),
+        "val": v2.Compose([v2.PILToTensor(), v2.Resize(256, antialias=True), v2.CenterCrop(224), *normalise]),
+    }
     for split, ds in (("train", src.train), ("val", src.test)):
         folder = tvd.ImageFolder(str(tree / split))
         for i in range(len(folder)):

@@ -146,8 +146,12 @@ def test_corrupt_metrics_line_before_the_last_names_file_and_line(tmp_path):
 def nfbench_train(run_dir: Path, *overrides: str, script: str = "") -> subprocess.Popen:
     """`nfbench train OVERRIDES` in a new process; ``script`` runs first (e.g. to slow something down)."""
     code = f"{script}\nimport sys\nfrom nfbench.cli.main import main\nmain(sys.argv[1:])"
-    return subprocess.Popen([sys.executable, "-c", code, "train", *overrides, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "train", *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -160,12 +164,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 def same_run(a: Path, b: Path) -> None:
     """Identical final weights and per-epoch metrics (timings aside)."""
-    wa, wb = rundir.load_checkpoint(a / "checkpoints" / "last.pt")["model"], \
-        rundir.load_checkpoint(b / "checkpoints" / "last.pt")["model"]
+    wa, wb = (
+        rundir.load_checkpoint(a / "checkpoints" / "last.pt")["model"],
+        rundir.load_checkpoint(b / "checkpoints" / "last.pt")["model"],
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     timing = ("images_per_s", "epoch_s", "wall_s")
-    rows = [[{k: v for k, v in r.items() if k not in timing} for r in rundir.read_metrics(d / "metrics.jsonl")]
-            for d in (a, b)]
+    rows = [
+        [{k: v for k, v in r.items() if k not in timing} for r in rundir.read_metrics(d / "metrics.jsonl")]
+        for d in (a, b)
+    ]
     assert rows[0] == rows[1]
 
 
@@ -210,8 +218,16 @@ def test_sigint_during_evaluation_stops_within_seconds_and_resumes_exactly(make_
 
 
 # The full digits training set in batches of 32: 44 steps per epoch, long enough to stop mid-epoch.
-PREEMPT = ["data=digits", "data.batch_size=32", "model=resnet20", "model.width=4", "trainer.epochs=2",
-           "trainer.progress=false", "trainer.deterministic=true", "trainer.log_every=1"]
+PREEMPT = [
+    "data=digits",
+    "data.batch_size=32",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+    "trainer.deterministic=true",
+    "trainer.log_every=1",
+]
 
 
 @pytest.mark.slow
@@ -251,8 +267,18 @@ def test_run_directory_files_follow_the_umask(make_cfg, tmp_path):
         train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     finally:
         os.umask(old)
-    files = [tmp_path / n for n in ("result.json", "env.json", "config.yaml", "metrics.jsonl",
-                                    "checkpoints/last.pt", "checkpoints/last.pt.sha256", "checkpoints/best.pt")]
+    files = [
+        tmp_path / n
+        for n in (
+            "result.json",
+            "env.json",
+            "config.yaml",
+            "metrics.jsonl",
+            "checkpoints/last.pt",
+            "checkpoints/last.pt.sha256",
+            "checkpoints/best.pt",
+        )
+    ]
     assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {oct(0o640)}
 
 
@@ -330,10 +356,12 @@ def test_slurm_preset_refuses_zero_gpus_per_node():
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        ok = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
-                     return_hydra_config=True)
-        zero = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0"],
-                       return_hydra_config=True)
+        ok = compose(
+            "config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"], return_hydra_config=True
+        )
+        zero = compose(
+            "config", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0"], return_hydra_config=True
+        )
     assert ok.hydra.launcher.tasks_per_node == 4
     with pytest.raises(InterpolationResolutionError, match="hydra.launcher.gpus_per_node=0 is not allowed"):
         OmegaConf.to_container(zero.hydra.launcher, resolve=True)

@@ -86,8 +86,15 @@ def test_model_safetensors_metadata_and_checkpoint_weights_only(make_cfg, tmp_pa
         save(path, state)
         seen.append(torch.load(path, weights_only=True))
 
-    overrides = [*TINY, "trainer.epochs=2", "trainer.checkpoint_every_steps=3", "trainer.precision=fp16",
-                 "sched.warmup_epochs=1", "sched.per_step=true", "trainer.mixup_alpha=0.2"]
+    overrides = [
+        *TINY,
+        "trainer.epochs=2",
+        "trainer.checkpoint_every_steps=3",
+        "trainer.precision=fp16",
+        "sched.warmup_epochs=1",
+        "sched.per_step=true",
+        "trainer.mixup_alpha=0.2",
+    ]
     monkeypatch.setattr(rundir, "save_checkpoint", save_and_reopen)
     train(make_cfg(overrides, tmp_path))
     assert any(s["partial"] and s["partial"]["rng"] for s in seen) and any(s["partial"] is None for s in seen)
@@ -123,10 +130,18 @@ def test_rng_state_round_trips_exactly():
 def legacy_checkpoint(path: Path, version: int = 2) -> dict:
     """A checkpoint as nfbench wrote it before version 3: NumPy's and Python's RNG state as pickled tuples."""
     np.random.seed(5), random.seed(5)
-    state = {"model": {"w": torch.ones(2)}, "epoch": 1, "version": version,
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                     "cuda": None},
-             "partial": None}
+    state = {
+        "model": {"w": torch.ones(2)},
+        "epoch": 1,
+        "version": version,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": None,
+        },
+        "partial": None,
+    }
     state["partial"] = {"batches_done": 3, "rng": [state["rng"], state["rng"]]}  # two ranks stopped mid-epoch
     torch.save(state, path)
     path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
@@ -149,10 +164,13 @@ def test_checkpoint_of_an_older_nfbench_loads_with_one_warning(tmp_path, caplog)
     assert after == (random.random(), np.random.random())
 
 
-@pytest.mark.parametrize("content", [
-    {"model": {"w": torch.ones(2)}, "epoch": 1, "version": 3, "extra": np.zeros(2)},  # claims to be current
-    np.zeros(3),  # not a dict
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"model": {"w": torch.ones(2)}, "epoch": 1, "version": 3, "extra": np.zeros(2)},  # claims to be current
+        np.zeros(3),  # not a dict
+    ],
+)
 def test_a_pickle_that_is_no_older_nfbench_checkpoint_is_corrupt(tmp_path, content):
     path = tmp_path / "last.pt"
     torch.save(content, path)

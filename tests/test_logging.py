@@ -23,11 +23,22 @@ from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 # 256 training images in batches of 32: 8 steps an epoch; a fold point every 2 steps.
-CLI_RUN = ["data=digits", "data.train_subset=256", "data.test_subset=128", "data.batch_size=32", "model=resnet20",
-           "model.width=4", "trainer.epochs=2", "trainer.log_every=2", "trainer.device=cpu"]
+CLI_RUN = [
+    "data=digits",
+    "data.train_subset=256",
+    "data.test_subset=128",
+    "data.batch_size=32",
+    "model=resnet20",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.log_every=2",
+    "trainer.device=cpu",
+]
 PLAIN_LINE = re.compile(r"epoch (\d+)/2  step (\d+)/8  loss (\S+)  lr (\S+)  (\d+) img/s  ETA (\d+:\d\d:\d\d)")
-SUMMARY = re.compile(r"run (\S+)  (\w+)  test top-1 (\S+)  best (val|test) top-1 (\S+)(?: \(test-selected\))?  "
-                     r"wall (\d+:\d\d:\d\d) \((\S+) s\)")
+SUMMARY = re.compile(
+    r"run (\S+)  (\w+)  test top-1 (\S+)  best (val|test) top-1 (\S+)(?: \(test-selected\))?  "
+    r"wall (\d+:\d\d:\d\d) \((\S+) s\)"
+)
 
 
 def cli(args: list[str]) -> list[str]:
@@ -36,8 +47,9 @@ def cli(args: list[str]) -> list[str]:
 
 def run_piped(args: list[str]) -> str:
     """stdout and stderr of `nfbench train ARGS`, both pipes (as under SLURM or nohup)."""
-    out = subprocess.run(cli(args), capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        cli(args), capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout + out.stderr
 
@@ -45,8 +57,14 @@ def run_piped(args: list[str]) -> str:
 def run_in_terminal(args: list[str]) -> str:
     """Everything `nfbench train ARGS` writes, with stdout and stderr on a pseudo-terminal."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen(cli(args), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", "TERM": "xterm"})
+    proc = subprocess.Popen(
+        cli(args),
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        close_fds=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120", "TERM": "xterm"},
+    )
     os.close(slave)
     chunks = []
     try:
@@ -111,24 +129,32 @@ def test_on_a_terminal_the_bar_is_kept(tmp_path):
 
 
 def test_progress_false_silences_bar_and_lines(tmp_path):
-    output = run_in_terminal([*CLI_RUN, "trainer.progress=false", "trainer.progress_every_s=0",
-                              f"hydra.run.dir={tmp_path / 'tty'}"])
+    output = run_in_terminal(
+        [*CLI_RUN, "trainer.progress=false", "trainer.progress_every_s=0", f"hydra.run.dir={tmp_path / 'tty'}"]
+    )
     assert "\r" not in output.replace("\r\n", "\n") and not PLAIN_LINE.findall(output)
     assert SUMMARY.search(output)  # the run's last word is not progress
-    output = run_piped([*CLI_RUN, "trainer.progress=false", "trainer.progress_every_s=0",
-                        f"hydra.run.dir={tmp_path / 'piped'}"])
+    output = run_piped(
+        [*CLI_RUN, "trainer.progress=false", "trainer.progress_every_s=0", f"hydra.run.dir={tmp_path / 'piped'}"]
+    )
     assert not PLAIN_LINE.findall(output)
 
 
 def test_summary_line_labels_the_validation_top1():
     from nfbench.engine.progress import summary_line
 
-    result = {"status": "finished", "test_top1": 91.234, "best_val_top1": 93.456, "best_test_top1": 94.0,
-              "wall_s": 3723.44}
+    result = {
+        "status": "finished",
+        "test_top1": 91.234,
+        "best_val_top1": 93.456,
+        "best_test_top1": 94.0,
+        "wall_s": 3723.44,
+    }
     line = summary_line(Path("/runs/a"), result)
     assert SUMMARY.fullmatch(line).groups() == ("/runs/a", "finished", "91.23", "val", "93.46", "1:02:03", "3723.4")
-    diverged = summary_line(Path("/runs/b"), {"status": "diverged", "test_top1": None, "best_test_top1": None,
-                                              "wall_s": 1.0})
+    diverged = summary_line(
+        Path("/runs/b"), {"status": "diverged", "test_top1": None, "best_test_top1": None, "wall_s": 1.0}
+    )
     assert "diverged" in diverged and "test top-1 n/a" in diverged
 
 
@@ -146,9 +172,12 @@ def test_summary_line_with_a_validation_split(make_cfg, tmp_path, caplog):
     assert scalars["hparam/test_top1_at_best_val"][0][1] == pytest.approx(result["test_top1_at_best_val"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["trainer.progress_every_s=-1"], r"trainer.progress_every_s=-1.0 is not allowed: must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.progress_every_s=-1"], r"trainer.progress_every_s=-1.0 is not allowed: must be >= 0"),
+    ],
+)
 def test_bad_logging_values_are_refused_before_training(make_cfg, tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         train(make_cfg([*TINY, *overrides], tmp_path))
@@ -232,8 +261,13 @@ def test_csv_logger_drops_rows_no_checkpoint_holds(make_cfg, tmp_path, monkeypat
 
 def test_no_logger_writes_nothing_of_its_own(make_cfg, tmp_path):
     train(make_cfg([*TINY, "logger=none"], tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "config.yaml", "env.json", "metrics.jsonl",
-                                                          "result.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "env.json",
+        "metrics.jsonl",
+        "result.json",
+    ]
 
 
 def test_two_loggers_at_once(make_cfg, tmp_path):
@@ -275,20 +309,22 @@ def wandb_records(run: Path) -> dict[str, list]:
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        buf, pos = buf + data[pos + 7 : pos + 7 + n], pos + 7 + n
         if kind in (1, 4):  # a whole record, or the last piece of one
             record = wandb_internal_pb2.Record.FromString(buf)
             buf = b""
             which = record.WhichOneof("record_type")
             if which == "history":
-                out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json)
-                                       for i in record.history.item})
+                out["history"].append(
+                    {"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item}
+                )
             elif which == "summary":
-                out["summary"] += [("/".join(u.nested_key) or u.key, json.loads(u.value_json))
-                                   for u in record.summary.update]
+                out["summary"] += [
+                    ("/".join(u.nested_key) or u.key, json.loads(u.value_json)) for u in record.summary.update
+                ]
             elif which == "run":
                 out["config"] += [(u.key, json.loads(u.value_json)) for u in record.run.config.update]
     return out

@@ -11,9 +11,20 @@ from torch.nn import functional as F
 from nfbench.config import Config, ModelConfig, OptimConfig, option_config
 from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
-from nfbench.models import (HE_CIFAR_MODELS, MODELS, TIMM_NF_MODELS, ConvShortcut, FixupBasicBlock, IdentityShortcut,
-                            PostActivationBasicBlock, ResidualBlock, TimmNFBlock, ZeroPadShortcut, build_model,
-                            construct_model)
+from nfbench.models import (
+    HE_CIFAR_MODELS,
+    MODELS,
+    TIMM_NF_MODELS,
+    ConvShortcut,
+    FixupBasicBlock,
+    IdentityShortcut,
+    PostActivationBasicBlock,
+    ResidualBlock,
+    TimmNFBlock,
+    ZeroPadShortcut,
+    build_model,
+    construct_model,
+)
 from nfbench.models.nf_resnet import timm_nf_resnet
 from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
@@ -25,8 +36,16 @@ def model_cfg(name: str, **kw) -> ModelConfig:
     return option_config("model", name, **({**SMALL_WRN, **kw} if name == "wrn" else kw))
 
 
-def build(name: str, init: str, width: int | None = 4, image_size: int = 16, in_chans: int = 3,
-          num_classes: int = 10, stem: str = "auto", **init_kw) -> nn.Module:
+def build(
+    name: str,
+    init: str,
+    width: int | None = 4,
+    image_size: int = 16,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    stem: str = "auto",
+    **init_kw,
+) -> nn.Module:
     scheme = build_scheme(option_config("init", init, **init_kw))
     return build_model(model_cfg(name, width=width, stem=stem), scheme, num_classes, in_chans, image_size)
 
@@ -35,8 +54,9 @@ def n_params(name: str, init: str, num_classes: int = 10, image_size: int = 32, 
     """Parameters of the full-width model, built on the meta device (nothing allocated)."""
     init_kw = {k: kw.pop(k) for k in ("reference_block",) if k in kw}
     with torch.device("meta"):
-        net = construct_model(model_cfg(name, **kw), build_scheme(option_config("init", init, **init_kw)),
-                              num_classes, 3, image_size)
+        net = construct_model(
+            model_cfg(name, **kw), build_scheme(option_config("init", init, **init_kw)), num_classes, 3, image_size
+        )
     return sum(p.numel() for p in net.parameters())
 
 
@@ -44,9 +64,15 @@ def n_params(name: str, init: str, num_classes: int = 10, image_size: int = 32, 
 
 # Civitelli et al., Table 1 (ResNet-50/101) and Table 2 (ResNet-18): CIFAR stem, 10 classes, 32x32x3.
 CIVITELLI_PARAMS_M = {
-    ("resnet18", "idshort"): 11.16, ("resnet18", "learnscalar"): 11.16, ("resnet18", "convshort"): 11.52,
-    ("resnet50", "idshort"): 23.47, ("resnet50", "learnscalar"): 23.47, ("resnet50", "convshort"): 38.02,
-    ("resnet101", "idshort"): 42.41, ("resnet101", "learnscalar"): 42.41, ("resnet101", "convshort"): 74.78,
+    ("resnet18", "idshort"): 11.16,
+    ("resnet18", "learnscalar"): 11.16,
+    ("resnet18", "convshort"): 11.52,
+    ("resnet50", "idshort"): 23.47,
+    ("resnet50", "learnscalar"): 23.47,
+    ("resnet50", "convshort"): 38.02,
+    ("resnet101", "idshort"): 42.41,
+    ("resnet101", "learnscalar"): 42.41,
+    ("resnet101", "convshort"): 74.78,
 }
 
 
@@ -74,8 +100,9 @@ def test_fixup_reference_cifar_resnets_match_he_et_al_table_6(depth):
     # And exactly hongyi-zhang/Fixup's fixup_resnet<depth>: its convs (3x3 stem, 2n+2n+2n 3x3 convs,
     # no shortcut parameters), five scalars per block, bias1 and bias2, and the 64 -> 10 classifier.
     n = (depth - 2) // 6
-    convs = 3 * 16 * 9 + sum(ci * co * 9 + co * co * 9 + (n - 1) * 2 * co * co * 9
-                             for ci, co in ((16, 16), (16, 32), (32, 64)))
+    convs = 3 * 16 * 9 + sum(
+        ci * co * 9 + co * co * 9 + (n - 1) * 2 * co * co * 9 for ci, co in ((16, 16), (16, 32), (32, 64))
+    )
     assert params == convs + 5 * 3 * n + 2 + 64 * 10 + 10
 
 
@@ -125,6 +152,7 @@ def test_timm_nf_resnet_is_timm_model_restructured():
 
 # --- structure -------------------------------------------------------------------------------
 
+
 def stage_widths(net: nn.Module) -> list[int]:
     widths: list[int] = []
     for block in net.blocks:
@@ -133,15 +161,18 @@ def stage_widths(net: nn.Module) -> list[int]:
     return widths
 
 
-@pytest.mark.parametrize("name,blocks,widths,kernels", [
-    ("resnet18", 8, [64, 128, 256, 512], [3, 3]),
-    ("resnet34", 16, [64, 128, 256, 512], [3, 3]),
-    ("resnet50", 16, [256, 512, 1024, 2048], [1, 3, 1]),
-    ("resnet101", 33, [256, 512, 1024, 2048], [1, 3, 1]),
-    ("resnet152", 50, [256, 512, 1024, 2048], [1, 3, 1]),
-    ("resnet20", 9, [16, 32, 64], [3, 3]),
-    ("resnet110", 54, [16, 32, 64], [3, 3]),
-])
+@pytest.mark.parametrize(
+    "name,blocks,widths,kernels",
+    [
+        ("resnet18", 8, [64, 128, 256, 512], [3, 3]),
+        ("resnet34", 16, [64, 128, 256, 512], [3, 3]),
+        ("resnet50", 16, [256, 512, 1024, 2048], [1, 3, 1]),
+        ("resnet101", 33, [256, 512, 1024, 2048], [1, 3, 1]),
+        ("resnet152", 50, [256, 512, 1024, 2048], [1, 3, 1]),
+        ("resnet20", 9, [16, 32, 64], [3, 3]),
+        ("resnet110", 54, [16, 32, 64], [3, 3]),
+    ],
+)
 def test_published_architectures(name, blocks, widths, kernels):
     with torch.device("meta"):
         net = construct_model(option_config("model", name), build_scheme(option_config("init", "idshort")), 10, 3, 32)
@@ -159,8 +190,9 @@ def test_published_architectures(name, blocks, widths, kernels):
 def test_wide_resnet_structure():
     """WRN-d-k: three stages of (d - 4) / 6 basic blocks, 16k-32k-64k channels after a 16-channel stem."""
     with torch.device("meta"):
-        net = construct_model(option_config("model", "wrn", depth=16, widen=4),
-                              build_scheme(option_config("init", "plain")), 10, 3, 32)
+        net = construct_model(
+            option_config("model", "wrn", depth=16, widen=4), build_scheme(option_config("init", "plain")), 10, 3, 32
+        )
     assert net.stem[0].out_channels == 16 and len(net.blocks) == 6
     assert stage_widths(net) == [64, 128, 256]
     assert [b.stride for b in net.blocks] == [1, 1, 2, 1, 2, 1]
@@ -173,8 +205,10 @@ def test_width_multiplier_scales_every_stage():
     assert wide.stem[0].out_channels == 4 and stage_widths(wide) == [8, 16, 32]
 
 
-@pytest.mark.parametrize("image_size,stem,kind", [(32, "auto", "cifar"), (224, "auto", "imagenet"),
-                                                   (224, "cifar", "cifar"), (32, "imagenet", "imagenet")])
+@pytest.mark.parametrize(
+    "image_size,stem,kind",
+    [(32, "auto", "cifar"), (224, "auto", "imagenet"), (224, "cifar", "cifar"), (32, "imagenet", "imagenet")],
+)
 def test_stem_follows_the_image_size_unless_overridden(image_size, stem, kind):
     net = build("resnet18", "idshort", image_size=image_size, stem=stem)
     conv = net.stem[0]
@@ -186,14 +220,18 @@ def test_stem_follows_the_image_size_unless_overridden(image_size, stem, kind):
     assert out.shape[-1] == (image_size if kind == "cifar" else image_size // 4)
 
 
-@pytest.mark.parametrize("init,stem,layers", [
-    # He et al. 2016b's ImageNet pre-activation ResNet (fb.resnet.torch preresnet.lua) and torchvision normalise
-    # and activate the stem conv before the max-pool; the CIFAR stem is the bare conv (the first block's BN follows).
-    ("bn", "imagenet", [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]),
-    ("bn", "cifar", [nn.Conv2d]),
-    # The normalization-free schemes keep the bare conv -> max-pool stem.
-    ("idshort", "imagenet", [nn.Conv2d, nn.MaxPool2d]), ("plain", "imagenet", [nn.Conv2d, nn.MaxPool2d]),
-])
+@pytest.mark.parametrize(
+    "init,stem,layers",
+    [
+        # He et al. 2016b's ImageNet pre-activation ResNet (fb.resnet.torch preresnet.lua) and torchvision normalise
+        # and activate the stem conv before the max-pool; the CIFAR stem is the bare conv (the first block's BN follows).
+        ("bn", "imagenet", [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]),
+        ("bn", "cifar", [nn.Conv2d]),
+        # The normalization-free schemes keep the bare conv -> max-pool stem.
+        ("idshort", "imagenet", [nn.Conv2d, nn.MaxPool2d]),
+        ("plain", "imagenet", [nn.Conv2d, nn.MaxPool2d]),
+    ],
+)
 def test_bn_imagenet_stem_is_conv_bn_relu_maxpool(init, stem, layers):
     net = build("resnet18", init, image_size=64, stem=stem)
     assert [type(m) for m in net.stem] == layers
@@ -223,8 +261,9 @@ def fb_preresnet_imagenet_params(depths: tuple[int, ...], bottleneck: bool, num_
     return params + 2 * chans + chans * num_classes + num_classes
 
 
-@pytest.mark.parametrize("name,depths,bottleneck", [("resnet50", (3, 4, 6, 3), True),
-                                                     ("resnet18", (2, 2, 2, 2), False)])
+@pytest.mark.parametrize(
+    "name,depths,bottleneck", [("resnet50", (3, 4, 6, 3), True), ("resnet18", (2, 2, 2, 2), False)]
+)
 def test_bn_imagenet_resnet_has_fb_preresnet_parameter_count(name, depths, bottleneck):
     # ResNet-50: 25,549,352, i.e. 7,680 fewer than torchvision's post-activation resnet50 (25,557,032).
     expected = fb_preresnet_imagenet_params(depths, bottleneck)
@@ -236,8 +275,11 @@ def test_bn_imagenet_resnet_has_fb_preresnet_parameter_count(name, depths, bottl
 def bn_and_conv_calls(net: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """The BatchNorm and conv layers in the order a forward pass applies them."""
     calls: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in net.modules()
-             if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: calls.append(m))
+        for m in net.modules()
+        if isinstance(m, (nn.BatchNorm2d, nn.Conv2d))
+    ]
     with torch.no_grad():
         net(x)
     for h in hooks:
@@ -254,12 +296,12 @@ def test_bn_first_block_input_is_normalised_exactly_once(model, stem):
     net = build(model, "bn", image_size=64, stem=stem)
     calls = bn_and_conv_calls(net, torch.randn(2, 3, 64, 64))
     first = net.blocks[0]
-    bns_before = [m for m in calls[:calls.index(first.branch[0])] if isinstance(m, nn.BatchNorm2d)]
+    bns_before = [m for m in calls[: calls.index(first.branch[0])] if isinstance(m, nn.BatchNorm2d)]
     assert len(bns_before) == 1
     assert (bns_before[0] in set(net.stem.modules())) == (stem == "imagenet")
     # Every later block keeps its own pre-activation BN before its first conv.
     for prev, block in zip(net.blocks, net.blocks[1:]):
-        between = calls[calls.index(prev.branch[-1]) + 1:calls.index(block.branch[0])]
+        between = calls[calls.index(prev.branch[-1]) + 1 : calls.index(block.branch[0])]
         assert sum(isinstance(m, nn.BatchNorm2d) for m in between) == 1
     # The first block's shortcut sees the same tensor as its first conv (a ResNet-50's 1x1 conv, an identity else).
     x = net.stem(torch.randn(2, 3, 64, 64))
@@ -296,8 +338,9 @@ def test_he_resnet_structure_and_option_a_shortcuts():
     16-32-64, each block two 3x3 convs with BN after each; where the shape changes an option-A shortcut
     (stride-2 subsampling, zero channels appended, no parameters), elsewhere the identity; pool -> linear."""
     with torch.device("meta"):
-        net = construct_model(option_config("model", "he_resnet56"), build_scheme(option_config("init", "bn")),
-                              10, 3, 32)
+        net = construct_model(
+            option_config("model", "he_resnet56"), build_scheme(option_config("init", "bn")), 10, 3, 32
+        )
     assert [type(m) for m in net.stem] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
     assert (net.stem[0].in_channels, net.stem[0].out_channels, net.stem[0].kernel_size) == (3, 16, (3, 3))
     assert len(net.blocks) == 27 and stage_widths(net) == [16, 32, 64]
@@ -323,8 +366,9 @@ def test_he_resnet_structure_and_option_a_shortcuts():
 def _bn_by_hand(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """Eval-mode BatchNorm from its tensors: (x - running mean) / sqrt(running var + eps) * gamma + beta."""
     shape = (1, -1, 1, 1)
-    return ((x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
-            * bn.weight.view(shape) + bn.bias.view(shape))
+    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(
+        shape
+    ) + bn.bias.view(shape)
 
 
 @pytest.mark.parametrize("index", [1, 3])  # an identity block and the first block of stage 2
@@ -354,6 +398,7 @@ def test_he_resnet_block_is_post_activation(index):
 def test_he_resnet_trains_a_step_and_seeded_builds_are_identical():
     """Full width at 32x32: forward, backward and one SGD step of He et al.'s recipe (lr 0.1, momentum 0.9,
     wd 1e-4); the same seed builds the same network, another seed another one."""
+
     def seeded(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         return build("he_resnet20", "bn", width=None, image_size=32)
@@ -372,12 +417,25 @@ def test_he_resnet_trains_a_step_and_seeded_builds_are_identical():
     assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    *[([f"init={s}"], f"model=he_resnet20 is He et al. 2016a's BatchNorm network.*use init=bn with it, or the "
-                      f"pre-activation model=resnet20 with init={s}") for s in SCHEMES.names() if s != "bn"],
-    (["init=bn_conv_shortcut"], "init.conv_shortcut=true.*use init=bn without init.conv_shortcut, or model=resnet20"),
-    (["init=bn", "model.stem=imagenet"], "model.stem=imagenet is not available for model=he_resnet20.*CIFAR stem"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        *[
+            (
+                [f"init={s}"],
+                f"model=he_resnet20 is He et al. 2016a's BatchNorm network.*use init=bn with it, or the "
+                f"pre-activation model=resnet20 with init={s}",
+            )
+            for s in SCHEMES.names()
+            if s != "bn"
+        ],
+        (
+            ["init=bn_conv_shortcut"],
+            "init.conv_shortcut=true.*use init=bn without init.conv_shortcut, or model=resnet20",
+        ),
+        (["init=bn", "model.stem=imagenet"], "model.stem=imagenet is not available for model=he_resnet20.*CIFAR stem"),
+    ],
+)
 def test_he_resnet_needs_init_bn_and_the_cifar_stem(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message) as refusal:
         validate(make_cfg(["model=he_resnet20", *overrides]))
@@ -411,15 +469,26 @@ def grid_cfg(model: str, init: str, init_kw: dict) -> Config:
 def n_blocks(model: str) -> int:
     with torch.device("meta"):
         scheme = buildable_scheme(model)
-        return len(construct_model(grid_cfg(model, scheme, {}).model, build_scheme(option_config("init", scheme)),
-                                   10, 3, 8).blocks)
+        return len(
+            construct_model(
+                grid_cfg(model, scheme, {}).model, build_scheme(option_config("init", scheme)), 10, 3, 8
+            ).blocks
+        )
 
 
 def grid() -> list:
     sizes = {m: n_blocks(m) for m in MODELS.names()}
-    return [pytest.param(m, s, kw, id=f"{m}-{s}{'+reference' if kw else ''}",
-                         marks=[pytest.mark.slow] if sizes[m] > FAST_MAX_BLOCKS else [])
-            for m in MODELS.names() for s, kw in SCHEME_VARIANTS]
+    return [
+        pytest.param(
+            m,
+            s,
+            kw,
+            id=f"{m}-{s}{'+reference' if kw else ''}",
+            marks=[pytest.mark.slow] if sizes[m] > FAST_MAX_BLOCKS else [],
+        )
+        for m in MODELS.names()
+        for s, kw in SCHEME_VARIANTS
+    ]
 
 
 def refused(model: str, init: str, init_kw: dict) -> bool:
@@ -470,8 +539,10 @@ def test_every_registered_pair_trains_and_round_trips_a_checkpoint_or_is_refused
     expected = {k: v.clone() for k, v in net.state_dict().items()}
     rundir.save_checkpoint(tmp_path / rundir.LAST, {"model": net.state_dict(), "epoch": 1})
     rundir.save_weights(tmp_path / rundir.WEIGHTS, net.state_dict(), {"epoch": 1}, {})
-    for load in (lambda m: m.load_state_dict(rundir.load_checkpoint(tmp_path / rundir.LAST)["model"]),
-                 lambda m: load_model(m, tmp_path / rundir.WEIGHTS, strict=True)):
+    for load in (
+        lambda m: m.load_state_dict(rundir.load_checkpoint(tmp_path / rundir.LAST)["model"]),
+        lambda m: load_model(m, tmp_path / rundir.WEIGHTS, strict=True),
+    ):
         torch.manual_seed(1)
         fresh = construct_model(cfg.model, build_scheme(cfg.init), 10, 3, 8)
         load(fresh)
@@ -482,8 +553,12 @@ def test_every_registered_pair_trains_and_round_trips_a_checkpoint_or_is_refused
 
 
 def test_blocks_expose_branch_shortcut_and_scalars_for_every_block_type():
-    for net in (build("resnet20", "learnscalar"), build("resnet20", "fixup", reference_block=True),
-                build("nf_resnet26", "nf", width=8), build("he_resnet20", "bn")):
+    for net in (
+        build("resnet20", "learnscalar"),
+        build("resnet20", "fixup", reference_block=True),
+        build("nf_resnet26", "nf", width=8),
+        build("he_resnet20", "bn"),
+    ):
         for block in net.blocks:
             assert isinstance(block, (ResidualBlock, FixupBasicBlock, TimmNFBlock, PostActivationBasicBlock))
             assert all(isinstance(c, nn.Conv2d) for c in block.branch) and len(block.branch) >= 2
@@ -500,29 +575,41 @@ def test_timm_nf_resnets_need_init_nf(make_cfg, init):
         build("nf_resnet50", init)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["model=resnet50", "init=fixup", "init.reference_block=true"], "model=resnet50 has no basic blocks"),
-    (["model=resnet50", "init=fixup_reference"], "model=resnet50 has no basic blocks"),
-    (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed: must be 6n \\+ 4"),
-    (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed: must be >= 1"),
-    (["init=nf", "init.alpha=0"], "init.alpha=0.0 is not allowed: must be > 0"),
-    (["init=nf", "init.weights=he_fanout"], "init.weights='he_fanout' is not allowed with init=nf: choose one of brock"),
-    (["init=wn", "init.weights=brock"], "init.weights='brock' is not allowed with init=wn: init=wn sets every weight"),
-    (["model=nf_resnet26", "init=nf", "model.stem=cifar"], "ImageNet stem only"),
-    (["model=nf_resnet26", "init=nf", "init.skip_gain=1"], "init.skip_gain applies to nfbench's own ResNets"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model=resnet50", "init=fixup", "init.reference_block=true"], "model=resnet50 has no basic blocks"),
+        (["model=resnet50", "init=fixup_reference"], "model=resnet50 has no basic blocks"),
+        (["model=wrn", "model.depth=12"], "model.depth=12 is not allowed: must be 6n \\+ 4"),
+        (["model=wrn", "model.widen=0"], "model.widen=0 is not allowed: must be >= 1"),
+        (["init=nf", "init.alpha=0"], "init.alpha=0.0 is not allowed: must be > 0"),
+        (
+            ["init=nf", "init.weights=he_fanout"],
+            "init.weights='he_fanout' is not allowed with init=nf: choose one of brock",
+        ),
+        (
+            ["init=wn", "init.weights=brock"],
+            "init.weights='brock' is not allowed with init=wn: init=wn sets every weight",
+        ),
+        (["model=nf_resnet26", "init=nf", "model.stem=cifar"], "ImageNet stem only"),
+        (["model=nf_resnet26", "init=nf", "init.skip_gain=1"], "init.skip_gain applies to nfbench's own ResNets"),
+    ],
+)
 def test_invalid_model_init_combinations_name_the_key(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(make_cfg(overrides))
 
 
-@pytest.mark.parametrize("overrides,key,owner", [
-    (["init=idshort", "init.reference_block=true"], "init.reference_block", "FixupInitConfig"),
-    (["init=bn", "init.alpha=0.2"], "init.alpha", "NFInitConfig"),
-    (["init=fixup", "init.skip_gain=1"], "init.skip_gain", "NFInitConfig"),
-    (["model=resnet18", "model.depth=28"], "model.depth", "WideResNetConfig"),
-    (["model=nf_resnet26", "init=nf", "model.widen=2"], "model.widen", "WideResNetConfig"),
-])
+@pytest.mark.parametrize(
+    "overrides,key,owner",
+    [
+        (["init=idshort", "init.reference_block=true"], "init.reference_block", "FixupInitConfig"),
+        (["init=bn", "init.alpha=0.2"], "init.alpha", "NFInitConfig"),
+        (["init=fixup", "init.skip_gain=1"], "init.skip_gain", "NFInitConfig"),
+        (["model=resnet18", "model.depth=28"], "model.depth", "WideResNetConfig"),
+        (["model=nf_resnet26", "init=nf", "model.widen=2"], "model.widen", "WideResNetConfig"),
+    ],
+)
 def test_a_key_of_another_option_is_an_unknown_key_to_hydra(make_cfg, overrides, key, owner):
     """Option-specific keys live in their option's schema: under any other option Hydra itself refuses
     them at composition, as it does any unknown key; the option that has the key accepts it."""

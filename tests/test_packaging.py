@@ -13,8 +13,11 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_every_package_of_the_tree_is_installed():
-    tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "nfbench").rglob("__init__.py")
-            if "conf" not in p.relative_to(ROOT / "nfbench").parts}
+    tree = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "nfbench").rglob("__init__.py")
+        if "conf" not in p.relative_to(ROOT / "nfbench").parts
+    }
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     assert tree - listed == set(), "packages missing from pyproject.toml [tool.setuptools] packages"
     assert {p for p in listed if p.startswith("nfbench") and p != "nfbench.conf"} <= tree, "listed, not in the tree"

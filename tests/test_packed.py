@@ -26,8 +26,15 @@ from nfbench.rundir.lock import RunDirInUseError, _boot_id
 from tests.conftest import TINY
 
 # Every draw a run makes goes through the process's RNG: RandAugment and the crops (torch), mixup (NumPy).
-COMMON = [*TINY, "trainer.deterministic=true", "data.randaugment=true", "sched.per_step=true",
-          "trainer.log_every=3", "trainer.checkpoint_every_steps=3", "logger=csv"]
+COMMON = [
+    *TINY,
+    "trainer.deterministic=true",
+    "data.randaugment=true",
+    "sched.per_step=true",
+    "trainer.log_every=3",
+    "trainer.checkpoint_every_steps=3",
+    "logger=csv",
+]
 RUNS = [["seed=0"], ["seed=1", "optim.lr=0.05", "trainer.mixup_alpha=0.4"], ["seed=2", "optim.lr=1e6"]]
 TIMING = ("images_per_s", "epoch_s", "wall_s")
 
@@ -40,8 +47,9 @@ def assert_same_run(alone: Path, packed: Path) -> None:
     """The same run: result.json, metrics.jsonl and the CSV log (timings aside), the checkpoints kept and every
     state in them (weights, momentum, schedule, record, random state)."""
     assert untimed(rundir.read_json(alone / "result.json")) == untimed(rundir.read_json(packed / "result.json"))
-    assert [untimed(r) for r in rundir.read_metrics(alone / "metrics.jsonl")] == \
-        [untimed(r) for r in rundir.read_metrics(packed / "metrics.jsonl")]
+    assert [untimed(r) for r in rundir.read_metrics(alone / "metrics.jsonl")] == [
+        untimed(r) for r in rundir.read_metrics(packed / "metrics.jsonl")
+    ]
     kept = sorted(p.name for p in (alone / "checkpoints").glob("*")) if (alone / "checkpoints").exists() else []
     assert kept == (sorted(p.name for p in (packed / "checkpoints").glob("*")) if kept else [])
     for name in kept:
@@ -156,8 +164,9 @@ def test_every_run_of_a_pack_holds_its_own_lock_and_writes_its_own_files(make_cf
     assert seen and {lock["pid"] for lock in seen} == {os.getpid()}
     for k in (0, 1):
         run = tmp_path / str(k)
-        assert {"config.yaml", "env.json", "metrics.jsonl", "result.json", "checkpoints"} <= {p.name for p in
-                                                                                              run.iterdir()}
+        assert {"config.yaml", "env.json", "metrics.jsonl", "result.json", "checkpoints"} <= {
+            p.name for p in run.iterdir()
+        }
         assert rundir.read_json(run / "result.json")["seed"] == k
         assert rundir.load_checkpoint(run / "checkpoints" / "last.pt")["config"]["seed"] == k
         assert not (run / rundir.LOCK).exists()
@@ -169,15 +178,33 @@ def test_pack_key_decides_which_configs_share_a_pack(make_cfg):
     precision, device and epochs may not; DDP, torch.compile and wandb train alone."""
     key = pack_key(make_cfg(TINY))[0]
     assert key is not None
-    for same in (["seed=3"], ["optim.lr=0.3", "optim.weight_decay=1e-4"], ["sched=constant"], ["init.weights=brock"],
-                 ["trainer.log_every=5"], ["logger=none"], ["trainer.resume=/elsewhere"]):
+    for same in (
+        ["seed=3"],
+        ["optim.lr=0.3", "optim.weight_decay=1e-4"],
+        ["sched=constant"],
+        ["init.weights=brock"],
+        ["trainer.log_every=5"],
+        ["logger=none"],
+        ["trainer.resume=/elsewhere"],
+    ):
         assert pack_key(make_cfg([*TINY, *same]))[0] == key, same
-    for other in (["model.width=8"], ["init=bn"], ["data.batch_size=16"], ["data.train_subset=128"],
-                  ["trainer.precision=bf16"], ["trainer.device=cpu"], ["trainer.epochs=3"],
-                  ["trainer.channels_last=true"], ["data.randaugment=true"]):
+    for other in (
+        ["model.width=8"],
+        ["init=bn"],
+        ["data.batch_size=16"],
+        ["data.train_subset=128"],
+        ["trainer.precision=bf16"],
+        ["trainer.device=cpu"],
+        ["trainer.epochs=3"],
+        ["trainer.channels_last=true"],
+        ["data.randaugment=true"],
+    ):
         assert pack_key(make_cfg([*TINY, *other]))[0] not in (key, None), other
-    for alone, why in ((["trainer.devices=2"], "2 processes"), (["trainer.compile=true"], "torch.compile"),
-                       (["logger=wandb"], "wandb")):
+    for alone, why in (
+        (["trainer.devices=2"], "2 processes"),
+        (["trainer.compile=true"], "torch.compile"),
+        (["logger=wandb"], "wandb"),
+    ):
         found, reason = pack_key(make_cfg([*TINY, *alone]))
         assert found is None and why in reason, alone
 
@@ -191,8 +218,13 @@ def test_plan_packs_groups_equal_keys_in_sweep_order_up_to_the_size():
 
 def nfbench(*args: str, script: str = "") -> subprocess.CompletedProcess:
     code = f"{script}\nimport sys\nfrom nfbench.cli.main import main\nmain(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 # The process sends itself SIGTERM when the first run reaches step 3 of its second epoch.
@@ -215,9 +247,18 @@ def test_a_packed_sweep_from_the_command_line(make_cfg, tmp_path):
     run, the same command again resumes every run to the weights of the run alone, and `nfbench report` reads
     the sweep as it reads any."""
     common = [c for c in COMMON if c not in ("sched.per_step=true", "logger=csv", "model.width=4")]  # see above
-    sweep = ["train", "-m", "hydra/launcher=packed", "hydra.launcher.runs_per_process=2", *common, "logger=none",
-             "seed=0,1", "model.width=4,8", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-             "hydra.sweep.subdir=${hydra.job.num}"]
+    sweep = [
+        "train",
+        "-m",
+        "hydra/launcher=packed",
+        "hydra.launcher.runs_per_process=2",
+        *common,
+        "logger=none",
+        "seed=0,1",
+        "model.width=4,8",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    ]
     first = nfbench(*sweep, script=TERM_IN_EPOCH_2)
     assert first.returncode == 128 + signal.SIGTERM and "Traceback" not in first.stderr, first.stderr[-3000:]
     stopped = sorted((tmp_path / "sweep").glob("[0-9]"))
@@ -257,8 +298,15 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_a_graphed_pack_on_cuda_streams_trains_each_run_as_alone(make_cfg, tmp_path):
     """On a GPU, each run of a pack replays its own CUDA graph on its own stream: with cuDNN deterministic the
     weights equal the same run trained alone, bit for bit."""
-    common = [*TINY, "trainer.device=cuda", "trainer.cuda_graph=true", "trainer.deterministic=true", "logger=none",
-              "trainer.channels_last=true", "trainer.precision=bf16"]
+    common = [
+        *TINY,
+        "trainer.device=cuda",
+        "trainer.cuda_graph=true",
+        "trainer.deterministic=true",
+        "logger=none",
+        "trainer.channels_last=true",
+        "trainer.precision=bf16",
+    ]
     runs = [["seed=0"], ["seed=1", "optim.lr=0.05"]]
     for k, extra in enumerate(runs):
         train(make_cfg([*common, *extra], tmp_path / "alone" / str(k)))
@@ -292,20 +340,25 @@ def test_the_stacked_alternative_matches_separate_steps_to_float_rounding():
     nets = []
     for seed in range(k):
         seed_all(seed)
-        nets.append(build_model(option_config("model", "resnet20", width=4),
-                                build_scheme(option_config("init", "convshort")), 10, 3, 8))
+        nets.append(
+            build_model(
+                option_config("model", "resnet20", width=4), build_scheme(option_config("init", "convshort")), 10, 3, 8
+            )
+        )
     stacked = StackedNet(nets)
-    alone = [GraphedStep(StepObjects(net, build_optimizer(net, optim, cpu), criterion, amp, scaler, optim))
-             for net in nets]
+    alone = [
+        GraphedStep(StepObjects(net, build_optimizer(net, optim, cpu), criterion, amp, scaler, optim)) for net in nets
+    ]
     loss = StackedLoss(criterion, k)
-    together = GraphedStep(StepObjects(stacked, stacked_optimizer(stacked, nets[0], optim, cpu), loss, amp, scaler,
-                                       optim))
+    together = GraphedStep(
+        StepObjects(stacked, stacked_optimizer(stacked, nets[0], optim, cpu), loss, amp, scaler, optim)
+    )
     gen = torch.Generator().manual_seed(0)
     for step in range(4):
         xs, ys = torch.randn(k * batch, 3, 8, 8, generator=gen), torch.randint(0, 10, (k * batch,), generator=gen)
         with torch.no_grad():
             per_copy = loss.per_copy(stacked(xs), ys)
-        separate = [alone[i](xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]) for i in range(k)]
+        separate = [alone[i](xs[i * batch : (i + 1) * batch], ys[i * batch : (i + 1) * batch]) for i in range(k)]
         _, hits = together(xs, ys)
         if step == 0:
             assert torch.equal(per_copy, torch.stack([s[0] for s in separate]))

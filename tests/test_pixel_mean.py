@@ -43,17 +43,23 @@ def source(cfg, n: int = 48, n_test: int = 20) -> tuple[DataSource, torch.Tensor
     raw = torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
     test = torch.randint(0, 256, (n_test, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
     train_ds = TensorImages(raw, torch.arange(n))
-    src = DataSource(train_ds, TensorImages(test, torch.arange(n_test)), num_classes=n, in_chans=3,
-                     image_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                     mean_image=mean_image(train_ds, 3, SIZE))
+    src = DataSource(
+        train_ds,
+        TensorImages(test, torch.arange(n_test)),
+        num_classes=n,
+        in_chans=3,
+        image_size=SIZE,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        mean_image=mean_image(train_ds, 3, SIZE),
+    )
     src.train = with_transform(src.train, transforms(cfg.data, src, train=True))
     src.test = with_transform(src.test, transforms(cfg.data, src, train=False))
     return src, raw, test
 
 
 def cfg_with(make_cfg, *overrides: str):
-    return make_cfg(["data=digits", "data.pixel_mean=true", "data.batch_size=8", "data.test_batch_size=7",
-                     *overrides])
+    return make_cfg(["data=digits", "data.pixel_mean=true", "data.batch_size=8", "data.test_batch_size=7", *overrides])
 
 
 def test_the_mean_image_is_numpys_mean_over_the_training_images():
@@ -106,9 +112,16 @@ def test_the_mean_is_subtracted_after_crop_and_flip(make_cfg, on_device):
         pixels = (x.double() + mean) * 255
         assert (pixels - pixels.round()).abs().max() < 1e-3
         for img, i in zip(pixels.round().to(torch.uint8), y.tolist()):
-            found = {(r, c, f) for r, c, f in windows
-                     if torch.equal(img, padded[i, :, r:r + SIZE, c:c + SIZE].flip(-1) if f else
-                                    padded[i, :, r:r + SIZE, c:c + SIZE])}
+            found = {
+                (r, c, f)
+                for r, c, f in windows
+                if torch.equal(
+                    img,
+                    padded[i, :, r : r + SIZE, c : c + SIZE].flip(-1)
+                    if f
+                    else padded[i, :, r : r + SIZE, c : c + SIZE],
+                )
+            }
             assert found, f"sample {i} is no window of its padded image"
             seen |= found
             shifted += (PAD, PAD, 0) not in found and (PAD, PAD, 1) not in found
@@ -155,8 +168,16 @@ def test_an_image_folder_read_from_its_files_gets_the_same_mean(make_cfg, tmp_pa
             (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
             arrays[split, cls, k] = g.integers(0, 256, (4, 4, 3), dtype=np.uint8)
             Image.fromarray(arrays[split, cls, k]).save(tmp_path / split / cls / f"{k}.png")
-    cfg = make_cfg(["data=imagefolder", f"data.root={tmp_path}", "data.on_device=false", "data.pixel_mean=true",
-                    "data.test_batch_size=4", "data.num_workers=0"])
+    cfg = make_cfg(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path}",
+            "data.on_device=false",
+            "data.pixel_mean=true",
+            "data.test_batch_size=4",
+            "data.num_workers=0",
+        ]
+    )
     src = build_source(cfg.data)
     assert src.pil
     train = np.stack([a.transpose(2, 0, 1) for (s, _, _), a in sorted(arrays.items()) if s == "train"])
@@ -164,27 +185,37 @@ def test_an_image_folder_read_from_its_files_gets_the_same_mean(make_cfg, tmp_pa
     torch.testing.assert_close(src.mean_image.double(), torch.from_numpy(mean), rtol=0, atol=1e-7)
     _, test_loader = build_loaders(cfg.data, src, seed=0)
     x = torch.cat([b[0] for b in test_loader])
-    test = torch.from_numpy(np.stack([a.transpose(2, 0, 1) for (s, _, _), a in sorted(arrays.items())
-                                      if s == "test"]))
+    test = torch.from_numpy(np.stack([a.transpose(2, 0, 1) for (s, _, _), a in sorted(arrays.items()) if s == "test"]))
     assert_same(x, by_hand(test, mean))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.mean=[0.5]", "data.std=[0.2]"], "data.pixel_mean=true cannot run with data.mean=\\[0.5\\] data.std="
-                                             "\\[0.2\\]: .*set data.mean=null data.std=null, or data.pixel_mean=false"),
-    (["data.mean=[0.5]"], "data.pixel_mean=true cannot run with data.mean"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["data.mean=[0.5]", "data.std=[0.2]"],
+            "data.pixel_mean=true cannot run with data.mean=\\[0.5\\] data.std="
+            "\\[0.2\\]: .*set data.mean=null data.std=null, or data.pixel_mean=false",
+        ),
+        (["data.mean=[0.5]"], "data.pixel_mean=true cannot run with data.mean"),
+    ],
+)
 def test_pixel_mean_refuses_a_per_channel_normalisation(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message) as refusal:
         validate(cfg_with(make_cfg, *overrides))
     assert "\n" not in str(refusal.value)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.image_size=16"], "data.pixel_mean=true needs data=digits's own image size: data.image_size=16 resizes "
-                             "its 8 px images"),
-    (["data=imagenet", "data.root=/nonexistent"], "data.pixel_mean=true is not available for data=imagenet"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["data.image_size=16"],
+            "data.pixel_mean=true needs data=digits's own image size: data.image_size=16 resizes its 8 px images",
+        ),
+        (["data=imagenet", "data.root=/nonexistent"], "data.pixel_mean=true is not available for data=imagenet"),
+    ],
+)
 def test_pixel_mean_refuses_another_pixel_grid_before_the_data_loads(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message) as refusal:
         build_source(cfg_with(make_cfg, *overrides).data)

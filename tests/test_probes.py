@@ -23,8 +23,9 @@ from tests.test_train import train_killed_after
 from tests.test_user_errors import UNPRIVILEGED, nfbench_train, refusal
 
 
-def image_tree(root: Path, splits: dict[str, tuple[str, ...]], size: int = 8, per_class: int = 4,
-               odd: dict[str, int] | None = None) -> Path:
+def image_tree(
+    root: Path, splits: dict[str, tuple[str, ...]], size: int = 8, per_class: int = 4, odd: dict[str, int] | None = None
+) -> Path:
     """An image folder ROOT/<split>/<class>/<i>.png of ``size`` px noise images (``odd``: a file name and the
     side it gets instead), each class brighter than the one before, so that the classes can be learned."""
     import numpy as np
@@ -46,6 +47,7 @@ def result(run: Path) -> dict:
 
 # --- 1. Labels shift when splits disagree ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("data", ["imagenet", "imagefolder"])
 def test_a_split_lacking_a_class_is_refused_before_training(make_cfg, tmp_path, data):
     """val/ without 'truck' would number train's 'truck' as another index: every folder data set refuses it."""
@@ -59,13 +61,15 @@ def test_a_split_lacking_a_class_is_refused_before_training(make_cfg, tmp_path, 
 
 def test_a_split_with_an_extra_class_is_one_line_from_the_cli(tmp_path):
     image_tree(tmp_path / "data", {"train": ("a", "b"), "val": ("a", "b", "c")})
-    message = refusal(nfbench_train("data=imagenet", f"data.root={tmp_path / 'data'}", "data.image_size=16",
-                                    run_dir=tmp_path / "run"))
+    message = refusal(
+        nfbench_train("data=imagenet", f"data.root={tmp_path / 'data'}", "data.image_size=16", run_dir=tmp_path / "run")
+    )
     assert "val/ has 'c' that train/ lacks" in message
     assert not (tmp_path / "run").exists()
 
 
 # --- 2. A rerun or requeue never rewrites result.json with less --------------------------------------
+
 
 def test_rerun_of_a_finished_run_whose_metrics_are_gone_keeps_its_result(make_cfg, tmp_path):
     cfg = [*TINY, "trainer.epochs=2"]
@@ -95,13 +99,14 @@ def test_deleting_metrics_mid_run_loses_no_epoch(make_cfg, tmp_path, monkeypatch
     calm = train(make_cfg(cfg, tmp_path / "calm"))
     assert disturbed["epochs"] == 3 and disturbed["test_top1"] == calm["test_top1"]
     timing = ("images_per_s", "epoch_s", "wall_s")
-    rows = [[{k: v for k, v in r.items() if k not in timing} for r in rundir.read_metrics(d / "metrics.jsonl")]
-            for d in (tmp_path / "run", tmp_path / "calm")]
+    rows = [
+        [{k: v for k, v in r.items() if k not in timing} for r in rundir.read_metrics(d / "metrics.jsonl")]
+        for d in (tmp_path / "run", tmp_path / "calm")
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 3
 
 
-def test_metrics_that_disagree_with_the_checkpoint_are_refused_and_nothing_changes(make_cfg, tmp_path,
-                                                                                   monkeypatch):
+def test_metrics_that_disagree_with_the_checkpoint_are_refused_and_nothing_changes(make_cfg, tmp_path, monkeypatch):
     cfg = [*TINY, "trainer.epochs=3"]
     train_killed_after(2, make_cfg(cfg, tmp_path), monkeypatch)
     metrics = tmp_path / "metrics.jsonl"
@@ -135,12 +140,19 @@ def test_result_json_is_never_replaced_by_a_smaller_one(tmp_path):
 
 # --- 3. A failing resume leaves the run it resumes as it was -----------------------------------------
 
+
 def test_resume_on_data_with_other_classes_is_refused_before_any_file_changes(make_cfg, tmp_path, monkeypatch):
     two = image_tree(tmp_path / "two", {"train": ("a", "b"), "test": ("a", "b")})
     three = image_tree(tmp_path / "three", {"train": ("a", "b", "c"), "test": ("a", "b", "c")})
     run = tmp_path / "run"
-    cfg = ["data=imagefolder", "data.batch_size=4", "model=resnet20", "model.width=4", "trainer.epochs=2",
-           "trainer.progress=false"]
+    cfg = [
+        "data=imagefolder",
+        "data.batch_size=4",
+        "model=resnet20",
+        "model.width=4",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+    ]
     train_killed_after(1, make_cfg([*cfg, f"data.root={two}"], run), monkeypatch)
     kept = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match=r"trained on other data .*num_classes 2 -> 3"):
@@ -201,7 +213,13 @@ def test_branch_inherits_the_history_and_best_of_the_run_it_continues(make_cfg, 
     done = train(make_cfg([*FLAT, f"trainer.resume={source}"], branch))
     whole = train(make_cfg(FLAT, tmp_path / "whole"))  # the same run, never interrupted
     assert (whole["best_epoch"], whole["best_test_top1"], whole["test_top1"]) == (3, 12.5, 5.0)
-    assert done["epochs"] == 5 and [r["epoch"] for r in rundir.read_metrics(branch / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert done["epochs"] == 5 and [r["epoch"] for r in rundir.read_metrics(branch / "metrics.jsonl")] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     assert best_everywhere(branch) == (3, 3, 3)
     assert (done["best_test_top1"], done["test_top1"]) == (whole["best_test_top1"], whole["test_top1"])
 
@@ -213,7 +231,9 @@ def test_branch_from_the_best_epochs_own_checkpoint_saves_it_as_best(make_cfg, t
     assert best_everywhere(branch) == (3, 3, 3)
 
 
-def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg, tmp_path, monkeypatch, scripted_curve):
+def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(
+    make_cfg, tmp_path, monkeypatch, scripted_curve
+):
     source, branch = tmp_path / "source", tmp_path / "branch"
     train_killed_after(4, make_cfg(FLAT, source), monkeypatch)
     (source / "checkpoints" / rundir.BEST).unlink()  # the best epoch's weights are gone
@@ -224,8 +244,17 @@ def test_branch_whose_best_has_no_checkpoint_selects_afresh_and_says_so(make_cfg
 
 # --- 5. Non-finite values are refused at validation -----------------------------------------------------
 
-@pytest.mark.parametrize("overrides", [["sched.min_lr=inf"], ["init=nf", "init.alpha=nan"], ["trainer.mixup_alpha=inf"],
-                                       ["data.mean=[0.5]", "data.std=[nan]"], ["trainer.progress_every_s=inf"]])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sched.min_lr=inf"],
+        ["init=nf", "init.alpha=nan"],
+        ["trainer.mixup_alpha=inf"],
+        ["data.mean=[0.5]", "data.std=[nan]"],
+        ["trainer.progress_every_s=inf"],
+    ],
+)
 def test_non_finite_values_are_refused(make_cfg, overrides):
     from nfbench.engine.validation import validate
 
@@ -235,18 +264,23 @@ def test_non_finite_values_are_refused(make_cfg, overrides):
 
 
 def test_non_finite_value_is_one_line_from_the_cli(tmp_path):
-    assert "init.alpha=nan is not allowed" in refusal(nfbench_train("init=nf", "init.alpha=nan",
-                                                                    run_dir=tmp_path / "run"))
+    assert "init.alpha=nan is not allowed" in refusal(
+        nfbench_train("init=nf", "init.alpha=nan", run_dir=tmp_path / "run")
+    )
 
 
 # --- 6. Loggers keep to their own files -----------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides,match", [
-    (["logger=csv", "logger.csv.file=metrics.jsonl"], "logger.csv.file.*reserved"),
-    (["logger=tensorboard", "logger.tensorboard.dir=checkpoints"], "logger.tensorboard.dir.*reserved"),
-    (["logger=[tensorboard,csv]", "logger.csv.file=tb"], "name the same path"),
-    (["logger=csv", "logger.csv.file=../elsewhere.csv"], "inside the run directory"),
-])
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["logger=csv", "logger.csv.file=metrics.jsonl"], "logger.csv.file.*reserved"),
+        (["logger=tensorboard", "logger.tensorboard.dir=checkpoints"], "logger.tensorboard.dir.*reserved"),
+        (["logger=[tensorboard,csv]", "logger.csv.file=tb"], "name the same path"),
+        (["logger=csv", "logger.csv.file=../elsewhere.csv"], "inside the run directory"),
+    ],
+)
 def test_a_logger_cannot_write_the_run_directorys_own_files(make_cfg, overrides, match):
     from nfbench.engine.validation import validate
 
@@ -274,6 +308,7 @@ def test_a_logger_added_on_resume_back_fills_the_epochs_before(make_cfg, tmp_pat
 
 # --- 7. The report counts only what has the number ------------------------------------------------------
 
+
 def finished_runs(make_cfg, root: Path, seeds: int = 3) -> list[Path]:
     runs = [root / f"seed{s}" for s in range(seeds)]
     for s, run in enumerate(runs):
@@ -298,9 +333,14 @@ def test_report_counts_only_runs_with_a_test_top1_and_lists_the_rest(make_cfg, t
     assert f"- Excluded: {runs[2]}: result.json cannot be read" in text
 
 
-@pytest.mark.parametrize("damage,why", [("config", "config.yaml cannot be read"),
-                                        ("metrics", "metrics.jsonl cannot be read"),
-                                        ("row", "metrics.jsonl cannot be read")])
+@pytest.mark.parametrize(
+    "damage,why",
+    [
+        ("config", "config.yaml cannot be read"),
+        ("metrics", "metrics.jsonl cannot be read"),
+        ("row", "metrics.jsonl cannot be read"),
+    ],
+)
 def test_report_skips_a_run_it_cannot_read_with_a_line_saying_why(make_cfg, tmp_path, damage, why):
     runs = finished_runs(make_cfg, tmp_path, seeds=2)
     if damage == "config":
@@ -309,14 +349,16 @@ def test_report_skips_a_run_it_cannot_read_with_a_line_saying_why(make_cfg, tmp_
         (runs[0] / "metrics.jsonl").write_text('{"epo\n{"epoch": 1}\n')
     else:
         (runs[0] / "metrics.jsonl").write_text('[1, 2]\n{"epoch": 1}\n')
-    out = subprocess.run([sys.executable, "-m", "nfbench.cli", "report", str(tmp_path)], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "report", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert f"nfbench report: skipped {runs[0]}: {why}" in out.stderr
     assert f"- Skipped: {runs[0]}: {why}" in (tmp_path / "report" / "report.md").read_text()
 
 
 # --- 8. Weights without their digest do not load silently -----------------------------------------------
+
 
 def test_weights_without_their_checksum_file_are_refused_unless_asked(make_cfg, tmp_path, caplog):
     from nfbench import load_run
@@ -327,7 +369,9 @@ def test_weights_without_their_checksum_file_are_refused_unless_asked(make_cfg, 
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF  # a flipped byte in the tensor data still parses
     weights.write_bytes(bytes(data))
-    with pytest.raises(rundir.UnverifiedFileError, match=r"no checksum file model.safetensors.sha256.*allow_unverified"):
+    with pytest.raises(
+        rundir.UnverifiedFileError, match=r"no checksum file model.safetensors.sha256.*allow_unverified"
+    ):
         load_run(tmp_path)
     with caplog.at_level("WARNING", logger="nfbench"):
         load_run(tmp_path, allow_unverified=True)
@@ -335,6 +379,7 @@ def test_weights_without_their_checksum_file_are_refused_unless_asked(make_cfg, 
 
 
 # --- One line instead of a traceback --------------------------------------------------------------------
+
 
 def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path):
     if torch.cuda.is_available():
@@ -347,9 +392,23 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path):
 def test_a_sweep_over_a_missing_device_records_an_invalid_point_and_goes_on(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    out = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", "-m", *TINY, "trainer.epochs=1",
-                          "trainer.device=cuda,cpu", f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nfbench.cli",
+            "train",
+            "-m",
+            *TINY,
+            "trainer.epochs=1",
+            "trainer.device=cuda,cpu",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "1 of 2 sweep points invalid" in out.stderr
     (cuda,), (cpu,) = tmp_path.glob("0_*"), tmp_path.glob("1_*")
@@ -380,10 +439,10 @@ def test_a_logger_key_without_its_logger_is_one_line(tmp_path):
 
 
 def test_an_image_of_another_size_is_found_before_the_first_step(tmp_path):
-    data = image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")}, size=32,
-                      odd={"test/b/3.png": 40})
-    message = refusal(nfbench_train("data=imagefolder", f"data.root={data}", "data.batch_size=4",
-                                    run_dir=tmp_path / "run"))
+    data = image_tree(tmp_path / "data", {"train": ("a", "b"), "test": ("a", "b")}, size=32, odd={"test/b/3.png": 40})
+    message = refusal(
+        nfbench_train("data=imagefolder", f"data.root={data}", "data.batch_size=4", run_dir=tmp_path / "run")
+    )
     assert f"image {data / 'test' / 'b' / '3.png'} is 40x40 px where the folder's first image is 32x32" in message
     assert not (tmp_path / "run").exists()  # refused with the data check, before any epoch
 
@@ -412,8 +471,11 @@ def test_image_size_prepares_train_and_test_alike(make_cfg):
     test_x, train_x = src.test[0][0], src.train[0][0]
     assert test_x.shape == train_x.shape == (1, 6, 6)
     assert torch.allclose(test_x, (expected - mean) / std, atol=1e-6)
-    assert torch.allclose(train_x, (v2.functional.to_dtype(resize(raw.train.images[0]), torch.float32, scale=True)
-                                    - mean) / std, atol=1e-6)
+    assert torch.allclose(
+        train_x,
+        (v2.functional.to_dtype(resize(raw.train.images[0]), torch.float32, scale=True) - mean) / std,
+        atol=1e-6,
+    )
 
 
 def test_an_image_size_larger_than_the_data_set_is_one_line(tmp_path):
@@ -439,8 +501,16 @@ def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(folders, "check_images", interrupted)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     with pytest.raises(SystemExit) as e:
-        cli.main(["train", *TINY, "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4",
-                  f"hydra.run.dir={tmp_path / 'run'}"])
+        cli.main(
+            [
+                "train",
+                *TINY,
+                "data=imagefolder",
+                f"data.root={tmp_path / 'data'}",
+                "data.batch_size=4",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ]
+        )
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
@@ -451,9 +521,13 @@ def test_sigint_during_the_data_check_is_one_line(tmp_path, monkeypatch, capsys)
 
 
 def test_sigint_during_imports_is_one_line(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "nfbench.cli.console", "train", *TINY,
-                             f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nfbench.cli.console", "train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         import time
 
@@ -468,14 +542,19 @@ def test_sigint_during_imports_is_one_line(tmp_path):
 
 def test_spp_plot_on_a_truncated_csv_is_one_line(tmp_path):
     (tmp_path / "job").mkdir()
-    (tmp_path / "job" / "spp.csv").write_text("model,init,weights,block,fwd_var,bwd_var,stride,seeds\n"
-                                              "resnet18,idshort,he_fanout,1,1.0,2.0,1,1\nresnet18,idshort,he_fan")
-    out = subprocess.run([sys.executable, "-m", "nfbench.cli", "spp-plot", str(tmp_path)], capture_output=True,
-                         text=True, timeout=300)
+    (tmp_path / "job" / "spp.csv").write_text(
+        "model,init,weights,block,fwd_var,bwd_var,stride,seeds\n"
+        "resnet18,idshort,he_fanout,1,1.0,2.0,1,1\nresnet18,idshort,he_fan"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "spp-plot", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    assert out.stderr.strip() == (f"nfbench spp-plot: error: {tmp_path / 'job' / 'spp.csv'}, line 3, is truncated or "
-                                  f"damaged (['resnet18', 'idshort', 'he_fan', None, None, None, None, None]): rerun "
-                                  f"nfbench spp for that job, or move its spp.csv away")
+    assert out.stderr.strip() == (
+        f"nfbench spp-plot: error: {tmp_path / 'job' / 'spp.csv'}, line 3, is truncated or "
+        f"damaged (['resnet18', 'idshort', 'he_fan', None, None, None, None, None]): rerun "
+        f"nfbench spp for that job, or move its spp.csv away"
+    )
 
 
 def test_a_file_that_is_not_an_image_is_left_out_by_summary_and_load_run(make_cfg, tmp_path, caplog):
@@ -489,8 +568,20 @@ def test_a_file_that_is_not_an_image_is_left_out_by_summary_and_load_run(make_cf
         assert data_shape(make_cfg(["data=imagefolder", f"data.root={data}"]).data) == DataShape(2, 3, 8)
     assert "left out the files that are not images, e.g. .DS_Store" in caplog.text
     run = tmp_path / "run"
-    train(make_cfg(["data=imagefolder", f"data.root={data}", "data.batch_size=4", "model=resnet20", "model.width=4",
-                    "trainer.epochs=1", "trainer.progress=false"], run))
+    train(
+        make_cfg(
+            [
+                "data=imagefolder",
+                f"data.root={data}",
+                "data.batch_size=4",
+                "model=resnet20",
+                "model.width=4",
+                "trainer.epochs=1",
+                "trainer.progress=false",
+            ],
+            run,
+        )
+    )
     net, _ = load_run(run)
     assert net.head.fc.out_features == 2
 

@@ -25,42 +25,92 @@ from tests.conftest import TINY
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(path: Path, init: str, seed: int, test_top1: list[float], train_top1: list[float] | None = None,
-              status: str | None = "finished", epochs: int = 3, weights: str | None = None,
-              model: str = "resnet20", data: str = "cifar10", lr: float = 0.01,
-              val_top1: list[float] | None = None, copy: str | None = None) -> Path:
+def write_run(
+    path: Path,
+    init: str,
+    seed: int,
+    test_top1: list[float],
+    train_top1: list[float] | None = None,
+    status: str | None = "finished",
+    epochs: int = 3,
+    weights: str | None = None,
+    model: str = "resnet20",
+    data: str = "cifar10",
+    lr: float = 0.01,
+    val_top1: list[float] | None = None,
+    copy: str | None = None,
+) -> Path:
     """A run directory as nfbench train writes it: config.yaml, env.json, metrics.jsonl and (unless the run
     is still going, status=None) result.json with the last epoch's numbers; with ``val_top1``, a run with a
     validation split (data.val_size), its best epoch selected on it; ``copy``: a known CIFAR-10 copy
     (nfbench.data.fingerprint.KNOWN_COPIES) whose fingerprint env.json and result.json record."""
     path.mkdir(parents=True)
-    config = {"data": {"name": data, "root": f"/data/{seed}"}, "model": {"name": model, "width": 8},
-              "init": {"name": init, "weights": weights}, "optim": {"lr": lr},
-              "trainer": {"epochs": epochs, "run_dir": str(path)}, "seed": seed, "experiment": "synthetic"}
+    config = {
+        "data": {"name": data, "root": f"/data/{seed}"},
+        "model": {"name": model, "width": 8},
+        "init": {"name": init, "weights": weights},
+        "optim": {"lr": lr},
+        "trainer": {"epochs": epochs, "run_dir": str(path)},
+        "seed": seed,
+        "experiment": "synthetic",
+    }
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     fingerprint = None
     if copy is not None:
-        (train, test), = [k for k, label in KNOWN_COPIES.items() if label == copy]
+        ((train, test),) = [k for k, label in KNOWN_COPIES.items() if label == copy]
         fingerprint = {"kind": "pixels", "train": train, "test": test}
     (path / "env.json").write_text(json.dumps({"data_fingerprint": fingerprint} if copy else {}))
     train_top1 = train_top1 or [t - 1.0 for t in test_top1]
-    rows = [{"epoch": e, "lr": lr, "train_loss": 1.0, "train_top1": tr, "test_loss": 1.0, "test_top1": te,
-             "test_top5": 99.0, "images_per_s": 1.0, "epoch_s": 1.0, "wall_s": 10.0 * e}
-            for e, (tr, te) in enumerate(zip(train_top1, test_top1), 1)]
+    rows = [
+        {
+            "epoch": e,
+            "lr": lr,
+            "train_loss": 1.0,
+            "train_top1": tr,
+            "test_loss": 1.0,
+            "test_top1": te,
+            "test_top5": 99.0,
+            "images_per_s": 1.0,
+            "epoch_s": 1.0,
+            "wall_s": 10.0 * e,
+        }
+        for e, (tr, te) in enumerate(zip(train_top1, test_top1), 1)
+    ]
     for r, v in zip(rows, val_top1 or []):
         r.update({"val_loss": 1.0, "val_top1": v, "val_top5": 99.0})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if status is not None:
-        result = {"status": status, "divergence": None, "epochs": len(rows), "epochs_planned": epochs,
-                  "params": 1000, "data": data, "model": model, "init": init,
-                  "weights": weights or rep.resolved_weights(rep.Run(path, config, rows, None)),
-                  "seed": seed, "experiment": "synthetic", "best_test_top1": max(test_top1),
-                  "wall_s": 10.0 * len(rows), "test_top1": test_top1[-1], "test_top5": 99.0, "test_loss": 1.0,
-                  "train_loss": 1.0, "train_top1": train_top1[-1], "data_fingerprint": fingerprint}
+        result = {
+            "status": status,
+            "divergence": None,
+            "epochs": len(rows),
+            "epochs_planned": epochs,
+            "params": 1000,
+            "data": data,
+            "model": model,
+            "init": init,
+            "weights": weights or rep.resolved_weights(rep.Run(path, config, rows, None)),
+            "seed": seed,
+            "experiment": "synthetic",
+            "best_test_top1": max(test_top1),
+            "wall_s": 10.0 * len(rows),
+            "test_top1": test_top1[-1],
+            "test_top5": 99.0,
+            "test_loss": 1.0,
+            "train_loss": 1.0,
+            "train_top1": train_top1[-1],
+            "data_fingerprint": fingerprint,
+        }
         if val_top1:
             best = max(rows, key=lambda r: r["val_top1"])
-            result.update({"best_selected_on": "val_top1", "best_val_top1": best["val_top1"],
-                           "best_epoch": best["epoch"], "test_top1_at_best_val": best["test_top1"]})
+            result.update(
+                {
+                    "best_selected_on": "val_top1",
+                    "best_val_top1": best["val_top1"],
+                    "best_epoch": best["epoch"],
+                    "test_top1_at_best_val": best["test_top1"],
+                }
+            )
             del result["best_test_top1"]
         (path / "result.json").write_text(json.dumps(result))
     return path
@@ -127,8 +177,12 @@ def test_run_with_only_hydras_config_is_read(tmp_path):
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "config.yaml").unlink()
     (r,) = rep.collect([tmp_path])
-    assert (r.status, r.get("init"), r.get("weights"), r.config["trainer"]["run_dir"]) == \
-        ("unfinished", "idshort", "he_fanout", "${hydra:runtime.output_dir}")
+    assert (r.status, r.get("init"), r.get("weights"), r.config["trainer"]["run_dir"]) == (
+        "unfinished",
+        "idshort",
+        "he_fanout",
+        "${hydra:runtime.output_dir}",
+    )
 
 
 def test_aggregate_means_stds_and_counts(tree):
@@ -141,8 +195,11 @@ def test_aggregate_means_stds_and_counts(tree):
     assert ids["final_test_top1_mean"] == pytest.approx(53.0)
     assert ids["final_test_top1_std"] == pytest.approx(math.sqrt(13.0))
     # no validation split: no best figure (the test-selected best is not a result)
-    assert ids[["best_val_top1_mean", "best_val_top1_std", "test_top1_at_best_val_mean",
-                "test_top1_at_best_val_std"]].isna().all()
+    assert (
+        ids[["best_val_top1_mean", "best_val_top1_std", "test_top1_at_best_val_mean", "test_top1_at_best_val_std"]]
+        .isna()
+        .all()
+    )
     assert ids["final_train_top1_mean"] == pytest.approx(52.0)
     assert ids["wall_s_mean"] == pytest.approx(30.0)
 
@@ -201,13 +258,35 @@ def test_logging_and_progress_settings_are_not_a_difference_between_seeds(tmp_pa
 
 def test_references_match_and_convert_errors(tmp_path, tree):
     refs_file = tmp_path / "refs.yaml"
-    refs_file.write_text(yaml.safe_dump({"references": [
-        {"id": "X", "source": "paper X, Table 1", "setting": "bn", "match": {"data": "cifar10", "init": "bn"},
-         "test_error": 8.75},
-        {"id": "Y", "source": "paper Y", "setting": "any ResNet-20 or -56",
-         "match": {"model": ["resnet20", "resnet56"]}, "test_top1": 91.0},
-        {"id": "Z", "source": "paper Z", "setting": "other data", "match": {"data": "imagenet"}, "test_top1": 76.0},
-    ]}))
+    refs_file.write_text(
+        yaml.safe_dump(
+            {
+                "references": [
+                    {
+                        "id": "X",
+                        "source": "paper X, Table 1",
+                        "setting": "bn",
+                        "match": {"data": "cifar10", "init": "bn"},
+                        "test_error": 8.75,
+                    },
+                    {
+                        "id": "Y",
+                        "source": "paper Y",
+                        "setting": "any ResNet-20 or -56",
+                        "match": {"model": ["resnet20", "resnet56"]},
+                        "test_top1": 91.0,
+                    },
+                    {
+                        "id": "Z",
+                        "source": "paper Z",
+                        "setting": "other data",
+                        "match": {"data": "imagenet"},
+                        "test_top1": 76.0,
+                    },
+                ]
+            }
+        )
+    )
     refs = rep.load_references(refs_file)
     assert refs[0]["test_top1"] == pytest.approx(91.25)
     rows = rows_by_init(rep.attach_references(rep.aggregate(rep.collect([tree])), refs))
@@ -241,8 +320,10 @@ def test_write_table_and_plots(tree, tmp_path):
     assert records["convshort"]["seed_values"] == "0;1;2"
     figures = rep.plot_curves(table, rep.DEFAULT_GROUP_BY, out, formats=("png", "pdf"))
     # one figure (per data/model/width), every scheme in it
-    assert sorted(p.name for p in figures) == ["curves_synthetic_cifar10_resnet20_8.pdf",
-                                               "curves_synthetic_cifar10_resnet20_8.png"]
+    assert sorted(p.name for p in figures) == [
+        "curves_synthetic_cifar10_resnet20_8.pdf",
+        "curves_synthetic_cifar10_resnet20_8.png",
+    ]
     png = out / "curves_synthetic_cifar10_resnet20_8.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
 
@@ -261,8 +342,19 @@ def test_command_line(tree, tmp_path, capsys):
 def test_report_reads_real_runs(make_cfg, tmp_path):
     """What train() writes is what the report reads: two seeds of a tiny run with a validation split."""
     for seed in (0, 1):
-        train(make_cfg([*TINY, "init=idshort", f"seed={seed}", "data.train_subset=64", "data.test_subset=64",
-                        "data.val_size=32"], tmp_path / f"run{seed}"))
+        train(
+            make_cfg(
+                [
+                    *TINY,
+                    "init=idshort",
+                    f"seed={seed}",
+                    "data.train_subset=64",
+                    "data.test_subset=64",
+                    "data.val_size=32",
+                ],
+                tmp_path / f"run{seed}",
+            )
+        )
     row = only_row(rep.aggregate(rep.collect([tmp_path])))
     results = [json.loads((tmp_path / f"run{s}" / "result.json").read_text()) for s in (0, 1)]
     tops = [r["test_top1"] for r in results]
@@ -280,10 +372,24 @@ def test_preset_sweep_then_report(tmp_path):
     """`nfbench train -m experiment=...` runs the preset's grid (the command line narrows it), and the
     report reads the multirun tree it writes."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nfbench.cli", "train", "-m", "experiment=civitelli_cifar100_resnet50",
-           "seed=0", "data=digits", "data.train_subset=32", "data.test_subset=32", "data.batch_size=32",
-           "model.width=2", "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu",
-           f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nfbench.cli",
+        "train",
+        "-m",
+        "experiment=civitelli_cifar100_resnet50",
+        "seed=0",
+        "data=digits",
+        "data.train_subset=32",
+        "data.test_subset=32",
+        "data.batch_size=32",
+        "model.width=2",
+        "trainer.epochs=1",
+        "trainer.progress=false",
+        "trainer.device=cpu",
+        f"hydra.sweep.dir={sweep}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     rows = rows_by_init(rep.aggregate(rep.collect([sweep])))
     assert set(rows) == {"bn", "bn_conv_shortcut", "convshort"} and all(r["seeds"] == 1 for r in rows.values())
@@ -306,10 +412,14 @@ def test_committed_gpu_evidence_reproduces_its_table():
     runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "runs"
     table = rep.attach_references(rep.aggregate(rep.collect([runs_dir])), rep.load_references())
     rows = rows_by(table, "model", "init", "weights")
-    expected = {("resnet20", "bn", "he_fanin"): (164, 87.67), ("resnet18", "bn", "he_fanin"): (38, 87.28),
-                ("resnet18", "idshort", "he_fanout"): (38, 83.83),
-                ("resnet18", "learnscalar", "he_fanout"): (38, 84.65),
-                ("resnet18", "convshort", "he_fanout"): (38, 83.40), ("resnet18", "convshort", "brock"): (38, 83.41)}
+    expected = {
+        ("resnet20", "bn", "he_fanin"): (164, 87.67),
+        ("resnet18", "bn", "he_fanin"): (38, 87.28),
+        ("resnet18", "idshort", "he_fanout"): (38, 83.83),
+        ("resnet18", "learnscalar", "he_fanout"): (38, 84.65),
+        ("resnet18", "convshort", "he_fanout"): (38, 83.40),
+        ("resnet18", "convshort", "brock"): (38, 83.41),
+    }
     assert set(rows) == set(expected)
     for key, (epochs, top1) in expected.items():
         row = rows[key]
@@ -328,8 +438,14 @@ def test_committed_he_diagnosis_reproduces_its_table():
     runs_dir = Path(__file__).resolve().parents[1] / "docs" / "results-cifar10-gpu" / "he-diagnosis" / "runs"
     group_by = rep.parse_group_by(["+data.root", "+trainer.compile"])
     table = rep.aggregate(rep.collect([runs_dir]), group_by)
-    got = {(Path(row["data.root"]).name, row["trainer.compile"]): (row["seeds"], row["epochs"], row["final_test_top1_mean"])
-           for _, row in table.iterrows()}
+    got = {
+        (Path(row["data.root"]).name, row["trainer.compile"]): (
+            row["seeds"],
+            row["epochs"],
+            row["final_test_top1_mean"],
+        )
+        for _, row in table.iterrows()
+    }
     assert got == {("data", True): (1, 60, 87.17), ("data", False): (1, 60, 86.80), ("data_q50", True): (1, 60, 84.70)}
     merged = rep.aggregate(rep.collect([runs_dir]))  # without the two keys: one row of three "seeds"
     assert len(merged) == 1 and merged.iloc[0]["seeds"] == 3
@@ -355,18 +471,25 @@ def test_headline_is_final_test_top1_and_best_is_selected_on_validation(tmp_path
     write_run(tmp_path / "old", "bn", 0, [48.0, 66.0, 70.0])
     table = rep.aggregate(rep.collect([tmp_path]))
     ids, bn = rows_by_init(table)["idshort"], rows_by_init(table)["bn"]
-    assert (ids["final_test_top1_mean"], ids["final_test_top1_std"]) == \
-        (pytest.approx(60.0), pytest.approx(math.sqrt(50.0)))
+    assert (ids["final_test_top1_mean"], ids["final_test_top1_std"]) == (
+        pytest.approx(60.0),
+        pytest.approx(math.sqrt(50.0)),
+    )
     assert (ids["best_val_top1_mean"], ids["best_val_top1_std"]) == (pytest.approx(61.5), pytest.approx(math.sqrt(0.5)))
-    assert (ids["test_top1_at_best_val_mean"], ids["test_top1_at_best_val_std"]) == \
-        (pytest.approx(55.0), pytest.approx(math.sqrt(50.0)))
+    assert (ids["test_top1_at_best_val_mean"], ids["test_top1_at_best_val_std"]) == (
+        pytest.approx(55.0),
+        pytest.approx(math.sqrt(50.0)),
+    )
     assert bn["final_test_top1_mean"] == pytest.approx(70.0) and pd.isna(bn["final_test_top1_std"])
     assert pd.isna(bn["best_val_top1_mean"]) and pd.isna(bn["best_val_top1_std"])
     files = rep.write_table(table, rep.DEFAULT_GROUP_BY, tmp_path / "out")
     md = files["markdown"].read_text()
     head = [c.strip() for c in md.splitlines()[0].strip("|").split("|")]
-    assert head[head.index("epochs") + 1:head.index("epochs") + 4] == \
-        ["final test top-1 (%)", "best val top-1 (%)", "test top-1 at best val (%)"]
+    assert head[head.index("epochs") + 1 : head.index("epochs") + 4] == [
+        "final test top-1 (%)",
+        "best val top-1 (%)",
+        "test top-1 at best val (%)",
+    ]
     assert "| 60.00 ± 7.07 | 61.50 ± 0.71 | 55.00 ± 7.07 |" in md and "| 70.00 | - | - |" in md
     assert "best test" not in md
     with open(files["csv"]) as f:
@@ -424,8 +547,9 @@ def test_he_reference_attaches_only_to_runs_on_the_whole_training_set(tmp_path):
     config = yaml.safe_load((subset / "config.yaml").read_text())
     config["data"]["train_subset"] = 10000
     (subset / "config.yaml").write_text(yaml.safe_dump(config))
-    table = rep.attach_references(rep.aggregate(rep.collect([tmp_path]), [*rep.DEFAULT_GROUP_BY, "optim.lr"]),
-                                  rep.load_references())
+    table = rep.attach_references(
+        rep.aggregate(rep.collect([tmp_path]), [*rep.DEFAULT_GROUP_BY, "optim.lr"]), rep.load_references()
+    )
     refs = {row["optim.lr"]: [r["id"] for r in row["references"]] for _, row in table.iterrows()}
     assert refs == {0.01: ["He16a-R20"], 0.02: [], 0.03: [], 0.04: []}
 

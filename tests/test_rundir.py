@@ -41,14 +41,25 @@ def dead_pid() -> int:
 def forge_lock(run: Path, age_s: float = 0.0, **holder) -> Path:
     lock = run / rundir.LOCK
     run.mkdir(parents=True, exist_ok=True)
-    lock.write_text(json.dumps({"host": "node-elsewhere", "boot_id": "x", "pid": 4242, "pid_start": None,
-                                "started": "2026-01-01 00:00:00 UTC", **holder}))
+    lock.write_text(
+        json.dumps(
+            {
+                "host": "node-elsewhere",
+                "boot_id": "x",
+                "pid": 4242,
+                "pid_start": None,
+                "started": "2026-01-01 00:00:00 UTC",
+                **holder,
+            }
+        )
+    )
     t = time.time() - age_s
     os.utime(lock, (t, t))
     return lock
 
 
 # --- item 1: one run per run directory --------------------------------------------------------------
+
 
 def test_second_run_into_a_busy_run_directory_is_refused(tmp_path):
     """Two real processes, one directory: the second exits 2 with one line naming the holder, and the
@@ -60,8 +71,12 @@ def test_second_run_into_a_busy_run_directory_is_refused(tmp_path):
         wait_for(tmp_path / "config.yaml", first)
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, deterministically
         before = snapshot(tmp_path)
-        second = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", *common, "seed=1",
-                                 f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "nfbench.cli", "train", *common, "seed=1", f"hydra.run.dir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == 2, second.stderr
         errors = [line for line in second.stderr.splitlines() if line.startswith("nfbench: error:")]
         assert len(errors) == 1 and "Traceback" not in second.stderr, second.stderr
@@ -145,6 +160,7 @@ def test_ddp_workers_share_the_launchers_lock(make_cfg, tmp_path):
 
 # --- item 2: a resume may not change the trajectory -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, make_cfg) -> Path:
     run = tmp_path_factory.mktemp("one-epoch")
@@ -152,14 +168,17 @@ def one_epoch_run(tmp_path_factory, make_cfg) -> Path:
     return run
 
 
-@pytest.mark.parametrize("change, key", [
-    ("trainer.epochs=2", "trainer.epochs 1 -> 2"),
-    ("optim.lr=0.05", "optim.lr 0.01 -> 0.05"),
-    ("seed=1", "seed 0 -> 1"),
-    ("init.weights=brock", "init.weights None -> 'brock'"),
-    ("data.batch_size=64", "data.batch_size 32 -> 64"),
-    ("init=bn", "init.name 'convshort' -> 'bn'"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("trainer.epochs=2", "trainer.epochs 1 -> 2"),
+        ("optim.lr=0.05", "optim.lr 0.01 -> 0.05"),
+        ("seed=1", "seed 0 -> 1"),
+        ("init.weights=brock", "init.weights None -> 'brock'"),
+        ("data.batch_size=64", "data.batch_size 32 -> 64"),
+        ("init=bn", "init.name 'convshort' -> 'bn'"),
+    ],
+)
 def test_resume_with_a_trajectory_change_is_refused(make_cfg, tmp_path, one_epoch_run, change, key):
     run = tmp_path / "run"
     shutil.copytree(one_epoch_run, run)
@@ -178,8 +197,12 @@ def test_changed_init_is_refused_in_one_line_by_the_cli(tmp_path, one_epoch_run)
     run = tmp_path / "run"
     shutil.copytree(one_epoch_run, run)
     before = snapshot(run)
-    out = subprocess.run([sys.executable, "-m", "nfbench.cli", "train", *TINY, "trainer.epochs=1", "init=bn",
-                          f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "train", *TINY, "trainer.epochs=1", "init=bn", f"hydra.run.dir={run}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "nfbench: error: cannot resume" in out.stderr and "init.name 'convshort' -> 'bn'" in out.stderr
     assert snapshot(run) == before
@@ -201,8 +224,14 @@ def test_mid_epoch_checkpoint_refuses_another_world_size(make_cfg, tmp_path):
     train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)
-    state["partial"] = {"batches_done": 4, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0,
-                        "rng": [state["rng"], state["rng"]]}  # as a 2-process run stopped mid-epoch leaves it
+    state["partial"] = {
+        "batches_done": 4,
+        "loss_sum": 0.0,
+        "correct": 0,
+        "seen": 0,
+        "seconds": 0.0,
+        "rng": [state["rng"], state["rng"]],
+    }  # as a 2-process run stopped mid-epoch leaves it
     rundir.save_checkpoint(last, state)
     with pytest.raises(ConfigError, match="mid-epoch with 2 process"):
         train(make_cfg([*TINY, "trainer.epochs=1"], tmp_path))
@@ -229,12 +258,13 @@ def test_branch_records_where_it_came_from(make_cfg, tmp_path, monkeypatch):
 def test_config_key_added_since_the_checkpoint_counts_at_its_default():
     new = {"data": {"name": "digits", "num_workers": 0}, "seed": 0}
     assert rundir.config_changes({"data": {"name": "digits"}, "seed": 0}, new) == {}
-    assert rundir.config_changes({"data": {"name": "digits"}, "seed": 0},
-                                 {**new, "data": {"name": "digits", "num_workers": 2}}) == \
-        {"data.num_workers": (0, 2)}  # the old run ran at the default
+    assert rundir.config_changes(
+        {"data": {"name": "digits"}, "seed": 0}, {**new, "data": {"name": "digits", "num_workers": 2}}
+    ) == {"data.num_workers": (0, 2)}  # the old run ran at the default
 
 
 # --- item 5: a requeue never rolls back to an explicit trainer.resume ------------------------------
+
 
 def test_requeue_with_explicit_resume_continues_the_newer_last_checkpoint(make_cfg, tmp_path, monkeypatch, caplog):
     cfg = [*TINY, "trainer.deterministic=true", "trainer.epochs=3"]
@@ -274,17 +304,21 @@ def test_readers_of_another_jobs_files_are_lenient_and_ours_strict(tmp_path):
 def test_config_reader_prefers_the_resolved_config_and_falls_back_to_hydras(tmp_path):
     assert rundir.read_config(tmp_path) is None
     (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("trainer:\n  run_dir: ${hydra:runtime.output_dir}\n  epochs: 2\n"
-                                                     "sched:\n  total: ${trainer.epochs}\n")
+    (tmp_path / ".hydra" / "config.yaml").write_text(
+        "trainer:\n  run_dir: ${hydra:runtime.output_dir}\n  epochs: 2\nsched:\n  total: ${trainer.epochs}\n"
+    )
     # ${hydra:...} stays as written, whatever Hydra state the reading process holds (an in-process
     # `nfbench train` before it leaves one); every other interpolation resolves.
-    assert rundir.read_config(tmp_path) == {"trainer": {"run_dir": "${hydra:runtime.output_dir}", "epochs": 2},
-                                            "sched": {"total": 2}}
+    assert rundir.read_config(tmp_path) == {
+        "trainer": {"run_dir": "${hydra:runtime.output_dir}", "epochs": 2},
+        "sched": {"total": 2},
+    }
     (tmp_path / "config.yaml").write_text("trainer:\n  epochs: 3\nsched:\n  total: ${trainer.epochs}\n")
     assert rundir.read_config(tmp_path) == {"trainer": {"epochs": 3}, "sched": {"total": 3}}
 
 
 # --- issue 14: what a checkpoint holds, and its restore, in one place ------------------------------
+
 
 def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
     """checkpoint_state -> save_checkpoint -> load_checkpoint -> restore_checkpoint gives fresh objects the
@@ -297,8 +331,12 @@ def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
         torch.manual_seed(seed)
         net = torch.nn.Linear(3, 2)
         opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-        return {"model": net, "optimizer": opt, "scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
-                "scaler": torch.amp.GradScaler("cpu", enabled=False)}
+        return {
+            "model": net,
+            "optimizer": opt,
+            "scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5),
+            "scaler": torch.amp.GradScaler("cpu", enabled=False),
+        }
 
     def record() -> Record:
         return Record(tmp_path, {"seed": 0}, "val_top1", {"num_classes": 2})
@@ -318,15 +356,18 @@ def test_checkpoint_state_restores_into_fresh_objects(tmp_path):
     fresh, back = objects(1), record()
     assert restore_checkpoint(loaded, fresh, back) == Restored(epoch=4, partial=partial, history=history)
     assert (back.best_top1, back.wall_before, back.best_from) == (61.0, 12.5, 2)
-    assert all(torch.equal(a, b) for a, b in zip(fresh["model"].state_dict().values(),
-                                                 trained["model"].state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh["model"].state_dict().values(), trained["model"].state_dict().values())
+    )
     momentum = [o["optimizer"].state_dict()["state"][0]["momentum_buffer"] for o in (fresh, trained)]
     assert torch.equal(*momentum)
     assert fresh["scheduler"].state_dict() == trained["scheduler"].state_dict()
     assert fresh["scheduler"].get_last_lr() == [0.05]
 
     legacy = {k: v for k, v in loaded.items() if k not in ("best_top1", "history", "best_from")} | {
-        "best_test_top1": 55.0, "partial": None}
+        "best_test_top1": 55.0,
+        "partial": None,
+    }
     old = record()
     assert restore_checkpoint(legacy, objects(2), old) == Restored(4, None)  # no history kept
     assert (old.best_top1, old.best_from) == (55.0, 1)

@@ -65,8 +65,9 @@ PLAIN_RULE_SCHEMES = ("bn", "plain", "idshort", "learnscalar", "convshort", "ski
 
 
 # He et al. 2016a's network (BatchNorm built in) is started by init=bn's initialise, unchanged.
-@pytest.mark.parametrize("init,model", [(i, m) for m in ("resnet20", "resnet50") for i in PLAIN_RULE_SCHEMES]
-                         + [("bn", "he_resnet20")])
+@pytest.mark.parametrize(
+    "init,model", [(i, m) for m in ("resnet20", "resnet50") for i in PLAIN_RULE_SCHEMES] + [("bn", "he_resnet20")]
+)
 @pytest.mark.parametrize("rule", RULES)
 def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
     net = build(model, init, weights=rule)
@@ -85,15 +86,33 @@ def test_every_conv_follows_the_weight_rule_exactly(init, rule, model):
 def test_scheme_default_weight_rules_follow_spec():
     defaults = {name: build_scheme(option_config("init", name)).weights for name in SCHEMES.names()}
     # docs/science.md#scheme-defaults; Fixup's reference code draws N(0, 2/n_out); NF's standardised convs are Brock's.
-    assert defaults == {"bn": "he_fanin", "plain": "he_fanin", "idshort": "he_fanout", "learnscalar": "he_fanout",
-                        "convshort": "he_fanout", "fixup": "he_fanout", "skipinit": "he_fanin",
-                        "rezero": "he_fanin", "zero_last": "he_fanin", "nf": "brock", "wn": "arpit"}
+    assert defaults == {
+        "bn": "he_fanin",
+        "plain": "he_fanin",
+        "idshort": "he_fanout",
+        "learnscalar": "he_fanout",
+        "convshort": "he_fanout",
+        "fixup": "he_fanout",
+        "skipinit": "he_fanin",
+        "rezero": "he_fanin",
+        "zero_last": "he_fanin",
+        "nf": "brock",
+        "wn": "arpit",
+    }
 
 
 # --- every tensor starts as its scheme's table says ------------------------------------------------
 
-TABLE_ROWS = ("stem conv", "branch convs", "last branch conv", "shortcut convs", "scalars", "biases", "classifier",
-              "BN affine")
+TABLE_ROWS = (
+    "stem conv",
+    "branch convs",
+    "last branch conv",
+    "shortcut convs",
+    "scalars",
+    "biases",
+    "classifier",
+    "BN affine",
+)
 
 
 @pytest.mark.parametrize("name", SCHEMES.names())
@@ -128,6 +147,7 @@ def nf_standardised(conv: nn.Module, n: int) -> None:
 
 def wn(gain_of_stage_size):
     """Arpit et al. 2019: v orthogonal, g = sqrt(gain n_in / n_out), bias 0; gain from N, the stage's blocks."""
+
     def check(conv: nn.Module, n: int) -> None:
         g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
         n_in, n_out = fan(v)
@@ -136,6 +156,7 @@ def wn(gain_of_stage_size):
         gram = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
         torch.testing.assert_close(gram, torch.eye(len(gram), dtype=torch.double), atol=1e-5, rtol=0)
         assert not conv.bias.any()
+
     return check
 
 
@@ -177,8 +198,7 @@ INIT_TABLE = {
     "rezero": (HE, {ScalarGain: 0.0}, torch_linear_default),
     "zero_last": ((None, None, zero, None), {}, torch_linear_default),
     "nf": ((nf_standardised,) * 4, {ScalarGain: 0.0}, torch_linear_default),
-    "wn": ((wn(lambda n: 1.0), wn(lambda n: 2.0), wn(lambda n: 1.0 / n), wn(lambda n: 1.0)), {},
-           torch_linear_default),
+    "wn": ((wn(lambda n: 1.0), wn(lambda n: 2.0), wn(lambda n: 1.0 / n), wn(lambda n: 1.0)), {}, torch_linear_default),
 }
 
 
@@ -186,8 +206,9 @@ def test_the_init_table_covers_every_registered_scheme():
     assert sorted(INIT_TABLE) == SCHEMES.names()
 
 
-@pytest.mark.parametrize("name,model", [(n, m) for m in ("resnet20", "resnet50") for n in SCHEMES.names()]
-                         + [("bn", "he_resnet20")])
+@pytest.mark.parametrize(
+    "name,model", [(n, m) for m in ("resnet20", "resnet50") for n in SCHEMES.names()] + [("bn", "he_resnet20")]
+)
 def test_every_tensor_starts_as_the_table_says(name, model):
     """Every parameter and buffer of a built network is checked against one row of INIT_TABLE."""
     from nfbench.models import split_stages
@@ -303,12 +324,24 @@ def test_fixup_rules(model, reference, rule):
 #   cifar lines 40-42, 78-80);
 # - the classifier weight and bias start at 0: cifar lines 70-72, imagenet lines 127-129.
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("model,stem,reference", [("resnet20", "cifar", False), ("resnet50", "cifar", False),
-                                                  ("resnet50", "imagenet", False), ("resnet20", "cifar", True),
-                                                  ("resnet18", "imagenet", True)])
+@pytest.mark.parametrize(
+    "model,stem,reference",
+    [
+        ("resnet20", "cifar", False),
+        ("resnet50", "cifar", False),
+        ("resnet50", "imagenet", False),
+        ("resnet20", "cifar", True),
+        ("resnet18", "imagenet", True),
+    ],
+)
 def test_fixup_stem_shortcut_and_classifier_follow_the_reference_code(model, stem, reference, rule):
-    net = build_model(option_config("model", model, width=16, stem=stem),
-                      build_scheme(option_config("init", "fixup", weights=rule, reference_block=reference)), 10, 3, 32)
+    net = build_model(
+        option_config("model", model, width=16, stem=stem),
+        build_scheme(option_config("init", "fixup", weights=rule, reference_block=reference)),
+        10,
+        3,
+        32,
+    )
     stem_convs = [m for m in net.stem.modules() if isinstance(m, nn.Conv2d)]
     assert len(stem_convs) == 1
     torch_conv_default(stem_convs[0], 1)  # whatever init.weights says: the reference never redraws it
@@ -326,7 +359,11 @@ def nf_effective_weight(conv: ScaledStdConv2d) -> torch.Tensor:
     w = conv.weight.detach().double()
     flat = w.reshape(w.shape[0], -1)
     std = flat.std(1, unbiased=False, keepdim=True)
-    eff = conv.gain.detach().double().reshape(-1, 1) * (flat - flat.mean(1, keepdim=True)) / (std * math.sqrt(flat.shape[1]))
+    eff = (
+        conv.gain.detach().double().reshape(-1, 1)
+        * (flat - flat.mean(1, keepdim=True))
+        / (std * math.sqrt(flat.shape[1]))
+    )
     return eff.reshape_as(w)
 
 
@@ -345,8 +382,12 @@ def test_nf_convs_are_scaled_weight_standardised_with_brocks_moments(model):
         # Brock's rule: with the activation's gamma, per-channel Var = gamma^2 / n_in, mean 0.
         flat = (NF_GAMMA * eff).reshape(eff.shape[0], -1)
         assert (flat.mean(1).abs() < 1e-9).all()
-        torch.testing.assert_close(flat.var(1, unbiased=False), torch.full((eff.shape[0],), NF_GAMMA**2 / n_in,
-                                   dtype=torch.double), rtol=1e-4, atol=0)  # timm's eps = 1e-5
+        torch.testing.assert_close(
+            flat.var(1, unbiased=False),
+            torch.full((eff.shape[0],), NF_GAMMA**2 / n_in, dtype=torch.double),
+            rtol=1e-4,
+            atol=0,
+        )  # timm's eps = 1e-5
         if conv.in_channels == 4:  # the layer computes with exactly that weight
             ref = F.conv2d(x.double(), eff, None, conv.stride, conv.padding)
             torch.testing.assert_close(conv(x).double(), ref, rtol=1e-4, atol=1e-5)
@@ -365,7 +406,7 @@ def test_nf_beta_sequence_resets_after_transitions():
     net18 = build("resnet18", "nf")
     torch.testing.assert_close([b.input_scale for b in net18.blocks], [v**-0.5 for v in var18])
     # ResNet-50 (3-4-6-3): every stage starts with a transition (64 -> 256 in stage 1).
-    var50 = [1.00, 1.04, 1.08,  1.12, 1.04, 1.08, 1.12,  1.16, 1.04, 1.08, 1.12, 1.16, 1.20,  1.24, 1.04, 1.08]
+    var50 = [1.00, 1.04, 1.08, 1.12, 1.04, 1.08, 1.12, 1.16, 1.04, 1.08, 1.12, 1.16, 1.20, 1.24, 1.04, 1.08]
     net50 = build("resnet50", "nf")
     torch.testing.assert_close([b.input_scale for b in net50.blocks], [v**-0.5 for v in var50])
     # timm's nf_resnet50, an independent implementation, has the same sequence.
@@ -385,8 +426,9 @@ def test_nf_beta_sequence_resets_after_transitions():
         torch.testing.assert_close(transition.skip(x), transition.shortcut.conv(transition.act(x * 1.12**-0.5)))
 
 
-@pytest.mark.parametrize("model,blocks_per_stage", [
-    ("resnet20", [3] * 9), ("resnet50", [3] * 3 + [4] * 4 + [6] * 6 + [3] * 3)])
+@pytest.mark.parametrize(
+    "model,blocks_per_stage", [("resnet20", [3] * 9), ("resnet50", [3] * 3 + [4] * 4 + [6] * 6 + [3] * 3)]
+)
 def test_wn_g_values_and_orthogonal_directions(model, blocks_per_stage):
     """Arpit et al.: g = sqrt(gain n_in / n_out), gain 1 (stem, shortcuts), 2 (branch convs before a ReLU),
     1/N (a branch's last conv, N blocks in its stage); v orthogonal; biases 0."""
@@ -413,6 +455,7 @@ def test_wn_g_values_and_orthogonal_directions(model, blocks_per_stage):
 
 
 # --- identity at initialisation -------------------------------------------------------------------
+
 
 def block_io(net: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(input, output) of every block on a real forward pass."""
@@ -457,7 +500,10 @@ def test_wn_preactivation_branch_adds_about_half_of_what_arpit_et_al_assume():
 IDENTITY_SCHEMES = {"fixup", "skipinit", "rezero", "zero_last", "nf"}
 # Every registered scheme on basic, bottleneck and wide blocks; then the options that change the answer.
 IDENTITY_CASES = [(m, s, {}) for m in ("resnet20", "resnet50", "wrn") for s in SCHEMES.names()] + [
-    ("resnet20", "fixup", {"reference_block": True}), ("nf_resnet26", "nf", {}), ("resnet20", "nf", {"skip_gain": 1.0})]
+    ("resnet20", "fixup", {"reference_block": True}),
+    ("nf_resnet26", "nf", {}),
+    ("resnet20", "nf", {"skip_gain": 1.0}),
+]
 
 
 @pytest.mark.parametrize("model,init,kw", IDENTITY_CASES)
@@ -472,6 +518,7 @@ def test_blocks_start_as_their_shortcut_exactly_under_the_identity_schemes(model
 
 
 # --- batch independence -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model,init", [("resnet50", s) for s in SCHEMES.names()] + [("nf_resnet26", "nf")])
 def test_only_batchnorm_couples_the_samples_of_a_batch(model, init):
@@ -492,12 +539,20 @@ def test_only_batchnorm_couples_the_samples_of_a_batch(model, init):
 
 # --- the optimiser and the schemes' scalars ---------------------------------------------------------
 
-@pytest.mark.parametrize("init,kw,count", [
-    # Fixup, pre-activation ResNet-20: 2 biases per conv (before the activation, before the conv) and a
-    # multiplier per block = 5 x 9, plus the head's two; reference: 5 per block, stem and head bias.
-    # Fixup's classifier bias joins them (the +1): the reference gives every bias a tenth of the lr.
-    ("fixup", {}, 5 * 9 + 2 + 1), ("fixup", {"reference_block": True}, 5 * 9 + 2 + 1),
-    ("skipinit", {}, 9), ("rezero", {}, 9), ("nf", {}, 9)])
+
+@pytest.mark.parametrize(
+    "init,kw,count",
+    [
+        # Fixup, pre-activation ResNet-20: 2 biases per conv (before the activation, before the conv) and a
+        # multiplier per block = 5 x 9, plus the head's two; reference: 5 per block, stem and head bias.
+        # Fixup's classifier bias joins them (the +1): the reference gives every bias a tenth of the lr.
+        ("fixup", {}, 5 * 9 + 2 + 1),
+        ("fixup", {"reference_block": True}, 5 * 9 + 2 + 1),
+        ("skipinit", {}, 9),
+        ("rezero", {}, 9),
+        ("nf", {}, 9),
+    ],
+)
 def test_scheme_scalars_get_a_tenth_of_the_lr_and_no_weight_decay(init, kw, count):
     net = build("resnet20", init, **kw)
     groups = {g["name"]: g for g in param_groups(net, OptimConfig(lr=0.1, weight_decay=1e-4, scalar_lr_mult=0.1))}
@@ -508,12 +563,18 @@ def test_scheme_scalars_get_a_tenth_of_the_lr_and_no_weight_decay(init, kw, coun
     assert not any(p.ndim == 0 for p in groups["weights"]["params"])
 
 
-@pytest.mark.parametrize("init,kw,group,lr", [
-    # hongyi-zhang/Fixup, cifar/cifar_train.py and imagenet/imagenet_train.py: every parameter whose name holds
-    # 'bias' or 'scale' trains at base_lr / 10, so the classifier's bias does too.
-    ("fixup", {}, "scalars", 0.01), ("fixup", {"reference_block": True}, "scalars", 0.01),
-    # Elsewhere the classifier's bias is an ordinary bias: the base lr.
-    ("bn", {}, "no_decay", 0.1), ("skipinit", {}, "no_decay", 0.1)])
+@pytest.mark.parametrize(
+    "init,kw,group,lr",
+    [
+        # hongyi-zhang/Fixup, cifar/cifar_train.py and imagenet/imagenet_train.py: every parameter whose name holds
+        # 'bias' or 'scale' trains at base_lr / 10, so the classifier's bias does too.
+        ("fixup", {}, "scalars", 0.01),
+        ("fixup", {"reference_block": True}, "scalars", 0.01),
+        # Elsewhere the classifier's bias is an ordinary bias: the base lr.
+        ("bn", {}, "no_decay", 0.1),
+        ("skipinit", {}, "no_decay", 0.1),
+    ],
+)
 def test_fixup_classifier_bias_takes_the_scalar_lr_mult(init, kw, group, lr):
     net = build("resnet20", init, **kw)
     groups = param_groups(net, OptimConfig(lr=0.1, weight_decay=1e-4, scalar_lr_mult=0.1, no_decay_bias=True))

@@ -24,8 +24,12 @@ def tracked_texts() -> dict[str, str]:
 
 
 def test_no_tracked_file_cites_the_brief():
-    hits = [f"{name}:{n}" for name, text in tracked_texts().items()
-            for n, line in enumerate(text.splitlines(), 1) if BRIEF.search(line)]
+    hits = [
+        f"{name}:{n}"
+        for name, text in tracked_texts().items()
+        for n, line in enumerate(text.splitlines(), 1)
+        if BRIEF.search(line)
+    ]
     assert not hits, f"cite docs/science.md instead: {hits[:20]}"
 
 

@@ -48,8 +48,9 @@ def compose_cfg(overrides: list[str]):
 @lru_cache(maxsize=None)
 def spp(model: str, init: str, weights: str, width: int = NARROW) -> tuple[dict, ...]:
     """The default SPP (Gaussian batch of 32, random labels, seed 0), measured once per session."""
-    return tuple(measure(compose_cfg([f"model={model}", f"model.width={width}", f"init={init}",
-                                      f"init.weights={weights}"])))
+    return tuple(
+        measure(compose_cfg([f"model={model}", f"model.width={width}", f"init={init}", f"init.weights={weights}"]))
+    )
 
 
 def col(rows, key: str) -> list[float]:
@@ -88,7 +89,7 @@ class TinyBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return math.sqrt(0.5) * (x[:, :, ::self.stride, ::self.stride] + self.conv(torch.relu(x)))
+        return math.sqrt(0.5) * (x[:, :, :: self.stride, :: self.stride] + self.conv(torch.relu(x)))
 
 
 class TinyNet(nn.Module):
@@ -109,9 +110,11 @@ def direct_moments(t: torch.Tensor) -> tuple[float, float, float]:
     """Population variance of all elements; mean over channels of (channel mean)^2 and of channel variance."""
     a = t.detach().double().numpy()
     per_channel = [a[:, c] for c in range(a.shape[1])]
-    return (float(((a - a.mean()) ** 2).mean()),
-            float(np.mean([c.mean() ** 2 for c in per_channel])),
-            float(np.mean([((c - c.mean()) ** 2).mean() for c in per_channel])))
+    return (
+        float(((a - a.mean()) ** 2).mean()),
+        float(np.mean([c.mean() ** 2 for c in per_channel])),
+        float(np.mean([((c - c.mean()) ** 2).mean() for c in per_channel])),
+    )
 
 
 def test_statistics_match_a_direct_computation():
@@ -169,31 +172,49 @@ def test_every_registered_scheme_gives_one_row_per_block(init):
 
 def test_real_images_and_their_labels():
     """spp.input=data feeds test images of the configured data set (digits: 1 x 8 x 8, no download)."""
-    rows = measure(compose_cfg(["data=digits", "model=resnet20", "model.width=4", "init=convshort",
-                                "spp.input=data", "spp.labels=data", "spp.batch_size=16"]))
+    rows = measure(
+        compose_cfg(
+            [
+                "data=digits",
+                "model=resnet20",
+                "model.width=4",
+                "init=convshort",
+                "spp.input=data",
+                "spp.labels=data",
+                "spp.batch_size=16",
+            ]
+        )
+    )
     assert len(rows) == 9 and all(r["bwd_var"] > 0 for r in rows)
     with pytest.raises(ConfigError, match="spp.batch_size=1000 is larger than the 359 test images"):
-        measure(compose_cfg(["data=digits", "model=resnet20", "model.width=4", "spp.input=data",
-                             "spp.batch_size=1000"]))
+        measure(
+            compose_cfg(["data=digits", "model=resnet20", "model.width=4", "spp.input=data", "spp.batch_size=1000"])
+        )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("spp.labels=data", "spp.labels='data' is not allowed: labels=data needs spp.input=data"),
-    ("spp.formats=[]", "spp.formats=[] is not allowed: a non-empty list from png, pdf, svg"),
-    ("spp.batch_size=0", "spp.batch_size=0 is not allowed: must be >= 1"),
-    ("spp.num_classes=1", "spp.num_classes=1 is not allowed: must be >= 2"),
-    ("trainer.log_spp_every=-1", "trainer.log_spp_every=-1 is not allowed"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("spp.labels=data", "spp.labels='data' is not allowed: labels=data needs spp.input=data"),
+        ("spp.formats=[]", "spp.formats=[] is not allowed: a non-empty list from png, pdf, svg"),
+        ("spp.batch_size=0", "spp.batch_size=0 is not allowed: must be >= 1"),
+        ("spp.num_classes=1", "spp.num_classes=1 is not allowed: must be >= 2"),
+        ("trainer.log_spp_every=-1", "trainer.log_spp_every=-1 is not allowed"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_key(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_spp(compose_cfg([override, f"trainer.run_dir={tmp_path}"]))
 
 
-@pytest.mark.parametrize("override, key, members", [
-    ("spp.input=noise", "spp.input", "gaussian, data"),
-    ("spp.labels=none", "spp.labels", "random, data"),
-    ("spp.formats=[jpg]", "spp.formats[0]", "png, pdf, svg"),
-])
+@pytest.mark.parametrize(
+    "override, key, members",
+    [
+        ("spp.input=noise", "spp.input", "gaussian, data"),
+        ("spp.labels=none", "spp.labels", "random, data"),
+        ("spp.formats=[jpg]", "spp.formats[0]", "png, pdf, svg"),
+    ],
+)
 def test_values_outside_the_closed_sets_are_refused_by_hydra(override, key, members):
     from hydra.errors import ConfigCompositionException
 
@@ -206,8 +227,16 @@ def test_values_outside_the_closed_sets_are_refused_by_hydra(override, key, memb
 
 
 def test_run_writes_the_csv_contract_and_the_figures(tmp_path):
-    cfg = compose_cfg(["model=resnet20", "model.width=4", "init=learnscalar", "spp.seeds=2",
-                       "spp.formats=[png,pdf,svg]", f"trainer.run_dir={tmp_path}"])
+    cfg = compose_cfg(
+        [
+            "model=resnet20",
+            "model.width=4",
+            "init=learnscalar",
+            "spp.seeds=2",
+            "spp.formats=[png,pdf,svg]",
+            f"trainer.run_dir={tmp_path}",
+        ]
+    )
     out = run_spp(cfg)
     with open(tmp_path / "spp.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -219,16 +248,28 @@ def test_run_writes_the_csv_contract_and_the_figures(tmp_path):
     assert (tmp_path / "spp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "spp.pdf").read_bytes()[:5] == b"%PDF-"
     assert b"<svg" in (tmp_path / "spp.svg").read_bytes()[:2000]
-    assert out == {"csv": str(tmp_path / "spp.csv"),
-                   "figures": [str(tmp_path / f"spp.{e}") for e in ("png", "pdf", "svg")]}
+    assert out == {
+        "csv": str(tmp_path / "spp.csv"),
+        "figures": [str(tmp_path / f"spp.{e}") for e in ("png", "pdf", "svg")],
+    }
 
 
 def test_multirun_overlays_the_sweep_and_spp_plot_combines_folders(tmp_path):
     """`nfbench spp -m` leaves one spp.csv per job and one overlay per model in the sweep directory;
     `nfbench spp-plot` draws the same from any folders."""
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nfbench.cli", "spp", "-m", "model=resnet20", "model.width=4", "init=idshort,bn",
-           "trainer.device=cpu", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nfbench.cli",
+        "spp",
+        "-m",
+        "model=resnet20",
+        "model.width=4",
+        "init=idshort,bn",
+        "trainer.device=cpu",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(sweep.glob("*/spp.csv"))) == 2
@@ -360,8 +401,7 @@ def test_resnet101_batch32_fits_in_a_few_gib_on_two_cores():
     batch 32 at 32 x 32, 2 threads: peak resident memory of the whole process, Python and torch
     included.  Measured 2.3 GiB; required < 4 GiB ("a few GiB")."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"ResNet-101 convshort, batch 32, 2 threads: peak RSS {result['peak_gib']:.2f} GiB")
@@ -383,8 +423,9 @@ def test_training_logs_spp_without_changing_the_run(make_cfg, tmp_path):
     common = [*TINY, "init=bn", "trainer.deterministic=true"]
     train(make_cfg([*common, "trainer.log_spp_every=1"], tmp_path / "spp"))
     train(make_cfg(common, tmp_path / "plain"))
-    with_spp, without = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=False)["model"]
-                         for d in ("spp", "plain"))
+    with_spp, without = (
+        torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=False)["model"] for d in ("spp", "plain")
+    )
     assert with_spp.keys() == without.keys()
     for k in with_spp:
         assert torch.equal(with_spp[k], without[k]), k

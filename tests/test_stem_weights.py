@@ -29,11 +29,17 @@ RULE_SCHEMES = ("bn", "plain", "idshort", "learnscalar", "convshort", "fixup", "
 STEM_VARIANCE = {"he_fanin": 2.0, "he_fanout": 0.375, "brock": 2.0 / (1.0 - 1.0 / math.pi)}
 
 
-def build(init: str, model: str = "resnet20", width: int | None = 4, image_size: int = 16, stem: str = "auto",
-          **kw) -> nn.Module:
+def build(
+    init: str, model: str = "resnet20", width: int | None = 4, image_size: int = 16, stem: str = "auto", **kw
+) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(option_config("model", model, width=width, stem=stem), build_scheme(option_config("init", init, **kw)),
-                       10, 3, image_size)
+    return build_model(
+        option_config("model", model, width=width, stem=stem),
+        build_scheme(option_config("init", init, **kw)),
+        10,
+        3,
+        image_size,
+    )
 
 
 def stem_conv(net: nn.Module) -> nn.Conv2d:
@@ -89,10 +95,13 @@ def test_full_width_stem_with_he_fanout_sends_about_0_09():
     assert y.var().item() == pytest.approx(27 * 2 / 576, rel=0.02)
 
 
-@pytest.mark.parametrize("init,value,message", [
-    ("nf", "he_fanin", "init.stem_weights='he_fanin' is not allowed with init=nf: choose one of brock"),
-    ("wn", "brock", "init.stem_weights='brock' is not allowed with init=wn: init=wn sets every weight itself"),
-])
+@pytest.mark.parametrize(
+    "init,value,message",
+    [
+        ("nf", "he_fanin", "init.stem_weights='he_fanin' is not allowed with init=nf: choose one of brock"),
+        ("wn", "brock", "init.stem_weights='brock' is not allowed with init=wn: init=wn sets every weight itself"),
+    ],
+)
 def test_a_rule_the_scheme_cannot_apply_is_refused(make_cfg, init, value, message):
     with pytest.raises(ConfigError, match=message):
         validate(make_cfg([f"init={init}", f"init.stem_weights={value}"]))

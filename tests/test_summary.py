@@ -26,11 +26,14 @@ NO_DATA = ["data=cifar10", "data.root=/nonexistent", "data.download=false"]
 
 # Civitelli et al. Table 1 (ResNet-50/101) and Table 2 (ResNet-18), 32x32x3 input: (params M, GFLOPs).
 CIVITELLI = {
-    ("resnet18", "idshort"): (11.16, 1.12), ("resnet18", "learnscalar"): (11.16, 1.12),
+    ("resnet18", "idshort"): (11.16, 1.12),
+    ("resnet18", "learnscalar"): (11.16, 1.12),
     ("resnet18", "convshort"): (11.52, 1.16),
-    ("resnet50", "idshort"): (23.47, 2.6), ("resnet50", "learnscalar"): (23.47, 2.6),
+    ("resnet50", "idshort"): (23.47, 2.6),
+    ("resnet50", "learnscalar"): (23.47, 2.6),
     ("resnet50", "convshort"): (38.02, 4.2),
-    ("resnet101", "idshort"): (42.41, 5.02), ("resnet101", "learnscalar"): (42.41, 5.02),
+    ("resnet101", "idshort"): (42.41, 5.02),
+    ("resnet101", "learnscalar"): (42.41, 5.02),
     ("resnet101", "convshort"): (74.78, 8.92),
 }
 
@@ -69,8 +72,14 @@ def test_hand_count_of_a_narrow_resnet20_on_digits(make_cfg):
     plain_block = lambda h, c: tuple(2 * v for v in conv(h, 3, c, c))  # noqa: E731 (two c -> c 3x3 convs)
     stage1 = tuple(3 * v for v in plain_block(8, 4))
     # First block of stages 2 and 3: strided 3x3 c -> 2c, 3x3 2c -> 2c, 1x1 strided shortcut c -> 2c.
-    first = lambda h, c: tuple(a + b + s for a, b, s in zip(conv(h, 3, c, 2 * c), conv(h, 3, 2 * c, 2 * c),  # noqa: E731
-                                                            conv(h, 1, c, 2 * c)))
+    first = lambda h, c: tuple(
+        a + b + s
+        for a, b, s in zip(
+            conv(h, 3, c, 2 * c),
+            conv(h, 3, 2 * c, 2 * c),  # noqa: E731
+            conv(h, 1, c, 2 * c),
+        )
+    )
     stage2 = tuple(a + 2 * b for a, b in zip(first(4, 4), plain_block(4, 8)))
     stage3 = tuple(a + 2 * b for a, b in zip(first(2, 8), plain_block(2, 16)))
     head = (16 * 10 + 10, 2 * 16 * 10)
@@ -177,8 +186,14 @@ def test_tables_show_every_part_and_row(make_cfg):
 
 
 def nfbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nfbench.cli", "summary", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "nfbench.cli", "summary", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ},
+    )
 
 
 def test_cli_single_run_writes_summary_json(tmp_path):
@@ -191,14 +206,19 @@ def test_cli_single_run_writes_summary_json(tmp_path):
 
 def test_cli_list_of_models_and_schemes_prints_one_table(tmp_path):
     sweep = tmp_path / "sweep"
-    out = nfbench(*NO_DATA, "model=resnet20,resnet32", "init=idshort,convshort", f"hydra.sweep.dir={sweep}",
-                  cwd=tmp_path)
+    out = nfbench(
+        *NO_DATA, "model=resnet20,resnet32", "init=idshort,convshort", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("model "))
-    body = [line.split()[:2] for line in lines[header + 2:header + 6]]
-    assert body == [["resnet20", "idshort"], ["resnet20", "convshort"], ["resnet32", "idshort"],
-                    ["resnet32", "convshort"]]
+    body = [line.split()[:2] for line in lines[header + 2 : header + 6]]
+    assert body == [
+        ["resnet20", "idshort"],
+        ["resnet20", "convshort"],
+        ["resnet32", "idshort"],
+        ["resnet32", "convshort"],
+    ]
     rows = json.loads((sweep / "summary.json").read_text())["rows"]
     assert [(r["model"], r["init"]) for r in rows] == [tuple(b) for b in body]
     assert all(r["params"] > 0 and r["flops"] > 0 for r in rows)
@@ -267,7 +287,7 @@ def test_resnet18_gap_to_table_2_is_no_counting_convention(make_cfg):
     assert (params, flops) == (11_164_362, 1_110_845_440)
     elementwise = ops["relu"] + ops["add"] + ops["mul"] + ops["mean"]
     assert (ops["relu"], ops["add"], ops["mul"], ops["mean"]) == (557_056, 245_760, 245_760, 512)
-    room = 11_165_000 - 1 - params                      # more parameters and it would print 11.17
+    room = 11_165_000 - 1 - params  # more parameters and it would print 11.17
     assert room == 637 and flops + elementwise + 2 * 32 * 32 * room < 1.115e9
     _, convshort, _ = counted(make_cfg, "resnet18", "convshort")
     assert convshort - flops == 41_943_040

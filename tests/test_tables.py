@@ -11,7 +11,11 @@ FRAME = pd.DataFrame({"model": ["resnet20", "wrn"], "params": ["272,474", "36,47
 
 def test_markdown_is_one_unpadded_line_per_row_missing_as_dash():
     assert format_table(FRAME, markdown=True).splitlines() == [
-        "| model | params | note |", "|---|---|---|", "| resnet20 | 272,474 | - |", "| wrn | 36,479,194 | - |"]
+        "| model | params | note |",
+        "|---|---|---|",
+        "| resnet20 | 272,474 | - |",
+        "| wrn | 36,479,194 | - |",
+    ]
 
 
 def test_plain_text_pads_columns_and_right_aligns_the_named_ones():
@@ -19,4 +23,5 @@ def test_plain_text_pads_columns_and_right_aligns_the_named_ones():
         "model         params  note",
         "--------  ----------  ----",
         "resnet20     272,474  -",
-        "wrn       36,479,194  -"]
+        "wrn       36,479,194  -",
+    ]

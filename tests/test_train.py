@@ -83,8 +83,14 @@ def train_killed_after(epoch: int, cfg: DictConfig, monkeypatch) -> None:
 @pytest.mark.parametrize("init", ["convshort", "bn"])
 def test_resume_gives_identical_weights(make_cfg, tmp_path, init, monkeypatch):
     """Stopped after epoch 2 of 4 and resumed == uninterrupted, bit for bit (deterministic, CPU)."""
-    cfg = [*TINY, f"init={init}", "trainer.deterministic=true", "data.randaugment=true", "optim.weight_decay=5e-4",
-           "trainer.epochs=4"]
+    cfg = [
+        *TINY,
+        f"init={init}",
+        "trainer.deterministic=true",
+        "data.randaugment=true",
+        "optim.weight_decay=5e-4",
+        "trainer.epochs=4",
+    ]
     full = train(make_cfg(cfg, tmp_path / "full"))
     train_killed_after(2, make_cfg(cfg, tmp_path / "split"), monkeypatch)
     assert len(rundir.read_metrics(tmp_path / "split" / "metrics.jsonl")) == 2
@@ -152,8 +158,9 @@ def test_divergence_keeps_last_good_checkpoint(make_cfg, tmp_path, monkeypatch):
     train_killed_after(1, make_cfg([*TINY, "trainer.epochs=3"], tmp_path), monkeypatch)
     last = tmp_path / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)
-    state["model"] = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
-                      for k, v in state["model"].items()}
+    state["model"] = {
+        k: torch.full_like(v, math.nan) if v.is_floating_point() else v for k, v in state["model"].items()
+    }
     rundir.save_checkpoint(last, state)  # a poisoned network: its first loss is NaN
     poisoned = last.read_bytes()
     result = train(make_cfg([*TINY, "trainer.epochs=3"], tmp_path))
@@ -189,8 +196,9 @@ def test_warmup_then_cosine_per_step(make_cfg):
 
 
 def test_param_groups_tag_scalars(make_cfg):
-    cfg = make_cfg(["init=learnscalar", "optim.scalar_lr_mult=0.1", "optim.weight_decay=1e-4",
-                    "optim.no_decay_bias=true"])
+    cfg = make_cfg(
+        ["init=learnscalar", "optim.scalar_lr_mult=0.1", "optim.weight_decay=1e-4", "optim.no_decay_bias=true"]
+    )
     net = build_model(cfg.model, build_scheme(cfg.init), 10, 3, 32)
     groups = {g["name"]: g for g in param_groups(net, cfg.optim)}
     # resnet20 has 9 blocks; 7 keep an identity shortcut (the 2 transitions use a 1x1 conv) -> 7 alphas.
@@ -202,15 +210,18 @@ def test_param_groups_tag_scalars(make_cfg):
     assert n == sum(p.numel() for p in net.parameters())
 
 
-@pytest.mark.parametrize("switches", [
-    ["trainer.precision=bf16"],
-    ["trainer.precision=fp16"],
-    ["trainer.channels_last=true"],
-    ["trainer.mixup_alpha=1.0", "trainer.cutmix_alpha=1.0", "trainer.label_smoothing=0.1"],
-    ["optim.agc=0.01", "init=convshort"],
-    ["optim.clip_grad_norm=1.0", "init=bn"],
-    ["sched=multistep", "sched.milestones=[1]", "sched.per_step=true", "sched.warmup_epochs=0.5"],
-])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ["trainer.precision=bf16"],
+        ["trainer.precision=fp16"],
+        ["trainer.channels_last=true"],
+        ["trainer.mixup_alpha=1.0", "trainer.cutmix_alpha=1.0", "trainer.label_smoothing=0.1"],
+        ["optim.agc=0.01", "init=convshort"],
+        ["optim.clip_grad_norm=1.0", "init=bn"],
+        ["sched=multistep", "sched.milestones=[1]", "sched.per_step=true", "sched.warmup_epochs=0.5"],
+    ],
+)
 def test_training_switches_run_on_cpu(make_cfg, tmp_path, switches):
     result = train(make_cfg([*TINY, "trainer.epochs=1", *switches], tmp_path))
     assert result["status"] == "finished" and math.isfinite(result["train_loss"])
@@ -250,9 +261,21 @@ def test_real_cifar10_subset_learns(make_cfg, tmp_path, cifar10_jpeg_subset):
 
     BatchNorm is the scheme that learns fastest in a handful of steps (the normalization-free ones
     start slower, as Civitelli et al.'s Fig. 3 shows). The same settings gave 36.4% after 5 epochs."""
-    cfg = make_cfg(["data=imagefolder", f"data.root={cifar10_jpeg_subset}", "data.num_workers=0",
-                    "data.batch_size=64", "model=resnet20", "model.width=8", "init=bn", "optim.lr=0.1",
-                    "trainer.epochs=4", "trainer.progress=false"], tmp_path)
+    cfg = make_cfg(
+        [
+            "data=imagefolder",
+            f"data.root={cifar10_jpeg_subset}",
+            "data.num_workers=0",
+            "data.batch_size=64",
+            "model=resnet20",
+            "model.width=8",
+            "init=bn",
+            "optim.lr=0.1",
+            "trainer.epochs=4",
+            "trainer.progress=false",
+        ],
+        tmp_path,
+    )
     result = train(cfg)
     assert result["test_top1"] >= 25.0, result
 
@@ -302,8 +325,13 @@ def test_resume_with_validation_is_exact_and_keeps_the_best(make_cfg, tmp_path, 
     resumed = train(make_cfg(cfg, tmp_path / "split"))
     a, b = load_weights(tmp_path / "full"), load_weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    untimed = [[{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_s", "wall_s")}
-                for r in rundir.read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("full", "split")]
+    untimed = [
+        [
+            {k: v for k, v in r.items() if k not in ("images_per_s", "epoch_s", "wall_s")}
+            for r in rundir.read_metrics(tmp_path / run / "metrics.jsonl")
+        ]
+        for run in ("full", "split")
+    ]
     assert untimed[0] == untimed[1] and all("val_top1" in r for r in untimed[0])
     for key in ("best_val_top1", "best_epoch", "test_top1_at_best_val", "val_top1", "test_top1"):
         assert resumed[key] == full[key], key

@@ -18,31 +18,45 @@ from nfbench.engine.loop import train
 from tests.conftest import TINY
 from tests.test_cli import nfbench
 
-needs_optuna = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                                  reason="needs hydra-optuna-sweeper: pip install 'nfbench[tune]'")
+needs_optuna = pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="needs hydra-optuna-sweeper: pip install 'nfbench[tune]'",
+)
 
-FINISHED = {"status": "finished", "val_top1": 40.0, "val_top5": 90.0, "best_val_top1": 45.0, "test_top1": 60.0,
-            "test_top5": 95.0}
+FINISHED = {
+    "status": "finished",
+    "val_top1": 40.0,
+    "val_top5": 90.0,
+    "best_val_top1": 45.0,
+    "test_top1": 60.0,
+    "test_top5": 95.0,
+}
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ([], 60.0),                                                       # no validation split: the test top-1
-    (["data.val_size=64"], 40.0),                                     # a validation split: its final top-1
-    (["data.val_size=64", "optimized_metric=best_val_top1"], 45.0),
-    (["optimized_metric=test_top5"], 95.0),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], 60.0),  # no validation split: the test top-1
+        (["data.val_size=64"], 40.0),  # a validation split: its final top-1
+        (["data.val_size=64", "optimized_metric=best_val_top1"], 45.0),
+        (["optimized_metric=test_top5"], 95.0),
+    ],
+)
 def test_objective_picks_the_configured_metric(make_cfg, overrides, expected):
     cfg = make_cfg([*TINY, *overrides])
     validate(cfg)
     assert objective(cfg, FINISHED) == expected
 
 
-@pytest.mark.parametrize("result", [
-    None,                                                             # an invalid sweep point
-    {**FINISHED, "status": "diverged"},                               # its last good epoch's figures do not count
-    {"status": "finished", "test_top1": None},                        # a missing figure
-    {"status": "finished", "test_top1": float("nan")},
-])
+@pytest.mark.parametrize(
+    "result",
+    [
+        None,  # an invalid sweep point
+        {**FINISHED, "status": "diverged"},  # its last good epoch's figures do not count
+        {"status": "finished", "test_top1": None},  # a missing figure
+        {"status": "finished", "test_top1": float("nan")},
+    ],
+)
 def test_a_run_without_its_figure_returns_the_worst_value(make_cfg, result):
     assert objective(make_cfg(TINY), result) == WORST == 0.0
 
@@ -63,10 +77,13 @@ def test_a_diverged_training_returns_the_worst_value(make_cfg, tmp_path, caplog)
     assert any("the sweeper gets 0.0" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["optimized_metric=val_top1"], "needs a validation split: set data.val_size"),
-    (["optimized_metric=best_val_top1"], "needs a validation split: set data.val_size"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimized_metric=val_top1"], "needs a validation split: set data.val_size"),
+        (["optimized_metric=best_val_top1"], "needs a validation split: set data.val_size"),
+    ],
+)
 def test_impossible_optimized_metric_is_refused(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match="optimized_metric") as e:
         validate(make_cfg([*TINY, *overrides]))
@@ -90,12 +107,23 @@ def test_a_resume_may_change_the_optimized_metric():
 
 def trials(sweep: Path) -> list[tuple[dict, dict]]:
     """(config.yaml, result.json) of each trial's run directory."""
-    return [(yaml.safe_load((run / "config.yaml").read_text()), rundir.read_json(run / "result.json"))
-            for run in sorted(sweep.iterdir()) if run.is_dir()]
+    return [
+        (yaml.safe_load((run / "config.yaml").read_text()), rundir.read_json(run / "result.json"))
+        for run in sorted(sweep.iterdir())
+        if run.is_dir()
+    ]
 
 
-TINY_SEARCH = ["data=digits", "data.train_subset=512", "data.test_subset=128", "data.batch_size=32",
-               "model.width=4", "trainer.epochs=2", "trainer.progress=false", "hydra.sweeper.n_trials=3"]
+TINY_SEARCH = [
+    "data=digits",
+    "data.train_subset=512",
+    "data.test_subset=128",
+    "data.batch_size=32",
+    "model.width=4",
+    "trainer.epochs=2",
+    "trainer.progress=false",
+    "hydra.sweeper.n_trials=3",
+]
 
 
 @needs_optuna
@@ -103,17 +131,29 @@ def test_lr_search_preset_finds_the_best_trial(tmp_path):
     """experiment=lr_search, made tiny: 3 TPE trials over lr and weight decay, told the validation
     top-1; the study persists in SQLite (the storage that needs SQLAlchemy < 2 under Optuna 2.x)."""
     sweep = tmp_path / "sweep"
-    out = nfbench("train", "-m", "experiment=lr_search", "init=convshort", *TINY_SEARCH,
-                  "optim.lr=tag(log, interval(0.01, 0.5))", f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db",
-                  f"hydra.sweep.dir={sweep}")
+    out = nfbench(
+        "train",
+        "-m",
+        "experiment=lr_search",
+        "init=convshort",
+        *TINY_SEARCH,
+        "optim.lr=tag(log, interval(0.01, 0.5))",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert out.returncode == 0, out.stderr
     found = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     runs = trials(sweep)
     assert len(runs) == 3 and all(result["status"] == "finished" for _, result in runs)
-    assert all(0.01 <= config["optim"]["lr"] <= 0.5 and 1e-6 <= config["optim"]["weight_decay"] <= 1e-3
-               for config, _ in runs)
-    best = [result for config, result in runs if config["optim"]["lr"] == found["best_params"]["optim.lr"]
-            and config["optim"]["weight_decay"] == found["best_params"]["optim.weight_decay"]]
+    assert all(
+        0.01 <= config["optim"]["lr"] <= 0.5 and 1e-6 <= config["optim"]["weight_decay"] <= 1e-3 for config, _ in runs
+    )
+    best = [
+        result
+        for config, result in runs
+        if config["optim"]["lr"] == found["best_params"]["optim.lr"]
+        and config["optim"]["weight_decay"] == found["best_params"]["optim.weight_decay"]
+    ]
     assert len(best) == 1
     assert found["best_value"] == best[0]["val_top1"] == max(result["val_top1"] for _, result in runs)
     assert (tmp_path / "study.db").exists()
@@ -129,14 +169,25 @@ def test_optuna_on_the_command_line_tells_an_invalid_point_the_worst_value(tmp_p
 
     sweep = tmp_path / "sweep"
     storage = f"sqlite:///{tmp_path}/study.db"
-    out = nfbench("train", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
-                  "hydra.sweeper.direction=maximize",
-                  "hydra.sweeper.study_name=grid", f"hydra.sweeper.storage={storage}", *TINY_SEARCH[:-1],
-                  "sched.warmup_epochs=choice(0,2)", f"hydra.sweep.dir={sweep}")
+    out = nfbench(
+        "train",
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.study_name=grid",
+        f"hydra.sweeper.storage={storage}",
+        *TINY_SEARCH[:-1],
+        "sched.warmup_epochs=choice(0,2)",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert out.returncode == 2 and "nfbench: error: 1 of 2 sweep points invalid" in out.stderr, out.stderr
     assert "the sweeper optimises test_top1, a test-set figure" in out.stdout + out.stderr
-    results = {run.name.split("sched.warmup_epochs=")[1][0]: rundir.read_json(run / "result.json")
-               for run in sweep.iterdir() if run.is_dir()}
+    results = {
+        run.name.split("sched.warmup_epochs=")[1][0]: rundir.read_json(run / "result.json")
+        for run in sweep.iterdir()
+        if run.is_dir()
+    }
     assert results["2"]["status"] == "invalid" and results["0"]["status"] == "finished"
     study = optuna.load_study(study_name="grid", storage=storage)
     told = {t.params["sched.warmup_epochs"]: t.value for t in study.trials}

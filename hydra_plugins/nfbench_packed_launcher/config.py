@@ -13,5 +13,4 @@ class PackedLauncherConf:
     runs_per_process: int = 4
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="nfbench_packed", node=PackedLauncherConf,
-                             provider="nfbench")
+ConfigStore.instance().store(group="hydra/launcher", name="nfbench_packed", node=PackedLauncherConf, provider="nfbench")

@@ -67,17 +67,24 @@ class PackedLauncher(Launcher):
         configs = [self._job_config(overrides, initial_job_idx + i) for i, overrides in enumerate(job_overrides)]
         keys = [self._key(config) if trains(self.task_function) else (None, "not nfbench train") for config in configs]
         packs = plan_packs([key for key, _ in keys], self.runs_per_process)
-        log.info("Launching %d jobs: %d pack(s) of several in one process, the rest alone", len(configs),
-                 sum(len(p) > 1 for p in packs))
+        log.info(
+            "Launching %d jobs: %d pack(s) of several in one process, the rest alone",
+            len(configs),
+            sum(len(p) > 1 for p in packs),
+        )
         returns: dict[int, JobReturn] = {}
         for pack in packs:
             for i in pack:
                 why = f" (alone: {keys[i][1]})" if keys[i][0] is None else ""
                 log.info("\t#%d : %s%s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])), why)
             if len(pack) == 1:
-                returns[pack[0]] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                           config=configs[pack[0]], job_dir_key="hydra.sweep.dir",
-                                           job_subdir_key="hydra.sweep.subdir")
+                returns[pack[0]] = run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=self.task_function,
+                    config=configs[pack[0]],
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
             else:
                 returns.update(zip(pack, self._run_pack([configs[i] for i in pack])))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -115,8 +122,9 @@ class PackedLauncher(Launcher):
         ready = [job for job in jobs if job.start is not None]
         if ready:
             self._console_log(ready[0].config)
-            outcomes = train_pack([job.start for job in ready], [f"#{job.config.hydra.job.num}" for job in ready],
-                                  job_logs=True)
+            outcomes = train_pack(
+                [job.start for job in ready], [f"#{job.config.hydra.job.num}" for job in ready], job_logs=True
+            )
             for job, outcome in zip(ready, outcomes):
                 job.outcome = outcome
         for job in jobs:
@@ -158,9 +166,13 @@ class PackedLauncher(Launcher):
         task_cfg = copy.deepcopy(config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
-        ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,  # type: ignore
-                        hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg), working_dir=os.getcwd(),
-                        task_name=config.hydra.job.name)
+        ret = JobReturn(
+            overrides=OmegaConf.to_container(config.hydra.overrides.task),
+            cfg=task_cfg,  # type: ignore
+            hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg),
+            working_dir=os.getcwd(),
+            task_name=config.hydra.job.name,
+        )
         job = PackedJob(config, task_cfg, ret)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         if config.hydra.output_subdir is not None:

@@ -51,23 +51,48 @@ from nfbench.data.fingerprint import UNKNOWN, copy_label
 from nfbench.analysis.tables import format_table
 
 # Short names for the axes a sweep varies; any other dotted config key works as well.
-ALIASES = {"data": "data.name", "model": "model.name", "width": "model.width", "init": "init.name",
-           "weights": "init.weights", "epochs": "trainer.epochs"}
+ALIASES = {
+    "data": "data.name",
+    "model": "model.name",
+    "width": "model.width",
+    "init": "init.name",
+    "weights": "init.weights",
+    "epochs": "trainer.epochs",
+}
 # ``data_copy``: which pixels (nfbench.data.fingerprint.copy_label); a group never mixes copies (:func:`group_keys`).
 DATA_COPY = "data_copy"
 DEFAULT_GROUP_BY = ("experiment", "data", DATA_COPY, "model", "width", "init", "weights")
 # The config key each scheme alias also reads (:func:`scheme_label`): its groups are kept apart by it already.
 VARIANT_KEYS = {"init": "init.conv_shortcut", "weights": "init.stem_weights"}
 # Keys that legitimately differ between the seeds of one group and say nothing about the science.
-BOOKKEEPING = ("seed", "data.root", "data.num_workers", "data.download", "data.verify", "trainer.run_dir",
-               "trainer.resume", "trainer.progress", "trainer.device", "trainer.log_every", "trainer.compile",
-               "trainer.compile_mode", "trainer.progress_every_s", "trainer.checkpoint_every_steps",
-               "trainer.log_spp_every", "logger.")  # a key ending in "." stands for its whole group
+BOOKKEEPING = (
+    "seed",
+    "data.root",
+    "data.num_workers",
+    "data.download",
+    "data.verify",
+    "trainer.run_dir",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.device",
+    "trainer.log_every",
+    "trainer.compile",
+    "trainer.compile_mode",
+    "trainer.progress_every_s",
+    "trainer.checkpoint_every_steps",
+    "trainer.log_spp_every",
+    "logger.",
+)  # a key ending in "." stands for its whole group
 FINISHED, DIVERGED, UNFINISHED, INVALID, EXCLUDED = "finished", "diverged", "unfinished", "invalid", "excluded"
 STATUSES = (FINISHED, DIVERGED, UNFINISHED, INVALID, EXCLUDED)
 # The table's figures (mean and std over a group's finished runs), from the result.json keys they read.
-FIGURES = {"final_test_top1": "test_top1", "best_val_top1": "best_val_top1",
-           "test_top1_at_best_val": "test_top1_at_best_val", "final_train_top1": "train_top1", "wall_s": "wall_s"}
+FIGURES = {
+    "final_test_top1": "test_top1",
+    "best_val_top1": "best_val_top1",
+    "test_top1_at_best_val": "test_top1_at_best_val",
+    "final_train_top1": "train_top1",
+    "wall_s": "wall_s",
+}
 RUN_MARKERS = ("result.json", "metrics.jsonl", "env.json")
 
 
@@ -159,8 +184,9 @@ def read_run(path: Path) -> Optional[Run]:
     elif isinstance(result, dict) and result.get("status") == FINISHED and result.get("test_top1") is None:
         problem = "result.json says finished but holds no test_top1"
     env = rundir.read_json(path / "env.json", strict=False)
-    fingerprint = next((f.get("data_fingerprint") for f in (result, env) if isinstance(f, dict)
-                        and f.get("data_fingerprint")), None)
+    fingerprint = next(
+        (f.get("data_fingerprint") for f in (result, env) if isinstance(f, dict) and f.get("data_fingerprint")), None
+    )
     return Run(path, config, metrics, result, problem, fingerprint)
 
 
@@ -224,8 +250,11 @@ def _mixed(members: Sequence[Run], group_by: Sequence[str]) -> list[str]:
     flat = [_flatten(r.config) for r in members if r.status != INVALID]
     skip = {ALIASES.get(k, k) for k in group_by} | {VARIANT_KEYS.get(k) for k in group_by} | set(BOOKKEEPING)
     groups = tuple(b for b in BOOKKEEPING if b.endswith("."))
-    return sorted(k for k in set().union(*flat) if k not in skip and not k.startswith(groups)
-                  and len({f.get(k) for f in flat}) > 1)
+    return sorted(
+        k
+        for k in set().union(*flat)
+        if k not in skip and not k.startswith(groups) and len({f.get(k) for f in flat}) > 1
+    )
 
 
 def _mean(values: pd.Series) -> float:
@@ -244,14 +273,18 @@ def _std(values: pd.Series) -> float:
 def runs_frame(runs: Sequence[Run], group_by: Sequence[str]) -> pd.DataFrame:
     """One row per run: ``group`` (its values of ``group_by`` as JSON text, so that null and lists
     group too), status, seed, planned epochs, result.json's figures (NaN where absent) and the Run."""
-    return pd.DataFrame({
-        "group": [json.dumps(values) for values in _group_values(runs, group_by)],
-        "status": [r.status for r in runs],
-        "seed": pd.Series([r.get("seed") for r in runs], dtype=object),
-        "epochs": pd.Series([r.get("epochs") for r in runs], dtype=object),
-        **{name: pd.Series([(r.result or {}).get(key) for r in runs], dtype=float) for name, key in FIGURES.items()},
-        "run": pd.Series(list(runs), dtype=object),
-    })
+    return pd.DataFrame(
+        {
+            "group": [json.dumps(values) for values in _group_values(runs, group_by)],
+            "status": [r.status for r in runs],
+            "seed": pd.Series([r.get("seed") for r in runs], dtype=object),
+            "epochs": pd.Series([r.get("epochs") for r in runs], dtype=object),
+            **{
+                name: pd.Series([(r.result or {}).get(key) for r in runs], dtype=float) for name, key in FIGURES.items()
+            },
+            "run": pd.Series(list(runs), dtype=object),
+        }
+    )
 
 
 def _group_values(runs: Sequence[Run], group_by: Sequence[str]) -> list[list]:
@@ -265,9 +298,9 @@ def _group_values(runs: Sequence[Run], group_by: Sequence[str]) -> list[list]:
     copies: dict[str, set] = {}
     for r, v in zip(runs, values):
         if r.status != INVALID:
-            copies.setdefault(json.dumps(v[:at] + v[at + 1:]), set()).add(v[at])
+            copies.setdefault(json.dumps(v[:at] + v[at + 1 :]), set()).add(v[at])
     for r, v in zip(runs, values):
-        found = copies.get(json.dumps(v[:at] + v[at + 1:]), set())
+        found = copies.get(json.dumps(v[:at] + v[at + 1 :]), set())
         if r.status == INVALID and len(found) == 1:
             v[at] = next(iter(found))
     return values
@@ -291,23 +324,33 @@ def aggregate(runs: Sequence[Run], group_by: Sequence[str] = DEFAULT_GROUP_BY) -
     group_by = group_keys(group_by)
     per_run = runs_frame(runs, group_by)
     order = per_run["group"].unique()
-    counts = (pd.crosstab(per_run["group"], per_run["status"])
-              .reindex(index=order, columns=list(STATUSES), fill_value=0)
-              .rename(columns={FINISHED: "seeds"}))
+    counts = (
+        pd.crosstab(per_run["group"], per_run["status"])
+        .reindex(index=order, columns=list(STATUSES), fill_value=0)
+        .rename(columns={FINISHED: "seeds"})
+    )
     planned = per_run[per_run["status"] != INVALID].groupby("group", sort=False)["epochs"]
     epochs = planned.first().where(planned.nunique(dropna=False) == 1).reindex(order).astype("Int64")
-    stats = per_run[per_run["status"] == FINISHED].groupby("group", sort=False).agg(
-        **{f"{name}_{stat}": (name, how) for name in FIGURES for stat, how in (("mean", _mean), ("std", _std))})
+    stats = (
+        per_run[per_run["status"] == FINISHED]
+        .groupby("group", sort=False)
+        .agg(**{f"{name}_{stat}": (name, how) for name in FIGURES for stat, how in (("mean", _mean), ("std", _std))})
+    )
     members = per_run.groupby("group", sort=False)["run"].agg(list).reindex(order)
     keys = pd.DataFrame([json.loads(g) for g in order], index=order, columns=list(group_by), dtype=object)
-    table = pd.concat([
-        keys, counts, epochs.rename("epochs"),
-        stats.reindex(order).drop(columns="wall_s_std"),
-        members.map(lambda rs: sorted(r.get("seed") for r in rs)).rename("seed_values"),
-        members.map(lambda rs: _mixed(rs, group_by)).rename("mixed_keys"),
-        members.map(lambda rs: []).rename("references"),
-        members.rename("runs"),
-    ], axis=1)
+    table = pd.concat(
+        [
+            keys,
+            counts,
+            epochs.rename("epochs"),
+            stats.reindex(order).drop(columns="wall_s_std"),
+            members.map(lambda rs: sorted(r.get("seed") for r in rs)).rename("seed_values"),
+            members.map(lambda rs: _mixed(rs, group_by)).rename("mixed_keys"),
+            members.map(lambda rs: []).rename("references"),
+            members.rename("runs"),
+        ],
+        axis=1,
+    )
     # A group key named like a figure (--group-by epochs) is that figure: one column.
     return table.loc[:, ~table.columns.duplicated()].reset_index(drop=True)
 
@@ -331,8 +374,9 @@ def _matches(run: Run, match: dict) -> bool:
 
 def attach_references(table: pd.DataFrame, refs: Sequence[dict]) -> pd.DataFrame:
     """``table`` with each group's ``references``: those that match its runs."""
-    return table.assign(references=table["runs"].map(
-        lambda runs: [ref for ref in refs if _matches(runs[0], ref["match"])]))
+    return table.assign(
+        references=table["runs"].map(lambda runs: [ref for ref in refs if _matches(runs[0], ref["match"])])
+    )
 
 
 def _pm(mean: float, std: float) -> str:
@@ -357,9 +401,12 @@ def _joined(values: Iterable[Any]) -> Optional[str]:
     return ";".join(str(v) for v in values) or None
 
 
-MARKDOWN_FIGURES = {"final_test_top1": "final test top-1 (%)", "best_val_top1": "best val top-1 (%)",
-                    "test_top1_at_best_val": "test top-1 at best val (%)",
-                    "final_train_top1": "final train top-1 (%)"}
+MARKDOWN_FIGURES = {
+    "final_test_top1": "final test top-1 (%)",
+    "best_val_top1": "best val top-1 (%)",
+    "test_top1_at_best_val": "test top-1 at best val (%)",
+    "final_train_top1": "final train top-1 (%)",
+}
 COUNTS = ("seeds", "diverged", "unfinished", "invalid", "excluded", "epochs")
 
 
@@ -368,24 +415,44 @@ def markdown_table(table: pd.DataFrame, group_by: Sequence[str], skipped: Sequen
     (``skipped``: path and why), groups whose runs differ in other keys, and the sources of the
     reference numbers it cites."""
     group_by = group_keys(group_by)
-    shown = pd.concat([
-        table[list(dict.fromkeys([*group_by, *COUNTS]))],
-        pd.DataFrame({title: [_pm(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"])]
-                      for name, title in MARKDOWN_FIGURES.items()}),
-        pd.DataFrame({"wall / run": table["wall_s_mean"].map(_duration),
-                      "reference top-1 (%)": table["references"].map(
-                          lambda refs: ", ".join(f"{r['test_top1']:.2f} [{r['id']}]" for r in refs) or None)}),
-    ], axis=1)
-    notes = ["", "Mean ± sample standard deviation over the finished seeds; diverged, unfinished, invalid and "
-             "excluded runs are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
-             "over epochs on the validation split held out of the training set (data.val_size), and test "
-             "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split."]
-    notes += [f"- Invalid: {r.path}: {r.result['error']}"
-              for runs in table["runs"] for r in runs if r.status == INVALID]
+    shown = pd.concat(
+        [
+            table[list(dict.fromkeys([*group_by, *COUNTS]))],
+            pd.DataFrame(
+                {
+                    title: [_pm(m, s) for m, s in zip(table[f"{name}_mean"], table[f"{name}_std"])]
+                    for name, title in MARKDOWN_FIGURES.items()
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "wall / run": table["wall_s_mean"].map(_duration),
+                    "reference top-1 (%)": table["references"].map(
+                        lambda refs: ", ".join(f"{r['test_top1']:.2f} [{r['id']}]" for r in refs) or None
+                    ),
+                }
+            ),
+        ],
+        axis=1,
+    )
+    notes = [
+        "",
+        "Mean ± sample standard deviation over the finished seeds; diverged, unfinished, invalid and "
+        "excluded runs are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
+        "over epochs on the validation split held out of the training set (data.val_size), and test "
+        "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split.",
+    ]
+    notes += [
+        f"- Invalid: {r.path}: {r.result['error']}" for runs in table["runs"] for r in runs if r.status == INVALID
+    ]
     notes += [f"- Excluded: {r.path}: {r.problem}" for runs in table["runs"] for r in runs if r.status == EXCLUDED]
     notes += [f"- Skipped: {path}: {why}" for path, why in skipped]
-    notes += [f"- Warning: the runs of `{_label(row, group_by)}` also differ in {', '.join(row['mixed_keys'])}; "
-              f"add those keys to --group-by to separate them." for _, row in table.iterrows() if row["mixed_keys"]]
+    notes += [
+        f"- Warning: the runs of `{_label(row, group_by)}` also differ in {', '.join(row['mixed_keys'])}; "
+        f"add those keys to --group-by to separate them."
+        for _, row in table.iterrows()
+        if row["mixed_keys"]
+    ]
     cited = {ref["id"]: ref for refs in table["references"] for ref in refs}
     notes += [f"- [{ref['id']}] {ref['source']}: {ref['setting']}." for ref in cited.values()]
     return "\n".join([format_table(shown, markdown=True), *notes]) + "\n"
@@ -397,11 +464,13 @@ def csv_table(table: pd.DataFrame) -> pd.DataFrame:
         seed_values=table["seed_values"].map(_joined),
         reference_test_top1=table["references"].map(lambda refs: _joined(r["test_top1"] for r in refs)),
         reference_ids=table["references"].map(lambda refs: _joined(r["id"] for r in refs)),
-        mixed_keys=table["mixed_keys"].map(_joined))
+        mixed_keys=table["mixed_keys"].map(_joined),
+    )
 
 
-def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
-                skipped: Sequence[tuple[Path, str]] = ()) -> dict[str, Path]:
+def write_table(
+    table: pd.DataFrame, group_by: Sequence[str], out_dir: Path, skipped: Sequence[tuple[Path, str]] = ()
+) -> dict[str, Path]:
     """Write ``report.md`` and ``report.csv`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / "report.md", out_dir / "report.csv"
@@ -413,9 +482,10 @@ def write_table(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
 def epoch_curve(runs: Sequence[Run], key: str) -> tuple[list[int], list[float], list[float]]:
     """Per epoch (1-based): mean and std of ``key`` over the runs that reached it; diverged runs
     are left out, and so are missing and non-finite values.  A single run gives a zero-width band."""
-    points = pd.DataFrame([(int(m["epoch"]), m.get(key)) for r in runs if r.status not in (DIVERGED, EXCLUDED)
-                           for m in r.metrics],
-                          columns=["epoch", "value"]).astype({"value": float})
+    points = pd.DataFrame(
+        [(int(m["epoch"]), m.get(key)) for r in runs if r.status not in (DIVERGED, EXCLUDED) for m in r.metrics],
+        columns=["epoch", "value"],
+    ).astype({"value": float})
     curve = points[np.isfinite(points["value"])].groupby("epoch")["value"].agg(mean=_mean, std=_std)
     return curve.index.tolist(), curve["mean"].tolist(), curve["std"].fillna(0.0).tolist()
 
@@ -426,8 +496,9 @@ SCHEME_KEYS = ("init", "weights", "init.name", "init.weights")
 CURVE_KEYS = (DATA_COPY, *SCHEME_KEYS)
 
 
-def _figure_groups(table: pd.DataFrame,
-                   group_by: Sequence[str]) -> Iterator[tuple[list[tuple[str, Any]], pd.DataFrame]]:
+def _figure_groups(
+    table: pd.DataFrame, group_by: Sequence[str]
+) -> Iterator[tuple[list[tuple[str, Any]], pd.DataFrame]]:
     """One figure per combination of the group keys other than the scheme (init, weights) and the data copy:
     Civitelli et al. draw one panel per architecture with every scheme in it.  Yields the figure's
     (key, value) pairs and its rows of ``table``."""
@@ -442,8 +513,9 @@ def _slug(parts: Iterable[Any]) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
-def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
-                formats: Sequence[str] = ("png",)) -> list[Path]:
+def plot_curves(
+    table: pd.DataFrame, group_by: Sequence[str], out_dir: Path, formats: Sequence[str] = ("png",)
+) -> list[Path]:
     """Civitelli et al. Fig. 3/4: train (left) and test (right) top-1 against epoch; per scheme
     the seeds' mean as a line and +- one std as a band; references as dashed lines."""
     import matplotlib
@@ -489,15 +561,22 @@ def plot_curves(table: pd.DataFrame, group_by: Sequence[str], out_dir: Path,
     return written
 
 
-def report(paths: Sequence[Path | str], out_dir: Path, group_by: Sequence[str] = DEFAULT_GROUP_BY,
-           references: Optional[Path] = None, formats: Sequence[str] = ("png",)) -> dict[str, Any]:
+def report(
+    paths: Sequence[Path | str],
+    out_dir: Path,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    references: Optional[Path] = None,
+    formats: Sequence[str] = ("png",),
+) -> dict[str, Any]:
     """collect -> aggregate -> attach references -> table and curves; returns the runs, the table and file paths."""
     runs, skipped = collect_all(paths)
     for path, why in skipped:
         print(f"nfbench report: skipped {path}: {why}", file=sys.stderr)
     if not runs:
-        raise FileNotFoundError(f"nfbench report: no training run directories under {', '.join(map(str, paths))} "
-                                f"that can be read (a run directory holds config.yaml and metrics.jsonl or result.json)")
+        raise FileNotFoundError(
+            f"nfbench report: no training run directories under {', '.join(map(str, paths))} "
+            f"that can be read (a run directory holds config.yaml and metrics.jsonl or result.json)"
+        )
     table = attach_references(aggregate(runs, group_by), load_references(references))
     files = write_table(table, group_by, out_dir, skipped)
     figures = plot_curves(table, group_by, out_dir, formats)
@@ -517,14 +596,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = argparse.ArgumentParser(
         prog="nfbench report",
         description="Summarise training runs: a table (Markdown + CSV) of final test top-1 and, with a validation "
-                    "split, the best validation top-1 and the test top-1 at its epoch, mean ± std over seeds, "
-                    "diverged/unfinished counts, epochs and wall time, with published reference numbers; "
-                    "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).")
+        "split, the best validation top-1 and the test top-1 at its epoch, mean ± std over seeds, "
+        "diverged/unfinished counts, epochs and wall time, with published reference numbers; "
+        "and train/test accuracy curves per epoch (mean line, std band, one colour per scheme).",
+    )
     p.add_argument("dirs", nargs="+", type=Path, help="run directories or trees of them (e.g. outputs/multirun/...)")
     p.add_argument("--out", type=Path, help="output folder (default: the first DIR's report/, e.g. DIR/report)")
-    p.add_argument("--group-by", nargs="+", metavar="KEY",
-                   help=f"keys that define a group (default: {' '.join(DEFAULT_GROUP_BY)}); aliases "
-                        f"{', '.join(ALIASES)}, or any dotted config key (optim.lr); +KEY adds to the default")
+    p.add_argument(
+        "--group-by",
+        nargs="+",
+        metavar="KEY",
+        help=f"keys that define a group (default: {' '.join(DEFAULT_GROUP_BY)}); aliases "
+        f"{', '.join(ALIASES)}, or any dotted config key (optim.lr); +KEY adds to the default",
+    )
     p.add_argument("--references", type=Path, help="a references YAML file instead of nfbench's own")
     p.add_argument("--format", nargs="+", default=["png"], choices=["png", "pdf", "svg"], help="figure formats")
     args = p.parse_args(argv)

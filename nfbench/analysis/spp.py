@@ -167,14 +167,23 @@ def run_spp(cfg: DictConfig) -> dict:
     write_csv(rows, run_dir / CSV_NAME)
     figures = plot_model(rows, run_dir / "spp", cfg.spp.formats)
     first, last = rows[0], rows[-1]
-    log.info("%s / %s (%s), %d blocks: forward variance %.3g ... %.3g, backward variance %.3g ... %.3g "
-             "(shallowest ... deepest block); %s", cfg.model.name, cfg.init.name, first["weights"], len(rows),
-             first["fwd_var"], last["fwd_var"], first["bwd_var"], last["bwd_var"], run_dir / CSV_NAME)
+    log.info(
+        "%s / %s (%s), %d blocks: forward variance %.3g ... %.3g, backward variance %.3g ... %.3g "
+        "(shallowest ... deepest block); %s",
+        cfg.model.name,
+        cfg.init.name,
+        first["weights"],
+        len(rows),
+        first["fwd_var"],
+        last["fwd_var"],
+        first["bwd_var"],
+        last["bwd_var"],
+        run_dir / CSV_NAME,
+    )
     return {"csv": str(run_dir / CSV_NAME), "figures": [str(p) for p in figures]}
 
 
-def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int,
-            step: int) -> None:
+def log_spp(loggers: Loggers, net: nn.Module, cfg: DictConfig, loader: DataLoader, num_classes: int, step: int) -> None:
     """Scalars ``spp_<stat>/block_NN`` of ``net`` on the first ``spp.batch_size`` images of ``loader``, for the
     run's step-wise curves (TensorBoard, wandb).
 

@@ -46,14 +46,18 @@ def read_csv(path: Path) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in NEEDED if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{path} is not a spp.csv of nfbench spp (no column {', '.join(missing)}): rerun "
-                            f"nfbench spp for it, or move it out of the folders given")
+            raise DataError(
+                f"{path} is not a spp.csv of nfbench spp (no column {', '.join(missing)}): rerun "
+                f"nfbench spp for it, or move it out of the folders given"
+            )
         for row in reader:
             try:
                 rows.append({k: (int(v) if k in ints else v if k in text else float(v)) for k, v in row.items()})
             except (TypeError, ValueError):
-                raise DataError(f"{path}, line {reader.line_num}, is truncated or damaged ({list(row.values())}): "
-                                f"rerun nfbench spp for that job, or move its spp.csv away") from None
+                raise DataError(
+                    f"{path}, line {reader.line_num}, is truncated or damaged ({list(row.values())}): "
+                    f"rerun nfbench spp for that job, or move its spp.csv away"
+                ) from None
     return rows
 
 
@@ -64,8 +68,9 @@ def _curve_order(key: tuple[str, str]) -> tuple:
     return paper, init, w, weights
 
 
-def plot_model(rows: Sequence[dict], out_stem: Path, formats: Iterable[str] = ("png",),
-               labels: dict[Any, str] | None = None) -> list[Path]:
+def plot_model(
+    rows: Sequence[dict], out_stem: Path, formats: Iterable[str] = ("png",), labels: dict[Any, str] | None = None
+) -> list[Path]:
     """Draw one model's curves (rows of spp.csv, grouped by ``curve`` or else by (init, weights)).
 
     Rows may carry a ``curve`` key naming the curve they belong to; ``labels`` maps it to the legend
@@ -93,14 +98,20 @@ def plot_model(rows: Sequence[dict], out_stem: Path, formats: Iterable[str] = ("
         label = (labels or {}).get(key, f"{init} + {weights}")
         x = [r["block"] for r in pts]
         for ax, stat in zip(axes, ("fwd_var", "bwd_var")):
-            ax.plot(x, [r[stat] for r in pts], style, marker=marker, ms=3, lw=1.4, color=colours[init],
-                    label=label)
+            ax.plot(x, [r[stat] for r in pts], style, marker=marker, ms=3, lw=1.4, color=colours[init], label=label)
             if max(r["seeds"] for r in pts) > 1:
-                ax.fill_between(x, [r[f"{stat}_min"] for r in pts], [r[f"{stat}_max"] for r in pts],
-                                color=colours[init], alpha=0.18, lw=0)
+                ax.fill_between(
+                    x,
+                    [r[f"{stat}_min"] for r in pts],
+                    [r[f"{stat}_max"] for r in pts],
+                    color=colours[init],
+                    alpha=0.18,
+                    lw=0,
+                )
     transitions = sorted({r["block"] for r in rows if r["stride"] > 1})
-    for ax, title, ylabel in zip(axes, ("forward: activations", "backward: gradients"),
-                                 (r"Var$[x_l]$", r"Var$[\partial L / \partial x_l]$")):
+    for ax, title, ylabel in zip(
+        axes, ("forward: activations", "backward: gradients"), (r"Var$[x_l]$", r"Var$[\partial L / \partial x_l]$")
+    ):
         for t in transitions:
             ax.axvline(t, color="0.6", lw=0.8, ls="-", zorder=0)
         ax.set_yscale("log")
@@ -111,8 +122,9 @@ def plot_model(rows: Sequence[dict], out_stem: Path, formats: Iterable[str] = ("
         ax.tick_params(labelsize=9)
     seeds = max(r["seeds"] for r in rows)
     note = f", mean and min-max of {seeds} seeds" if seeds > 1 else ""
-    fig.suptitle(f"{models[0]} at initialisation: per-block signal propagation "
-                 f"(grey lines: stride-2 blocks{note})", fontsize=11)
+    fig.suptitle(
+        f"{models[0]} at initialisation: per-block signal propagation (grey lines: stride-2 blocks{note})", fontsize=11
+    )
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=9, frameon=False)
     rows_of_legend = -(-len(names) // 4)
@@ -145,9 +157,11 @@ def plot_dirs(dirs: Sequence[Path], out_dir: Path, formats: Iterable[str] = ("pn
         jobs: dict[tuple[str, str], set[str]] = defaultdict(set)
         for r in rows:
             jobs[(r["init"], r["weights"])].add(r["curve"])
-        labels = {r["curve"]: f"{r['init']} + {r['weights']}"
-                  + (f" ({Path(r['curve']).name})" if len(jobs[(r["init"], r["weights"])]) > 1 else "")
-                  for r in rows}
+        labels = {
+            r["curve"]: f"{r['init']} + {r['weights']}"
+            + (f" ({Path(r['curve']).name})" if len(jobs[(r["init"], r["weights"])]) > 1 else "")
+            for r in rows
+        }
         paths += plot_model(rows, out_dir / f"spp_{model}", formats, labels)
     return paths
 
@@ -163,9 +177,13 @@ class OverlayCallback(Callback):
 
 def main(argv: Sequence[str]) -> None:
     """``nfbench spp-plot DIR [DIR ...] [--out OUT] [--formats png pdf svg]``."""
-    parser = argparse.ArgumentParser(prog="nfbench spp-plot", description=(
-        "Overlay the spp.csv files found under the DIRs (e.g. several `nfbench spp -m` sweeps): "
-        "one figure per model, spp_<model>.<fmt>."))
+    parser = argparse.ArgumentParser(
+        prog="nfbench spp-plot",
+        description=(
+            "Overlay the spp.csv files found under the DIRs (e.g. several `nfbench spp -m` sweeps): "
+            "one figure per model, spp_<model>.<fmt>."
+        ),
+    )
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first DIR)")
     parser.add_argument("--formats", nargs="+", default=["png"], choices=[f.value for f in FigureFormat])

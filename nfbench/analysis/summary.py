@@ -44,12 +44,28 @@ PAPER_COLUMN = "Civitelli et al."
 # widths: (table, params in M, GFLOPs) per model and row.  Their "BatchNorm" rows repeat ConvShort's: shown
 # beside both BatchNorm networks, init=bn and init=bn init.conv_shortcut=true (docs/schemes.md).
 PAPER_COUNTS = {
-    "resnet18": ("Table 2", {"IdShort": (11.16, 1.12), "LearnScalar": (11.16, 1.12), "ConvShort": (11.52, 1.16),
-                             "BatchNorm": (11.52, 1.16)}),
-    "resnet50": ("Table 1", {"IdShort": (23.47, 2.6), "LearnScalar": (23.47, 2.6), "ConvShort": (38.02, 4.2),
-                             "BatchNorm": (38.02, 4.2)}),
-    "resnet101": ("Table 1", {"IdShort": (42.41, 5.02), "LearnScalar": (42.41, 5.02), "ConvShort": (74.78, 8.92),
-                              "BatchNorm": (74.78, 8.92)}),
+    "resnet18": (
+        "Table 2",
+        {
+            "IdShort": (11.16, 1.12),
+            "LearnScalar": (11.16, 1.12),
+            "ConvShort": (11.52, 1.16),
+            "BatchNorm": (11.52, 1.16),
+        },
+    ),
+    "resnet50": (
+        "Table 1",
+        {"IdShort": (23.47, 2.6), "LearnScalar": (23.47, 2.6), "ConvShort": (38.02, 4.2), "BatchNorm": (38.02, 4.2)},
+    ),
+    "resnet101": (
+        "Table 1",
+        {
+            "IdShort": (42.41, 5.02),
+            "LearnScalar": (42.41, 5.02),
+            "ConvShort": (74.78, 8.92),
+            "BatchNorm": (74.78, 8.92),
+        },
+    ),
 }
 PAPER_ROWS = {"idshort": "IdShort", "learnscalar": "LearnScalar", "convshort": "ConvShort", "bn": "BatchNorm"}
 
@@ -83,15 +99,27 @@ def summarize(cfg: DictConfig) -> dict:
             parts.append({"name": f"stage{i}", "params": _params(stage), "flops": flops})
         flops, _ = _flops(net.head, x)
         parts.append({"name": "head", "params": _params([net.head]), "flops": flops})
-    paper_setting = (shape.in_chans, shape.image_size, shape.num_classes, cfg.model.width) == (3, 32, 10, None) \
-        and choose_stem(cfg.model.stem, shape.image_size) == "cifar"
+    paper_setting = (shape.in_chans, shape.image_size, shape.num_classes, cfg.model.width) == (
+        3,
+        32,
+        10,
+        None,
+    ) and choose_stem(cfg.model.stem, shape.image_size) == "cifar"
     # init=bn init.conv_shortcut=true is named as its option file, conf/init/bn_conv_shortcut.yaml (and the report).
     init = f"{cfg.init.name}_conv_shortcut" if cfg.init.get("conv_shortcut") else cfg.init.name
-    return {"model": cfg.model.name, "init": init, "weights": plan.scheme.weights, "data": cfg.data.name,
-            "input": [shape.in_chans, shape.image_size, shape.image_size], "num_classes": shape.num_classes,
-            "params": _params([net]), "flops": sum(p["flops"] for p in parts), "parts": parts,
-            "bn_params": _params([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]),
-            "paper": paper_counts(cfg.model.name, cfg.init.name) if paper_setting else None}
+    return {
+        "model": cfg.model.name,
+        "init": init,
+        "weights": plan.scheme.weights,
+        "data": cfg.data.name,
+        "input": [shape.in_chans, shape.image_size, shape.image_size],
+        "num_classes": shape.num_classes,
+        "params": _params([net]),
+        "flops": sum(p["flops"] for p in parts),
+        "parts": parts,
+        "bn_params": _params([m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]),
+        "paper": paper_counts(cfg.model.name, cfg.init.name) if paper_setting else None,
+    }
 
 
 def paper_counts(model: str, init: str) -> Optional[str]:
@@ -112,14 +140,22 @@ def _g(n: int) -> str:
 
 def _counts(frame: pd.DataFrame) -> pd.DataFrame:
     """Parameter and FLOP columns of rows with ``params`` and ``flops``: exact (thousands separated) and in M/G."""
-    return pd.DataFrame({"params": frame["params"].map("{:,}".format), "params (M)": frame["params"].map(_m),
-                         "FLOPs": frame["flops"].map("{:,}".format), "FLOPs (G)": frame["flops"].map(_g)})
+    return pd.DataFrame(
+        {
+            "params": frame["params"].map("{:,}".format),
+            "params (M)": frame["params"].map(_m),
+            "FLOPs": frame["flops"].map("{:,}".format),
+            "FLOPs (G)": frame["flops"].map(_g),
+        }
+    )
 
 
 def format_parts(row: dict) -> str:
     """One model: a line per stem, stage and head, then the total."""
-    title = (f"{row['model']} / {row['init']} ({row['weights']} weights), input "
-             f"{'x'.join(map(str, row['input']))}, {row['num_classes']} classes")
+    title = (
+        f"{row['model']} / {row['init']} ({row['weights']} weights), input "
+        f"{'x'.join(map(str, row['input']))}, {row['num_classes']} classes"
+    )
     if row.get("bn_params"):
         title += f"; {row['bn_params']:,} of the parameters are BN affine"
     if row.get("paper"):
@@ -132,8 +168,11 @@ def format_parts(row: dict) -> str:
 def format_rows(rows: Sequence[dict]) -> str:
     """Several models: one line each, with totals."""
     frame = pd.DataFrame(rows)
-    columns = [frame[["model", "init", "weights"]], frame["input"].map(lambda s: "x".join(map(str, s))).rename("input"),
-               _counts(frame)]
+    columns = [
+        frame[["model", "init", "weights"]],
+        frame["input"].map(lambda s: "x".join(map(str, s))).rename("input"),
+        _counts(frame),
+    ]
     if "bn_params" in frame and frame["bn_params"].any():  # the paper's BatchNorm rows leave these out
         columns.append(frame["bn_params"].map("{:,}".format).rename("of which BN affine"))
     if "paper" in frame and frame["paper"].notna().any():
@@ -147,8 +186,11 @@ def summary(cfg: DictConfig) -> dict:
 
     row = summarize(cfg)
     if row["input"] != PAPER_INPUT:
-        log.warning("FLOPs for data=%s's %s input; Civitelli et al. Tables 1-2 count a 3x32x32 input: add data=cifar10",
-                    row["data"], "x".join(map(str, row["input"])))
+        log.warning(
+            "FLOPs for data=%s's %s input; Civitelli et al. Tables 1-2 count a 3x32x32 input: add data=cifar10",
+            row["data"],
+            "x".join(map(str, row["input"])),
+        )
     run_dir = resolve_run_dir(cfg)
     if in_multirun():
         write_json(run_dir / JSON_NAME, {"job": HydraConfig.get().job.num, "rows": [row]})

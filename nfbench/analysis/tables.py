@@ -19,9 +19,16 @@ def format_table(frame: pd.DataFrame, markdown: bool = False, right: Collection[
     header = [str(c) for c in frame.columns]
     rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
     if markdown:
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                          *("| " + " | ".join(row) + " |" for row in rows)])
+        return "\n".join(
+            [
+                "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header),
+                *("| " + " | ".join(row) + " |" for row in rows),
+            ]
+        )
     widths = [max(len(c) for c in column) for column in zip(header, *rows)]
-    lines = ["  ".join(c.rjust(w) if name in right else c.ljust(w) for c, w, name in zip(row, widths, header))
-             .rstrip() for row in [header, *rows]]
+    lines = [
+        "  ".join(c.rjust(w) if name in right else c.ljust(w) for c, w, name in zip(row, widths, header)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

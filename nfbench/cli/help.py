@@ -158,8 +158,13 @@ def keys_help(cfg: Optional[DictConfig] = None, width: int = 38, line: int = 118
             value = _lookup(raw, key.name)
             setting = f"{key.name}={_format(key.default if value is dataclasses.MISSING else value)}"
             lead = f"  {setting:<{width}}  "
-            lines.append(textwrap.fill(key.meaning, line, initial_indent=lead, subsequent_indent=" " * len(lead),
-                                       break_on_hyphens=False) if key.meaning else lead.rstrip())
+            lines.append(
+                textwrap.fill(
+                    key.meaning, line, initial_indent=lead, subsequent_indent=" " * len(lead), break_on_hyphens=False
+                )
+                if key.meaning
+                else lead.rstrip()
+            )
         paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs).replace("$", "$$")
 

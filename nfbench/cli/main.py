@@ -65,14 +65,25 @@ def _record_invalid(cfg: DictConfig, error: Exception) -> None:
         weights = weight_rule(cfg.init.name, cfg.init.weights)
     except ConfigError:  # an unknown scheme: the point is invalid for that reason
         weights = cfg.init.weights and str(cfg.init.weights)
-    rundir.write_json(job_dir / "result.json", {
-        "status": "invalid", "error": str(error), "data": cfg.data.name, "model": cfg.model.name,
-        "init": cfg.init.name, "weights": weights, "seed": cfg.seed, "experiment": cfg.get("experiment")})
+    rundir.write_json(
+        job_dir / "result.json",
+        {
+            "status": "invalid",
+            "error": str(error),
+            "data": cfg.data.name,
+            "model": cfg.model.name,
+            "init": cfg.init.name,
+            "weights": weights,
+            "seed": cfg.seed,
+            "experiment": cfg.get("experiment"),
+        },
+    )
     log.error("%s (recorded as an invalid point in %s; the sweep goes on)", error, job_dir / "result.json")
 
 
-def _user_errors(fn: Callable[[DictConfig], Optional[dict]],
-                 sweep_points: bool = False) -> Callable[[DictConfig], Optional[dict]]:
+def _user_errors(
+    fn: Callable[[DictConfig], Optional[dict]], sweep_points: bool = False
+) -> Callable[[DictConfig], Optional[dict]]:
     """Report mistakes a user can fix in one line, without a traceback, exit code 2.  With
     ``sweep_points``, a multirun's invalid point is recorded in its job directory instead and the
     sweep goes on; :func:`main` exits 2 once the sweep is over."""
@@ -114,6 +125,7 @@ def _validated_train(cfg: DictConfig) -> dict:
 
 # The jobs of a pack (hydra/launcher=packed, hydra_plugins/nfbench_packed_launcher): _train cut where the pack
 # trains, so that a job of a pack is refused, recorded and scored as a job alone is.
+
 
 def trains(task_function: Callable[..., Any]) -> bool:
     """Whether ``task_function`` is ``nfbench train``'s, the one task a pack runs; the jobs of every other
@@ -178,7 +190,10 @@ COMMANDS: dict[str, tuple[Callable[[], None], str]] = {
     "spp": (_spp, "signal propagation plot at initialisation: per-block forward/backward variance (spp.*)"),
     "spp-plot": (_spp_plot, "overlay the spp.csv files under DIR ...: one figure per model"),
     "summary": (_summary, "parameters and FLOPs per stage (a list of models/schemes: one table; summary.json)"),
-    "report": (_report, "table (Markdown + CSV) and accuracy curves over the runs under DIR ...: mean +- std over seeds"),
+    "report": (
+        _report,
+        "table (Markdown + CSV) and accuracy curves over the runs under DIR ...: mean +- std over seeds",
+    ),
 }
 
 USAGE = """usage: nfbench COMMAND [OVERRIDES ...] [HYDRA FLAGS]
@@ -253,12 +268,17 @@ def _key_of_another_option(error: Optional[Exception]) -> Optional[str]:
     if not isinstance(error, (ConfigAttributeError, ConfigKeyError)) or not key or key.count(".") != 1:
         return None
     group, name = key.split(".")
-    owners = [f"{group}={option}" for option, schema in OPTION_SCHEMAS.get(group, {}).items()
-              if name in {f.name for f in dataclasses.fields(schema)}]
+    owners = [
+        f"{group}={option}"
+        for option, schema in OPTION_SCHEMAS.get(group, {}).items()
+        if name in {f.name for f in dataclasses.fields(schema)}
+    ]
     if not owners:
         return None
-    return (f"{key} is a key of {' and '.join(owners)} only, not of the {group} option selected: choose "
-            f"{' or '.join(owners)}, or leave {key} out ({one_line(str(error))})")
+    return (
+        f"{key} is a key of {' and '.join(owners)} only, not of the {group} option selected: choose "
+        f"{' or '.join(owners)}, or leave {key} out ({one_line(str(error))})"
+    )
 
 
 @contextlib.contextmanager
@@ -277,16 +297,21 @@ def _config_errors_in_one_line() -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
-        text = _key_of_another_option(cause) or _key_of_an_unselected_option(e, sys.argv[1:]) or (
-            one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else ""))
+        text = (
+            _key_of_another_option(cause)
+            or _key_of_an_unselected_option(e, sys.argv[1:])
+            or (one_line(str(e)) + (f": {one_line(str(cause))}" if cause is not None else ""))
+        )
         _exit_in_one_line(text)
     except (OSError, ValueError) as e:
         if SWEEP.started:
             raise
         # Hydra making the run directory or opening its job log there, before any nfbench code ran.
         reason = e.__cause__ if isinstance(e.__cause__, OSError) else e
-        _exit_in_one_line(f"cannot set up the run directory: {reason}. Fix: give hydra.run.dir a directory you can "
-                          f"write (not an existing file)")
+        _exit_in_one_line(
+            f"cannot set up the run directory: {reason}. Fix: give hydra.run.dir a directory you can "
+            f"write (not an existing file)"
+        )
     finally:
         del os.environ["HYDRA_FULL_ERROR"]
 
@@ -309,8 +334,10 @@ def _key_of_an_unselected_option(error: Exception, overrides: list[str]) -> Opti
         group, _, rest = key.partition(".")
         option = rest.split(".")[0]
         if group in registries and "." in rest and option in registries[group] and f"'{key}'" in str(error):
-            return (f"{key} is a key of {group}={option}, which is not selected: select it ({group}={option}, or "
-                    f"several: {group}=[...,{option}]), or leave {key} out")
+            return (
+                f"{key} is a key of {group}={option}, which is not selected: select it ({group}={option}, or "
+                f"several: {group}=[...,{option}]), or leave {key} out"
+            )
     return None
 
 
@@ -341,8 +368,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     with _config_errors_in_one_line():
         COMMANDS[cmd][0]()
     if SWEEP.invalid:
-        print(f"nfbench: error: {len(SWEEP.invalid)} of {SWEEP.points} sweep points invalid (their result.json "
-              f"says why): {', '.join(SWEEP.invalid)}", file=sys.stderr)
+        print(
+            f"nfbench: error: {len(SWEEP.invalid)} of {SWEEP.points} sweep points invalid (their result.json "
+            f"says why): {', '.join(SWEEP.invalid)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

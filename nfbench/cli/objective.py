@@ -26,7 +26,6 @@ log = logging.getLogger("nfbench")
 WORST = 0.0
 
 
-
 def _sweeper_reads_it() -> bool:
     """Whether this job is a trial of a sweeper that uses the returned value (Hydra's basic sweeper,
     a plain ``-m`` grid, ignores it)."""
@@ -42,11 +41,15 @@ def objective(cfg: DictConfig, result: Optional[dict]) -> float:
         return WORST
     name = optimized_metric(cfg)
     if name.startswith("test_") and _sweeper_reads_it():
-        log.warning("the sweeper optimises %s, a test-set figure: fine for a quick look, but the tuned value is "
-                    "then no result to report; set data.val_size to tune on a validation split", name)
+        log.warning(
+            "the sweeper optimises %s, a test-set figure: fine for a quick look, but the tuned value is "
+            "then no result to report; set data.val_size to tune on a validation split",
+            name,
+        )
     value = result.get(name)
     if result.get("status") != "finished" or not isinstance(value, (int, float)) or not math.isfinite(value):
-        log.warning("no %s from this run (status %s): the sweeper gets %s, its worst value", name,
-                    result.get("status"), WORST)
+        log.warning(
+            "no %s from this run (status %s): the sweeper gets %s, its worst value", name, result.get("status"), WORST
+        )
         return WORST
     return float(value)

@@ -110,7 +110,9 @@ def refuse(error: Exception | str, code: int = 2) -> NoReturn:
         # A Hydra config without a job (one composed, or left by an earlier in-process run) has no
         # output directory: then there is nothing to clean up, and the refusal still ends in one line.
         hydra = HydraConfig.get()
-        output_dir = OmegaConf.select(cast(DictConfig, hydra), "runtime.output_dir", default=None, throw_on_missing=False)
+        output_dir = OmegaConf.select(
+            cast(DictConfig, hydra), "runtime.output_dir", default=None, throw_on_missing=False
+        )
         if output_dir:
             _clean_up(Path(output_dir), f"{hydra.job.name}.log")
     print(f"nfbench: error: {error}", file=sys.stderr)

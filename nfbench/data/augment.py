@@ -64,20 +64,50 @@ import torch
 from torch.nn import functional as F
 
 # v2.RandAugment's ops, in its order: an op index here is the index v2.RandAugment draws.
-OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-       "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
+OPS = (
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+)
 SIGNED = frozenset(OPS[1:10])  # ops whose magnitude is negated with probability 0.5
 NUM_MAGNITUDE_BINS = 31
 
 # The largest magnitude of each linear op (bin num_bins - 1); Translate's scales with the image side.
-_LINEAR_TOP = {"ShearX": 0.3, "ShearY": 0.3, "Rotate": 30.0, "Brightness": 0.9, "Color": 0.9,
-               "Contrast": 0.9, "Sharpness": 0.9}
+_LINEAR_TOP = {
+    "ShearX": 0.3,
+    "ShearY": 0.3,
+    "Rotate": 30.0,
+    "Brightness": 0.9,
+    "Color": 0.9,
+    "Contrast": 0.9,
+    "Sharpness": 0.9,
+}
 
 # What each layer computes for the whole batch; a sample takes one of them. "pixels" serves the ops
 # that move pixels or map each level alone: Identity, Shear, Translate, Rotate, Brightness,
 # Posterize, Solarize (each key's pixel map, then its level map, one of them the identity).
-_SLOTS = ("pixels", "color+", "color-", "contrast+", "contrast-", "sharpness+", "sharpness-",
-          "autocontrast", "equalize")
+_SLOTS = (
+    "pixels",
+    "color+",
+    "color-",
+    "contrast+",
+    "contrast-",
+    "sharpness+",
+    "sharpness-",
+    "autocontrast",
+    "equalize",
+)
 
 
 def magnitudes(op: str, num_bins: int, height: int, width: int) -> Optional[list[float]]:
@@ -98,8 +128,9 @@ def magnitudes(op: str, num_bins: int, height: int, width: int) -> Optional[list
     raise ValueError(f"unknown RandAugment op {op!r}; choose one of: {', '.join(OPS)}")
 
 
-def _inverse_affine(center: tuple[float, float], angle: float, translate: tuple[float, float],
-                    shear: tuple[float, float]) -> list[float]:
+def _inverse_affine(
+    center: tuple[float, float], angle: float, translate: tuple[float, float], shear: tuple[float, float]
+) -> list[float]:
     """The 2x3 map from output to input pixel coordinates (origin at the image centre) of an affine
     transform at scale 1: rotation by ``angle`` degrees and shears (degrees) about ``center``, then
     ``translate``. Evaluated in the order torchvision evaluates it, so the doubles are the same."""
@@ -142,8 +173,9 @@ def _source_pixels(matrix: list[float], height: int, width: int, device: torch.d
     # Pixel centres from the image centre: torchvision's linspace((1 - w) / 2, (w - 1) / 2, w) has step 1.
     xs = torch.arange(width, dtype=torch.float32, device=device) - (width - 1) * 0.5
     ys = torch.arange(height, dtype=torch.float32, device=device) - (height - 1) * 0.5
-    base = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
-                        torch.ones(height, width, device=device)], dim=-1).view(1, height * width, 3)
+    base = torch.stack(
+        [xs.expand(height, width), ys[:, None].expand(height, width), torch.ones(height, width, device=device)], dim=-1
+    ).view(1, height * width, 3)
     grid = base.bmm(theta.transpose(1, 2).div(half_size)).view(1, height, width, 2)
     numbers = torch.arange(1, height * width + 1, dtype=torch.float32, device=device).view(1, 1, height, width)
     picked = F.grid_sample(numbers, grid, mode="nearest", padding_mode="zeros", align_corners=False)
@@ -170,8 +202,9 @@ class BatchRandAugment:
     ``__call__(x, ops, signs)`` -> the augmented uint8 batch, shape of ``x``, same device.
     """
 
-    def __init__(self, num_ops: int, magnitude: int, image_size: tuple[int, int],
-                 num_magnitude_bins: int = NUM_MAGNITUDE_BINS) -> None:
+    def __init__(
+        self, num_ops: int, magnitude: int, image_size: tuple[int, int], num_magnitude_bins: int = NUM_MAGNITUDE_BINS
+    ) -> None:
         if num_ops < 0:
             raise ValueError(f"num_ops must be a non-negative integer, got {num_ops}")
         if not 0 <= magnitude < num_magnitude_bins:
@@ -185,8 +218,9 @@ class BatchRandAugment:
             if table is not None:
                 self.magnitudes[op] = table[magnitude]
         # The blends' factors per sign, 1 + m and 1 + (-m), as Python numbers like torchvision's.
-        self.factors = {op: (1.0 + self.magnitudes[op], 1.0 + -self.magnitudes[op])
-                        for op in ("Color", "Contrast", "Sharpness")}
+        self.factors = {
+            op: (1.0 + self.magnitudes[op], 1.0 + -self.magnitudes[op]) for op in ("Color", "Contrast", "Sharpness")
+        }
         self.keys = [(op, negated) for op in OPS for negated in (False, True)]
         self._on: dict[torch.device, _Tables] = {}
 
@@ -220,8 +254,11 @@ class BatchRandAugment:
             else:
                 slots.append(op.lower() if op in ("AutoContrast", "Equalize") else "pixels")
             moves = op in ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
-            sources.append(_source_pixels(_op_matrix(op, m, h, w), h, w, device) if moves
-                           else torch.arange(1, h * w + 1, device=device))
+            sources.append(
+                _source_pixels(_op_matrix(op, m, h, w), h, w, device)
+                if moves
+                else torch.arange(1, h * w + 1, device=device)
+            )
             if op == "Brightness":
                 luts.append(levels.mul(1.0 + m).clamp_(0, 255).to(torch.uint8))
             elif op == "Posterize":
@@ -230,9 +267,13 @@ class BatchRandAugment:
                 luts.append(torch.where(levels >= threshold, levels.bitwise_not(), levels))
             else:
                 luts.append(levels)
-        return _Tables(signed=torch.tensor([op in SIGNED for op in OPS], device=device),
-                       slot=torch.tensor([_SLOTS.index(s) for s in slots], device=device),
-                       source=torch.stack(sources), lut=torch.stack(luts), levels=levels)
+        return _Tables(
+            signed=torch.tensor([op in SIGNED for op in OPS], device=device),
+            slot=torch.tensor([_SLOTS.index(s) for s in slots], device=device),
+            source=torch.stack(sources),
+            lut=torch.stack(luts),
+            levels=levels,
+        )
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Each of ``n`` samples' (op, sign) for each of ``num_ops`` layers, as v2.RandAugment draws
@@ -255,14 +296,20 @@ class BatchRandAugment:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"BatchRandAugment takes uint8 images (N, 1 or 3, H, W); got {x.dtype} {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != self.image_size:
-            raise ValueError(f"images are {tuple(x.shape[-2:])} but this BatchRandAugment was built for "
-                             f"{self.image_size} (Translate's magnitudes and the pixel maps depend on it)")
+            raise ValueError(
+                f"images are {tuple(x.shape[-2:])} but this BatchRandAugment was built for "
+                f"{self.image_size} (Translate's magnitudes and the pixel maps depend on it)"
+            )
         if ops.shape != signs.shape or ops.dim() != 2 or ops.shape[0] != x.shape[0]:
-            raise ValueError(f"ops and signs must both be (N, layers) with N = {x.shape[0]}; "
-                             f"got {tuple(ops.shape)} and {tuple(signs.shape)}")
+            raise ValueError(
+                f"ops and signs must both be (N, layers) with N = {x.shape[0]}; "
+                f"got {tuple(ops.shape)} and {tuple(signs.shape)}"
+            )
         if ops.device != x.device or signs.device != x.device:
-            raise ValueError(f"images on {x.device}, ops on {ops.device}, signs on {signs.device}: "
-                             "draw with a generator on the images' device")
+            raise ValueError(
+                f"images on {x.device}, ops on {ops.device}, signs on {signs.device}: "
+                "draw with a generator on the images' device"
+            )
 
     def _layer(self, x: torch.Tensor, key: torch.Tensor, t: _Tables) -> torch.Tensor:
         """One RandAugment layer: every slot's result for the whole batch, then each sample's own."""
@@ -273,8 +320,12 @@ class BatchRandAugment:
         # Identity, the geometric ops and the point ops: each level mapped, then each pixel moved (one
         # of the two maps is the identity for any key, so the order is free and the fill stays 0).
         mapped = t.lut[key].gather(1, pixels.view(n, c * h * w)).view(n, c, h * w)
-        torch.gather(F.pad(mapped, (1, 0)), 2, t.source[key].unsqueeze(1).expand(n, c, h * w),
-                     out=slot["pixels"].view(n, c, h * w))
+        torch.gather(
+            F.pad(mapped, (1, 0)),
+            2,
+            t.source[key].unsqueeze(1).expand(n, c, h * w),
+            out=slot["pixels"].view(n, c, h * w),
+        )
         xf = x.float()
         # The grey image of Color and Contrast: torchvision's rgb_to_grayscale in float32, floored.
         if c == 3:
@@ -302,8 +353,9 @@ def _blend(xf: torch.Tensor, other: torch.Tensor, factor: float, out: torch.Tens
     out.copy_(xf.mul(factor).add_(other, alpha=1.0 - factor).clamp_(0, 255))
 
 
-def _sharpen(x: torch.Tensor, xf: torch.Tensor, factors: tuple[float, float],
-             out: tuple[torch.Tensor, torch.Tensor]) -> None:
+def _sharpen(
+    x: torch.Tensor, xf: torch.Tensor, factors: tuple[float, float], out: tuple[torch.Tensor, torch.Tensor]
+) -> None:
     """adjust_sharpness at each factor into ``out``: inside the border, x + (1 - f) * (blur - x) (one
     fused add, torchvision's) with blur the 3x3 mean of weights 1/13 (5/13 at the centre) rounded to
     a whole level; the border as it is.

@@ -175,8 +175,12 @@ class CapturedBuilder:
     CPU) every batch is, through the same function: that is how the CPU tests check it.
     """
 
-    def __init__(self, build: Callable[[BatchPlan], tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                 capture: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        build: Callable[[BatchPlan], tuple[torch.Tensor, torch.Tensor]],
+        device: torch.device,
+        capture: Optional[bool] = None,
+    ) -> None:
         self.build, self.device = build, device
         self.capture = device.type == "cuda" if capture is None else capture
         self.static: Optional[BatchPlan] = None
@@ -225,10 +229,22 @@ class DeviceLoader:
     draws come from the same plan, so the batches are the same.
     """
 
-    def __init__(self, dataset: Dataset, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 mean: Sequence[float] | torch.Tensor, std: Sequence[float], device: torch.device,
-                 sampler: Sampler | Sequence[int], drop_last: bool = False, augment: Optional[Augment] = None,
-                 num_workers: int = 0, pin_memory: bool = False, capture: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: Sequence[float] | torch.Tensor,
+        std: Sequence[float],
+        device: torch.device,
+        sampler: Sampler | Sequence[int],
+        drop_last: bool = False,
+        augment: Optional[Augment] = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        capture: bool = False,
+    ) -> None:
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
         self.device, self.augment = device, augment
         # With the step captured, RandAugment is built on the device in a graph of its own; else, with
@@ -240,9 +256,15 @@ class DeviceLoader:
         if in_workers:
             self._shared = self._blank_plan().share_memory_()
             self._spans = _Spans()
-            self._workers = DataLoader(_PlannedBatches(self.builder, self._shared), batch_size=None,
-                                       sampler=self._spans, num_workers=num_workers, pin_memory=pin_memory,
-                                       persistent_workers=True, multiprocessing_context=worker_context())
+            self._workers = DataLoader(
+                _PlannedBatches(self.builder, self._shared),
+                batch_size=None,
+                sampler=self._spans,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                persistent_workers=True,
+                multiprocessing_context=worker_context(),
+            )
         # (v/255 - mean) / std as one multiply-add per pixel, straight from uint8.
         std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
@@ -270,8 +292,9 @@ class DeviceLoader:
         """Zeros in the shapes of :meth:`plan`'s tensors (RandAugment on)."""
         n, layers = self._samples(), self.augment.randaugment.num_ops  # type: ignore[union-attr]
         index, offset, flip = (torch.zeros(n, dtype=torch.int64) for _ in range(3))
-        return EpochPlan(index, offset, flip, torch.zeros(n, layers, dtype=torch.int64),
-                         torch.zeros(n, layers, dtype=torch.int64))
+        return EpochPlan(
+            index, offset, flip, torch.zeros(n, layers, dtype=torch.int64), torch.zeros(n, layers, dtype=torch.int64)
+        )
 
     def plan(self) -> EpochPlan:
         """Draw the epoch: order from the sampler, augmentation from a generator seeded by torch's RNG."""
@@ -324,8 +347,10 @@ def use_device_loader(cfg: DataConfig, src: DataSource) -> bool:
         side = held[0].images.shape[-1]  # type: ignore[union-attr]
         why = f"data.image_size={cfg.image_size} resizes its {side} px images"
     if why is not None and cfg.on_device is True:
-        raise ConfigError(f"data.on_device=true is not allowed for data={cfg.name}: {why}; on-device loading "
-                          "serves in-memory data sets at their own size. Use data.on_device=auto or false")
+        raise ConfigError(
+            f"data.on_device=true is not allowed for data={cfg.name}: {why}; on-device loading "
+            "serves in-memory data sets at their own size. Use data.on_device=auto or false"
+        )
     return why is None
 
 
@@ -337,23 +362,45 @@ def normalisation(src: DataSource) -> tuple[Sequence[float] | torch.Tensor, Sequ
     return src.mean, src.std
 
 
-def device_train_loader(cfg: DataConfig, src: DataSource, sampler: DistributedSampler, per_rank: int,
-                        drop_last: bool, device: torch.device, pin_memory: bool = False,
-                        capture: bool = False) -> DeviceLoader:
+def device_train_loader(
+    cfg: DataConfig,
+    src: DataSource,
+    sampler: DistributedSampler,
+    per_rank: int,
+    drop_last: bool,
+    device: torch.device,
+    pin_memory: bool = False,
+    capture: bool = False,
+) -> DeviceLoader:
     """The training loader: the papers' augmentation, batched. ``data.num_workers`` processes build
     RandAugment's batches when it is on, unless ``capture`` (``trainer.cuda_graph`` on CUDA): then every batch
     is built on the device in a CUDA graph of its own (see :class:`DeviceLoader`, :class:`CapturedBuilder`)."""
     train_x, train_y = in_memory(src.train)  # type: ignore[misc]
-    ra = BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:])) \
-        if cfg.randaugment and cfg.randaugment_n > 0 else None
+    ra = (
+        BatchRandAugment(cfg.randaugment_n, cfg.randaugment_m, tuple(train_x.shape[-2:]))
+        if cfg.randaugment and cfg.randaugment_n > 0
+        else None
+    )
     augment = Augment(cfg.crop_padding, cfg.hflip, ra)
-    return DeviceLoader(src.train, train_x, train_y, per_rank, *normalisation(src), device, sampler,
-                        drop_last=drop_last, augment=augment, num_workers=cfg.num_workers, pin_memory=pin_memory,
-                        capture=capture)
+    return DeviceLoader(
+        src.train,
+        train_x,
+        train_y,
+        per_rank,
+        *normalisation(src),
+        device,
+        sampler,
+        drop_last=drop_last,
+        augment=augment,
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
+        capture=capture,
+    )
 
 
-def device_eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, shard: Sequence[int],
-                       device: torch.device) -> DeviceLoader:
+def device_eval_loader(
+    cfg: DataConfig, src: DataSource, ds: Dataset, shard: Sequence[int], device: torch.device
+) -> DeviceLoader:
     """A test or validation loader (normalised only) over this rank's ``shard`` of ``ds``'s images."""
     x, y = in_memory(ds)  # type: ignore[misc]
     return DeviceLoader(ds, x, y, cfg.test_batch_size, *normalisation(src), device, shard)

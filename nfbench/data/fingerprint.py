@@ -50,20 +50,27 @@ def pixels_sha256(images: np.ndarray | torch.Tensor) -> str:
     if not isinstance(images, np.ndarray):  # a tensor, on any device
         images = images.detach().cpu().numpy()
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"pixels_sha256 takes uint8 images (N, C, H, W), got {images.dtype} of shape "
-                         f"{tuple(images.shape)}")
+        raise ValueError(
+            f"pixels_sha256 takes uint8 images (N, C, H, W), got {images.dtype} of shape {tuple(images.shape)}"
+        )
     hwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
     return hashlib.sha256(hwc.data).hexdigest()
 
 
 # The copies above by their (train, test) digests, as the report names them.
 KNOWN_COPIES: dict[tuple[str, Optional[str]], str] = {
-    ("61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
-     "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d"): "original",
-    ("bf3aabd52be912dae02a0435296c4dab5289524b57f55cd162dc4796935a611b",
-     "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f"): "JPEG copy",
-    ("9842bafe460d3e3b865f8f49f6fb443bf4ef84e5ef85f61eeb183f9bb64c1f61",
-     "f9eed0415a8698d53e40b0201a9d08c2425b81f4395dd3b62516fa0b45f3067a"): "JPEG q75 from original",
+    (
+        "61bea91e73ac2b02dfb856e685981dce64abe13d4e780aa98a1ac1e7c056d03b",
+        "52a9dc125982c0440d5eed87474b2f521e96c45a98df08e4329aa42c692b9d9d",
+    ): "original",
+    (
+        "bf3aabd52be912dae02a0435296c4dab5289524b57f55cd162dc4796935a611b",
+        "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f",
+    ): "JPEG copy",
+    (
+        "9842bafe460d3e3b865f8f49f6fb443bf4ef84e5ef85f61eeb183f9bb64c1f61",
+        "f9eed0415a8698d53e40b0201a9d08c2425b81f4395dd3b62516fa0b45f3067a",
+    ): "JPEG q75 from original",
 }
 UNKNOWN = "unknown"  # a run of an nfbench before fingerprints, or without one
 

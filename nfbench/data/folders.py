@@ -40,13 +40,16 @@ def split_folder(root: Path, names: Sequence[str]) -> Path:
     for n in names:
         if (root / n).is_dir():
             return root / n
-    raise data_not_found(f"an image folder ({' or '.join(n + '/' for n in names)})", root, FOLDER_LAYOUT,
-                   downloadable=False)
+    raise data_not_found(
+        f"an image folder ({' or '.join(n + '/' for n in names)})", root, FOLDER_LAYOUT, downloadable=False
+    )
 
 
 def _unreadable(root: Path, path: str) -> DataError:
-    return DataError(f"image folder {root}: cannot read {path} (permission denied). Fix: make it readable "
-                     f"(chmod -R u+rX {root}), or point data.root at a copy you can read")
+    return DataError(
+        f"image folder {root}: cannot read {path} (permission denied). Fix: make it readable "
+        f"(chmod -R u+rX {root}), or point data.root at a copy you can read"
+    )
 
 
 def is_image_file(path: str) -> bool:
@@ -68,8 +71,9 @@ class _NotImages:
         return False
 
 
-def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig
-                  ) -> tuple[tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
+def _image_folder(
+    root: Path, names: Sequence[str], cfg: DataConfig
+) -> tuple[tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
     """The first split folder of ``names`` under ``root``, every file checked (``data.verify``)
     before any is decoded, so a damaged one is named before training starts.  A folder that cannot
     be listed, or holds no class folders or no images, is one line naming it; files that are not
@@ -89,17 +93,24 @@ def _image_folder(root: Path, names: Sequence[str], cfg: DataConfig
             pass
         if locked:
             raise _unreadable(root, locked[0].filename) from None
-        raise DataNotFoundError(f"image folder {split} holds no images to use ({' '.join(str(e).split())}); "
-                                f"{FOLDER_LAYOUT}. Fix: put the images there, or point data.root at the folder "
-                                f"that holds them") from None
+        raise DataNotFoundError(
+            f"image folder {split} holds no images to use ({' '.join(str(e).split())}); "
+            f"{FOLDER_LAYOUT}. Fix: put the images there, or point data.root at the folder "
+            f"that holds them"
+        ) from None
     if others.skipped:
-        log.info("image folder %s: left out %d file(s) that are not images, e.g. %s", split, len(others.skipped),
-                 others.skipped[0])
+        log.info(
+            "image folder %s: left out %d file(s) that are not images, e.g. %s",
+            split,
+            len(others.skipped),
+            others.skipped[0],
+        )
     return folder, check_images(folder, cfg.skip_corrupt) if cfg.verify else None
 
 
-def folder_splits(root: Path, test_names: Sequence[str], cfg: DataConfig
-                  ) -> tuple[tvd.ImageFolder, tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
+def folder_splits(
+    root: Path, test_names: Sequence[str], cfg: DataConfig
+) -> tuple[tvd.ImageFolder, tvd.ImageFolder, Optional[dict[str, tuple[int, int]]]]:
     """The training split ``root/train`` and the first of ``test_names`` of every folder data set, with
     the one rule they share: the same class folders.  ImageFolder numbers the classes of each split in
     sorted order, so a split that lacks one would shift every later label (its 'truck' scored as
@@ -110,10 +121,16 @@ def folder_splits(root: Path, test_names: Sequence[str], cfg: DataConfig
         split = Path(test.root).name
         missing = sorted(set(train.classes) - set(test.classes))
         extra = sorted(set(test.classes) - set(train.classes))
-        what = "; ".join([*([f"{split}/ lacks {', '.join(map(repr, missing))} that train/ has"] if missing else []),
-                          *([f"{split}/ has {', '.join(map(repr, extra))} that train/ lacks"] if extra else [])])
-        raise DataError(f"image folder {root}: train/ and {split}/ hold different classes ({what}), so their labels "
-                        f"would not match. Fix: give both the same class folders")
+        what = "; ".join(
+            [
+                *([f"{split}/ lacks {', '.join(map(repr, missing))} that train/ has"] if missing else []),
+                *([f"{split}/ has {', '.join(map(repr, extra))} that train/ lacks"] if extra else []),
+            ]
+        )
+        raise DataError(
+            f"image folder {root}: train/ and {split}/ hold different classes ({what}), so their labels "
+            f"would not match. Fix: give both the same class folders"
+        )
     sizes = None if train_sizes is None or test_sizes is None else {**train_sizes, **test_sizes}
     return train, test, sizes
 
@@ -157,20 +174,29 @@ def check_images(folder: ImageFolder, skip: bool) -> dict[str, tuple[int, int]]:
     first, why = next(iter(bad.items()))
     if not skip:
         more = f" ({len(bad) - 1} more unreadable files under {folder.root})" if len(bad) > 1 else ""
-        raise DataError(f"image {first} cannot be read ({why}){more}. Fix: replace or delete it, or set "
-                        f"data.skip_corrupt=true to train without unreadable files")
+        raise DataError(
+            f"image {first} cannot be read ({why}){more}. Fix: replace or delete it, or set "
+            f"data.skip_corrupt=true to train without unreadable files"
+        )
     folder.samples = folder.imgs = [s for s in folder.samples if s[0] not in bad]
     folder.targets = [t for _, t in folder.samples]
-    log.warning("skipped %d unreadable image file(s) of %s (data.skip_corrupt=true), e.g. %s (%s)",
-                len(bad), folder.root, first, why)
+    log.warning(
+        "skipped %d unreadable image file(s) of %s (data.skip_corrupt=true), e.g. %s (%s)",
+        len(bad),
+        folder.root,
+        first,
+        why,
+    )
     return sizes
 
 
 def other_size(path: str, other: tuple[int, int], size: tuple[int, int]) -> DataError:
     """The refusal of an image of another size than its folder's first, (W, H) each."""
-    return DataError(f"image {path} is {other[0]}x{other[1]} px where the folder's first image is {size[0]}x{size[1]}: "
-                     f"data=imagefolder trains at one size. Fix: resize or remove it, or set data.image_size to resize "
-                     f"every image, train and test alike")
+    return DataError(
+        f"image {path} is {other[0]}x{other[1]} px where the folder's first image is {size[0]}x{size[1]}: "
+        f"data=imagefolder trains at one size. Fix: resize or remove it, or set data.image_size to resize "
+        f"every image, train and test alike"
+    )
 
 
 GB = 1e9
@@ -199,8 +225,9 @@ def _decode_chunk(out: np.ndarray, samples: Sequence[tuple[str, int]], start: in
             out[i] = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
 
 
-def decode_folder(folder: ImageFolder, size: tuple[int, int],
-                  threads: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_folder(
+    folder: ImageFolder, size: tuple[int, int], threads: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``folder`` as uint8 (N, 3, H, W) of ``size`` (H, W), and its labels; raises
     :class:`OtherSize` at the first image of another size."""
     samples = folder.samples
@@ -222,13 +249,16 @@ def _refuse(cfg: DataConfig, why: str, fix: str = "") -> None:
     """With ``data.on_device=true`` a folder that cannot be held is the user's to fix; with auto it reads
     its files, as it always could."""
     if cfg.on_device is True:
-        raise ConfigError(f"data.on_device=true is not allowed for data={cfg.name} at {cfg.root}: {why}. Fix: "
-                          f"{fix}use data.on_device=auto or false to read the files")
+        raise ConfigError(
+            f"data.on_device=true is not allowed for data={cfg.name} at {cfg.root}: {why}. Fix: "
+            f"{fix}use data.on_device=auto or false to read the files"
+        )
     log.info("data=%s reads its image files in DataLoader workers: %s", cfg.name, why)
 
 
-def hold_in_memory(cfg: DataConfig, folders: Sequence[ImageFolder],
-                   size: tuple[int, int]) -> Optional[list[tuple[torch.Tensor, torch.Tensor]]]:
+def hold_in_memory(
+    cfg: DataConfig, folders: Sequence[ImageFolder], size: tuple[int, int]
+) -> Optional[list[tuple[torch.Tensor, torch.Tensor]]]:
     """Each folder's (images, labels), decoded, when ``data.on_device`` may use them and they are small:
     all images of ``size`` (the first image's (H, W)), square, under ``data.in_memory_max_gb``; else None.
     Count and size are judged before any image is decoded."""
@@ -241,8 +271,12 @@ def hold_in_memory(cfg: DataConfig, folders: Sequence[ImageFolder],
         _refuse(cfg, f"its images are {w}x{h} px, not square")
         return None
     if gb > cfg.in_memory_max_gb:
-        _refuse(cfg, f"its {n:,} images of {w}x{h} px take {gb:.2f} GB in memory, over "
-                     f"data.in_memory_max_gb={cfg.in_memory_max_gb}", "raise data.in_memory_max_gb, or ")
+        _refuse(
+            cfg,
+            f"its {n:,} images of {w}x{h} px take {gb:.2f} GB in memory, over "
+            f"data.in_memory_max_gb={cfg.in_memory_max_gb}",
+            "raise data.in_memory_max_gb, or ",
+        )
         return None
     start = time.perf_counter()
     try:
@@ -250,9 +284,13 @@ def hold_in_memory(cfg: DataConfig, folders: Sequence[ImageFolder],
     except OtherSize as e:
         if cfg.image_size is None:  # the files could not be batched either (data.verify=false found nothing)
             raise other_size(e.path, e.size, (w, h)) from None
-        _refuse(cfg, f"its images are not all one size ({e.path} is {e.size[0]}x{e.size[1]} px, the "
-                     f"first {w}x{h})")
+        _refuse(cfg, f"its images are not all one size ({e.path} is {e.size[0]}x{e.size[1]} px, the first {w}x{h})")
         return None
-    log.info("decoded the %d images of data.root=%s into memory (%.2f GB) in %.1f s", n, cfg.root, gb,
-             time.perf_counter() - start)
+    log.info(
+        "decoded the %d images of data.root=%s into memory (%.2f GB) in %.1f s",
+        n,
+        cfg.root,
+        gb,
+        time.perf_counter() - start,
+    )
     return held

@@ -78,9 +78,15 @@ JPEG_MODES = ("L", "RGB")
 
 # --- Crop boxes -----------------------------------------------------------------------------------------------
 
-def random_resized_crop_boxes(height: np.ndarray, width: np.ndarray, rng: np.random.Generator,
-                              scale: Sequence[float] = SCALE, ratio: Sequence[float] = RATIO,
-                              tries: int = TRIES) -> np.ndarray:
+
+def random_resized_crop_boxes(
+    height: np.ndarray,
+    width: np.ndarray,
+    rng: np.random.Generator,
+    scale: Sequence[float] = SCALE,
+    ratio: Sequence[float] = RATIO,
+    tries: int = TRIES,
+) -> np.ndarray:
     """Crop boxes (top, left, h, w), int64 (n, 4), for images of ``height`` x ``width`` (n each), drawn as
     torchvision's ``RandomResizedCrop.get_params`` draws them, all at once: for each image ``tries`` candidates
     of area ``U(scale) * H * W`` and aspect ratio ``exp(U(log ratio))``, rounded to whole pixels; the first that
@@ -103,9 +109,12 @@ def random_resized_crop_boxes(height: np.ndarray, width: np.ndarray, rng: np.ran
     in_ratio, lo, hi = w_img / h_img, min(ratio), max(ratio)
     fw = np.where(in_ratio > hi, np.round(h_img * hi), w_img)
     fh = np.where(in_ratio < lo, np.round(w_img / lo), h_img)
-    found = fits.any(axis=1)
-    boxes = np.where(found[:, None], np.stack([top, left, h, w], axis=1),
-                     np.stack([(h_img - fh) // 2, (w_img - fw) // 2, fh, fw], axis=1))
+    found = np.asarray(fits.any(axis=1))
+    boxes = np.where(
+        found[:, None],
+        np.stack([top, left, h, w], axis=1),
+        np.stack([(h_img - fh) // 2, (w_img - fw) // 2, fh, fw], axis=1),
+    )
     return boxes.astype(np.int64)
 
 
@@ -134,12 +143,13 @@ def _canvas(images: Sequence[torch.Tensor], fill: Optional[float] = None) -> tor
     ``torch.empty`` gives it (``fill``: set to that value, for tests that show it is never read)."""
     sizes = [img.shape[-2:] for img in images]
     device = images[0].device
-    canvas = torch.empty(len(images), 3, max(h for h, _ in sizes) + 1, max(w for _, w in sizes) + 1,
-                         dtype=torch.float32, device=device)
+    canvas = torch.empty(
+        len(images), 3, max(h for h, _ in sizes) + 1, max(w for _, w in sizes) + 1, dtype=torch.float32, device=device
+    )
     if fill is not None:
         canvas.fill_(fill)
     for i, img in enumerate(images):
-        canvas[i, :, :img.shape[-2], :img.shape[-1]].copy_(img)
+        canvas[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
     n = torch.arange(len(images), device=device)
     hs, ws = _upload(torch.tensor(sizes, dtype=torch.int64), device).unbind(1)
     canvas[n, :, hs] = canvas[n, :, hs - 1]  # rows first, so the column copy repeats the corner too
@@ -164,19 +174,25 @@ def _groups(sizes: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
     return [sorted(group) for group in groups]
 
 
-def resized_crops(images: Sequence[torch.Tensor], boxes: torch.Tensor, size: int, budget: int = CANVAS_PIXELS,
-                  fill: Optional[float] = None) -> torch.Tensor:
+def resized_crops(
+    images: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    size: int,
+    budget: int = CANVAS_PIXELS,
+    fill: Optional[float] = None,
+) -> torch.Tensor:
     """Each image's box (x0, y0, x1, y1) in its own pixels (``boxes``: a host tensor), resized to ``size`` x
     ``size``: float32 (n, 3, size, size) on the images' device, values on the images' scale (0-255 for uint8
     images).  One roi_align per group of :func:`_groups` (one for a batch of ImageNet-sized photographs)."""
     device = images[0].device
     out = torch.empty(len(images), 3, size, size, dtype=torch.float32, device=device)
     boxes = boxes.to(torch.float32)
-    for group in _groups([tuple(img.shape[-2:]) for img in images], budget):
+    for group in _groups([(int(img.shape[-2]), int(img.shape[-1])) for img in images], budget):
         canvas = _canvas([images[i] for i in group], fill)
         rois = torch.cat([torch.arange(len(group), dtype=torch.float32)[:, None], boxes[group]], dim=1)
-        crops = roi_align(canvas, _upload(rois, device), output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                          aligned=True)
+        crops = roi_align(
+            canvas, _upload(rois, device), output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
         if len(group) == len(images):
             return crops
         out[_upload(torch.tensor(group), device)] = crops
@@ -184,6 +200,7 @@ def resized_crops(images: Sequence[torch.Tensor], boxes: torch.Tensor, size: int
 
 
 # --- Workers: bytes, headers, boxes ---------------------------------------------------------------------------
+
 
 @dataclass
 class EncodedBatch:
@@ -200,7 +217,7 @@ class EncodedBatch:
     index: list[int]  # each sample's index in its data set (to name its file)
 
     def piece(self, i: int) -> torch.Tensor:
-        data = self.buffer[self.offsets[i]:self.offsets[i + 1]]
+        data = self.buffer[self.offsets[i] : self.offsets[i + 1]]
         return data if self.reasons[i] is None else data.view(3, *self.sizes[i])
 
 
@@ -248,11 +265,20 @@ def collate(items: list) -> EncodedBatch:
     offsets = [0]
     for d in data:
         offsets.append(offsets[-1] + len(d))
-    return EncodedBatch(torch.cat(data), offsets, list(sizes), list(reasons), torch.tensor(boxes, dtype=torch.float64),
-                        torch.tensor(flips, dtype=torch.bool), torch.tensor(labels, dtype=torch.int64), list(index))
+    return EncodedBatch(
+        torch.cat(data),
+        offsets,
+        list(sizes),
+        list(reasons),
+        torch.tensor(boxes, dtype=torch.float64),
+        torch.tensor(flips, dtype=torch.bool),
+        torch.tensor(labels, dtype=torch.int64),
+        list(index),
+    )
 
 
 # --- The training device: decode, crop, flip, normalise -------------------------------------------------------
+
 
 def decode_batch(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """decode_jpeg on a list of JPEG byte tensors, on ``device``, as RGB (3, h, w) uint8."""
@@ -265,8 +291,14 @@ class BatchDecoder:
     """An :class:`EncodedBatch` to the batch the model trains on: float32 (n, 3, size, size) normalised by
     (x / 255 - mean) / std, and int64 labels, on ``device``.  ``samples`` (path, label) name the files in log lines."""
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
-                 samples: Optional[Sequence[tuple[str, int]]] = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device,
+        samples: Optional[Sequence[tuple[str, int]]] = None,
+    ) -> None:
         self.size, self.device, self.samples = size, device, samples
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.scale = (1.0 / (255.0 * std_t)).to(device)
@@ -284,8 +316,11 @@ class BatchDecoder:
         for i in range(n):
             if batch.reasons[i] is not None:
                 out[i] = _upload(batch.piece(i), self.device)
-                self._tell(batch.index[i], f"is {batch.reasons[i]}, which decode_jpeg does not read as PIL does: "
-                                           "decoded by PIL in its DataLoader worker")
+                self._tell(
+                    batch.index[i],
+                    f"is {batch.reasons[i]}, which decode_jpeg does not read as PIL does: "
+                    "decoded by PIL in its DataLoader worker",
+                )
         if jpegs:
             try:
                 decoded = decode_batch([batch.piece(i) for i in jpegs], self.device)
@@ -299,8 +334,11 @@ class BatchDecoder:
         try:
             return decode_batch([batch.piece(i)], self.device)[0]
         except RuntimeError as e:
-            self._tell(batch.index[i], f"was refused by decode_jpeg ({' '.join(str(e).split())[-120:]}): decoded "
-                                       "by PIL", warn=True)
+            self._tell(
+                batch.index[i],
+                f"was refused by decode_jpeg ({' '.join(str(e).split())[-120:]}): decoded by PIL",
+                warn=True,
+            )
             with Image.open(io.BytesIO(batch.piece(i).numpy().tobytes())) as img:
                 return _upload(v2.functional.pil_to_tensor(img.convert("RGB")), self.device)
 
@@ -334,6 +372,7 @@ class DecodedLoader:
 
 # --- The choice and the loaders -------------------------------------------------------------------------------
 
+
 def folder_samples(ds: Dataset) -> Optional[list[tuple[str, int]]]:
     """The (path, label) of every sample of an image folder as ``build_source`` made it (transformed, held-out
     or subset), in its order; None for a data set that does not read files."""
@@ -356,34 +395,49 @@ def decode_choice(cfg: DataConfig, src: DataSource, device: torch.device) -> Opt
     applies = src.recipe == "imagenet" and folder_samples(src.train) is not None
     if not applies:
         if cfg.decode == "gpu":
-            raise ConfigError(f"data.decode=gpu is not allowed for data={cfg.name}: the batched decode reads the "
-                              "JPEG files of the ImageNet recipe (data=imagenet); use data.decode=auto or cpu")
+            raise ConfigError(
+                f"data.decode=gpu is not allowed for data={cfg.name}: the batched decode reads the "
+                "JPEG files of the ImageNet recipe (data=imagenet); use data.decode=auto or cpu"
+            )
         return None
     if cfg.decode == "auto":
         return "gpu" if device.type == "cuda" and not cfg.randaugment else "cpu"
     return str(cfg.decode)
 
 
-def _loader(ds: EncodedImages, batch_size: int, sampler: Sampler | Sequence[int], drop_last: bool,
-            num_workers: int) -> DataLoader:
+def _loader(
+    ds: EncodedImages, batch_size: int, sampler: Sampler | Sequence[int], drop_last: bool, num_workers: int
+) -> DataLoader:
     # Not pinned: decode_jpeg reads the bytes on the host (nvJPEG copies them itself).
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, collate_fn=collate,
-                      num_workers=num_workers, persistent_workers=num_workers > 0,
-                      multiprocessing_context=worker_context() if num_workers > 0 else None)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        collate_fn=collate,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        multiprocessing_context=worker_context() if num_workers > 0 else None,
+    )
 
 
-def train_loader(cfg: DataConfig, src: DataSource, sampler: Sampler, batch_size: int, drop_last: bool,
-                 device: torch.device) -> Iterable:
+def train_loader(
+    cfg: DataConfig, src: DataSource, sampler: Sampler, batch_size: int, drop_last: bool, device: torch.device
+) -> Iterable:
     """The training batches, in ``sampler``'s order (a :class:`nfbench.data.loaders.SeededSampler`)."""
     samples = folder_samples(src.train)
     ds = EncodedImages(samples, src.image_size, train=True, hflip=cfg.hflip)  # type: ignore[arg-type]
-    return DecodedLoader(_loader(ds, batch_size, sampler, drop_last, cfg.num_workers),
-                         BatchDecoder(src.image_size, src.mean, src.std, device, samples))
+    return DecodedLoader(
+        _loader(ds, batch_size, sampler, drop_last, cfg.num_workers),
+        BatchDecoder(src.image_size, src.mean, src.std, device, samples),
+    )
 
 
 def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, shard: Sequence[int], device: torch.device) -> Iterable:
     """The evaluation batches of ``ds`` (test set or validation split), this rank's ``shard`` of it, in order."""
     samples = folder_samples(ds)
     encoded = EncodedImages(samples, src.image_size, train=False, hflip=False)  # type: ignore[arg-type]
-    return DecodedLoader(_loader(encoded, cfg.test_batch_size, list(shard), False, cfg.num_workers),
-                         BatchDecoder(src.image_size, src.mean, src.std, device, samples))
+    return DecodedLoader(
+        _loader(encoded, cfg.test_batch_size, list(shard), False, cfg.num_workers),
+        BatchDecoder(src.image_size, src.mean, src.std, device, samples),
+    )

@@ -55,12 +55,23 @@ class SeededSamples(Dataset):
 
 
 def _loader_options(cfg: DataConfig, pin_memory: bool) -> dict:
-    return dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=cfg.num_workers > 0,
-                multiprocessing_context=worker_context() if cfg.num_workers > 0 else None)
+    return dict(
+        num_workers=cfg.num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=cfg.num_workers > 0,
+        multiprocessing_context=worker_context() if cfg.num_workers > 0 else None,
+    )
 
 
-def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, rank: int = 0, world_size: int = 1,
-                pin_memory: bool = False, device: Optional[torch.device] = None) -> Iterable:
+def eval_loader(
+    cfg: DataConfig,
+    src: DataSource,
+    ds: Dataset,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    device: Optional[torch.device] = None,
+) -> Iterable:
     """Batches of ``ds`` (the test set or the validation split) in order, every image exactly once over
     all ranks (rank r takes images r, r + world_size, ...; no padding), so summed metrics are exact.
     Served from ``device`` when the training loader is (``data.on_device``)."""
@@ -69,13 +80,24 @@ def eval_loader(cfg: DataConfig, src: DataSource, ds: Dataset, rank: int = 0, wo
         return device_eval_loader(cfg, src, ds, shard, torch.device(device or "cpu"))
     if gpu_decode.decode_choice(cfg, src, torch.device(device or "cpu")) == "gpu":
         return gpu_decode.eval_loader(cfg, src, ds, shard, torch.device(device or "cpu"))
-    return DataLoader(Subset(ds, shard) if world_size > 1 else ds, batch_size=cfg.test_batch_size, shuffle=False,
-                      **_loader_options(cfg, pin_memory))
+    return DataLoader(
+        Subset(ds, shard) if world_size > 1 else ds,
+        batch_size=cfg.test_batch_size,
+        shuffle=False,
+        **_loader_options(cfg, pin_memory),
+    )
 
 
-def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, world_size: int = 1,
-                  pin_memory: bool = False, device: Optional[torch.device] = None,
-                  capture: bool = False) -> tuple[Iterable, Iterable]:
+def build_loaders(
+    cfg: DataConfig,
+    src: DataSource,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    device: Optional[torch.device] = None,
+    capture: bool = False,
+) -> tuple[Iterable, Iterable]:
     """Train loader (order and augmentation depend only on seed and epoch: exact resume) and test loader
     (:func:`eval_loader`, which also serves the validation split).
 
@@ -90,15 +112,22 @@ def build_loaders(cfg: DataConfig, src: DataSource, seed: int, rank: int = 0, wo
     on_device = use_device_loader(cfg, src)
     # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
     sampler: DistributedSampler = (DistributedSampler if on_device else SeededSampler)(
-        src.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        src.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
     # Drop the ragged last batch: a batch of one breaks BatchNorm and skews the step size.
     drop_last = len(sampler) >= per_rank
     if on_device:
-        train: Iterable = device_train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"),
-                                              pin_memory, capture=capture)
+        train: Iterable = device_train_loader(
+            cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"), pin_memory, capture=capture
+        )
     elif batched:
         train = gpu_decode.train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
     else:
-        train = DataLoader(SeededSamples(src.train), batch_size=per_rank, sampler=sampler, drop_last=drop_last,
-                           **_loader_options(cfg, pin_memory))
+        train = DataLoader(
+            SeededSamples(src.train),
+            batch_size=per_rank,
+            sampler=sampler,
+            drop_last=drop_last,
+            **_loader_options(cfg, pin_memory),
+        )
     return train, eval_loader(cfg, src, src.test, rank, world_size, pin_memory, device)

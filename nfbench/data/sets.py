@@ -1,5 +1,4 @@
-"""The data sets (``data=``): what each loads, its shape, and the in-memory form small sets take.
-"""
+"""The data sets (``data=``): what each loads, its shape, and the in-memory form small sets take."""
 
 from __future__ import annotations
 
@@ -15,8 +14,15 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 from nfbench.config import DataConfig
-from nfbench.data.folders import (FOLDER_LAYOUT, data_not_found, folder_splits, hold_in_memory, is_image_file,
-                                  other_size, split_folder)
+from nfbench.data.folders import (
+    FOLDER_LAYOUT,
+    data_not_found,
+    folder_splits,
+    hold_in_memory,
+    is_image_file,
+    other_size,
+    split_folder,
+)
 from nfbench.errors import DataError, DataNotFoundError
 from nfbench.registry import Registry
 
@@ -75,8 +81,7 @@ class DataSource:
 class TensorImages(Dataset):
     """Images held in memory as a uint8 (N, C, H, W) tensor, with integer labels."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
-                 transform: Optional[Callable] = None) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Optional[Callable] = None) -> None:
         assert images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(labels)
         self.images, self.labels, self.transform = images, labels, transform
 
@@ -141,10 +146,12 @@ class DataSet:
 DATASETS: Registry[DataSet] = Registry("data set")
 
 
-def register_dataset(name: str, shape: DataShape | Callable[[DataConfig], DataShape]
-                     ) -> Callable[[Callable[[DataConfig], DataSource]], Callable[[DataConfig], DataSource]]:
+def register_dataset(
+    name: str, shape: DataShape | Callable[[DataConfig], DataShape]
+) -> Callable[[Callable[[DataConfig], DataSource]], Callable[[DataConfig], DataSource]]:
     """Register the decorated ``load(cfg: DataConfig) -> DataSource`` as ``data=name``, with its ``shape``
     (docs/extending.md, "A new data set"): a fixed :class:`DataShape`, or a function of the config."""
+
     def add(load: Callable[[DataConfig], DataSource]) -> Callable[[DataConfig], DataSource]:
         DATASETS.register(name)(DataSet(load, shape))
         return load
@@ -164,8 +171,7 @@ def folder_shape(cfg: DataConfig) -> DataShape:
     if first is None:
         raise DataNotFoundError(f"image folder {train / classes[0]} holds no image file; {FOLDER_LAYOUT}")
     if first != files[0]:
-        log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0],
-                 files[0].name)
+        log.info("image folder %s: left out the files that are not images, e.g. %s", train / classes[0], files[0].name)
     with Image.open(first) as img:
         return DataShape(len(classes), len(img.getbands()), max(img.size))
 
@@ -186,9 +192,15 @@ def digits(cfg: DataConfig) -> DataSource:
     n_test = len(labels) // 5
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     mean, std = (0.3063,), (0.3785,)  # of the 1,797 images scaled to [0, 1]
-    return DataSource(TensorImages(images[train_idx], labels[train_idx]),
-                      TensorImages(images[test_idx], labels[test_idx]),
-                      num_classes=10, in_chans=1, image_size=8, mean=mean, std=std)
+    return DataSource(
+        TensorImages(images[train_idx], labels[train_idx]),
+        TensorImages(images[test_idx], labels[test_idx]),
+        num_classes=10,
+        in_chans=1,
+        image_size=8,
+        mean=mean,
+        std=std,
+    )
 
 
 def _release_reader(cls: type[tvd.CIFAR10], name: str, train: bool) -> type[tvd.CIFAR10]:
@@ -198,11 +210,16 @@ def _release_reader(cls: type[tvd.CIFAR10], name: str, train: bool) -> type[tvd.
     unchanged (``check_integrity(path, None)``: the file exists); one file at a time, so that a damaged one
     is named."""
     entry = [[name, None]]
-    return type(f"{cls.__name__}File", (cls,), {"train_list": entry if train else [], "test_list": [] if train else entry,
-                                                "meta": {**cls.meta, "md5": None}})
+    return type(
+        f"{cls.__name__}File",
+        (cls,),
+        {"train_list": entry if train else [], "test_list": [] if train else entry, "meta": {**cls.meta, "md5": None}},
+    )
 
 
-def _read_release(cls: type[tvd.CIFAR10], root: Path, names: Sequence[str], train: bool) -> tuple[torch.Tensor, torch.Tensor, list]:
+def _read_release(
+    cls: type[tvd.CIFAR10], root: Path, names: Sequence[str], train: bool
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     """The images (uint8 N x 3 x 32 x 32, the files' order), labels and class names of ``names``."""
     images, labels, classes = [], [], []
     for name in names:
@@ -212,9 +229,11 @@ def _read_release(cls: type[tvd.CIFAR10], root: Path, names: Sequence[str], trai
         except Exception as e:  # truncated, another pickle, another format: the same fix
             why = " ".join(f"{type(e).__name__}: {e}".split())
             label_key = "fine_labels" if cls is tvd.CIFAR100 else "labels"
-            raise DataError(f"{path} is truncated or not a CIFAR python batch ({why}; a batch holds 'data' and "
-                            f"{label_key!r}). Fix: delete {path.parent} and run once with data.download=true to "
-                            f"download it again") from e
+            raise DataError(
+                f"{path} is truncated or not a CIFAR python batch ({why}; a batch holds 'data' and "
+                f"{label_key!r}). Fix: delete {path.parent} and run once with data.download=true to "
+                f"download it again"
+            ) from e
         images.append(torch.from_numpy(part.data).permute(0, 3, 1, 2))
         labels.extend(part.targets)
         classes = part.classes
@@ -238,8 +257,16 @@ def _cifar(cfg: DataConfig, cls: type[tvd.CIFAR10], mean: Sequence[float], std: 
             raise data_not_found(cls.__name__, folder, f"download failed: {type(e).__name__}: {e}") from e
     xtr, ytr, classes = _read_release(cls, root, train_files, train=True)
     xte, yte, _ = _read_release(cls, root, test_files, train=False)
-    return DataSource(TensorImages(xtr, ytr), TensorImages(xte, yte), num_classes=len(classes), in_chans=3,
-                      image_size=32, mean=mean, std=std, classes=list(classes))
+    return DataSource(
+        TensorImages(xtr, ytr),
+        TensorImages(xte, yte),
+        num_classes=len(classes),
+        in_chans=3,
+        image_size=32,
+        mean=mean,
+        std=std,
+        classes=list(classes),
+    )
 
 
 @register_dataset("cifar10", DataShape(10, 3, 32))
@@ -252,8 +279,7 @@ def cifar100(cfg: DataConfig) -> DataSource:
     return _cifar(cfg, tvd.CIFAR100, CIFAR100_MEAN, CIFAR100_STD)
 
 
-def _channel_stats(image: Callable[[int], torch.Tensor], n: int,
-                   sample: int = 512) -> tuple[list[float], list[float]]:
+def _channel_stats(image: Callable[[int], torch.Tensor], n: int, sample: int = 512) -> tuple[list[float], list[float]]:
     """Mean and std per channel over every pixel of a fixed sample of up to ``sample`` of the n uint8 images
     ``image(i)`` (of any sizes)."""
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:sample]
@@ -274,8 +300,12 @@ def imagefolder(cfg: DataConfig) -> DataSource:
     w, h = first.size
     if cfg.image_size is None:  # data.verify read every header: each image must be the first's size
         _same_size(sizes or {}, (w, h))
-    shape = dict(num_classes=len(train.classes), in_chans=len(first.getbands()), image_size=max(w, h),
-                 classes=list(train.classes))
+    shape = dict(
+        num_classes=len(train.classes),
+        in_chans=len(first.getbands()),
+        image_size=max(w, h),
+        classes=list(train.classes),
+    )
     held = hold_in_memory(cfg, [train, test], (h, w))
     if held is None:
         mean, std = _channel_stats(lambda i: v2.functional.pil_to_tensor(train[i][0]), len(train))
@@ -306,9 +336,18 @@ def imagenet(cfg: DataConfig) -> DataSource:
     """ILSVRC-2012 as an ImageFolder tree ROOT/train, ROOT/val; the standard 224 px recipe."""
     root = Path(cfg.root).expanduser()
     train, test, _ = folder_splits(root, ["val", "test"], cfg)
-    return DataSource(train, test, num_classes=len(train.classes), in_chans=3,
-                      image_size=cfg.image_size or 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                      recipe="imagenet", pil=True, classes=list(train.classes))
+    return DataSource(
+        train,
+        test,
+        num_classes=len(train.classes),
+        in_chans=3,
+        image_size=cfg.image_size or 224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        recipe="imagenet",
+        pil=True,
+        classes=list(train.classes),
+    )
 
 
 def own_shape(cfg: DataConfig) -> DataShape:

@@ -1,5 +1,4 @@
-"""A configured data set made ready to train: loaded, fingerprinted, split, subset, transformed.
-"""
+"""A configured data set made ready to train: loaded, fingerprinted, split, subset, transformed."""
 
 from __future__ import annotations
 
@@ -49,17 +48,24 @@ def split_validation(ds: Dataset, val_size: int | float, name: str) -> tuple[Sub
     n_val = val_size if isinstance(val_size, int) else int(val_size * n + 0.5)
     key = f"data.val_size={val_size}"
     if n_val < 1:
-        raise ConfigError(f"{key} holds out no image of data={name}'s {n} training images: give a larger "
-                          f"fraction, or a number of images")
+        raise ConfigError(
+            f"{key} holds out no image of data={name}'s {n} training images: give a larger "
+            f"fraction, or a number of images"
+        )
     if n_val >= n:
-        raise ConfigError(f"{key} holds out {n_val} images of data={name}'s {n} training images, leaving none "
-                          f"to train on: hold out fewer")
+        raise ConfigError(
+            f"{key} holds out {n_val} images of data={name}'s {n} training images, leaving none "
+            f"to train on: hold out fewer"
+        )
     try:
-        train_idx, val_idx = train_test_split(np.arange(n), test_size=n_val, random_state=SPLIT_SEED,
-                                              stratify=_labels(ds))
+        train_idx, val_idx = train_test_split(
+            np.arange(n), test_size=n_val, random_state=SPLIT_SEED, stratify=_labels(ds)
+        )
     except ValueError as e:  # a per-class split needs at least one image of each class on either side
-        raise ConfigError(f"{key}: no per-class split of {n_val} of data={name}'s {n} training images "
-                          f"({' '.join(str(e).split())}); hold out more, or fewer") from e
+        raise ConfigError(
+            f"{key}: no per-class split of {n_val} of data={name}'s {n} training images "
+            f"({' '.join(str(e).split())}); hold out more, or fewer"
+        ) from e
     return Subset(ds, sorted(train_idx.tolist())), Subset(ds, sorted(val_idx.tolist()))
 
 
@@ -81,9 +87,11 @@ def build_source(cfg: DataConfig) -> DataSource:
     fingerprint = data_fingerprint(src)
     check_normalisation(cfg, src.in_chans)
     if src.recipe == "small" and cfg.image_size is not None and cfg.image_size > src.image_size:
-        raise ConfigError(f"data.image_size={cfg.image_size} is larger than data={cfg.name}'s {src.image_size} px images: "
-                          f"the small-image recipe resizes down, never up. Fix: leave data.image_size unset, or give "
-                          f"at most {src.image_size}")
+        raise ConfigError(
+            f"data.image_size={cfg.image_size} is larger than data={cfg.name}'s {src.image_size} px images: "
+            f"the small-image recipe resizes down, never up. Fix: leave data.image_size unset, or give "
+            f"at most {src.image_size}"
+        )
     train, val = (src.train, None) if cfg.val_size is None else split_validation(src.train, cfg.val_size, cfg.name)
     train = subset(train, cfg.train_subset)
     if cfg.pixel_mean:
@@ -92,9 +100,21 @@ def build_source(cfg: DataConfig) -> DataSource:
     train = with_transform(train, transforms(cfg, src, train=True))
     test = with_transform(subset(src.test, cfg.test_subset), evaluation)
     size = cfg.image_size or src.image_size
-    return DataSource(train, test, src.num_classes, src.in_chans, size, cfg.mean or src.mean, cfg.std or src.std,
-                      src.recipe, src.pil, val=None if val is None else with_transform(val, evaluation),
-                      classes=src.classes, fingerprint=fingerprint, mean_image=src.mean_image)
+    return DataSource(
+        train,
+        test,
+        src.num_classes,
+        src.in_chans,
+        size,
+        cfg.mean or src.mean,
+        cfg.std or src.std,
+        src.recipe,
+        src.pil,
+        val=None if val is None else with_transform(val, evaluation),
+        classes=src.classes,
+        fingerprint=fingerprint,
+        mean_image=src.mean_image,
+    )
 
 
 def data_fingerprint(src: DataSource) -> dict:
@@ -117,8 +137,13 @@ def identity(src: DataSource, decode: Optional[str] = None) -> dict:
     """What a run trains on, as its checkpoints record it: a resume on other data is refused
     (:func:`nfbench.rundir.check_data`), and so is one that would decode its images elsewhere (``decode``:
     ``data.decode`` as it resolved, :func:`nfbench.data.gpu_decode.decode_choice`; recorded where it applies)."""
-    found = {"num_classes": src.num_classes, "in_chans": src.in_chans, "image_size": src.image_size,
-             "classes": src.classes, "fingerprint": src.fingerprint}
+    found = {
+        "num_classes": src.num_classes,
+        "in_chans": src.in_chans,
+        "image_size": src.image_size,
+        "classes": src.classes,
+        "fingerprint": src.fingerprint,
+    }
     return found if decode is None else {**found, "decode": decode}
 
 

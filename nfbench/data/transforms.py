@@ -1,5 +1,4 @@
-"""The papers' augmentation and normalisation, on the DataLoader path (torchvision v2 transforms).
-"""
+"""The papers' augmentation and normalisation, on the DataLoader path (torchvision v2 transforms)."""
 
 from __future__ import annotations
 
@@ -33,8 +32,11 @@ def transforms(cfg: DataConfig, src: DataSource, train: bool) -> v2.Compose:
     ops: list = [v2.PILToTensor()] if src.pil else []
     size = cfg.image_size or src.image_size
     if src.recipe == "imagenet":
-        ops += [v2.RandomResizedCrop(size, antialias=True)] if train else \
-               [v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)]
+        ops += (
+            [v2.RandomResizedCrop(size, antialias=True)]
+            if train
+            else [v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)]
+        )
     else:  # small images: every image at one side first (data.image_size), train and test alike
         if cfg.image_size is not None:
             ops.append(v2.Resize((size, size), antialias=True))
@@ -55,8 +57,10 @@ def check_normalisation(cfg: DataConfig, in_chans: int) -> None:
     for key in ("mean", "std"):
         values = getattr(cfg, key)
         if values is not None and len(values) != in_chans:
-            raise ConfigError(f"data.{key}={list(values)} has {len(values)} value(s) but data={cfg.name} has "
-                              f"{in_chans} channel(s): give one per channel, or null for the data set's own")
+            raise ConfigError(
+                f"data.{key}={list(values)} has {len(values)} value(s) but data={cfg.name} has "
+                f"{in_chans} channel(s): give one per channel, or null for the data set's own"
+            )
 
 
 def check_pixel_mean(cfg: DataConfig) -> None:
@@ -66,13 +70,17 @@ def check_pixel_mean(cfg: DataConfig) -> None:
     if not cfg.pixel_mean:
         return
     if cfg.name == "imagenet":
-        raise ConfigError("data.pixel_mean=true is not available for data=imagenet: its random-resized crops have "
-                          "no fixed pixel grid to take a mean image on; set data.pixel_mean=false")
+        raise ConfigError(
+            "data.pixel_mean=true is not available for data=imagenet: its random-resized crops have "
+            "no fixed pixel grid to take a mean image on; set data.pixel_mean=false"
+        )
     side = own_shape(cfg).image_size
     if cfg.image_size not in (None, side):
-        raise ConfigError(f"data.pixel_mean=true needs data={cfg.name}'s own image size: data.image_size="
-                          f"{cfg.image_size} resizes its {side} px images, and the mean image is theirs; set "
-                          f"data.image_size=null, or data.pixel_mean=false")
+        raise ConfigError(
+            f"data.pixel_mean=true needs data={cfg.name}'s own image size: data.image_size="
+            f"{cfg.image_size} resizes its {side} px images, and the mean image is theirs; set "
+            f"data.image_size=null, or data.pixel_mean=false"
+        )
 
 
 def mean_image(ds: Dataset, in_chans: int, side: int, chunk: int = 1024) -> torch.Tensor:
@@ -85,8 +93,9 @@ def mean_image(ds: Dataset, in_chans: int, side: int, chunk: int = 1024) -> torc
     if held is not None:
         index = torch.arange(len(held)) if indices is None else indices
         if tuple(held.images.shape[1:]) != tuple(total.shape):
-            raise DataError(f"data.pixel_mean=true: the images are {tuple(held.images.shape[1:])}, not "
-                            f"{tuple(total.shape)}")
+            raise DataError(
+                f"data.pixel_mean=true: the images are {tuple(held.images.shape[1:])}, not {tuple(total.shape)}"
+            )
         for part in index.split(chunk):
             total += held.images[part].sum(0, dtype=torch.float64)
     else:
@@ -94,8 +103,10 @@ def mean_image(ds: Dataset, in_chans: int, side: int, chunk: int = 1024) -> torc
             x = ds[i][0]
             x = x if isinstance(x, torch.Tensor) else v2.functional.pil_to_tensor(x)
             if tuple(x.shape) != tuple(total.shape):
-                raise DataError(f"data.pixel_mean=true needs every training image at {side}x{side} px with "
-                                f"{in_chans} channel(s); training image {i} is {tuple(x.shape)} (channels, height, "
-                                f"width): resize the images, or set data.pixel_mean=false")
+                raise DataError(
+                    f"data.pixel_mean=true needs every training image at {side}x{side} px with "
+                    f"{in_chans} channel(s); training image {i} is {tuple(x.shape)} (channels, height, "
+                    f"width): resize the images, or set data.pixel_mean=false"
+                )
             total += x
     return (total / (255.0 * len(ds))).float()  # type: ignore[arg-type]

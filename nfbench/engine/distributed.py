@@ -52,8 +52,11 @@ def detect() -> DistEnv:
     _from_slurm()
     if "WORLD_SIZE" not in os.environ:
         return DistEnv()
-    return DistEnv(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                   world_size=int(os.environ["WORLD_SIZE"]))
+    return DistEnv(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
 
 
 def setup(env: DistEnv, device_type: str) -> torch.device:
@@ -64,8 +67,12 @@ def setup(env: DistEnv, device_type: str) -> torch.device:
     else:
         device = torch.device("cpu")
     if env.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=env.rank,
-                                world_size=env.world_size, device_id=device if device_type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device_type == "cuda" else "gloo",
+            rank=env.rank,
+            world_size=env.world_size,
+            device_id=device if device_type == "cuda" else None,
+        )
     return device
 
 
@@ -121,8 +128,14 @@ def free_port() -> int:
 
 
 def _worker(local_rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     if not torch.cuda.is_available():
         # The CPU's cores are shared between the workers.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
@@ -138,8 +151,9 @@ def spawn(world_size: int, fn: Callable[..., Any], *args: Any) -> None:
     """
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size,
-                             join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(world_size, free_port(), fn, args), nprocs=world_size, join=False, start_method="spawn"
+    )
 
     def forward(signum: int, frame: Optional[object]) -> None:
         for p in ctx.processes:

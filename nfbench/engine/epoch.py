@@ -43,8 +43,9 @@ def weights_finite(net: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def train_one_epoch(loop: Loop, loader: DataLoader, epoch: int,
-                    resume: Optional[EpochProgress]) -> Generator[None, None, EpochProgress]:
+def train_one_epoch(
+    loop: Loop, loader: DataLoader, epoch: int, resume: Optional[EpochProgress]
+) -> Generator[None, None, EpochProgress]:
     """One pass over the training set, from where ``resume`` (a mid-epoch checkpoint) left it, yielding
     after each step but the last; returns the epoch's progress.  Loss and accuracy accumulate on the
     device and are read once per ``trainer.log_every`` steps, where a non-finite loss is also checked;
@@ -101,8 +102,15 @@ def _log_step(loop: Loop, run: Pass, done: int, loss: torch.Tensor) -> None:
     if loop.progress.due():
         loss_sum, _, seen = run.metrics.sums.tolist()
         elapsed = run.seconds()
-        loop.progress.show(run.epoch, done, run.steps, loss_sum / seen, loop.opt.param_groups[0]["lr"],
-                           seen * loop.env.world_size / elapsed, (run.steps - done) * elapsed / done)
+        loop.progress.show(
+            run.epoch,
+            done,
+            run.steps,
+            loss_sum / seen,
+            loop.opt.param_groups[0]["lr"],
+            seen * loop.env.world_size / elapsed,
+            (run.steps - done) * elapsed / done,
+        )
     if loop.loggers:
         loop.loggers.log_scalars({"train/loss_step": loss.detach().item()}, run.first_step + done - 1)
 
@@ -116,8 +124,13 @@ def _between_steps(loop: Loop, run: Pass, done: int) -> None:
         _check_finite(loop, run, done, weights=True)  # never save a diverged state
         save_last(loop, run.epoch, _snapshot(run.metrics.sums, done, run.seconds(), loop.device))
     if stopping:
-        log.warning("caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be "
-                    "requeued and resumed", loop.stop.received, run.epoch + 1, done, run.steps)
+        log.warning(
+            "caught signal %s: checkpointed epoch %d at step %d/%d; exiting so the job can be requeued and resumed",
+            loop.stop.received,
+            run.epoch + 1,
+            done,
+            run.steps,
+        )
         loop.stop.exit()
 
 
@@ -137,9 +150,15 @@ def _check_finite(loop: Loop, run: Pass, done: int, weights: bool) -> None:
     bad = run.metrics.fold(done)
     broken = bad is None and weights and not weights_finite(loop.net)
     if distributed.any_rank(bad is not None or broken, loop.device):
-        raise Diverged({"epoch": run.epoch + 1, "step": run.first_step + (bad[0] if bad else done - 1),
-                        "loss": bad[1] if bad else None, "weights_finite": not broken,
-                        "lr": loop.opt.param_groups[0]["lr"]})
+        raise Diverged(
+            {
+                "epoch": run.epoch + 1,
+                "step": run.first_step + (bad[0] if bad else done - 1),
+                "loss": bad[1] if bad else None,
+                "weights_finite": not broken,
+                "lr": loop.opt.param_groups[0]["lr"],
+            }
+        )
 
 
 def gather_rng(state: dict) -> list:

@@ -1,5 +1,4 @@
-"""Evaluation on the test set or the validation split, summed exactly over ranks.
-"""
+"""Evaluation on the test set or the validation split, summed exactly over ranks."""
 
 from __future__ import annotations
 
@@ -33,13 +32,23 @@ class StopPoll:
 
     def asks(self, i: int) -> bool:
         """Whether the signal asks to leave before batch ``i`` (the same answer on every rank)."""
-        return (i < self.until and i % self.every == 0
-                and distributed.any_rank(self.signal.received is not None, self.device))
+        return (
+            i < self.until
+            and i % self.every == 0
+            and distributed.any_rank(self.signal.received is not None, self.device)
+        )
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict, channels_last: bool,
-             stop: Optional[StopPoll] = None, split: str = "test") -> Optional[dict]:
+def evaluate(
+    net: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: dict,
+    channels_last: bool,
+    stop: Optional[StopPoll] = None,
+    split: str = "test",
+) -> Optional[dict]:
     """Loss (plain cross-entropy), top-1 and top-5 in percent on ``split`` (test or val), summed exactly
     over all ranks; None when ``stop`` asks to leave (a stop signal: an evaluation can outlast SLURM's grace)."""
     net.eval()
@@ -50,8 +59,9 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, amp: dict
         x, y = to_device(x, y, device, channels_last)
         logits = forward(net, x, amp)
         c1, c5 = topk_correct(logits, y, (1, 5))
-        sums[:3] += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
-                                 c1.double(), c5.double()])
+        sums[:3] += torch.stack(
+            [nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(), c1.double(), c5.double()]
+        )
         sums[3] += len(y)  # a Python number: no blocking host-to-device copy per batch
     distributed.all_reduce_sum(sums)
     loss, c1, c5, n = sums.tolist()

@@ -50,11 +50,15 @@ def check_device(device: torch.device, world_size: int) -> None:
     time, and be compared, as something it is not (the other keys are checked in config.check_values).
     """
     if device.type != "cuda":
-        raise ConfigError(f"trainer.cuda_graph=true needs a CUDA device, and this run trains on {device.type}: "
-                          "set trainer.cuda_graph=false (or run on a GPU)")
+        raise ConfigError(
+            f"trainer.cuda_graph=true needs a CUDA device, and this run trains on {device.type}: "
+            "set trainer.cuda_graph=false (or run on a GPU)"
+        )
     if world_size > 1:
-        raise ConfigError(f"trainer.cuda_graph=true trains one process, and this run has {world_size}: "
-                          "set trainer.cuda_graph=false for DDP")
+        raise ConfigError(
+            f"trainer.cuda_graph=true trains one process, and this run has {world_size}: "
+            "set trainer.cuda_graph=false for DDP"
+        )
 
 
 class GraphedStep:
@@ -66,8 +70,13 @@ class GraphedStep:
     tensor learning rate on the device; the foreach kernel would read it on the host).
     """
 
-    def __init__(self, objects: StepObjects, channels_last: bool = False, warmup_steps: int = WARMUP_STEPS,
-                 capture: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        objects: StepObjects,
+        channels_last: bool = False,
+        warmup_steps: int = WARMUP_STEPS,
+        capture: Optional[bool] = None,
+    ) -> None:
         # Autocast's cache of cast weights must not live across a capture (PyTorch's CUDA graph notes);
         # casting again gives the same values.
         self.objects = replace(objects, amp={**objects.amp, "cache_enabled": False})

@@ -55,8 +55,19 @@ from nfbench.engine.validation import validate
 from nfbench.engine.epoch import Diverged, checkpoint_of, gather_rng, save_last, train_one_epoch
 from nfbench.engine.evaluate import StopPoll, evaluate
 from nfbench.engine.preemption import StopSignal
-from nfbench.engine.state import (Data, EpochProgress, Host, Loop, Record, Restored, StepSettings, best_figures,
-                                  best_row, count_params, restore_checkpoint)
+from nfbench.engine.state import (
+    Data,
+    EpochProgress,
+    Host,
+    Loop,
+    Record,
+    Restored,
+    StepSettings,
+    best_figures,
+    best_row,
+    count_params,
+    restore_checkpoint,
+)
 from nfbench.engine.step import AMP_DTYPES
 
 if TYPE_CHECKING:
@@ -66,8 +77,21 @@ log = logging.getLogger("nfbench")
 
 
 # The result.json numbers a logger's hyperparameter table shows beside each run's config.
-FINAL_METRICS = ("test_top1", "test_top5", "test_loss", "val_top1", "val_loss", "train_top1", "train_loss",
-                 "best_val_top1", "test_top1_at_best_val", "best_test_top1", "best_epoch", "epochs", "wall_s")
+FINAL_METRICS = (
+    "test_top1",
+    "test_top5",
+    "test_loss",
+    "val_top1",
+    "val_loss",
+    "train_top1",
+    "train_loss",
+    "best_val_top1",
+    "test_top1_at_best_val",
+    "best_test_top1",
+    "best_epoch",
+    "epochs",
+    "wall_s",
+)
 
 
 def train(cfg: DictConfig, plan: Optional[ModelPlan] = None) -> dict:
@@ -186,14 +210,23 @@ def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
     pin = device.type == "cuda"
     # trainer.cuda_graph on CUDA: the batches too are built in a graph, RandAugment on the device.
     capture = cfg.trainer.cuda_graph and device.type == "cuda"
-    train_loader, test_loader = build_loaders(cfg.data, src, cfg.seed, env.rank, env.world_size, pin_memory=pin,
-                                              device=device, capture=capture)
-    val_loader = None if src.val is None else eval_loader(cfg.data, src, src.val, env.rank, env.world_size,
-                                                          pin_memory=pin, device=device)
+    train_loader, test_loader = build_loaders(
+        cfg.data, src, cfg.seed, env.rank, env.world_size, pin_memory=pin, device=device, capture=capture
+    )
+    val_loader = (
+        None
+        if src.val is None
+        else eval_loader(cfg.data, src, src.val, env.rank, env.world_size, pin_memory=pin, device=device)
+    )
     decode = decode_choice(cfg.data, src, device)
     if decode is not None:
-        log.info("data.decode=%s: %s", cfg.data.decode, f"each batch decoded and augmented on {device}"
-                 if decode == "gpu" else f"images decoded and augmented in {cfg.data.num_workers} DataLoader worker(s)")
+        log.info(
+            "data.decode=%s: %s",
+            cfg.data.decode,
+            f"each batch decoded and augmented on {device}"
+            if decode == "gpu"
+            else f"images decoded and augmented in {cfg.data.num_workers} DataLoader worker(s)",
+        )
     return Data(src, train_loader, test_loader, val_loader, decode)
 
 
@@ -203,8 +236,10 @@ def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dic
     run_dir, record = loop.record.run_dir, loop.record
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.remove_stale_temporaries(run_dir)  # this process holds the run directory's lock
-    rundir.write_json(run_dir / "env.json", {**rundir.environment(device, world_size=loop.env.world_size),
-                                             "data_fingerprint": record.data["fingerprint"]})
+    rundir.write_json(
+        run_dir / "env.json",
+        {**rundir.environment(device, world_size=loop.env.world_size), "data_fingerprint": record.data["fingerprint"]},
+    )
     rundir.atomic_write_bytes(run_dir / "config.yaml", OmegaConf.to_yaml(loop.cfg, resolve=True).encode())
     if record.history or (run_dir / "metrics.jsonl").exists():
         rundir.write_metrics(run_dir / "metrics.jsonl", record.history)
@@ -214,8 +249,9 @@ def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dic
         rundir.save_best(record.ckpt_dir, branch_best, best)
 
 
-def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path,
-                plan: ModelPlan, host: Host) -> Loop:
+def _build_loop(
+    cfg: DictConfig, env: DistEnv, device: torch.device, data: Data, run_dir: Path, plan: ModelPlan, host: Host
+) -> Loop:
     """The planned model and its scheme's init (the same seed on every rank, before DDP and the optimiser
     see the parameters), optimiser, scheduler, grad scaler, mixup and loss; the stop signal ``host`` lends."""
     tcfg = cfg.trainer
@@ -227,16 +263,33 @@ def _build_loop(cfg: DictConfig, env: DistEnv, device: torch.device, data: Data,
     opt = build_optimizer(net, cfg.optim, device)
     sched = build_scheduler(opt, cfg.sched, tcfg.epochs, len(data.train))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.precision == "fp16")
-    amp = dict(device_type=device.type, dtype=AMP_DTYPES.get(tcfg.precision, torch.float32),
-               enabled=tcfg.precision != "fp32")
+    amp = dict(
+        device_type=device.type, dtype=AMP_DTYPES.get(tcfg.precision, torch.float32), enabled=tcfg.precision != "fp32"
+    )
     mixup, criterion = _mixup_and_loss(tcfg, data.src.num_classes)
     # best.pt and the best figures: chosen on the validation split when there is one; else on the
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if data.val is not None else "test_top1"
     record = Record(run_dir, plain(cfg), select, identity(data.src, data.decode))
     progress = Progress(tcfg.progress and env.is_main and host.progress, tcfg.epochs, tcfg.progress_every_s)
-    return Loop(cfg, env, device, StepSettings.of(cfg, env), record, scheme, net, net, opt, sched, scaler, mixup,
-                criterion, amp, progress, stop=host.stop)
+    return Loop(
+        cfg,
+        env,
+        device,
+        StepSettings.of(cfg, env),
+        record,
+        scheme,
+        net,
+        net,
+        opt,
+        sched,
+        scaler,
+        mixup,
+        criterion,
+        amp,
+        progress,
+        stop=host.stop,
+    )
 
 
 def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup], nn.Module]:
@@ -245,8 +298,12 @@ def _mixup_and_loss(tcfg: DictConfig, num_classes: int) -> tuple[Optional[Mixup]
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
-        mixup = Mixup(mixup_alpha=tcfg.mixup_alpha, cutmix_alpha=tcfg.cutmix_alpha,
-                      label_smoothing=tcfg.label_smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=tcfg.mixup_alpha,
+            cutmix_alpha=tcfg.cutmix_alpha,
+            label_smoothing=tcfg.label_smoothing,
+            num_classes=num_classes,
+        )
         return mixup, SoftTargetCrossEntropy()
     return None, nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
 
@@ -263,10 +320,12 @@ def _resume(loop: Loop, resumed: Optional[tuple[Path, dict]]) -> tuple[int, Opti
     rundir.check_data(state, record.data, source)
     restored = restore_checkpoint(state, loop.stateful(), record, source)
     record.resumed_from = rundir.branched_from(source, state, record.run_dir)
-    record.history = rundir.reconcile_history(record.run_dir / "metrics.jsonl", restored.history, restored.epoch,
-                                              source)
-    branch_best = _branch_best(loop, source, state, restored) if record.resumed_from and not state.get(
-        "resumed_from") else None
+    record.history = rundir.reconcile_history(
+        record.run_dir / "metrics.jsonl", restored.history, restored.epoch, source
+    )
+    branch_best = (
+        _branch_best(loop, source, state, restored) if record.resumed_from and not state.get("resumed_from") else None
+    )
     partial = EpochProgress(**restored.partial) if restored.partial else None
     log.info("resumed from %s: epoch %d, step %d", source, restored.epoch + 1, partial.batches_done if partial else 0)
     return restored.epoch, partial, branch_best
@@ -290,11 +349,21 @@ def _branch_best(loop: Loop, source: Path, state: dict, restored: Restored) -> O
             log.warning("%s", e)
         else:
             if found["epoch"] == best["epoch"]:
-                return {**found, "config": record.config, "resumed_from": record.resumed_from,
-                        "history": record.history[:best["epoch"]], "data": record.data}  # the record at that epoch
+                return {
+                    **found,
+                    "config": record.config,
+                    "resumed_from": record.resumed_from,
+                    "history": record.history[: best["epoch"]],
+                    "data": record.data,
+                }  # the record at that epoch
     record.best_top1, record.best_from = -math.inf, restored.epoch + 1
-    log.warning("branch of %s: the best epoch of the history it continues (%s) has no checkpoint to bring along; "
-                "best.pt is selected from epoch %d on", source, best["epoch"] if best else "none", record.best_from)
+    log.warning(
+        "branch of %s: the best epoch of the history it continues (%s) has no checkpoint to bring along; "
+        "best.pt is selected from epoch %d on",
+        source,
+        best["epoch"] if best else "none",
+        record.best_from,
+    )
     return None
 
 
@@ -304,8 +373,9 @@ def _wrap(loop: Loop) -> None:
     tcfg = loop.cfg.trainer
     if loop.env.enabled:
         device = loop.device
-        loop.net = nn.parallel.DistributedDataParallel(loop.net,
-                                                       device_ids=[device.index] if device.type == "cuda" else None)
+        loop.net = nn.parallel.DistributedDataParallel(
+            loop.net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if loop.cfg.trainer.compile:
         loop.net = cast(nn.Module, torch.compile(loop.net, mode=loop.cfg.trainer.compile_mode))  # an OptimizedModule
     if tcfg.cuda_graph:  # refuses DDP and compile (config.check_values): the graph replays the model itself
@@ -321,21 +391,34 @@ def _wrap(loop: Loop) -> None:
 
 def _log_setup(loop: Loop, data: Data) -> None:
     cfg, src = loop.cfg, data.src
-    log.info("%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, "
-             "%d process(es) on %s", cfg.model.name, cfg.init.name, loop.scheme.weights, cfg.data.name,
-             count_params(loop.model) / 1e6, len(src.train), len(src.val) if src.val is not None else 0,  # type: ignore[arg-type]
-             len(src.test), loop.env.world_size, loop.device)  # type: ignore[arg-type]
+    log.info(
+        "%s / %s (%s weights) on %s: %.2fM parameters, %d train / %d validation / %d test images, %d process(es) on %s",
+        cfg.model.name,
+        cfg.init.name,
+        loop.scheme.weights,
+        cfg.data.name,
+        count_params(loop.model) / 1e6,
+        len(src.train),
+        len(src.val) if src.val is not None else 0,  # type: ignore[arg-type]
+        len(src.test),
+        loop.env.world_size,
+        loop.device,
+    )  # type: ignore[arg-type]
 
 
-def _run_epochs(loop: Loop, data: Data, start_epoch: int,
-                partial: Optional[EpochProgress]) -> Generator[None, None, tuple[str, Optional[dict]]]:
+def _run_epochs(
+    loop: Loop, data: Data, start_epoch: int, partial: Optional[EpochProgress]
+) -> Generator[None, None, tuple[str, Optional[dict]]]:
     """Train, evaluate, record and checkpoint each epoch from ``start_epoch`` on (``partial``: how far into it
     a checkpoint got), yielding between steps; return how the run ended: ("finished", None) or
     ("diverged", what diverged)."""
     loop.record.t_start = time.perf_counter()
     # Validation, then test: (split, loader, the batches every rank has, where a stop signal is checked).
-    evaluations = [(split, loader, distributed.min_over_ranks(len(loader), loop.device))
-                   for split, loader in (("val", data.val), ("test", data.test)) if loader is not None]
+    evaluations = [
+        (split, loader, distributed.min_over_ranks(len(loader), loop.device))
+        for split, loader in (("val", data.val), ("test", data.test))
+        if loader is not None
+    ]
     for epoch in range(start_epoch, loop.settings.epochs):
         _begin_epoch(loop, data, epoch)
         lr = loop.opt.param_groups[0]["lr"]
@@ -356,15 +439,20 @@ def _begin_epoch(loop: Loop, data: Data, epoch: int) -> None:
     data.train.sampler.set_epoch(epoch)
     every = loop.cfg.trainer.log_spp_every
     if loop.env.is_main and every and epoch % every == 0:
-        from nfbench.analysis.spp import log_spp# leaves weights, buffers and RNG as they were
+        from nfbench.analysis.spp import log_spp  # leaves weights, buffers and RNG as they were
 
         log_spp(loop.loggers, loop.model, loop.cfg, data.test, data.src.num_classes, epoch * len(data.train))
 
 
 def _log_divergence(loop: Loop, info: dict) -> None:
-    log.error("training diverged: %s at epoch %d, step %d (lr %.4g); nothing was saved after it: %s",
-              f"non-finite loss {info['loss']}" if info["loss"] is not None else "non-finite weights",
-              info["epoch"], info["step"], info["lr"], rundir.kept_checkpoint(loop.record.ckpt_dir))
+    log.error(
+        "training diverged: %s at epoch %d, step %d (lr %.4g); nothing was saved after it: %s",
+        f"non-finite loss {info['loss']}" if info["loss"] is not None else "non-finite weights",
+        info["epoch"],
+        info["step"],
+        info["lr"],
+        rundir.kept_checkpoint(loop.record.ckpt_dir),
+    )
 
 
 def _evaluate_epoch(loop: Loop, evaluations: list, epoch: int, stats: EpochProgress) -> dict:
@@ -377,8 +465,12 @@ def _evaluate_epoch(loop: Loop, evaluations: list, epoch: int, stats: EpochProgr
         found = evaluate(loop.net, loader, loop.device, loop.amp, loop.settings.channels_last, poll, split=split)
         if found is None:
             save_last(loop, epoch, EpochProgress(**{**vars(stats), "rng": gather_rng(after_training)}))
-            log.warning("caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
-                        "so the job can be requeued and resumed", loop.stop.received, epoch + 1)
+            log.warning(
+                "caught signal %s during the evaluation of epoch %d: checkpointed its training; exiting "
+                "so the job can be requeued and resumed",
+                loop.stop.received,
+                epoch + 1,
+            )
             loop.stop.exit()
         metrics.update(found)
     return metrics
@@ -393,9 +485,16 @@ def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics:
     improved = metrics[record.select] > record.best_top1
     record.best_top1 = max(record.best_top1, metrics[record.select])
     wall = record.wall_s()
-    row = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss_sum / stats.seen,
-           "train_top1": 100.0 * stats.correct / stats.seen, **metrics,
-           "images_per_s": stats.seen / stats.seconds, "epoch_s": stats.seconds, "wall_s": wall}
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": stats.loss_sum / stats.seen,
+        "train_top1": 100.0 * stats.correct / stats.seen,
+        **metrics,
+        "images_per_s": stats.seen / stats.seconds,
+        "epoch_s": stats.seconds,
+        "wall_s": wall,
+    }
     record.history.append(row)
     state = checkpoint_of(loop, epoch + 1, None, wall)
     if loop.env.is_main:
@@ -414,9 +513,19 @@ def _end_epoch(loop: Loop, epoch: int, lr: float, stats: EpochProgress, metrics:
 
 def _log_epoch(loop: Loop, row: dict) -> None:
     val = f"val top-1 {row['val_top1']:.2f}  " if "val_top1" in row else ""
-    log.info("epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  %.0f img/s",
-             row["epoch"], loop.settings.epochs, row["lr"], row["train_loss"], row["train_top1"], val,
-             row["test_loss"], row["test_top1"], row["test_top5"], row["images_per_s"])
+    log.info(
+        "epoch %d/%d  lr %.4g  train loss %.4f top-1 %.2f  %stest loss %.4f top-1 %.2f top-5 %.2f  %.0f img/s",
+        row["epoch"],
+        loop.settings.epochs,
+        row["lr"],
+        row["train_loss"],
+        row["train_top1"],
+        val,
+        row["test_loss"],
+        row["test_top1"],
+        row["test_top5"],
+        row["images_per_s"],
+    )
 
 
 def _finished_result(loop: Loop, start_epoch: int, partial: Optional[EpochProgress]) -> Optional[dict]:
@@ -428,12 +537,19 @@ def _finished_result(loop: Loop, start_epoch: int, partial: Optional[EpochProgre
     if done and loop.env.is_main:
         stored = rundir.read_json(loop.record.run_dir / "result.json", strict=False)
         history = loop.record.history
-        agrees = (isinstance(stored, dict) and stored.get("status") == "finished" and history
-                  and stored.get("epochs") == len(history)
-                  and stored.get("test_top1") == rundir.strict_json(history[-1]).get("test_top1"))
+        agrees = (
+            isinstance(stored, dict)
+            and stored.get("status") == "finished"
+            and history
+            and stored.get("epochs") == len(history)
+            and stored.get("test_top1") == rundir.strict_json(history[-1]).get("test_top1")
+        )
         if agrees:
-            log.info("run %s is finished already (%d epochs): nothing to train, result.json kept",
-                     loop.record.run_dir, len(history))
+            log.info(
+                "run %s is finished already (%d epochs): nothing to train, result.json kept",
+                loop.record.run_dir,
+                len(history),
+            )
             _keep_final_weights(loop)
         else:
             stored = None
@@ -457,8 +573,12 @@ def _keep_final_weights(loop: Loop) -> None:
     if best["epoch"] == record.history[-1]["epoch"]:
         rundir.save_weights(weights, loop.model.state_dict(), {**best, "selected_on": record.select}, record.config)
     else:
-        log.warning("%s: best.pt of epoch %d (the best on %s) is missing; its weights cannot be written",
-                    record.ckpt_dir, best["epoch"], record.select)
+        log.warning(
+            "%s: best.pt of epoch %d (the best on %s) is missing; its weights cannot be written",
+            record.ckpt_dir,
+            best["epoch"],
+            record.select,
+        )
 
 
 def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
@@ -473,8 +593,13 @@ def _finish(loop: Loop, status: str, divergence: Optional[dict]) -> dict:
         "epochs": len(history),
         "epochs_planned": cfg.trainer.epochs,
         "params": count_params(loop.model),
-        "data": cfg.data.name, "model": cfg.model.name, "init": cfg.init.name, "weights": loop.scheme.weights,
-        "seed": cfg.seed, "experiment": cfg.get("experiment"), "world_size": loop.env.world_size,
+        "data": cfg.data.name,
+        "model": cfg.model.name,
+        "init": cfg.init.name,
+        "weights": loop.scheme.weights,
+        "seed": cfg.seed,
+        "experiment": cfg.get("experiment"),
+        "world_size": loop.env.world_size,
         "wall_s": record.wall_s(),
         "resumed_from": record.resumed_from,
         "data_fingerprint": record.data["fingerprint"],  # which pixels (nfbench.data.fingerprint)

@@ -26,8 +26,9 @@ class EpochMetrics:
     sums its checkpoint recorded).
     """
 
-    def __init__(self, steps: int, device: torch.device, loss_sum: float = 0.0, correct: int = 0, seen: int = 0,
-                 start: int = 0) -> None:
+    def __init__(
+        self, steps: int, device: torch.device, loss_sum: float = 0.0, correct: int = 0, seen: int = 0, start: int = 0
+    ) -> None:
         self.losses = torch.zeros(steps, device=device)
         self.hits = torch.zeros(steps, device=device, dtype=torch.int64)
         self.sizes = [0] * steps

@@ -6,8 +6,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import (ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR,
-                                      SequentialLR)
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
 
 from nfbench.config import OptimConfig, SchedConfig
 from nfbench.models.resnet import Scalar, ScalarLRBiasLinear
@@ -50,8 +49,12 @@ def param_groups(net: nn.Module, cfg: OptimConfig) -> list[dict]:
     groups = [
         dict(name="weights", params=decay, weight_decay=cfg.weight_decay, lr=cfg.lr),
         dict(name="no_decay", params=no_decay, weight_decay=0.0, lr=cfg.lr),
-        dict(name="scalars", params=scalars, lr=cfg.lr * cfg.scalar_lr_mult,
-             weight_decay=0.0 if cfg.no_decay_scalars else cfg.weight_decay),
+        dict(
+            name="scalars",
+            params=scalars,
+            lr=cfg.lr * cfg.scalar_lr_mult,
+            weight_decay=0.0 if cfg.no_decay_scalars else cfg.weight_decay,
+        ),
     ]
     return [g for g in groups if g["params"]]
 
@@ -59,8 +62,15 @@ def param_groups(net: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(net: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
     """SGD with momentum; the multi-tensor (foreach) implementation, fused on CUDA."""
     fused = device.type == "cuda"
-    return torch.optim.SGD(param_groups(net, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, fused=fused or None, foreach=None if fused else True)
+    return torch.optim.SGD(
+        param_groups(net, cfg),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int) -> LRScheduler:

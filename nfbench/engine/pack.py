@@ -44,6 +44,7 @@ from nfbench.errors import USER_ERRORS
 
 log = logging.getLogger("nfbench")
 
+
 def pack_key(cfg: DictConfig) -> tuple[Optional[str], str]:
     """Which configs may train in one pack: ``(key, "")``, equal for configs that may share one, or
     ``(None, why)`` for a config that trains alone.
@@ -64,9 +65,17 @@ def pack_key(cfg: DictConfig) -> tuple[Optional[str], str]:
         return None, "trainer.compile=true (torch.compile's caches and graphs are the process's)"
     if "wandb" in cfg.logger:
         return None, "logger=wandb (wandb keeps one run per process)"
-    shared = {"device": t.device, "deterministic": t.deterministic, "precision": str(t.precision),
-              "channels_last": t.channels_last, "cuda_graph": t.cuda_graph, "epochs": t.epochs,
-              "model": plain(cfg.model), "scheme": cfg.init.name, "data": plain(cfg.data)}
+    shared = {
+        "device": t.device,
+        "deterministic": t.deterministic,
+        "precision": str(t.precision),
+        "channels_last": t.channels_last,
+        "cuda_graph": t.cuda_graph,
+        "epochs": t.epochs,
+        "model": plain(cfg.model),
+        "scheme": cfg.init.name,
+        "data": plain(cfg.data),
+    }
     return json.dumps(shared, sort_keys=True, default=str), ""
 
 
@@ -212,9 +221,16 @@ def train_pack(starts: Sequence[RunStart], names: Sequence[str], job_logs: bool 
     signal = StopSignal()
     host = Host(PackStop(signal), progress=False)
     state = _take_random(starts[0].device)  # every run starts from the process's state, as alone it would
-    seats = [Seat(name, held_steps(start, host), start.device, state,
-                  torch.cuda.Stream(start.device) if start.device.type == "cuda" else None)
-             for start, name in zip(starts, names, strict=True)]
+    seats = [
+        Seat(
+            name,
+            held_steps(start, host),
+            start.device,
+            state,
+            torch.cuda.Stream(start.device) if start.device.type == "cuda" else None,
+        )
+        for start, name in zip(starts, names, strict=True)
+    ]
     log.info("training a pack of %d runs in lockstep (%s)", len(seats), ", ".join(names))
     with signal, RunLogs(names, [start.run_dir for start in starts] if job_logs else None) as logs:
         try:
@@ -225,7 +241,10 @@ def train_pack(starts: Sequence[RunStart], names: Sequence[str], job_logs: bool 
             for seat in seats:
                 seat.steps.close()  # a run left mid-way (an exception of the pack's own) lets go of its lock
         if any(seat.stopped for seat in seats):
-            log.warning("caught signal %s: every run of the pack is checkpointed; exiting so the job can be "
-                        "requeued and every run resumed", signal.received)
+            log.warning(
+                "caught signal %s: every run of the pack is checkpointed; exiting so the job can be "
+                "requeued and every run resumed",
+                signal.received,
+            )
             signal.exit()
     return [seat.outcome for seat in seats]  # type: ignore[misc]

@@ -49,15 +49,25 @@ class Progress:
         """Whether :meth:`show` would show anything now: always with a bar, else once the interval has passed."""
         return self.enabled and (self.bar is not None or time.monotonic() - self.last_line >= self.every_s)
 
-    def show(self, epoch: int, done: int, steps: int, loss: float, lr: float, images_per_s: float,
-             eta_s: float) -> None:
+    def show(
+        self, epoch: int, done: int, steps: int, loss: float, lr: float, images_per_s: float, eta_s: float
+    ) -> None:
         """The bar's postfix, or one plain line: ``epoch`` counts from 0, ``done`` steps of ``steps``."""
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", img_s=f"{images_per_s:.0f}", refresh=False)
             return
         self.last_line = time.monotonic()
-        log.info("epoch %d/%d  step %d/%d  loss %.4f  lr %.4g  %.0f img/s  ETA %s", epoch + 1, self.epochs, done,
-                 steps, loss, lr, images_per_s, clock(eta_s))
+        log.info(
+            "epoch %d/%d  step %d/%d  loss %.4f  lr %.4g  %.0f img/s  ETA %s",
+            epoch + 1,
+            self.epochs,
+            done,
+            steps,
+            loss,
+            lr,
+            images_per_s,
+            clock(eta_s),
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -80,5 +90,7 @@ def summary_line(run_dir: Path, result: dict) -> str:
     else:
         best = f"best test top-1 {_top1(result.get('best_test_top1'))} (test-selected)"
     wall = result["wall_s"]
-    return (f"run {run_dir}  {result['status']}  test top-1 {_top1(result.get('test_top1'))}  {best}  "
-            f"wall {clock(wall)} ({wall:.1f} s)")
+    return (
+        f"run {run_dir}  {result['status']}  test top-1 {_top1(result.get('test_top1'))}  {best}  "
+        f"wall {clock(wall)} ({wall:.1f} s)"
+    )

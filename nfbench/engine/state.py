@@ -1,5 +1,4 @@
-"""The state training works on: the run's record, the loop's objects, one epoch's progress.
-"""
+"""The state training works on: the run's record, the loop's objects, one epoch's progress."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 from nfbench import rundir
 from nfbench.data.sets import DataSource
 from nfbench.engine.distributed import DistEnv
@@ -59,8 +57,14 @@ class StepSettings:
     @classmethod
     def of(cls, cfg: DictConfig, env: DistEnv) -> "StepSettings":
         t = cfg.trainer
-        return cls(t.channels_last, t.log_every, t.checkpoint_every_steps, t.log_every if env.enabled else 1,
-                   cfg.sched.per_step, t.epochs)
+        return cls(
+            t.channels_last,
+            t.log_every,
+            t.checkpoint_every_steps,
+            t.log_every if env.enabled else 1,
+            cfg.sched.per_step,
+            t.epochs,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,16 @@ class Record:
 
     def state_dict(self, wall_s: Optional[float] = None) -> dict:
         """What a checkpoint holds of the record (``wall_s``: the figure an epoch's row already has)."""
-        return {"best_on": self.select, "best_top1": self.best_top1,
-                "wall_s": self.wall_s() if wall_s is None else wall_s, "config": self.config,
-                "resumed_from": self.resumed_from, "history": self.history, "best_from": self.best_from,
-                "data": self.data}
+        return {
+            "best_on": self.select,
+            "best_top1": self.best_top1,
+            "wall_s": self.wall_s() if wall_s is None else wall_s,
+            "config": self.config,
+            "resumed_from": self.resumed_from,
+            "history": self.history,
+            "best_from": self.best_from,
+            "data": self.data,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """The standing of the checkpointed run: its best so far, its seconds, where best.pt is selected from.
@@ -125,20 +135,41 @@ class Stateful(Protocol):
 
 
 # The entries of a checkpoint, in the order every nfbench since checkpoint version 3 writes them.
-CHECKPOINT_ORDER = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_on", "best_top1", "wall_s", "rng",
-                    "partial", "config", "resumed_from", "history", "best_from", "data")
+CHECKPOINT_ORDER = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "best_on",
+    "best_top1",
+    "wall_s",
+    "rng",
+    "partial",
+    "config",
+    "resumed_from",
+    "history",
+    "best_from",
+    "data",
+)
 
 
-def checkpoint_state(objects: Mapping[str, Stateful], record: Record, epoch: int, partial: Optional[dict],
-                     wall_s: Optional[float] = None) -> dict:
+def checkpoint_state(
+    objects: Mapping[str, Stateful], record: Record, epoch: int, partial: Optional[dict], wall_s: Optional[float] = None
+) -> dict:
     """A checkpoint of a run: every object's ``state_dict`` under its name, the record's, and where it stands.
 
     ``epoch`` counts the epochs completed (the number of the last one, from 1); ``partial`` is how far into
     the next one a mid-epoch checkpoint is (its running sums and every rank's RNG state), None at an epoch's
     end.  ``rng`` is this process's RNG state, for the record: an epoch reseeds from (seed, epoch, rank).
     :func:`restore_checkpoint` reads it back."""
-    entries = {**{name: obj.state_dict() for name, obj in objects.items()}, **record.state_dict(wall_s),
-               "epoch": epoch, "rng": rng_state(), "partial": partial}
+    entries = {
+        **{name: obj.state_dict() for name, obj in objects.items()},
+        **record.state_dict(wall_s),
+        "epoch": epoch,
+        "rng": rng_state(),
+        "partial": partial,
+    }
     return {key: entries[key] for key in (*CHECKPOINT_ORDER, *(k for k in entries if k not in CHECKPOINT_ORDER))}
 
 
@@ -151,8 +182,9 @@ class Restored:
     history: Optional[list[dict]] = None  # one row per completed epoch; None: written before nfbench kept it
 
 
-def restore_checkpoint(state: dict, objects: Mapping[str, Stateful], record: Record,
-                       source: Optional[Path] = None) -> Restored:
+def restore_checkpoint(
+    state: dict, objects: Mapping[str, Stateful], record: Record, source: Optional[Path] = None
+) -> Restored:
     """Load a checkpoint written from :func:`checkpoint_state` into the run's objects (in place, before DDP and
     ``torch.compile`` wrap the model) and its record; return where the run stood.  A checkpoint of another
     network (other classes, channels or layers) is a ConfigError naming ``source``."""
@@ -161,9 +193,11 @@ def restore_checkpoint(state: dict, objects: Mapping[str, Stateful], record: Rec
             obj.load_state_dict(state[name])
         except (RuntimeError, ValueError, KeyError) as e:
             first = " ".join(str(e).split())[:300]
-            raise ConfigError(f"cannot resume {source or 'the checkpoint'}: it holds another network than this run "
-                              f"builds ({first}); resume with the model, scheme and data it was trained with, or "
-                              f"start a fresh run in another hydra.run.dir") from None
+            raise ConfigError(
+                f"cannot resume {source or 'the checkpoint'}: it holds another network than this run "
+                f"builds ({first}); resume with the model, scheme and data it was trained with, or "
+                f"start a fresh run in another hydra.run.dir"
+            ) from None
     record.load_state_dict(state)
     return Restored(state["epoch"], state.get("partial") or None, state.get("history"))
 

@@ -57,8 +57,9 @@ class StepObjects:
         return self.optim.clip_grad_norm > 0 or self.optim.agc > 0
 
 
-def train_step(o: StepObjects, x: torch.Tensor, target: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    o: StepObjects, x: torch.Tensor, target: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch already on the device, its gradients zeroed: forward, loss against
     ``target`` (soft with mixup or CutMix), backward, clipping, step; returns the loss and the number of
     top-1 hits on the integer ``labels``.  With the scaler disabled its calls are no-ops around
@@ -78,8 +79,9 @@ class EagerStep:
     """:func:`train_step` on every batch: the batch onto the device, mixup or CutMix drawn there (timm's
     ``Mixup``, which draws on the host), the gradients zeroed."""
 
-    def __init__(self, objects: StepObjects, device: torch.device, channels_last: bool,
-                 mixup: Optional[Mixup] = None) -> None:
+    def __init__(
+        self, objects: StepObjects, device: torch.device, channels_last: bool, mixup: Optional[Mixup] = None
+    ) -> None:
         self.objects, self.device, self.channels_last, self.mixup = objects, device, channels_last, mixup
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

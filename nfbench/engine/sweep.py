@@ -4,7 +4,6 @@ objective share.  Free of torch, as the command's first checks are."""
 from __future__ import annotations
 
 
-
 def in_multirun() -> bool:
     """Whether this process runs a job of a Hydra sweep (``-m``), whichever sweeper drives it."""
     from hydra.core.hydra_config import HydraConfig

@@ -19,10 +19,25 @@ from nfbench.config import ModelConfig, require
 from nfbench.errors import ConfigError
 from nfbench.models.he_resnet import PostActivationBasicBlock, he_cifar_resnet, he_cifar_spec
 from nfbench.models.nf_resnet import TimmNFBlock, timm_nf_resnet
-from nfbench.models.resnet import (Block, ConvShortcut, FixupBasicBlock, Head, IdentityShortcut, ModelScheme,
-                                   ResidualBlock, ResNet, ResNetSpec, Scalar, ScalarBias, ScalarGain,
-                                   ScalarLRBiasLinear, ScaledIdentityShortcut, ZeroPadShortcut, build_resnet,
-                                   split_stages)
+from nfbench.models.resnet import (
+    Block,
+    ConvShortcut,
+    FixupBasicBlock,
+    Head,
+    IdentityShortcut,
+    ModelScheme,
+    ResidualBlock,
+    ResNet,
+    ResNetSpec,
+    Scalar,
+    ScalarBias,
+    ScalarGain,
+    ScalarLRBiasLinear,
+    ScaledIdentityShortcut,
+    ZeroPadShortcut,
+    build_resnet,
+    split_stages,
+)
 from nfbench.registry import Registry
 
 # (num_classes, in_chans, image_size) -> the network, uninitialised: what is left once every rule has passed.
@@ -64,8 +79,10 @@ def choose_stem(stem: str, image_size: int) -> str:
 def _resnet(spec: ResNetSpec, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
     """nfbench's pre-activation ResNets, blocks from the scheme; Fixup's reference block is a basic block."""
     if getattr(scheme, "reference", False) and spec.bottleneck:
-        raise ConfigError(f"init.reference_block=true builds Fixup's post-activation basic CIFAR block; "
-                          f"model={cfg.name} has no basic blocks: choose resnet20/32/44/56/110, resnet18/34 or wrn")
+        raise ConfigError(
+            f"init.reference_block=true builds Fixup's post-activation basic CIFAR block; "
+            f"model={cfg.name} has no basic blocks: choose resnet20/32/44/56/110, resnet18/34 or wrn"
+        )
 
     def build(num_classes: int, in_chans: int, image_size: int) -> ResNet:
         return build_resnet(spec, scheme, num_classes, in_chans, choose_stem(cfg.stem, image_size), cfg.width)
@@ -79,8 +96,12 @@ for _name, _spec in RESNET_SPECS.items():
 
 def wrn_spec(depth: int, widen: int) -> ResNetSpec:
     """WRN-depth-widen: three stages of n = (depth - 4) / 6 basic blocks, 16k-32k-64k channels, 16-channel stem."""
-    require(depth >= 10 and (depth - 4) % 6 == 0, "model.depth", depth,
-            "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)")
+    require(
+        depth >= 10 and (depth - 4) % 6 == 0,
+        "model.depth",
+        depth,
+        "must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...)",
+    )
     require(widen >= 1, "model.widen", widen, "must be >= 1")
     return ResNetSpec(((depth - 4) // 6,) * 3, 16, bottleneck=False, widen=widen)
 
@@ -96,13 +117,18 @@ def _timm_nf(name: str, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
         raise ConfigError(
             f"model={name} is timm's NF-ResNet, whose blocks are the nf scheme's (scaled weight-standardised "
             f"convs, alpha/beta residuals); use init=nf with it, or a pre-activation ResNet such as "
-            f"model=resnet50 with init={scheme.name}")
+            f"model=resnet50 with init={scheme.name}"
+        )
     if cfg.stem == "cifar":
-        raise ConfigError(f"model.stem=cifar is not available for model={name}: timm's NF-ResNets have the "
-                          f"ImageNet stem only; use model.stem=auto or imagenet")
+        raise ConfigError(
+            f"model.stem=cifar is not available for model={name}: timm's NF-ResNets have the "
+            f"ImageNet stem only; use model.stem=auto or imagenet"
+        )
     if scheme.cfg.skip_gain != 0.0:
-        raise ConfigError(f"init.skip_gain applies to nfbench's own ResNets; model={name} starts every "
-                          f"block as the identity through timm's zero-initialised gain of its last conv")
+        raise ConfigError(
+            f"init.skip_gain applies to nfbench's own ResNets; model={name} starts every "
+            f"block as the identity through timm's zero-initialised gain of its last conv"
+        )
     # model.width scales every stage as timm's width_factor does (channels rounded to multiples of 8).
     extra = {"width_factor": cfg.width / TIMM_NF_STAGE1_WIDTH} if cfg.width else {}
 
@@ -123,14 +149,19 @@ def _he_resnet(depth: int, cfg: ModelConfig, scheme: ModelScheme) -> Builder:
     if scheme.name != "bn":
         raise ConfigError(
             f"model={name} is He et al. 2016a's BatchNorm network (post-activation blocks, BatchNorm built in); "
-            f"use init=bn with it, or the pre-activation model=resnet{depth} with init={scheme.name}")
+            f"use init=bn with it, or the pre-activation model=resnet{depth} with init={scheme.name}"
+        )
     if scheme.cfg.conv_shortcut:
-        raise ConfigError(f"init.conv_shortcut=true puts a 1x1 conv shortcut in nfbench's pre-activation ResNets; "
-                          f"model={name} has He et al. 2016a's parameter-free option-A shortcuts: use init=bn "
-                          f"without init.conv_shortcut, or model=resnet{depth}")
+        raise ConfigError(
+            f"init.conv_shortcut=true puts a 1x1 conv shortcut in nfbench's pre-activation ResNets; "
+            f"model={name} has He et al. 2016a's parameter-free option-A shortcuts: use init=bn "
+            f"without init.conv_shortcut, or model=resnet{depth}"
+        )
     if cfg.stem == "imagenet":
-        raise ConfigError(f"model.stem=imagenet is not available for model={name}: He et al. 2016a's CIFAR "
-                          f"network has the CIFAR stem only (one 3x3 conv); use model.stem=auto or cifar")
+        raise ConfigError(
+            f"model.stem=imagenet is not available for model={name}: He et al. 2016a's CIFAR "
+            f"network has the CIFAR stem only (one 3x3 conv); use model.stem=auto or cifar"
+        )
     spec = he_cifar_spec(depth)
 
     def build(num_classes: int, in_chans: int, image_size: int) -> ResNet:
@@ -169,8 +200,7 @@ def plan_model(cfg: ModelConfig, scheme: ModelScheme) -> ModelPlan:
     return ModelPlan(cfg, scheme, MODELS.get(cfg.name)(cfg, scheme))
 
 
-def construct_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int,
-                    image_size: int) -> ResNet:
+def construct_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chans: int, image_size: int) -> ResNet:
     """Plan and build the configured architecture with the scheme's blocks, uninitialised."""
     return plan_model(cfg, scheme).construct(num_classes, in_chans, image_size)
 
@@ -180,7 +210,32 @@ def build_model(cfg: ModelConfig, scheme: ModelScheme, num_classes: int, in_chan
     return plan_model(cfg, scheme).build(num_classes, in_chans, image_size)
 
 
-__all__ = ["MODELS", "ModelPlan", "plan_model", "build_model", "construct_model", "choose_stem", "ResNet", "Block",
-           "ResidualBlock", "FixupBasicBlock", "TimmNFBlock", "PostActivationBasicBlock", "Head", "Scalar", "ScalarGain",
-           "ScalarBias", "ScalarLRBiasLinear", "ConvShortcut", "IdentityShortcut", "ScaledIdentityShortcut",
-           "ZeroPadShortcut", "ModelScheme", "RESNET_SPECS", "TIMM_NF_MODELS", "HE_CIFAR_MODELS", "split_stages", "wrn_spec"]
+__all__ = [
+    "MODELS",
+    "ModelPlan",
+    "plan_model",
+    "build_model",
+    "construct_model",
+    "choose_stem",
+    "ResNet",
+    "Block",
+    "ResidualBlock",
+    "FixupBasicBlock",
+    "TimmNFBlock",
+    "PostActivationBasicBlock",
+    "Head",
+    "Scalar",
+    "ScalarGain",
+    "ScalarBias",
+    "ScalarLRBiasLinear",
+    "ConvShortcut",
+    "IdentityShortcut",
+    "ScaledIdentityShortcut",
+    "ZeroPadShortcut",
+    "ModelScheme",
+    "RESNET_SPECS",
+    "TIMM_NF_MODELS",
+    "HE_CIFAR_MODELS",
+    "split_stages",
+    "wrn_spec",
+]

@@ -23,8 +23,9 @@ class PostActivationBasicBlock(Block):
 
     def __init__(self, in_chans: int, out_chans: int, stride: int) -> None:
         super().__init__()
-        self.branch = nn.ModuleList([plain_conv(in_chans, out_chans, 3, stride, 1),
-                                     plain_conv(out_chans, out_chans, 3, 1, 1)])
+        self.branch = nn.ModuleList(
+            [plain_conv(in_chans, out_chans, 3, stride, 1), plain_conv(out_chans, out_chans, 3, 1, 1)]
+        )
         self.norms = nn.ModuleList([nn.BatchNorm2d(out_chans), nn.BatchNorm2d(out_chans)])
         changes_shape = stride != 1 or in_chans != out_chans
         self.shortcut = ZeroPadShortcut(in_chans, out_chans, stride) if changes_shape else IdentityShortcut()

@@ -122,7 +122,7 @@ class ZeroPadShortcut(nn.Module):
         self.extra, self.stride = out_chans - in_chans, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+        return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
 
 
 class Block(nn.Module):
@@ -166,10 +166,19 @@ class ResidualBlock(Block):
     ImageNet stem), so a = x: no norm or activation of its own, as fb.resnet.torch's 'no_preact' block.
     """
 
-    def __init__(self, branch: Sequence[nn.Conv2d], norms: Sequence[nn.Module], shortcut: nn.Module,
-                 act: nn.Module, gate: nn.Module, scale: float, stride: int,
-                 conv_biases: Optional[Sequence[nn.Module]] = None, input_scale: float = 1.0,
-                 preactivated: bool = False) -> None:
+    def __init__(
+        self,
+        branch: Sequence[nn.Conv2d],
+        norms: Sequence[nn.Module],
+        shortcut: nn.Module,
+        act: nn.Module,
+        gate: nn.Module,
+        scale: float,
+        stride: int,
+        conv_biases: Optional[Sequence[nn.Module]] = None,
+        input_scale: float = 1.0,
+        preactivated: bool = False,
+    ) -> None:
         super().__init__()
         assert len(branch) == len(norms)
         self.branch = nn.ModuleList(branch)
@@ -246,8 +255,15 @@ class Head(nn.Module):
     ``scalar_lr_bias`` puts the classifier's bias in the optimiser's scalars group (Fixup).
     """
 
-    def __init__(self, norm: nn.Module, act: nn.Module, in_features: int, num_classes: int,
-                 pre_fc: Optional[nn.Module] = None, scalar_lr_bias: bool = False) -> None:
+    def __init__(
+        self,
+        norm: nn.Module,
+        act: nn.Module,
+        in_features: int,
+        num_classes: int,
+        pre_fc: Optional[nn.Module] = None,
+        scalar_lr_bias: bool = False,
+    ) -> None:
         super().__init__()
         self.norm, self.act = norm, act
         self.pre_fc = pre_fc if pre_fc is not None else nn.Identity()
@@ -304,8 +320,9 @@ class ResNetSpec:
         return [w * 2**i for i in range(len(self.depths))]
 
 
-def branch_convs(in_chans: int, width: int, stride: int, bottleneck: bool,
-                 conv: ConvFactory = plain_conv) -> tuple[list[nn.Conv2d], int]:
+def branch_convs(
+    in_chans: int, width: int, stride: int, bottleneck: bool, conv: ConvFactory = plain_conv
+) -> tuple[list[nn.Conv2d], int]:
     """The convs of f: two 3x3 (basic) or 1x1, 3x3 (strided), 1x1 with 4x expansion (bottleneck)."""
     if bottleneck:
         out = width * 4
@@ -337,8 +354,9 @@ class ModelScheme(Protocol):
 
     def stem_activates(self, kind: str) -> bool: ...
 
-    def block(self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float,
-              preactivated: bool = False) -> Block: ...
+    def block(
+        self, in_chans: int, width: int, stride: int, bottleneck: bool, input_var: float, preactivated: bool = False
+    ) -> Block: ...
 
     def next_input_var(self, input_var: float, block: Block) -> float: ...
 
@@ -347,8 +365,14 @@ class ModelScheme(Protocol):
     def initialise(self, net: ResNet) -> None: ...
 
 
-def build_resnet(spec: ResNetSpec, scheme: ModelScheme, num_classes: int, in_chans: int = 3,
-                 stem: str = "cifar", width: int | None = None) -> ResNet:
+def build_resnet(
+    spec: ResNetSpec,
+    scheme: ModelScheme,
+    num_classes: int,
+    in_chans: int = 3,
+    stem: str = "cifar",
+    width: int | None = None,
+) -> ResNet:
     """Assemble a ResNet from the scheme's stem, blocks and head.
 
     ``input_var`` is the residual stream's expected variance at each block input as the
@@ -363,8 +387,9 @@ def build_resnet(spec: ResNetSpec, scheme: ModelScheme, num_classes: int, in_cha
     for stage, (depth, w) in enumerate(zip(spec.depths, spec.widths(width))):
         for i in range(depth):
             stride = 2 if stage > 0 and i == 0 else 1
-            block = scheme.block(chans, w, stride, spec.bottleneck, input_var,
-                                 preactivated=stem_activates and not blocks)
+            block = scheme.block(
+                chans, w, stride, spec.bottleneck, input_var, preactivated=stem_activates and not blocks
+            )
             input_var = scheme.next_input_var(input_var, block)
             blocks.append(block)
             chans = block.out_chans

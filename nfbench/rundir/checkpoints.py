@@ -49,7 +49,8 @@ def unverified(path: Path, allow: bool) -> None:
         raise UnverifiedFileError(
             f"{path} has no checksum file {checksum_path(path).name} beside it, so a damaged copy would load "
             f"without a word. Fix: copy {checksum_path(path).name} along with it, or load it unverified with "
-            f"nfbench.load_run(..., allow_unverified=True)")
+            f"nfbench.load_run(..., allow_unverified=True)"
+        )
     if path not in _unverified:
         _unverified.add(path)
         log.warning("%s has no checksum file %s: loaded it unverified", path, checksum_path(path).name)
@@ -76,8 +77,11 @@ def save_weights(path: Path, tensors: dict[str, torch.Tensor], metrics: dict, co
     (JSON) as the file's metadata."""
     from safetensors.torch import save
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metrics.items()
-            if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
     data = save(_unaliased(tensors), metadata={**meta, "config": json.dumps(strict_json(config), sort_keys=True)})
     write_with_checksum(path, data)
 
@@ -91,7 +95,8 @@ def verify_weights(path: Path, allow_unverified: bool = False) -> None:
     except ValueError as e:
         raise CorruptCheckpointError(
             f"weights {path} cannot be read ({e}). Fix: load best.pt or last.pt instead "
-            f"(nfbench.load_run(..., which='last')), or copy the file again.") from e
+            f"(nfbench.load_run(..., which='last')), or copy the file again."
+        ) from e
     if not verified:
         unverified(Path(path), allow_unverified)
 
@@ -113,8 +118,10 @@ def _verified_bytes(path: Path) -> tuple[bytes, bool]:
     data = Path(path).read_bytes()
     digests = _recorded_digests(path)
     if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
-        raise ValueError(f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
-                         f"changed after it was written")
+        raise ValueError(
+            f"its sha256 does not match the checksum in {checksum_path(path).name}: the file "
+            f"changed after it was written"
+        )
     return data, digests is not None
 
 
@@ -167,12 +174,18 @@ def _torch_load(path: Path, data: bytes) -> dict:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     version = state.get("version", 1) if isinstance(state, dict) else None
     if version is None or version >= WEIGHTS_ONLY_VERSION or "rng" not in state:
-        raise ValueError("it holds Python objects other than tensors and plain values, which no nfbench "
-                         "checkpoint of this version holds")
+        raise ValueError(
+            "it holds Python objects other than tensors and plain values, which no nfbench "
+            "checkpoint of this version holds"
+        )
     if path not in _legacy:
         _legacy.add(path)
-        log.warning("checkpoint %s was written by an older nfbench (checkpoint version %d): loading it with "
-                    "torch.load(weights_only=False); it is rewritten weights-only at the next save", path, version)
+        log.warning(
+            "checkpoint %s was written by an older nfbench (checkpoint version %d): loading it with "
+            "torch.load(weights_only=False); it is rewritten weights-only at the next save",
+            path,
+            version,
+        )
     state["rng"] = from_legacy(state["rng"])
     if state.get("partial") and state["partial"].get("rng"):
         state["partial"]["rng"] = [from_legacy(r) for r in state["partial"]["rng"]]
@@ -192,9 +205,12 @@ def load_checkpoint(path: Path, fix: Optional[str] = None, allow_unverified: boo
     except Exception as e:
         best = path.with_name(BEST)
         if fix is None:
-            fix = (f"resume from {best} (untouched) with trainer.resume={best}, or move {path.name} away to start "
-                   f"the run again" if best.exists() and best != path else
-                   f"move {path.name} away to start the run again")
+            fix = (
+                f"resume from {best} (untouched) with trainer.resume={best}, or move {path.name} away to start "
+                f"the run again"
+                if best.exists() and best != path
+                else f"move {path.name} away to start the run again"
+            )
         raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}). Fix: {fix}.") from e
     if not verified:  # refused or warned once it is known to be nfbench's
         unverified(path, allow_unverified)
@@ -215,5 +231,7 @@ def find_checkpoint(resume: str) -> Path:
     for cand in (p, p / CHECKPOINTS / LAST, p / LAST):
         if cand.is_file():
             return cand
-    raise ConfigError(f"trainer.resume={resume}: no checkpoint there (looked for {p}, "
-                      f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory")
+    raise ConfigError(
+        f"trainer.resume={resume}: no checkpoint there (looked for {p}, "
+        f"{p / CHECKPOINTS / LAST}); give a .pt file or a run directory"
+    )

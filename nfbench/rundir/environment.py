@@ -1,5 +1,4 @@
-"""What produced a run: code version, library versions, hardware (env.json).
-"""
+"""What produced a run: code version, library versions, hardware (env.json)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The run directory's files: atomic writes, strict JSON, config.yaml, metrics.jsonl and result.json.
-"""
+"""The run directory's files: atomic writes, strict JSON, config.yaml, metrics.jsonl and result.json."""
 
 from __future__ import annotations
 
@@ -36,8 +35,18 @@ LOCK = ".nfbench.lock"
 
 
 # Every name nfbench, Hydra and wandb write at the top of a run directory: no logger may write there.
-RUN_FILES = ("config.yaml", "env.json", "metrics.jsonl", "result.json", LOG, CHECKPOINTS, ".hydra", LOCK, "wandb",
-             "report")
+RUN_FILES = (
+    "config.yaml",
+    "env.json",
+    "metrics.jsonl",
+    "result.json",
+    LOG,
+    CHECKPOINTS,
+    ".hydra",
+    LOCK,
+    "wandb",
+    "report",
+)
 
 
 # errno values that mean "this run directory cannot take more bytes": the user must act.
@@ -52,8 +61,10 @@ def writing(path: Path) -> Iterator[None]:
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        raise RunDirectoryError(f"cannot write {path}: {os.strerror(e.errno)}; free space, fix the permissions "
-                                f"or choose another run directory (hydra.run.dir=PATH)") from None
+        raise RunDirectoryError(
+            f"cannot write {path}: {os.strerror(e.errno)}; free space, fix the permissions "
+            f"or choose another run directory (hydra.run.dir=PATH)"
+        ) from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -149,9 +160,11 @@ def read_metrics(path: Path, strict: bool = True) -> list[dict]:
             rows.append(row)
         except ValueError:
             if strict and n < len(lines):
-                raise RunDirectoryError(f"{path}, line {n}, is not an epoch's metrics (a JSON object with an integer "
-                                        f"'epoch'): the file is damaged; repair or delete that line (it will be missing "
-                                        f"from the run's history)") from None
+                raise RunDirectoryError(
+                    f"{path}, line {n}, is not an epoch's metrics (a JSON object with an integer "
+                    f"'epoch'): the file is damaged; repair or delete that line (it will be missing "
+                    f"from the run's history)"
+                ) from None
     if rows and rows[0].get("epoch") == 0:
         rows = [{**r, "epoch": r["epoch"] + 1} for r in rows]
     return rows
@@ -175,7 +188,8 @@ def write_result(path: Path, result: dict) -> None:
                 f"{path} records a finished run of {old.get('epochs')} epoch(s) (test top-1 {old.get('test_top1')}); "
                 f"this run would replace it with {result.get('epochs')} epoch(s) (test top-1 "
                 f"{result.get('test_top1')}). Fix: move the run directory's files away to train it afresh, or "
-                f"give this run another hydra.run.dir")
+                f"give this run another hydra.run.dir"
+            )
     write_json(path, result)
 
 
@@ -194,7 +208,9 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
                     p.unlink(missing_ok=True)
                     removed.append(p)
     if removed:
-        log.info("removed %d temporary file(s) a killed writer left: %s", len(removed), ", ".join(p.name for p in removed))
+        log.info(
+            "removed %d temporary file(s) a killed writer left: %s", len(removed), ", ".join(p.name for p in removed)
+        )
     return removed
 
 
@@ -227,9 +243,13 @@ def refuse_to_start_over(run_dir: Path) -> None:
     epochs = len(read_metrics(Path(run_dir) / "metrics.jsonl", strict=False))
     finished = isinstance(result, dict) and result.get("status") == "finished"
     if finished or epochs:
-        what = (f"a finished run (result.json: {result.get('epochs')} epoch(s))" if finished else
-                f"{epochs} trained epoch(s) in metrics.jsonl")
+        what = (
+            f"a finished run (result.json: {result.get('epochs')} epoch(s))"
+            if finished
+            else f"{epochs} trained epoch(s) in metrics.jsonl"
+        )
         raise RunDirectoryError(
             f"run directory {run_dir} records {what} but holds no checkpoint to continue "
             f"({Path(run_dir) / CHECKPOINTS / LAST}): a fresh start would replace that record. Fix: give this run "
-            f"another hydra.run.dir, or move the directory's files away to train it afresh")
+            f"another hydra.run.dir, or move the directory's files away to train it afresh"
+        )

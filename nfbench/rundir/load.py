@@ -26,16 +26,21 @@ def _weights(ckpt_dir: Path, which: str, allow_unverified: bool) -> Union[Path, 
     """The weights ``which`` selects: a safetensors file, or a checkpoint's state dict."""
     if which == "best" and (ckpt_dir / rundir.WEIGHTS).exists():
         return ckpt_dir / rundir.WEIGHTS
-    for name in ((rundir.BEST, rundir.LAST) if which == "best" else (rundir.LAST,)):
+    for name in (rundir.BEST, rundir.LAST) if which == "best" else (rundir.LAST,):
         if (ckpt_dir / name).exists():
             return rundir.load_checkpoint(ckpt_dir / name, allow_unverified=allow_unverified)["model"]
-    raise FileNotFoundError(f"no {which} weights in {ckpt_dir}: looked for "
-                            f"{rundir.WEIGHTS + ', ' + rundir.BEST + ', ' if which == 'best' else ''}{rundir.LAST}")
+    raise FileNotFoundError(
+        f"no {which} weights in {ckpt_dir}: looked for "
+        f"{rundir.WEIGHTS + ', ' + rundir.BEST + ', ' if which == 'best' else ''}{rundir.LAST}"
+    )
 
 
-def load_run(run_dir: Union[str, Path], which: Literal["best", "last"] = "best",
-             device: Union[str, "torch.device"] = "cpu",
-             allow_unverified: bool = False) -> tuple["nn.Module", DictConfig]:
+def load_run(
+    run_dir: Union[str, Path],
+    which: Literal["best", "last"] = "best",
+    device: Union[str, "torch.device"] = "cpu",
+    allow_unverified: bool = False,
+) -> tuple["nn.Module", DictConfig]:
     """The network a run trained, in eval mode on ``device``, and the run's config.
 
     ``which="best"``: the selected model (``model.safetensors``, else best.pt, else last.pt, for a run

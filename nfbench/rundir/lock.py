@@ -1,5 +1,4 @@
-"""Who owns a run directory: one run at a time, by a lock file that names its holder.
-"""
+"""Who owns a run directory: one run at a time, by a lock file that names its holder."""
 
 from __future__ import annotations
 
@@ -71,9 +70,13 @@ class RunDirLock:
     def __init__(self, run_dir: Path, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.path = Path(run_dir) / LOCK
         self.stale_after_s, self.heartbeat_s = stale_after_s, heartbeat_s
-        self.me = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
-                   "pid_start": _process_start(os.getpid()),
-                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.me = {
+            "host": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
         self.owned = False
         self._stop = threading.Event()
         self._beat: Optional[threading.Thread] = None
@@ -103,8 +106,10 @@ class RunDirLock:
             if not self._stale(holder, age):
                 raise RunDirInUseError(self._refusal(holder, age))
             self._take_over(holder)
-        raise RunDirInUseError(f"could not lock run directory {self.path.parent}: {self.path} keeps changing; "
-                               "is another run starting there? Use another hydra.run.dir")
+        raise RunDirInUseError(
+            f"could not lock run directory {self.path.parent}: {self.path} keeps changing; "
+            "is another run starting there? Use another hydra.run.dir"
+        )
 
     def release(self) -> None:
         self._stop.set()
@@ -166,8 +171,10 @@ class RunDirLock:
 
     def _refusal(self, holder: dict, age: float) -> str:
         where = "this machine" if holder.get("host") == self.me["host"] else f"host {holder.get('host')}"
-        return (f"run directory {self.path.parent} is in use by another run: pid {holder.get('pid')} on {where}, "
-                f"started {holder.get('started')}, heartbeat {age:.0f} s ago (lock file {self.path}); "
-                f"give this run another hydra.run.dir (or trainer.run_dir), or wait for that run to end or kill it "
-                f"(a lock whose process is dead, or whose heartbeat is older than {self.stale_after_s:.0f} s, is "
-                f"taken over)")
+        return (
+            f"run directory {self.path.parent} is in use by another run: pid {holder.get('pid')} on {where}, "
+            f"started {holder.get('started')}, heartbeat {age:.0f} s ago (lock file {self.path}); "
+            f"give this run another hydra.run.dir (or trainer.run_dir), or wait for that run to end or kill it "
+            f"(a lock whose process is dead, or whose heartbeat is older than {self.stale_after_s:.0f} s, is "
+            f"taken over)"
+        )

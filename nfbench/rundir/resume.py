@@ -29,9 +29,23 @@ log = logging.getLogger("nfbench")
 # the learning rate the fused SGD kernel reads from a float32 tensor (a relative 6e-8 from the float).
 # data.decode may change as written (auto to the path it resolved to, say): what it resolved to is in the
 # checkpoint's data record, and check_data refuses a resume that would decode on the other path.
-RESUME_SAFE = ("trainer.progress", "trainer.log_every", "trainer.checkpoint_every_steps", "trainer.log_spp_every",
-               "trainer.resume", "trainer.run_dir", "trainer.devices", "data.root", "data.download", "spp.",
-               "logger.", "hooks.", "optimized_metric", "trainer.cuda_graph", "data.decode")
+RESUME_SAFE = (
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.checkpoint_every_steps",
+    "trainer.log_spp_every",
+    "trainer.resume",
+    "trainer.run_dir",
+    "trainer.devices",
+    "data.root",
+    "data.download",
+    "spp.",
+    "logger.",
+    "hooks.",
+    "optimized_metric",
+    "trainer.cuda_graph",
+    "data.decode",
+)
 
 
 def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Path, dict]]:
@@ -53,8 +67,9 @@ def load_resume_state(run_dir: Path, resume: Optional[str]) -> Optional[tuple[Pa
             log.warning("%s; resuming from trainer.resume=%s instead", e, resume)
     if resume:
         source = find_checkpoint(resume)
-        return source, load_checkpoint(source, fix="give trainer.resume another checkpoint or run directory, or "
-                                                   "leave it out to start afresh")
+        return source, load_checkpoint(
+            source, fix="give trainer.resume another checkpoint or run directory, or leave it out to start afresh"
+        )
     return None
 
 
@@ -96,18 +111,24 @@ def check_resume(state: dict, config: dict, source: Path, world_size: int) -> No
     changes = config_changes(state.get("config") or {}, config)
     if changes:
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
-        epochs = (" (a longer or shorter run is another cosine schedule for every epoch, those already run "
-                  "included)" if "trainer.epochs" in changes else "")
+        epochs = (
+            " (a longer or shorter run is another cosine schedule for every epoch, those already run included)"
+            if "trainer.epochs" in changes
+            else ""
+        )
         raise ConfigError(
             f"cannot resume {source} (after {state['epoch']} epoch(s)): it was trained with other values of {listed}"
             f"{epochs}; to train with the new values start a fresh run in another hydra.run.dir (or "
             f"trainer.run_dir), or rerun with the old values to continue; changes allowed on resume: "
-            f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}")
+            f"{', '.join(k.rstrip('.') + ('*' if k.endswith('.') else '') for k in RESUME_SAFE)}"
+        )
     partial = state.get("partial")
     if partial and partial.get("rng") and len(partial["rng"]) != world_size:
-        raise ConfigError(f"cannot resume {source}: it stopped mid-epoch with {len(partial['rng'])} process(es) and "
-                          f"this run has {world_size}; resume with {len(partial['rng'])}, or from a checkpoint "
-                          f"taken at an epoch's end")
+        raise ConfigError(
+            f"cannot resume {source}: it stopped mid-epoch with {len(partial['rng'])} process(es) and "
+            f"this run has {world_size}; resume with {len(partial['rng'])}, or from a checkpoint "
+            f"taken at an epoch's end"
+        )
 
 
 def branched_from(source: Path, state: dict, run_dir: Path) -> Optional[dict]:
@@ -131,9 +152,11 @@ def check_data(state: dict, data: dict, source: Path) -> None:
     differ = [k for k in sorted(set(trained) & set(data) - {"decode"}) if trained[k] != data[k]]
     if differ:
         listed = ", ".join(f"{k} {short_repr(trained[k])} -> {short_repr(data[k])}" for k in differ)
-        raise ConfigError(f"cannot resume {source} (after {state['epoch']} epoch(s)): it trained on other data than "
-                          f"data.root holds now ({listed}); point data.root at the data it trained on, or start a "
-                          f"fresh run in another hydra.run.dir")
+        raise ConfigError(
+            f"cannot resume {source} (after {state['epoch']} epoch(s)): it trained on other data than "
+            f"data.root holds now ({listed}); point data.root at the data it trained on, or start a "
+            f"fresh run in another hydra.run.dir"
+        )
 
 
 def check_decode(trained: dict, data: dict, source: Path, epoch: int) -> None:
@@ -144,10 +167,12 @@ def check_decode(trained: dict, data: dict, source: Path, epoch: int) -> None:
         return
     was, now = trained.get("decode", "cpu"), data["decode"]
     if was != now:
-        raise ConfigError(f"cannot resume {source} (after {epoch} epoch(s)): it decoded its images on the {was} path "
-                          f"and this run would decode them on the {now} path (data.decode=auto is gpu on a CUDA device "
-                          f"only), which crops and resizes them otherwise; set data.decode={was} to continue it, or "
-                          f"start a fresh run in another hydra.run.dir")
+        raise ConfigError(
+            f"cannot resume {source} (after {epoch} epoch(s)): it decoded its images on the {was} path "
+            f"and this run would decode them on the {now} path (data.decode=auto is gpu on a CUDA device "
+            f"only), which crops and resizes them otherwise; set data.decode={was} to continue it, or "
+            f"start a fresh run in another hydra.run.dir"
+        )
 
 
 def short_repr(value: Any) -> str:
@@ -175,8 +200,14 @@ def reconcile_history(path: Path, history: Optional[list[dict]], epoch: int, sou
         raise RunDirectoryError(
             f"{path} disagrees with checkpoint {source} at epoch {rows[bad].get('epoch')} (the file holds "
             f"epochs {[r.get('epoch') for r in rows]}, the checkpoint 1-{epoch}): the file is not this run's "
-            f"record. Fix: move {path.name} away and rerun; nfbench writes it again from the checkpoint")
+            f"record. Fix: move {path.name} away and rerun; nfbench writes it again from the checkpoint"
+        )
     if len(rows) < len(expected):
-        log.warning("%s held %d of the %d epochs checkpoint %s recorded: written again from the checkpoint",
-                    path, len(rows), len(expected), source)
+        log.warning(
+            "%s held %d of the %d epochs checkpoint %s recorded: written again from the checkpoint",
+            path,
+            len(rows),
+            len(expected),
+            source,
+        )
     return list(history)
