@@ -46,7 +46,8 @@ def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> 
 
 def compose(overrides: list[str]) -> DictConfig:
     """The config ``nfbench train OVERRIDES`` would run."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from nfbench.cli.main import CONF_DIR
     from nfbench.configstore import register_configs

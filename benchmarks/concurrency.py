@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
-
 from common import base_parser, device_of, footer, header, model_of, sync
 
 from nfbench.config import option_config

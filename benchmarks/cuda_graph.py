@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import compose, launch, sync, write_fake_cifar10
 
 MODES = {
@@ -97,10 +96,10 @@ def pure_replay(cfg, steps: int) -> float:
     """Images/s of the captured step replayed back to back: the model's own compute, no runner around it
     (on a CPU, the smoke rehearsal: the graphed step's code run eagerly on one batch)."""
     from nfbench.engine.graph import GraphedStep
-    from nfbench.engine.step import StepObjects
-    from nfbench.models import build_model
     from nfbench.engine.optim import build_optimizer
     from nfbench.engine.runtime import seed_all
+    from nfbench.engine.step import StepObjects
+    from nfbench.models import build_model
     from nfbench.schemes import build_scheme
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -296,8 +295,8 @@ def main() -> None:
         args.train_images, args.test_images, args.batch, args.epochs, args.replay_steps = 256, 64, 32, 2, 5
         print(
             "SMOKE (CPU rehearsal): model.width=4, 256 images, batch 32; trainer.cuda_graph runs the graphed "
-            "step's code eagerly (no capture; its 'pure compute' is that code on one batch); the compile modes are skipped (minutes "
-            "of compilation on a CPU)"
+            "step's code eagerly (no capture; its 'pure compute' is that code on one batch); the compile modes are "
+            "skipped (minutes of compilation on a CPU)"
         )
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nfbench-cuda-graph-"))

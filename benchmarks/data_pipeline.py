@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.nn import functional as F
-
 from common import (
     amp_context,
     base_parser,
@@ -46,13 +44,14 @@ from common import (
     timed,
     write_fake_cifar10,
 )
+from torch.nn import functional as F
 
-from nfbench.data.source import build_source
-from nfbench.data.loaders import build_loaders
 from nfbench.data.augment import BatchRandAugment
 from nfbench.data.device import DeviceLoader
-from nfbench.models import build_model
+from nfbench.data.loaders import build_loaders
+from nfbench.data.source import build_source
 from nfbench.engine.optim import build_optimizer
+from nfbench.models import build_model
 from nfbench.schemes import build_scheme
 
 

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-
 from common import compose, sync
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample-120.tar.gz"

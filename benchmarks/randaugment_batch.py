@@ -24,9 +24,8 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
-
 from common import device_of, footer, header, median, timed
+from torchvision.transforms import v2
 
 from nfbench.data import augment as batch_augment
 

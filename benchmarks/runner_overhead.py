@@ -21,8 +21,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
-
 from common import (
     amp_context,
     base_parser,
@@ -36,14 +34,15 @@ from common import (
     timed,
     write_fake_cifar10,
 )
+from torch.nn import functional as F
 
-from nfbench.data.source import build_source
 from nfbench.data.device import in_memory
-from nfbench.models import build_model
-from nfbench.engine.optim import build_optimizer
-from nfbench.schemes import build_scheme
-from nfbench.engine.runtime import seed_all
+from nfbench.data.source import build_source
 from nfbench.engine.loop import train
+from nfbench.engine.optim import build_optimizer
+from nfbench.engine.runtime import seed_all
+from nfbench.models import build_model
+from nfbench.schemes import build_scheme
 
 
 def minimal_loop(

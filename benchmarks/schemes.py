@@ -14,18 +14,17 @@ every distinct tensor autograd saves for backward.
 from __future__ import annotations
 
 import torch
+from common import amp_context, base_parser, device_of, footer, header, median, model_of, sync, timed
 from torch.nn import functional as F
 
-from common import amp_context, base_parser, device_of, footer, header, median, model_of, sync, timed
-
 from nfbench.config import ModelConfig, OptimConfig, option_config
-from nfbench.errors import ConfigError
 from nfbench.engine.graph import GraphedStep
-from nfbench.engine.step import StepObjects
-from nfbench.models import build_model
 from nfbench.engine.optim import build_optimizer
-from nfbench.schemes import SCHEMES, build_scheme
 from nfbench.engine.runtime import seed_all
+from nfbench.engine.step import StepObjects
+from nfbench.errors import ConfigError
+from nfbench.models import build_model
+from nfbench.schemes import SCHEMES, build_scheme
 
 MIB = 2**20
 

@@ -12,7 +12,6 @@ nothing else of nfbench's but its errors.
 
 from __future__ import annotations
 
-
 import math
 from dataclasses import dataclass, field, is_dataclass
 from enum import Enum
@@ -483,6 +482,14 @@ def check_values(cfg: DictConfig | Config) -> None:
     bad = _non_finite(tree)
     if bad is not None:
         raise ConfigError(f"{bad[0]}={bad[1]} is not allowed: must be a finite number")
+    _check_data(c)
+    _check_model_and_optimiser(c)
+    _check_trainer(c)
+    _check_spp_and_objective(c)
+
+
+def _check_data(c: DictConfig | Config) -> None:
+    """The value checks of ``data.*`` (:func:`check_values` runs them in this order)."""
     require(c.data.batch_size >= 1, "data.batch_size", c.data.batch_size, "must be >= 1")
     require(c.data.test_batch_size >= 1, "data.test_batch_size", c.data.test_batch_size, "must be >= 1")
     require(c.data.num_workers >= 0, "data.num_workers", c.data.num_workers, "must be >= 0")
@@ -542,6 +549,10 @@ def check_values(cfg: DictConfig | Config) -> None:
         c.data.skip_corrupt,
         "needs data.verify=true, the check that finds the unreadable files",
     )
+
+
+def _check_model_and_optimiser(c: DictConfig | Config) -> None:
+    """The value checks of ``model.*``, ``optim.*`` and ``sched.*`` (:func:`check_values` runs them in this order)."""
     require(c.model.width is None or c.model.width >= 1, "model.width", c.model.width, "must be >= 1 or null")
     require(math.isfinite(c.optim.lr) and c.optim.lr > 0, "optim.lr", c.optim.lr, "must be > 0 and finite")
     require(0 <= c.optim.momentum < 1, "optim.momentum", c.optim.momentum, "must be in [0, 1)")
@@ -581,6 +592,10 @@ def check_values(cfg: DictConfig | Config) -> None:
         list(c.sched.milestones),
         "must be increasing positive epochs",
     )
+
+
+def _check_trainer(c: DictConfig | Config) -> None:
+    """The value checks of ``trainer.*`` (:func:`check_values` runs them in this order)."""
     require(c.trainer.epochs >= 1, "trainer.epochs", c.trainer.epochs, "must be >= 1")
     require(
         c.trainer.compile_mode is None or c.trainer.compile_mode in COMPILE_MODES,
@@ -641,6 +656,10 @@ def check_values(cfg: DictConfig | Config) -> None:
         "must be >= 0 (0 = only at epoch ends)",
     )
     require(c.trainer.log_spp_every >= 0, "trainer.log_spp_every", c.trainer.log_spp_every, "must be >= 0 (0 = off)")
+
+
+def _check_spp_and_objective(c: DictConfig | Config) -> None:
+    """The value checks of ``spp.*`` and ``optimized_metric`` (:func:`check_values` runs them in this order)."""
     require(c.spp.batch_size >= 1, "spp.batch_size", c.spp.batch_size, "must be >= 1")
     require(c.spp.seeds >= 1, "spp.seeds", c.spp.seeds, "must be >= 1")
     require(

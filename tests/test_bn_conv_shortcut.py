@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from nfbench.analysis.report import aggregate, collect, markdown_table
+from nfbench.analysis.summary import format_parts, format_rows, summarize
 from nfbench.config import option_config
 from nfbench.models import ConvShortcut, IdentityShortcut, build_model
-from nfbench.analysis.report import aggregate, collect, markdown_table
 from nfbench.schemes import build_scheme
-from nfbench.analysis.summary import format_parts, format_rows, summarize
 from tests.test_experiments import grid
 from tests.test_schemes import assert_rule
 from tests.test_user_errors import nfbench_train, refusal

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from nfbench.data.source import build_source
 from nfbench.data.fingerprint import pixels_sha256
+from nfbench.data.source import build_source
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "cifar_from_images.py"

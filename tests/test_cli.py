@@ -10,9 +10,9 @@ import sys
 import typing
 
 from nfbench.cli.main import COMMANDS
+from nfbench.config import OPTION_SCHEMAS, Config
 from nfbench.engine.hooks import HOOKS
 from nfbench.loggers import LOGGERS
-from nfbench.config import OPTION_SCHEMAS, Config
 
 
 def nfbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

@@ -12,8 +12,8 @@ import nfbench.models
 import nfbench.schemes
 from nfbench import rundir
 from nfbench.config import NFInitConfig, WideResNetConfig, option_config, plain, typed
-from nfbench.errors import ConfigError
 from nfbench.engine.validation import validate
+from nfbench.errors import ConfigError
 from tests.conftest import TINY
 
 # TINY without its model, for the tests that choose one.

@@ -16,13 +16,13 @@ from torch import nn
 
 from nfbench import rundir
 from nfbench.config import OptimConfig, SchedConfig, check_values, option_config
-from nfbench.errors import ConfigError
-from nfbench.engine.step import StepObjects
 from nfbench.engine.graph import WARMUP_STEPS, GraphedStep, check_device
-from nfbench.models import build_model
-from nfbench.engine.optim import build_optimizer, build_scheduler, clip_gradients
-from nfbench.schemes import build_scheme
 from nfbench.engine.loop import train
+from nfbench.engine.optim import build_optimizer, build_scheduler, clip_gradients
+from nfbench.engine.step import StepObjects
+from nfbench.errors import ConfigError
+from nfbench.models import build_model
+from nfbench.schemes import build_scheme
 from tests.conftest import TINY
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -252,7 +252,8 @@ def test_captured_step_trains_as_the_eager_step_on_cuda(precision, monkeypatch):
     state_diff = {k: _relative_difference(v, graph_state[k]) for k, v in eager_state.items() if v.is_floating_point()}
     worst = max(state_diff, key=state_diff.get)
     print(
-        f"\n{precision}: max |loss difference| {loss_diff.max():.3g} (warm-up steps {loss_diff[:WARMUP_STEPS].max():.3g}, "
+        f"\n{precision}: max |loss difference| {loss_diff.max():.3g} "
+        f"(warm-up steps {loss_diff[:WARMUP_STEPS].max():.3g}, "
         f"last step {loss_diff[-1]:.3g}); largest relative state difference {state_diff[worst]:.3g} ({worst})"
     )
     tol = 1e-3 if precision == "fp32" else 2e-2

@@ -16,11 +16,11 @@ import torch
 from torchvision import datasets as tvd
 
 from nfbench import rundir
+from nfbench.data.loaders import build_loaders
 from nfbench.data.sets import CIFAR_MEAN, CIFAR_STD, SPLIT_SEED
 from nfbench.data.source import build_source
-from nfbench.data.loaders import build_loaders
-from nfbench.errors import DataError, DataNotFoundError
 from nfbench.engine.loop import train
+from nfbench.errors import DataError, DataNotFoundError
 from tests.test_train import Killed, load_weights
 
 

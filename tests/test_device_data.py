@@ -17,13 +17,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
+from nfbench.data.device import DeviceLoader, use_device_loader
+from nfbench.data.loaders import build_loaders
 from nfbench.data.sets import DataSource, TensorImages
 from nfbench.data.source import build_source, with_transform
 from nfbench.data.transforms import transforms
-from nfbench.data.loaders import build_loaders
-from nfbench.data.device import DeviceLoader, use_device_loader
-from nfbench.errors import ConfigError, DataError
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError, DataError
 from tests.conftest import TINY
 from tests.test_data import assert_stopped_runs_resume_exactly
 

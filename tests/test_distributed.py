@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfbench.engine import distributed
 from nfbench import rundir
-from nfbench.data.source import build_source
 from nfbench.data.loaders import build_loaders
-from nfbench.errors import ConfigError
+from nfbench.data.source import build_source
+from nfbench.engine import distributed
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError
 
 # No augmentation, so that one process and two see the same images (only the split differs).
 DDP = [

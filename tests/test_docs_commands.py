@@ -132,9 +132,8 @@ COMPOSE: dict[str, dict[str, Any]] = {
     },
     "nfbench train -m seed=0,1,2 init=idshort,learnscalar,convshort": {"seed": 0, "init.name": "idshort"},
     "nfbench train -m experiment=civitelli_cifar10_resnet18": {**CIVITELLI_RECIPE, "model.name": "resnet18"},
-    "nfbench train -m experiment=civitelli_cifar10_cpu data.root=/tmp/nfb/cifar10-jpeg hydra.sweep.dir=/tmp/nfb/sweep": {
-        "data.root": "/tmp/nfb/cifar10-jpeg"
-    },
+    "nfbench train -m experiment=civitelli_cifar10_cpu data.root=/tmp/nfb/cifar10-jpeg "
+    "hydra.sweep.dir=/tmp/nfb/sweep": {"data.root": "/tmp/nfb/cifar10-jpeg"},
     # docs/schemes.md: the method on CIFAR-10 with the default recipe, and the paper's preset.
     "nfbench train model=resnet50 init=convshort data=cifar10": {
         **DEFAULT_RECIPE,
@@ -238,7 +237,8 @@ RUN: dict[str, tuple[int, Callable[[str], None]]] = {
     "nfbench train --help": (0, check_train_help),
     "nfbench train data=cifar10 --help": (0, check_train_help_cifar10),
     "nfbench train optim.lr=-1": (2, check_refused_lr),
-    "nfbench summary model=resnet18,resnet50,resnet101 init=bn,bn_conv_shortcut,idshort,learnscalar,convshort data=cifar10": (
+    "nfbench summary model=resnet18,resnet50,resnet101 "
+    "init=bn,bn_conv_shortcut,idshort,learnscalar,convshort data=cifar10": (
         0,
         check_tables_1_2,
     ),
@@ -277,13 +277,21 @@ SKIP: dict[str, str] = {
     "training, not committed)",
     "nfbench report docs/results-cifar10-gpu/runs": "writes into the committed runs' folder; the same report "
     "is checked with --out (GPU_REPORTS)",
-    "nfbench spp model=resnet50 init=idshort init.weights=brock spp.seeds=3 'spp.formats=[png,pdf]'": "three ResNet-50 repeats (tens of seconds); the single run above covers the command",
-    "nfbench spp -m model=resnet50 init=plain,bn,idshort,learnscalar,convshort init.weights=he_fanout,brock": "ten ResNet-50 runs (minutes); docs/spp.md's table comes from scripts/spp_figures.sh (15 minutes)",
-    "nfbench spp-plot outputs/multirun/spp/A outputs/multirun/spp/B --out figs --formats png svg": "placeholder sweep folders A and B",
+    "nfbench spp model=resnet50 init=idshort init.weights=brock spp.seeds=3 'spp.formats=[png,pdf]'": (
+        "three ResNet-50 repeats (tens of seconds); the single run above covers the command"
+    ),
+    "nfbench spp -m model=resnet50 init=plain,bn,idshort,learnscalar,convshort init.weights=he_fanout,brock": (
+        "ten ResNet-50 runs (minutes); docs/spp.md's table comes from scripts/spp_figures.sh (15 minutes)"
+    ),
+    "nfbench spp-plot outputs/multirun/spp/A outputs/multirun/spp/B --out figs --formats png svg": (
+        "placeholder sweep folders A and B"
+    ),
     # Planned GPU runs: their run files are committed by the GPU session, which then moves these to GPU_REPORTS.
     "nfbench report docs/results-cifar10-gpu/he-original/runs --out docs/results-cifar10-gpu/he-original/report "
     "--group-by +data.root": "planned (scripts/gpu_he_cifar10.sh): no run files committed yet",
-    "nfbench report docs/results-cifar10-r50-gpu/runs --out docs/results-cifar10-r50-gpu/report": "planned (scripts/gpu_civitelli_r50.sh): no run files committed yet",
+    "nfbench report docs/results-cifar10-r50-gpu/runs --out docs/results-cifar10-r50-gpu/report": (
+        "planned (scripts/gpu_civitelli_r50.sh): no run files committed yet"
+    ),
 }
 SLOW_RUN = {"nfbench train experiment=quickstart"}  # also in COMPOSE; trained by test_quickstart_as_documented
 

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nfbench import rundir
 from nfbench.cli.main import CONF_DIR
-from nfbench.engine.validation import validate
 from nfbench.engine.loop import train
+from nfbench.engine.validation import validate
 
 # Presets that select hydra/sweeper=optuna compose only where the nfbench[tune] extra is installed.
 NEEDS_OPTUNA = {"lr_search"}
@@ -159,7 +159,8 @@ def test_fixup_cifar10_recipe():
 
 
 def test_he_cifar10_recipe():
-    """docs/science.md#he-cifar-resnet and #recipe-he2016a, He et al. 2016a section 4.2: their ResNet-20 (post-activation, option A) with
+    """docs/science.md#he-cifar-resnet and #recipe-he2016a, He et al. 2016a section 4.2: their ResNet-20
+    (post-activation, option A) with
     BatchNorm and He et al. 2015's init drawn without Civitelli et al.'s standardisation, per-pixel mean
     subtraction (no std), SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, crop 32 pad 4 + flip, lr / 10 at
     epochs 82 and 123 of 164 (390 steps each: 31,980 / 47,970 / 63,960 iterations, for 32k / 48k / 64k)."""

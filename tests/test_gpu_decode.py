@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
+from nfbench import rundir
 from nfbench.config import Decode
 from nfbench.data import gpu_decode as gd
 from nfbench.data.loaders import SeededSampler, SeededSamples, build_loaders
@@ -38,7 +39,6 @@ from nfbench.data.sets import IMAGENET_MEAN, IMAGENET_STD
 from nfbench.data.source import build_source
 from nfbench.engine.loop import train
 from nfbench.errors import ConfigError
-from nfbench import rundir
 from tests.test_data import Killed, assert_stopped_runs_resume_exactly, die_after_saving
 from tests.test_imagenet import imagenet_tree
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from nfbench import rundir
-from nfbench.errors import ConfigError, RunDirectoryError
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError, RunDirectoryError
 from tests.conftest import TINY
 from tests.test_train import train_killed_after
 

@@ -19,11 +19,10 @@ import torch
 from safetensors import safe_open
 
 import nfbench
-from nfbench import rng
-from nfbench import rundir
+from nfbench import rng, rundir
+from nfbench.engine.loop import train
 from nfbench.models import ModelPlan
 from nfbench.schemes import SCHEMES
-from nfbench.engine.loop import train
 from tests.conftest import TINY
 
 ONE_EPOCH = [*TINY, "data.train_subset=64", "data.test_subset=32", "trainer.epochs=1"]

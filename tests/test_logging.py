@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from nfbench import rundir
-from nfbench.errors import ConfigError
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError
 from tests.conftest import TINY
 
 # 256 training images in batches of 32: 8 steps an epoch; a fold point every 2 steps.

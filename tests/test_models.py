@@ -1,4 +1,5 @@
-"""The model zoo (docs/science.md#architectures): published parameter counts, structure, stems, and every (model, init) pair."""
+"""The model zoo (docs/science.md#architectures): published parameter counts, structure, stems, and every
+(model, init) pair."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nfbench.config import Config, ModelConfig, OptimConfig, option_config
+from nfbench.engine.optim import build_optimizer
 from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.models import (
@@ -26,7 +28,6 @@ from nfbench.models import (
     construct_model,
 )
 from nfbench.models.nf_resnet import timm_nf_resnet
-from nfbench.engine.optim import build_optimizer
 from nfbench.schemes import SCHEMES, build_scheme
 
 SMALL_WRN = {"depth": 10, "widen": 2}
@@ -122,7 +123,8 @@ def he_table6_params(depth: int) -> int:
 @pytest.mark.parametrize("depth", list(HE_CIFAR_PARAMS_M))
 def test_he_resnets_match_he_et_al_table_6(depth):
     """He et al. 2016a's own network (model=he_resnet<depth>, init=bn): Table 6's count at its rounding, and
-    exactly the hand count; ResNet-20 is the 269,722 of the well-known public re-implementations (docs/science.md#he-cifar-resnet)."""
+    exactly the hand count; ResNet-20 is the 269,722 of the well-known public re-implementations
+    (docs/science.md#he-cifar-resnet)."""
     params = n_params(f"he_resnet{depth}", "bn")
     assert round(params / 1e6, 1 if depth == 110 else 2) == HE_CIFAR_PARAMS_M[depth]
     assert params == he_table6_params(depth)
@@ -224,7 +226,8 @@ def test_stem_follows_the_image_size_unless_overridden(image_size, stem, kind):
     "init,stem,layers",
     [
         # He et al. 2016b's ImageNet pre-activation ResNet (fb.resnet.torch preresnet.lua) and torchvision normalise
-        # and activate the stem conv before the max-pool; the CIFAR stem is the bare conv (the first block's BN follows).
+        # and activate the stem conv before the max-pool; the CIFAR stem is the bare conv (the first block's BN
+        # follows).
         ("bn", "imagenet", [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]),
         ("bn", "cifar", [nn.Conv2d]),
         # The normalization-free schemes keep the bare conv -> max-pool stem.

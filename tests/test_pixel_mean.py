@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from nfbench.data.device import DeviceLoader, in_memory
+from nfbench.data.loaders import build_loaders
 from nfbench.data.sets import DataSource, TensorImages
 from nfbench.data.source import build_source, with_transform
 from nfbench.data.transforms import mean_image, transforms
-from nfbench.data.device import DeviceLoader, in_memory
-from nfbench.errors import ConfigError
-from nfbench.data.loaders import build_loaders
 from nfbench.engine.validation import validate
+from nfbench.errors import ConfigError
 
 SIZE, PAD = 6, 2
 

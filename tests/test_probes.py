@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from nfbench import rundir
-from nfbench.errors import ConfigError, DataError, RunDirectoryError
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError, DataError, RunDirectoryError
 from tests.conftest import TINY
 from tests.test_train import train_killed_after
 from tests.test_user_errors import UNPRIVILEGED, nfbench_train, refusal

@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from nfbench.data.fingerprint import KNOWN_COPIES
-
 from nfbench.analysis import report as rep
 from nfbench.cli.main import main as cli_main
+from nfbench.data.fingerprint import KNOWN_COPIES
 from nfbench.engine.loop import train
 from tests.conftest import TINY
 

@@ -17,10 +17,9 @@ import pytest
 import torch
 
 from nfbench import rundir
-from nfbench.errors import RunDirectoryError
-from nfbench.rundir.lock import STALE_AFTER_S
-from nfbench.errors import ConfigError
 from nfbench.engine.loop import train
+from nfbench.errors import ConfigError, RunDirectoryError
+from nfbench.rundir.lock import STALE_AFTER_S
 from tests.conftest import TINY
 from tests.test_distributed import nfbench_train, wait_for
 from tests.test_train import load_weights, train_killed_after

@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nfbench.config import OptimConfig, option_config
+from nfbench.engine.optim import param_groups
 from nfbench.models import ConvShortcut, ScalarBias, ScalarGain, build_model
 from nfbench.models.resnet import Scalar
-from nfbench.engine.optim import param_groups
 from nfbench.schemes import SCHEMES, build_scheme
 
 RULES = ("he_fanin", "he_fanout", "brock")
@@ -355,7 +355,8 @@ def test_fixup_stem_shortcut_and_classifier_follow_the_reference_code(model, ste
 
 
 def nf_effective_weight(conv: ScaledStdConv2d) -> torch.Tensor:
-    """docs/science.md#standardisation: per output channel, gain * (W - mean) / (std * sqrt(n_in)), std the biased one."""
+    """docs/science.md#standardisation: per output channel, gain * (W - mean) / (std * sqrt(n_in)), std the biased
+    one."""
     w = conv.weight.detach().double()
     flat = w.reshape(w.shape[0], -1)
     std = flat.std(1, unbiased=False, keepdim=True)
@@ -496,7 +497,8 @@ def test_wn_preactivation_branch_adds_about_half_of_what_arpit_et_al_assume():
     assert 0.3 < mean(ours_n) < 0.6
 
 
-# docs/science.md#identity-at-init: the schemes whose every block starts as its shortcut (a zero last conv, gate or skip gain).
+# docs/science.md#identity-at-init: the schemes whose every block starts as its shortcut (a zero last conv, gate or
+# skip gain).
 IDENTITY_SCHEMES = {"fixup", "skipinit", "rezero", "zero_last", "nf"}
 # Every registered scheme on basic, bottleneck and wide blocks; then the options that change the answer.
 IDENTITY_CASES = [(m, s, {}) for m in ("resnet20", "resnet50", "wrn") for s in SCHEMES.names()] + [

@@ -25,13 +25,13 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.nn import functional as F
 
+from nfbench.analysis.spp import block_stats, measure, run_spp
+from nfbench.analysis.spp_plot import plot_dirs
 from nfbench.cli.main import CONF_DIR, main
 from nfbench.configstore import register_configs
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.schemes import SCHEMES, build_scheme
-from nfbench.analysis.spp import block_stats, measure, run_spp
-from nfbench.analysis.spp_plot import plot_dirs
 
 # The output contract of the issue, written out rather than imported so that a change to it fails here.
 CONTRACT = ["model", "init", "weights", "block", "fwd_var", "bwd_var", "fwd_chan_mean_sq", "fwd_chan_var"]
@@ -320,12 +320,13 @@ def test_claim1_backward_plain_explodes_bn_grows_polynomially():
 def test_claim2_brock_weights_explode_the_backward_variance(init):
     """Brock's gamma^2 = 2/(1 - 1/pi) ~ 2.93 gives each conv a backward factor gamma^2/2 ~ 1.47, so a
     3-conv branch 1.47^3 ~ 3.2 and a block 0.5 (1 + 3.2) ~ 2.1 (idshort; convshort's 1x1 shortcut
-    adds 1.47 for ~2.3): the gradient doubles per block going back (docs/science.md#spp-claims: "doubling per block").
+    adds 1.47 for ~2.3): the gradient doubles per block going back (docs/science.md#spp-claims: "doubling per
+    block").
     Median step in the 6-block stage: within [1.6, 2.8] (measured 1.9-2.2 at widths 16 and 64).
     Deepest to shallowest block of ResNet-50: >= 1e3, "orders of magnitude" (measured 3.3e3 idshort
-    at widths 16 and 64, 1.3e4-1.4e4 convshort; the independent implementation (docs/science.md#spp-independent): 9.5e-7 /
-    2.8e-10 = 3.4e3).  Forward, per channel: Var stays within 4x over the network (measured max/min
-    1.5-1.6; plain's is > 1e3)."""
+    at widths 16 and 64, 1.3e4-1.4e4 convshort; the independent implementation
+    (docs/science.md#spp-independent): 9.5e-7 / 2.8e-10 = 3.4e3).  Forward, per channel: Var stays within 4x
+    over the network (measured max/min 1.5-1.6; plain's is > 1e3)."""
     rows = spp("resnet50", init, "brock")
     b = col(rows, "bwd_var")
     assert b[0] / b[-1] >= 1e3

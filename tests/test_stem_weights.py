@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from nfbench.config import option_config
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.models import build_model
 from nfbench.schemes import build_scheme
-from nfbench.engine.validation import validate
 from tests.test_schemes import RULES, assert_rule
 from tests.test_user_errors import nfbench_train, refusal
 

@@ -15,11 +15,11 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from nfbench.analysis.summary import format_parts, format_rows, summarize
 from nfbench.config import DataConfig
 from nfbench.data.sets import DataShape, data_shape
 from nfbench.models import construct_model
 from nfbench.schemes import build_scheme
-from nfbench.analysis.summary import format_parts, format_rows, summarize
 
 # CIFAR-10 needs no files: the summary takes the shape it was registered with (nfbench.data.sets.register_dataset).
 NO_DATA = ["data=cifar10", "data.root=/nonexistent", "data.download=false"]
@@ -72,11 +72,11 @@ def test_hand_count_of_a_narrow_resnet20_on_digits(make_cfg):
     plain_block = lambda h, c: tuple(2 * v for v in conv(h, 3, c, c))  # noqa: E731 (two c -> c 3x3 convs)
     stage1 = tuple(3 * v for v in plain_block(8, 4))
     # First block of stages 2 and 3: strided 3x3 c -> 2c, 3x3 2c -> 2c, 1x1 strided shortcut c -> 2c.
-    first = lambda h, c: tuple(
+    first = lambda h, c: tuple(  # noqa: E731
         a + b + s
         for a, b, s in zip(
             conv(h, 3, c, 2 * c),
-            conv(h, 3, 2 * c, 2 * c),  # noqa: E731
+            conv(h, 3, 2 * c, 2 * c),
             conv(h, 1, c, 2 * c),
         )
     )

@@ -4,8 +4,8 @@ divergence, schedules, parameter groups and the device switches (on the CPU)."""
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -14,10 +14,10 @@ import torch
 from omegaconf import DictConfig
 
 from nfbench import rundir
-from nfbench.models import build_model
-from nfbench.engine.optim import param_groups
-from nfbench.schemes import build_scheme
 from nfbench.engine.loop import train
+from nfbench.engine.optim import param_groups
+from nfbench.models import build_model
+from nfbench.schemes import build_scheme
 from tests.conftest import TINY
 
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from nfbench import rundir
-from nfbench.engine.validation import validate
-from nfbench.errors import ConfigError
 from nfbench.cli.objective import WORST, objective
 from nfbench.engine.loop import train
+from nfbench.engine.validation import validate
+from nfbench.errors import ConfigError
 from tests.conftest import TINY
 from tests.test_cli import nfbench
 

@@ -46,9 +46,9 @@ import pandas as pd
 import yaml
 
 from nfbench import rundir
-from nfbench.errors import RunDirectoryError
-from nfbench.data.fingerprint import UNKNOWN, copy_label
 from nfbench.analysis.tables import format_table
+from nfbench.data.fingerprint import UNKNOWN, copy_label
+from nfbench.errors import RunDirectoryError
 
 # Short names for the axes a sweep varies; any other dotted config key works as well.
 ALIASES = {
@@ -438,8 +438,8 @@ def markdown_table(table: pd.DataFrame, group_by: Sequence[str], skipped: Sequen
     notes = [
         "",
         "Mean ± sample standard deviation over the finished seeds; diverged, unfinished, invalid and "
-        "excluded runs are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest top-1 "
-        "over epochs on the validation split held out of the training set (data.val_size), and test "
+        "excluded runs are counted, not averaged. Final test top-1: the last epoch's. Best val top-1: the highest "
+        "top-1 over epochs on the validation split held out of the training set (data.val_size), and test "
         "top-1 at best val: the test top-1 of that epoch (best.pt's); '-' for runs without a validation split.",
     ]
     notes += [

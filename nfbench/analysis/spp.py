@@ -18,21 +18,22 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, cast
+
 import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 from nfbench import rundir
-from nfbench.engine.validation import validate
+from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 from nfbench.data.sets import DataSource
 from nfbench.data.source import build_source
+from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
+from nfbench.engine.validation import validate
 from nfbench.errors import ConfigError
 from nfbench.loggers import Loggers
 from nfbench.models import ModelPlan
 from nfbench.models.resnet import ResNet
-from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all
-from nfbench.analysis.spp_plot import CSV_NAME, plot_model
 
 log = logging.getLogger("nfbench")
 

@@ -108,18 +108,7 @@ def plot_model(
                     alpha=0.18,
                     lw=0,
                 )
-    transitions = sorted({r["block"] for r in rows if r["stride"] > 1})
-    for ax, title, ylabel in zip(
-        axes, ("forward: activations", "backward: gradients"), (r"Var$[x_l]$", r"Var$[\partial L / \partial x_l]$")
-    ):
-        for t in transitions:
-            ax.axvline(t, color="0.6", lw=0.8, ls="-", zorder=0)
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=11)
-        ax.set_xlabel("residual block (depth)", fontsize=10)
-        ax.set_ylabel(ylabel, fontsize=10)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.tick_params(labelsize=9)
+    _dress_axes(axes, sorted({r["block"] for r in rows if r["stride"] > 1}))
     seeds = max(r["seeds"] for r in rows)
     note = f", mean and min-max of {seeds} seeds" if seeds > 1 else ""
     fig.suptitle(
@@ -137,6 +126,21 @@ def plot_model(
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def _dress_axes(axes: Sequence[Any], transitions: Sequence[int]) -> None:
+    """Titles, labels, log scale and grid of the forward and backward panels; a grey line at each stride-2 block."""
+    for ax, title, ylabel in zip(
+        axes, ("forward: activations", "backward: gradients"), (r"Var$[x_l]$", r"Var$[\partial L / \partial x_l]$")
+    ):
+        for t in transitions:
+            ax.axvline(t, color="0.6", lw=0.8, ls="-", zorder=0)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("residual block (depth)", fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.tick_params(labelsize=9)
 
 
 def plot_dirs(dirs: Sequence[Path], out_dir: Path, formats: Iterable[str] = ("png",)) -> list[Path]:

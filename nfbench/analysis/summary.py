@@ -24,12 +24,12 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nfbench.engine.validation import validate
-from nfbench.data.sets import data_shape
-from nfbench.models import choose_stem, split_stages
-from nfbench.engine.sweep import in_multirun
-from nfbench.rundir.files import write_json
 from nfbench.analysis.tables import format_table
+from nfbench.data.sets import data_shape
+from nfbench.engine.sweep import in_multirun
+from nfbench.engine.validation import validate
+from nfbench.models import choose_stem, split_stages
+from nfbench.rundir.files import write_json
 
 log = logging.getLogger("nfbench")
 

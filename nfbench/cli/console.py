@@ -9,7 +9,8 @@ import sys
 
 def main() -> None:
     try:
-        from nfbench.cli.main import INTERRUPTED, main as cli_main
+        from nfbench.cli.main import INTERRUPTED
+        from nfbench.cli.main import main as cli_main
     except KeyboardInterrupt:
         print("nfbench: error: interrupted by SIGINT (Ctrl-C) while starting; nothing was run", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterator, NoReturn, Optional
 import hydra
 from omegaconf import DictConfig
 
+from nfbench.cli.help import register_help
+from nfbench.cli.refusal import refuse
 from nfbench.config import OPTION_SCHEMAS
 from nfbench.configstore import register_configs
+from nfbench.engine.sweep import in_multirun
 from nfbench.engine.validation import validate
 from nfbench.errors import USER_ERRORS, ConfigError
-from nfbench.engine.sweep import in_multirun
-from nfbench.cli.refusal import refuse
-from nfbench.cli.help import register_help
 
 log = logging.getLogger("nfbench")
 

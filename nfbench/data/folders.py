@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Optional
-from typing import Sequence
-import numpy as np
-import torch
-from torchvision import datasets as tvd
-from nfbench.config import DataConfig
-from nfbench.errors import ConfigError
-from nfbench.errors import DataError
-from nfbench.errors import DataNotFoundError
-from PIL import Image
-from torchvision.datasets import ImageFolder
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import datasets as tvd
+from torchvision.datasets import ImageFolder
+
+from nfbench.config import DataConfig
+from nfbench.errors import ConfigError, DataError, DataNotFoundError
 
 log = logging.getLogger("nfbench")
 

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from nfbench.config import DataConfig, per_rank_batch
+from nfbench.data import gpu_decode
+from nfbench.data.device import device_eval_loader, device_train_loader, use_device_loader
 from nfbench.data.sets import DataSource
 from nfbench.data.source import worker_context
-from nfbench.data.device import device_eval_loader, device_train_loader, use_device_loader
-from nfbench.data import gpu_decode
 
 
 class SeededSampler(DistributedSampler):

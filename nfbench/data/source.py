@@ -5,17 +5,17 @@ from __future__ import annotations
 import multiprocessing
 from dataclasses import replace
 from multiprocessing.context import BaseContext
-from typing import Callable
-from typing import Optional
+from typing import Callable, Optional
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
+
 from nfbench.config import DataConfig
-from nfbench.errors import ConfigError
-from nfbench.data.sets import DATASETS, DataSource, SPLIT_SEED, TensorImages, TransformedFolder
+from nfbench.data.sets import DATASETS, SPLIT_SEED, DataSource, TensorImages, TransformedFolder
 from nfbench.data.transforms import check_normalisation, check_pixel_mean, mean_image, transforms
+from nfbench.errors import ConfigError
 
 
 def subset(ds: Dataset, n: Optional[int]) -> Dataset:

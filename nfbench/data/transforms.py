@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+
 from nfbench.config import DataConfig
-from nfbench.errors import ConfigError
-from nfbench.errors import DataError
 from nfbench.data.sets import DataSource, held_images, own_shape
+from nfbench.errors import ConfigError, DataError
 
 
 class SubtractMeanImage:

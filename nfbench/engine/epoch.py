@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-from typing import Generator
-from typing import Iterable
-from typing import Iterator
-from typing import Optional
+from typing import Any, Generator, Iterable, Iterator, Optional
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from nfbench.engine import distributed
+
 from nfbench import rundir
-from nfbench.engine.metrics import EpochMetrics
-from nfbench.rng import rng_state
-from nfbench.rng import set_rng_state
+from nfbench.engine import distributed
 from nfbench.engine.evaluate import StopPoll
+from nfbench.engine.metrics import EpochMetrics
 from nfbench.engine.state import EpochProgress, Loop, Pass, checkpoint_state
+from nfbench.rng import rng_state, set_rng_state
 
 log = logging.getLogger("nfbench")
 

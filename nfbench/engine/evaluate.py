@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
 from nfbench.engine import distributed
 from nfbench.engine.preemption import PackStop, StopSignal
 from nfbench.engine.step import forward, to_device

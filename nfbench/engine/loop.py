@@ -12,49 +12,33 @@ A run alone and a run of a pack go through this one loop.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
 import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generator
-from typing import Optional
+from typing import TYPE_CHECKING, Generator, Optional, Sized, cast
+
 import torch
-from omegaconf import DictConfig
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from nfbench.engine import distributed
+
 from nfbench import rundir
-from nfbench.config import plain
-from nfbench.config import typed
-from nfbench.data.source import build_source
-from nfbench.data.source import identity
-from nfbench.engine.distributed import DistEnv
-from nfbench.engine.graph import GraphedStep
-from nfbench.engine.step import EagerStep, StepObjects
-from nfbench.engine.graph import check_device
-from nfbench.data.loaders import build_loaders
-from nfbench.data.loaders import eval_loader
+from nfbench.config import plain, typed
 from nfbench.data.gpu_decode import decode_choice
-from nfbench.engine.hooks import build_hooks
-from nfbench.loggers import Loggers
-from nfbench.models import ModelPlan
-from nfbench.schemes import Scheme
-from nfbench.engine.optim import build_optimizer
-from nfbench.engine.optim import build_scheduler
-from nfbench.engine.progress import Progress
-from nfbench.engine.progress import summary_line
-from nfbench.rng import rng_state
-from nfbench.engine.runtime import pick_device
-from nfbench.engine.runtime import resolve_run_dir
-from nfbench.engine.runtime import seed_all
-from nfbench.engine.runtime import set_deterministic
-from nfbench.engine.validation import validate
+from nfbench.data.loaders import build_loaders, eval_loader
+from nfbench.data.source import build_source, identity
+from nfbench.engine import distributed
+from nfbench.engine.distributed import DistEnv
 from nfbench.engine.epoch import Diverged, checkpoint_of, gather_rng, save_last, train_one_epoch
 from nfbench.engine.evaluate import StopPoll, evaluate
+from nfbench.engine.graph import GraphedStep, check_device
+from nfbench.engine.hooks import build_hooks
+from nfbench.engine.optim import build_optimizer, build_scheduler
 from nfbench.engine.preemption import StopSignal
+from nfbench.engine.progress import Progress, summary_line
+from nfbench.engine.runtime import pick_device, resolve_run_dir, seed_all, set_deterministic
 from nfbench.engine.state import (
     Data,
     EpochProgress,
@@ -68,7 +52,12 @@ from nfbench.engine.state import (
     count_params,
     restore_checkpoint,
 )
-from nfbench.engine.step import AMP_DTYPES
+from nfbench.engine.step import AMP_DTYPES, EagerStep, StepObjects
+from nfbench.engine.validation import validate
+from nfbench.loggers import Loggers
+from nfbench.models import ModelPlan
+from nfbench.rng import rng_state
+from nfbench.schemes import Scheme
 
 if TYPE_CHECKING:
     from timm.data import Mixup
@@ -398,12 +387,12 @@ def _log_setup(loop: Loop, data: Data) -> None:
         loop.scheme.weights,
         cfg.data.name,
         count_params(loop.model) / 1e6,
-        len(src.train),
-        len(src.val) if src.val is not None else 0,  # type: ignore[arg-type]
-        len(src.test),
+        len(cast(Sized, src.train)),  # torch types a Dataset without __len__; these have one
+        len(cast(Sized, src.val)) if src.val is not None else 0,
+        len(cast(Sized, src.test)),
         loop.env.world_size,
         loop.device,
-    )  # type: ignore[arg-type]
+    )
 
 
 def _run_epochs(

@@ -11,20 +11,21 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol
 import torch
 from omegaconf import DictConfig
 from torch import nn
+
 from nfbench import rundir
 from nfbench.data.sets import DataSource
 from nfbench.engine.distributed import DistEnv
-from nfbench.engine.metrics import EpochMetrics
+from nfbench.engine.evaluate import StopPoll
 from nfbench.engine.graph import GraphedStep
 from nfbench.engine.hooks import Hook
-from nfbench.engine.step import EagerStep
-from nfbench.errors import ConfigError
-from nfbench.rng import rng_state
-from nfbench.loggers import Loggers
+from nfbench.engine.metrics import EpochMetrics
 from nfbench.engine.preemption import PackStop, StopSignal
 from nfbench.engine.progress import Progress
+from nfbench.engine.step import EagerStep
+from nfbench.errors import ConfigError
+from nfbench.loggers import Loggers
+from nfbench.rng import rng_state
 from nfbench.schemes import Scheme
-from nfbench.engine.evaluate import StopPoll
 
 if TYPE_CHECKING:
     from timm.data import Mixup

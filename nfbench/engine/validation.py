@@ -26,13 +26,12 @@ def validate(cfg: DictConfig | Config) -> "ModelPlan":
     allowed; return the checked model plan (its scheme built)."""
     check_keys(cfg)
     check_values(cfg)
-    from nfbench.data.sets import DATASETS
     from nfbench import loggers
+    from nfbench.data.sets import DATASETS
     from nfbench.engine import hooks
+    from nfbench.engine.distributed import detect
     from nfbench.models import plan_model
     from nfbench.schemes import build_scheme
-
-    from nfbench.engine.distributed import detect
 
     DATASETS.get(cfg.data.name)
     loggers.check(cast(DictConfig, cfg.logger))  # a node of the composed config, typed dict[str, Any] by its schema

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from torch import nn
-
 from nfbench.config import ModelConfig, require
 from nfbench.errors import ConfigError
 from nfbench.models.he_resnet import PostActivationBasicBlock, he_cifar_resnet, he_cifar_spec

@@ -4,15 +4,14 @@ restored into the run's objects.
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
-from typing import Optional
-from nfbench.errors import ConfigError
-from nfbench.errors import RunDirectoryError
+from typing import TYPE_CHECKING, Optional
+
+from nfbench.errors import ConfigError, RunDirectoryError
 from nfbench.rundir.files import BEST, CHECKPOINTS, LAST, WEIGHTS, atomic_write_bytes, strict_json
 
 if TYPE_CHECKING:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import platform
 import socket
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch

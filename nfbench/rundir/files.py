@@ -11,9 +11,8 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
-from typing import Iterator
-from typing import Optional
+from typing import Any, Iterator, Optional
+
 from nfbench.errors import RunDirectoryError
 
 log = logging.getLogger("nfbench")

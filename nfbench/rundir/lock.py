@@ -9,9 +9,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Optional
+
 from nfbench.errors import ConfigError
 from nfbench.rundir.files import LOCK
-
 
 HEARTBEAT_S = 30.0
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
-from typing import Optional
-from nfbench.errors import ConfigError
-from nfbench.errors import RunDirectoryError
+from typing import Any, Optional
+
+from nfbench.errors import ConfigError, RunDirectoryError
 from nfbench.rundir.checkpoints import CorruptCheckpointError, find_checkpoint, load_checkpoint
 from nfbench.rundir.files import CHECKPOINTS, LAST, flatten, read_metrics, strict_json
 
