@@ -81,6 +81,12 @@ class FigureFormat(Choice):
     svg = "svg"
 
 
+class Decode(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 class OptimizedMetric(Choice):
     """Accuracies in percent, higher is better: train()'s result.json keys a sweeper may maximise."""
 
@@ -116,6 +122,14 @@ class DataConfig:
     # Image side the model sees, null: the data set's own; ImageNet-style recipe (random-resized crop,
     # resize + centre crop for test) for data=imagenet, a resize otherwise.
     image_size: Optional[int] = None
+    # Where ImageNet-recipe JPEG files are decoded (data=imagenet; nfbench/data/gpu_decode.py).  cpu: PIL in the
+    # DataLoader workers, each image cropped and resized there by torchvision (v2.RandomResizedCrop, Resize +
+    # CenterCrop).  gpu: the workers only read the files' bytes; the training process decodes each batch with
+    # torchvision.io.decode_jpeg on the training device (nvJPEG on CUDA; libjpeg-turbo when that device is the
+    # CPU) and crops, resizes (roi_align), flips and normalises the whole batch there, with the same crop-box
+    # distribution.  auto: gpu on a CUDA device, cpu otherwise (and with RandAugment, which only the cpu path
+    # has).  The choice a run resolved is in its checkpoints: a resume that would resolve another is refused.
+    decode: Decode = Decode.auto
     # A validation split held out of the training set for model selection, evaluated every epoch beside the
     # test set with the test transform; checkpoints/best.pt and result.json's best figures are selected on it.
     # null: none (best.pt is then selected on the test set, an optimistic figure); an int: that many
@@ -523,6 +537,12 @@ def _check_data(c: DictConfig | Config) -> None:
             "give both, with one value per channel",
         )
         require(all(s > 0 for s in c.data.std or ()), "data.std", c.data.std, "every value must be > 0")
+    require(
+        c.data.decode != "gpu" or not c.data.randaugment,
+        "data.decode",
+        c.data.decode,
+        "the batched decode has no RandAugment; use data.decode=cpu (or auto) with data.randaugment=true",
+    )
     require(
         c.data.verify or not c.data.skip_corrupt,
         "data.skip_corrupt",

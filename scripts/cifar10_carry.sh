@@ -32,9 +32,8 @@ carry_tree_mib() {  # what travels without carry: tracked and untracked-not-igno
     git ls-files -co --exclude-standard -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | awk '{printf "%.1f", $1 / 1048576}'
 }
 
-carry_prepare() {  # carry_prepare [TARBALL]: here, before the two calls
-    local src=${1:-${CIFAR_LOSSLESS:-../shared/data/cifar10-lossless-webp.tar.gz}} site
-    [ -f "$src" ] || { echo "carry: no tarball at $src (set CIFAR_LOSSLESS)"; return 2; }
+carry_pydeps() {  # the pure-Python hydra, omegaconf, antlr4 and joblib launcher in .evidence/pydeps (git-ignored)
+    local site
     git check-ignore -q .evidence/x || { echo "carry: .evidence/ is not git-ignored here: refusing to write into it"; return 2; }
     mkdir -p .evidence
     if [ ! -d "$CARRY_PYDEPS/hydra" ]; then
@@ -43,6 +42,12 @@ carry_prepare() {  # carry_prepare [TARBALL]: here, before the two calls
         (cd "$site" && tar -cf - --exclude=__pycache__ hydra omegaconf antlr4 hydra_plugins/hydra_joblib_launcher) |
             tar -xf - -C "$CARRY_PYDEPS" || return 2
     fi
+}
+
+carry_prepare() {  # carry_prepare [TARBALL]: here, before the two calls
+    local src=${1:-${CIFAR_LOSSLESS:-../shared/data/cifar10-lossless-webp.tar.gz}}
+    [ -f "$src" ] || { echo "carry: no tarball at $src (set CIFAR_LOSSLESS)"; return 2; }
+    carry_pydeps || return 2
     if [ ! -f "$CARRY_PIECE2" ] || [ "$(stat -c %s "$CARRY_PIECE1")" != $(( CARRY_PIECE_MIB * 1048576 )) ] ||
         [ "$(cat "$CARRY_PIECE1" "$CARRY_PIECE2" | sha256sum | cut -d' ' -f1)" != "$CARRY_TARBALL_SHA256" ]; then
         rm -f .evidence/cifar10-lossless-webp.part-*  # piece 1: the first CARRY_PIECE_MIB, piece 2: the rest

@@ -14,6 +14,7 @@ from nfbench.cli.main import CONF_DIR
 from nfbench.configstore import register_configs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+IMAGENET_SAMPLE = SHARED_DATA.with_name("imagenet-sample-120.tar.gz")
 
 # A tiny, fast training setup for tests that check mechanics rather than accuracy.
 TINY = [
@@ -64,3 +65,17 @@ def cifar10_jpeg_subset(tmp_path_factory) -> Path:
                 member.name = str(Path(split, cls, parts[-1]))
                 tar.extract(member, root, filter="data")
     return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample(tmp_path_factory) -> list[Path]:
+    """The 120 real ImageNet JPEGs of ../shared/data/imagenet-sample-120.tar.gz (97 colour, 23 grayscale, one
+    per class), unpacked, in sorted order."""
+    if not IMAGENET_SAMPLE.exists():
+        pytest.skip(f"real ImageNet sample not found at {IMAGENET_SAMPLE}")
+    root = tmp_path_factory.mktemp("imagenet-sample")
+    with tarfile.open(IMAGENET_SAMPLE, "r:gz") as tar:
+        tar.extractall(root, filter="data")
+    files = sorted(root.glob("imagenet-sample/*.JPEG"))
+    assert len(files) == 120, f"{IMAGENET_SAMPLE} holds {len(files)} JPEGs, not 120"
+    return files

@@ -2,7 +2,9 @@
 
 In-memory data sets are served and augmented on the training device (:mod:`nfbench.data.device`);
 the others go through DataLoader workers, each sample's augmentation seeded from (seed, epoch,
-index) so that a resumed run sees the same images as an uninterrupted one.
+index) so that a resumed run sees the same images as an uninterrupted one.  With ``data.decode=gpu``
+those workers only read ImageNet's files, and :mod:`nfbench.data.gpu_decode` decodes and augments each
+batch on the training device, from the same seeds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from nfbench.config import DataConfig, per_rank_batch
+from nfbench.data import gpu_decode
 from nfbench.data.device import device_eval_loader, device_train_loader, use_device_loader
 from nfbench.data.sets import DataSource
 from nfbench.data.source import worker_context
@@ -75,6 +78,8 @@ def eval_loader(
     shard = range(rank, len(ds), world_size)  # type: ignore[arg-type]
     if use_device_loader(cfg, src):
         return device_eval_loader(cfg, src, ds, shard, torch.device(device or "cpu"))
+    if gpu_decode.decode_choice(cfg, src, torch.device(device or "cpu")) == "gpu":
+        return gpu_decode.eval_loader(cfg, src, ds, shard, torch.device(device or "cpu"))
     return DataLoader(
         Subset(ds, shard) if world_size > 1 else ds,
         batch_size=cfg.test_batch_size,
@@ -99,9 +104,11 @@ def build_loaders(
     ``data.batch_size`` is the global batch: each of ``world_size`` ranks loads its share.
     In-memory data sets are served from ``device`` (default: the CPU) by
     :class:`nfbench.data.device.DeviceLoader` when ``data.on_device`` allows it, their batches built in a CUDA
-    graph with ``capture`` (``trainer.cuda_graph``).
+    graph with ``capture`` (``trainer.cuda_graph``); ImageNet's files are decoded a batch at a time on
+    ``device`` by :mod:`nfbench.data.gpu_decode` when ``data.decode`` resolves to gpu.
     """
     per_rank = per_rank_batch(cfg.batch_size, world_size)
+    batched = gpu_decode.decode_choice(cfg, src, torch.device(device or "cpu")) == "gpu"
     on_device = use_device_loader(cfg, src)
     # The device loader draws each epoch's augmentation itself, in this process, from the order alone.
     sampler: DistributedSampler = (DistributedSampler if on_device else SeededSampler)(
@@ -113,6 +120,8 @@ def build_loaders(
         train: Iterable = device_train_loader(
             cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"), pin_memory, capture=capture
         )
+    elif batched:
+        train = gpu_decode.train_loader(cfg, src, sampler, per_rank, drop_last, torch.device(device or "cpu"))
     else:
         train = DataLoader(
             SeededSamples(src.train),

@@ -133,16 +133,18 @@ def data_fingerprint(src: DataSource) -> dict:
     return {"kind": kind, "train": train, "test": test}
 
 
-def identity(src: DataSource) -> dict:
+def identity(src: DataSource, decode: Optional[str] = None) -> dict:
     """What a run trains on, as its checkpoints record it: a resume on other data is refused
-    (:func:`nfbench.rundir.check_data`)."""
-    return {
+    (:func:`nfbench.rundir.check_data`), and so is one that would decode its images elsewhere (``decode``:
+    ``data.decode`` as it resolved, :func:`nfbench.data.gpu_decode.decode_choice`; recorded where it applies)."""
+    found = {
         "num_classes": src.num_classes,
         "in_chans": src.in_chans,
         "image_size": src.image_size,
         "classes": src.classes,
         "fingerprint": src.fingerprint,
     }
+    return found if decode is None else {**found, "decode": decode}
 
 
 def worker_context() -> BaseContext:

@@ -26,6 +26,7 @@ from torch import nn
 
 from nfbench import rundir
 from nfbench.config import plain, typed
+from nfbench.data.gpu_decode import decode_choice
 from nfbench.data.loaders import build_loaders, eval_loader
 from nfbench.data.source import build_source, identity
 from nfbench.engine import distributed
@@ -206,7 +207,16 @@ def _build_data(cfg: DictConfig, env: DistEnv, device: torch.device) -> Data:
         if src.val is None
         else eval_loader(cfg.data, src, src.val, env.rank, env.world_size, pin_memory=pin, device=device)
     )
-    return Data(src, train_loader, test_loader, val_loader)
+    decode = decode_choice(cfg.data, src, device)
+    if decode is not None:
+        log.info(
+            "data.decode=%s: %s",
+            cfg.data.decode,
+            f"each batch decoded and augmented on {device}"
+            if decode == "gpu"
+            else f"images decoded and augmented in {cfg.data.num_workers} DataLoader worker(s)",
+        )
+    return Data(src, train_loader, test_loader, val_loader, decode)
 
 
 def _write_run_files(loop: Loop, device: torch.device, branch_best: Optional[dict]) -> None:
@@ -249,7 +259,7 @@ def _build_loop(
     # best.pt and the best figures: chosen on the validation split when there is one; else on the
     # test set, an optimistic figure, named for what it is (best_test_top1).
     select = "val_top1" if data.val is not None else "test_top1"
-    record = Record(run_dir, plain(cfg), select, identity(data.src))
+    record = Record(run_dir, plain(cfg), select, identity(data.src, data.decode))
     progress = Progress(tcfg.progress and env.is_main and host.progress, tcfg.epochs, tcfg.progress_every_s)
     return Loop(
         cfg,

@@ -208,10 +208,13 @@ class Data:
     """The run's data source and loaders; ``data.batch_size`` is the global batch, split over the ranks."""
 
     src: DataSource
-    # DataLoaders, or nfbench.data.device's loaders (the same interface: iteration, len, .sampler)
+    # DataLoaders, or nfbench.data.device's and gpu_decode's loaders (the same interface: iteration, len, .sampler)
     train: Any
     test: Any
     val: Any
+    # Where the images are decoded, as data.decode resolved (nfbench.data.gpu_decode.decode_choice): "cpu" or
+    # "gpu"; None for data sets it does not apply to.  Checkpoints record it (nfbench.data.source.identity).
+    decode: Optional[str] = None
 
 
 @dataclass

@@ -26,6 +26,8 @@ log = logging.getLogger("nfbench")
 # deterministic/channels_last (other arithmetic) and data.test_batch_size (the reported test loss).
 # trainer.cuda_graph may change: a replay runs the eager step's kernels, the one difference being
 # the learning rate the fused SGD kernel reads from a float32 tensor (a relative 6e-8 from the float).
+# data.decode may change as written (auto to the path it resolved to, say): what it resolved to is in the
+# checkpoint's data record, and check_data refuses a resume that would decode on the other path.
 RESUME_SAFE = (
     "trainer.progress",
     "trainer.log_every",
@@ -41,6 +43,7 @@ RESUME_SAFE = (
     "hooks.",
     "optimized_metric",
     "trainer.cuda_graph",
+    "data.decode",
 )
 
 
@@ -144,13 +147,30 @@ def check_data(state: dict, data: dict, source: Path) -> None:
     trained = state.get("data")
     if not trained:
         return
-    differ = [k for k in sorted(set(trained) & set(data)) if trained[k] != data[k]]
+    check_decode(trained, data, source, state["epoch"])
+    differ = [k for k in sorted(set(trained) & set(data) - {"decode"}) if trained[k] != data[k]]
     if differ:
         listed = ", ".join(f"{k} {short_repr(trained[k])} -> {short_repr(data[k])}" for k in differ)
         raise ConfigError(
             f"cannot resume {source} (after {state['epoch']} epoch(s)): it trained on other data than "
             f"data.root holds now ({listed}); point data.root at the data it trained on, or start a "
             f"fresh run in another hydra.run.dir"
+        )
+
+
+def check_decode(trained: dict, data: dict, source: Path, epoch: int) -> None:
+    """Refuse to continue a run on the other decode path (``data.decode``, as it resolved): its crops are resized
+    by another filter (nfbench/data/gpu_decode.py), so the images trained on would change mid-run.  A checkpoint
+    of ImageNet files from before the key was recorded decoded on the cpu path, the only one there was."""
+    if "decode" not in data:
+        return
+    was, now = trained.get("decode", "cpu"), data["decode"]
+    if was != now:
+        raise ConfigError(
+            f"cannot resume {source} (after {epoch} epoch(s)): it decoded its images on the {was} path "
+            f"and this run would decode them on the {now} path (data.decode=auto is gpu on a CUDA device "
+            f"only), which crops and resizes them otherwise; set data.decode={was} to continue it, or "
+            f"start a fresh run in another hydra.run.dir"
         )
 
 
