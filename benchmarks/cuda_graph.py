@@ -218,30 +218,29 @@ def randaugment_ratios(rows: list[dict]) -> str:
     return "\n\n" + "\n".join(lines) if lines else ""
 
 
-def side_by_side(args: argparse.Namespace, t_start: float) -> str:
-    """K processes of resnet18 cuda_graph+randaugment at once, each timed by nfbench itself."""
-    cmd = [
+def child_command(args: argparse.Namespace, model: str, mode: str) -> list[str]:
+    """This script run for one configuration, in a process of its own."""
+    flags = {
+        "--model": model,
+        "--mode": mode,
+        "--data": args.data,
+        "--batch": args.batch,
+        "--test-images": args.test_images,
+        "--epochs": args.epochs,
+        "--precision": args.precision,
+        "--init": args.init,
+    }
+    return [
         sys.executable,
         __file__,
-        "--model",
-        "resnet18",
-        "--mode",
-        "cuda_graph+randaugment",
-        "--data",
-        str(args.data),
-        "--batch",
-        str(args.batch),
-        "--test-images",
-        str(args.test_images),
-        "--epochs",
-        str(args.epochs),
-        "--precision",
-        args.precision,
-        "--init",
-        args.init,
-        "--no-pure",
+        *(str(v) for kv in flags.items() for v in kv),
+        *(["--smoke"] if args.smoke else []),
     ]
-    cmd += ["--smoke"] if args.smoke else []
+
+
+def side_by_side(args: argparse.Namespace, t_start: float) -> str:
+    """K processes of resnet18 cuda_graph+randaugment at once, each timed by nfbench itself."""
+    cmd = [*child_command(args, "resnet18", "cuda_graph+randaugment"), "--no-pure"]
     print(f"[{time.perf_counter() - t_start:.0f} s] {args.side_by_side} x resnet18 cuda_graph+randaugment", flush=True)
     children = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -312,29 +311,7 @@ def main() -> None:
             row["skipped"] = f"skipped (budget: {left:.0f} s left)"
         else:
             limit = min(TIMEOUT_S[mode], left)
-            cmd = [
-                sys.executable,
-                __file__,
-                "--model",
-                model,
-                "--mode",
-                mode,
-                "--data",
-                str(args.data),
-                "--batch",
-                str(args.batch),
-                "--test-images",
-                str(args.test_images),
-                "--epochs",
-                str(args.epochs),
-                "--precision",
-                args.precision,
-                "--init",
-                args.init,
-                "--replay-steps",
-                str(args.replay_steps),
-            ]
-            cmd += ["--smoke"] if args.smoke else []
+            cmd = [*child_command(args, model, mode), "--replay-steps", str(args.replay_steps)]
             print(f"[{time.perf_counter() - t_start:.0f} s] {model} {mode} (limit {limit:.0f} s)", flush=True)
             row.update(launch(cmd, limit))
         rows.append(row)

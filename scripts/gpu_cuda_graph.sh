@@ -21,9 +21,5 @@ NAME=cuda_graph DEFAULT_BUDGET_S=195
 say "1. gpu-marked tests of trainer.cuda_graph"
 gpu_tests 75 -s tests/test_cuda_graph.py
 
-LEFT=$(budget_left)
-say "2. benchmark, $LEFT s left for it"
-ARGS=(--out "$OUTDIR" --budget "$LEFT")
-[ "$SMOKE" = 1 ] && ARGS+=(--smoke)
-timeout $(( LEFT + 10 )) $PY benchmarks/cuda_graph.py "${ARGS[@]}"
-say "benchmark exit $?; done"
+say "2. benchmark"
+run_benchmark benchmarks/cuda_graph.py

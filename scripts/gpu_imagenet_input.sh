@@ -32,9 +32,5 @@ NAME=imagenet_input DEFAULT_BUDGET_S=300
 say "1. gpu-marked tests of the batched decode"
 gpu_tests 60 tests/test_gpu_decode.py tests/test_imagenet.py
 
-LEFT=$(budget_left)
-say "2. benchmark, $LEFT s left for it"
-ARGS=(--out "$OUTDIR" --budget "$LEFT")
-[ "$SMOKE" = 1 ] && ARGS+=(--smoke)
-timeout $(( LEFT + 15 )) $PY benchmarks/imagenet_input.py "${ARGS[@]}"
-say "benchmark exit $?; done"
+say "2. benchmark"
+run_benchmark benchmarks/imagenet_input.py

@@ -21,9 +21,5 @@ NAME=packed DEFAULT_BUDGET_S=330
 say "1. gpu-marked test of packed training"
 gpu_tests 75 tests/test_packed.py
 
-LEFT=$(budget_left)
-say "2. benchmark, $LEFT s left for it"
-ARGS=(--out "$OUTDIR" --budget "$LEFT")
-[ "$SMOKE" = 1 ] && ARGS+=(--smoke)
-timeout $(( LEFT + 15 )) $PY benchmarks/packed.py "${ARGS[@]}"
-say "benchmark exit $?; done"
+say "2. benchmark"
+run_benchmark benchmarks/packed.py

@@ -28,9 +28,5 @@ NAME=randaugment DEFAULT_BUDGET_S=300
 say "1. gpu-marked tests of the device pipeline and RandAugment"
 gpu_tests 90 tests/test_device_data.py tests/test_batch_augment.py
 
-LEFT=$(budget_left)
-say "2. benchmark, $LEFT s left for it"
-ARGS=(--randaugment --side-by-side 4 --out "$OUTDIR" --budget "$LEFT")
-[ "$SMOKE" = 1 ] && ARGS=(--randaugment --side-by-side 2 --out "$OUTDIR" --budget "$LEFT" --smoke)
-timeout $(( LEFT + 15 )) $PY benchmarks/cuda_graph.py "${ARGS[@]}"
-say "benchmark exit $?; done"
+say "2. benchmark"
+run_benchmark benchmarks/cuda_graph.py --randaugment --side-by-side "$([ "$SMOKE" = 1 ] && echo 2 || echo 4)"

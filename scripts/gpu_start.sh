@@ -2,7 +2,7 @@
 # repository root, with NAME (the log's name and OUT's default folder under outputs/) and DEFAULT_BUDGET_S
 # (the call's wall seconds on the GPU) set. Sets T0, SMOKE (NFBENCH_SMOKE=1: the CPU rehearsal), BUDGET_S,
 # OUTDIR and PY; tees everything into $OUTDIR/$NAME.log; defines say (a line stamped with the seconds since
-# T0), gpu_tests (the gpu-marked tests of the named files, under a timeout) and budget_left; makes nfbench
+# T0), gpu_tests (the gpu-marked tests of the named files, under a timeout), budget_left and run_benchmark; makes nfbench
 # importable (device_env.sh) and prints the machine.
 T0=$(date +%s)
 SMOKE=${NFBENCH_SMOKE:-0}
@@ -22,6 +22,14 @@ gpu_tests() {  # gpu_tests SECONDS FILE...: the gpu-marked tests of FILE..., ski
     else
         say "pytest is not installed here: tests skipped"
     fi
+}
+run_benchmark() {  # run_benchmark SCRIPT [ARG...]: SCRIPT --out $OUTDIR --budget (what is left), --smoke when SMOKE=1
+    local script=$1 left
+    shift
+    left=$(budget_left)
+    say "benchmark, $left s left for it"
+    timeout $(( left + 15 )) $PY "$script" "$@" --out "$OUTDIR" --budget "$left" $([ "$SMOKE" = 1 ] && echo --smoke)
+    say "benchmark exit $?; done"
 }
 
 . scripts/device_env.sh
