@@ -271,7 +271,8 @@ def test_multirun_jobs_run_side_by_side_with_the_parallel_launcher(tmp_path):
             "hydra.launcher.n_jobs=2",
             "seed=0,1",
             "model.width=4",
-            "trainer.epochs=2",
+            # 10 epochs (about 2 s a job here): two jobs' starts came 0.4 s apart on CI, longer than 2 epochs took
+            "trainer.epochs=10",
             "data.train_subset=256",
             "data.test_subset=64",
             "data.randaugment=true",
