@@ -145,3 +145,24 @@ def launch(cmd: list[str], limit: float) -> Any:
         return json.loads(out.strip().splitlines()[-1])
     print("\n".join((err or out).strip().splitlines()[-15:]), flush=True)
     return {"error": f"failed (exit {child.returncode})"}
+
+
+def runner_overrides(args: Any, model: str, run_dir: Path, seed: int = 0) -> list[str]:
+    """nfbench's whole runner on the fake CIFAR-10 in ``args.data``: ``args.batch``, ``args.test_images``,
+    ``args.init``, ``args.epochs`` and ``args.precision``, channels_last, no logger or progress bar."""
+    return [
+        "data=cifar10",
+        f"data.root={args.data}",
+        "data.download=false",
+        f"data.batch_size={args.batch}",
+        f"data.test_subset={args.test_images}",
+        f"model={model}",
+        f"init={args.init}",
+        "logger=none",
+        f"trainer.epochs={args.epochs}",
+        "trainer.progress=false",
+        "trainer.channels_last=true",
+        f"trainer.precision={args.precision}",
+        f"trainer.run_dir={run_dir}",
+        f"seed={seed}",
+    ]

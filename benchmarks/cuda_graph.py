@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import compose, launch, sync, write_fake_cifar10
+from common import compose, launch, runner_overrides, sync, write_fake_cifar10
 
 MODES = {
     "eager": [],
@@ -71,22 +71,7 @@ MIN_START_S = 20  # a configuration is not started with less budget than this le
 
 
 def overrides(args: argparse.Namespace, model: str, mode: str, run_dir: Path) -> list[str]:
-    common = [
-        "data=cifar10",
-        f"data.root={args.data}",
-        "data.download=false",
-        f"data.batch_size={args.batch}",
-        f"data.test_subset={args.test_images}",
-        f"model={model}",
-        f"init={args.init}",
-        "logger=none",
-        f"trainer.epochs={args.epochs}",
-        "trainer.progress=false",
-        "trainer.channels_last=true",
-        f"trainer.precision={args.precision}",
-        f"trainer.run_dir={run_dir}",
-        "seed=0",
-    ]
+    common = runner_overrides(args, model, run_dir)
     if args.smoke:
         common += ["trainer.device=cpu", "model.width=4"]
     return [*common, *MODES[mode]]

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 from common import compose, launch, sync, write_fake_cifar10
+from common import runner_overrides as shared_overrides
 
 KS = (1, 2, 4, 8)
 # Priority order: the streams (the question) first, then what they are compared with.
@@ -239,23 +240,7 @@ def mode_processes(args: argparse.Namespace, device: torch.device) -> list[dict]
 
 
 def runner_overrides(args: argparse.Namespace, seed: int, run_dir: Path) -> list[str]:
-    common = [
-        "data=cifar10",
-        f"data.root={args.data}",
-        "data.download=false",
-        f"data.batch_size={args.batch}",
-        f"data.test_subset={args.test_images}",
-        f"model={args.model}",
-        f"init={args.init}",
-        "logger=none",
-        f"trainer.epochs={args.epochs}",
-        "trainer.progress=false",
-        "trainer.channels_last=true",
-        f"trainer.precision={args.precision}",
-        "trainer.cuda_graph=true",
-        f"trainer.run_dir={run_dir}",
-        f"seed={seed}",
-    ]
+    common = [*shared_overrides(args, args.model, run_dir, seed), "trainer.cuda_graph=true"]
     return common + ([f"model.width={args.width}", "trainer.device=cpu"] if args.smoke else [])
 
 
